@@ -1,0 +1,144 @@
+"""Array backends: the one place where NumPy and CuPy differ.
+
+Everything else in npvit is written against the array API that NumPy and CuPy share. Kernels find the
+array module from their inputs with :func:`get_array_module` (as Chainer does), and the few things the two
+libraries spell differently -- the error function, random generators, host/device copies, waiting for the
+device -- are reached through a :class:`Backend` object or the helpers below.
+
+CuPy is imported lazily, only when asked for, so a CPU-only install never touches it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy
+
+BACKEND_NAMES = ("numpy", "cupy")
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run on this machine (missing package or device)."""
+
+
+def _cupy_if_imported() -> ModuleType | None:
+    # If CuPy was never imported, no array can be a CuPy array: don't pay for the import.
+    return sys.modules.get("cupy")
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
+    cp = _cupy_if_imported()
+    if cp is not None:
+        for a in arrays:
+            if isinstance(a, cp.ndarray):
+                return cp
+    return numpy
+
+
+def erf(x: Any) -> Any:
+    """Elementwise error function on either backend, keeping the input's dtype."""
+    if get_array_module(x) is numpy:
+        from scipy import special
+    else:
+        from cupyx.scipy import special
+    return special.erf(x)
+
+
+def to_numpy(x: Any) -> numpy.ndarray:
+    """Copy an array (or scalar) to a host NumPy array; NumPy inputs are returned as they are."""
+    if get_array_module(x) is numpy:
+        return numpy.asarray(x)
+    return x.get()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array library and the few backend-specific operations npvit needs.
+
+    Attributes:
+        name: ``"numpy"`` or ``"cupy"``.
+        xp: the array module (``numpy`` or ``cupy``).
+    """
+
+    name: str
+    xp: ModuleType
+
+    def erf(self, x: Any) -> Any:
+        """Elementwise error function."""
+        return erf(x)
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """Move ``x`` (host or device array, list, scalar) onto this backend."""
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x: Any) -> numpy.ndarray:
+        """Copy an array of this backend to the host."""
+        return to_numpy(x)
+
+    def rng(self, seed: int | None = None) -> Any:
+        """A seeded random generator of this backend (``Generator.random``/``integers``/``normal``)."""
+        return self.xp.random.default_rng(seed)
+
+    def synchronize(self) -> None:
+        """Wait until queued device work is done (a no-op on NumPy); call before reading a timer."""
+        if self.name == "cupy":
+            self.xp.cuda.get_current_stream().synchronize()
+
+
+def _load_cupy() -> ModuleType:
+    try:
+        import cupy
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "The 'cupy' backend needs CuPy, which is not installed. Install the build matching your CUDA "
+            "toolkit: pip install 'npvit[cuda12]' (CUDA 12.x) or pip install 'npvit[cuda13]' (CUDA 13.x); "
+            "or use backend='numpy'."
+        ) from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDA driver missing or broken: CuPy raises its own runtime errors
+        raise BackendUnavailableError(
+            f"CuPy is installed but no CUDA device can be used ({exc}). Check the NVIDIA driver "
+            "(nvidia-smi) and that the cupy-cudaXXx wheel matches your CUDA version, or use backend='numpy'."
+        ) from exc
+    if count == 0:
+        raise BackendUnavailableError(
+            "CuPy is installed but no CUDA device was found; use backend='numpy'."
+        )
+    return cupy
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def get_backend(name: str | Backend = "numpy") -> Backend:
+    """Return the backend called ``name`` (``"numpy"`` or ``"cupy"``); a Backend is returned as is.
+
+    Raises:
+        ValueError: for an unknown name.
+        BackendUnavailableError: for ``"cupy"`` when CuPy or a CUDA device is missing; the message names the
+            extra to install.
+    """
+    if isinstance(name, Backend):
+        return name
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKEND_NAMES)}")
+    if name not in _BACKENDS:
+        loaders: dict[str, Callable[[], ModuleType]] = {"numpy": lambda: numpy, "cupy": _load_cupy}
+        _BACKENDS[name] = Backend(name=name, xp=loaders[name]())
+    return _BACKENDS[name]
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run here (NumPy always; CuPy with a working device)."""
+    names = ["numpy"]
+    try:
+        get_backend("cupy")
+        names.append("cupy")
+    except BackendUnavailableError:
+        pass
+    return names

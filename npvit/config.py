@@ -1,0 +1,164 @@
+"""ViTConfig: every architectural choice of a Vision Transformer, as a plain dataclass.
+
+Presets reproduce the Keras example "Image classification with Vision Transformer" (both revisions), a
+32x32 variant for CIFAR images at their native size, and a tiny model for tests. ``dataclasses.replace``
+makes any variant: ``replace(ViTConfig.keras(), pool="cls", depth=4)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+POOLS = ("flatten", "cls", "gap")
+GELUS = ("erf", "tanh")
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Architecture of a Vision Transformer.
+
+    Attributes:
+        image_size: side of the square input image, in pixels (the model input is (B, S, S, C)).
+        patch_size: side of each square patch; patches are cut with stride = size, VALID padding.
+        channels: colour channels of the input.
+        num_classes: number of output logits.
+        dim: token width (Keras ``projection_dim``).
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        key_dim: width of each head's query/key/value (Keras ``key_dim``); need not be dim / num_heads.
+        mlp_units: hidden sizes of each block's MLP, every one followed by GELU and dropout. The last must equal
+            ``dim`` because of the residual connection.
+        head_units: hidden sizes of the classifier MLP (GELU and dropout after each).
+        dropout: dropout rate after each block-MLP layer.
+        attention_dropout: dropout rate on the attention probabilities.
+        head_dropout: dropout rate before and inside the classifier MLP.
+        ln_eps: layer-norm epsilon.
+        pool: how tokens become one vector: "flatten" (the Keras example: all tokens concatenated),
+            "cls" (the paper: a learned class token, prepended), "gap" (mean over tokens).
+        gelu: "erf" (exact) or "tanh" (approximation).
+    """
+
+    image_size: int = 72
+    patch_size: int = 6
+    channels: int = 3
+    num_classes: int = 100
+    dim: int = 64
+    depth: int = 8
+    num_heads: int = 4
+    key_dim: int = 64
+    mlp_units: tuple[int, ...] = (128, 64)
+    head_units: tuple[int, ...] = (2048, 1024)
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    head_dropout: float = 0.5
+    ln_eps: float = 1e-6
+    pool: str = "flatten"
+    gelu: str = "erf"
+
+    def __post_init__(self) -> None:
+        # Lists from JSON or the command line become tuples, so configs stay hashable and comparable.
+        object.__setattr__(self, "mlp_units", tuple(int(u) for u in self.mlp_units))
+        object.__setattr__(self, "head_units", tuple(int(u) for u in self.head_units))
+        self.validate()
+
+    # ---- derived sizes -------------------------------------------------------------------------------------
+    @property
+    def grid_size(self) -> int:
+        """Patches along each side of the image."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """Patches per image (N)."""
+        return self.grid_size**2
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the transformer blocks see: the patches, plus the class token when pool is "cls"."""
+        return self.num_patches + (1 if self.pool == "cls" else 0)
+
+    @property
+    def patch_dim(self) -> int:
+        """Values in one flattened patch (P * P * C)."""
+        return self.patch_size**2 * self.channels
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of the vector the classifier head receives."""
+        return self.num_tokens * self.dim if self.pool == "flatten" else self.dim
+
+    # ---- checks and conversion ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that is out of range."""
+        for name in ("image_size", "patch_size", "channels", "num_classes", "dim", "depth", "num_heads",
+                     "key_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ViTConfig.{name} must be a positive integer, got {value!r}")
+        if self.patch_size > self.image_size:
+            raise ValueError(
+                f"ViTConfig.patch_size ({self.patch_size}) must not exceed image_size ({self.image_size})"
+            )
+        if not self.mlp_units or any(u < 1 for u in self.mlp_units):
+            raise ValueError(f"ViTConfig.mlp_units must be positive sizes, got {self.mlp_units!r}")
+        if self.mlp_units[-1] != self.dim:
+            raise ValueError(
+                f"ViTConfig.mlp_units must end with dim ({self.dim}) so the residual connection adds up, "
+                f"got {self.mlp_units!r}"
+            )
+        if any(u < 1 for u in self.head_units):
+            raise ValueError(f"ViTConfig.head_units must be positive sizes, got {self.head_units!r}")
+        for name in ("dropout", "attention_dropout", "head_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"ViTConfig.{name} must be in [0, 1), got {value!r}")
+        if not self.ln_eps > 0:
+            raise ValueError(f"ViTConfig.ln_eps must be positive, got {self.ln_eps!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"ViTConfig.pool must be one of {POOLS}, got {self.pool!r}")
+        if self.gelu not in GELUS:
+            raise ValueError(f"ViTConfig.gelu must be one of {GELUS}, got {self.gelu!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ViTConfig":
+        """Inverse of to_dict; unknown keys are an error, so typos do not pass silently."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ViTConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+    # ---- presets -----------------------------------------------------------------------------------------
+    @classmethod
+    def keras(cls, num_classes: int = 100) -> "ViTConfig":
+        """The Keras example as published in 2021: 72x72 input, 6x6 patches, width 64, 8 blocks.
+
+        21,759,012 trainable parameters with 100 classes; reported about 55% top-1 / 82% top-5 on CIFAR-100.
+        """
+        return cls(num_classes=num_classes)
+
+    @classmethod
+    def keras_wide(cls, num_classes: int = 100) -> "ViTConfig":
+        """The Keras example's current revision: token width projection_dim * num_heads = 256.
+
+        81,982,308 trainable parameters with 100 classes.
+        """
+        return cls(num_classes=num_classes, dim=256, mlp_units=(512, 256))
+
+    @classmethod
+    def small(cls, num_classes: int = 10) -> "ViTConfig":
+        """The Keras model at CIFAR's native 32x32 resolution: 4x4 patches, 64 patches per image."""
+        return cls(num_classes=num_classes, image_size=32, patch_size=4)
+
+    @classmethod
+    def tiny(cls, num_classes: int = 5) -> "ViTConfig":
+        """A few thousand parameters, for tests and gradient checks: 8x8 images, 4 patches of 4x4."""
+        return cls(
+            image_size=8, patch_size=4, channels=3, num_classes=num_classes, dim=8, depth=2, num_heads=2,
+            key_dim=4, mlp_units=(12, 8), head_units=(16,),
+        )

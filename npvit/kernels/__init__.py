@@ -1,0 +1,38 @@
+"""Hand-written forward and backward passes, one concept per module.
+
+Every kernel is a pair of plain functions: ``<name>_forward(...) -> (output, cache)`` and
+``<name>_backward(doutput, cache, ...) -> gradients``. The cache holds exactly what the backward pass needs.
+Kernels take arrays of either backend and find the array module from them; they work in the input dtype.
+"""
+
+from .attention import attention_core_backward, attention_core_forward, mha_backward, mha_forward
+from .cross_entropy import cross_entropy_backward, cross_entropy_forward
+from .dense import dense_backward, dense_forward
+from .dropout import dropout_backward, dropout_forward, dropout_mask
+from .gelu import GELU_KINDS, gelu_backward, gelu_forward
+from .layernorm import layernorm_backward, layernorm_forward
+from .patches import patches_backward, patches_forward
+from .softmax import softmax_backward, softmax_forward
+
+__all__ = [
+    "GELU_KINDS",
+    "attention_core_backward",
+    "attention_core_forward",
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "dense_backward",
+    "dense_forward",
+    "dropout_backward",
+    "dropout_forward",
+    "dropout_mask",
+    "gelu_backward",
+    "gelu_forward",
+    "layernorm_backward",
+    "layernorm_forward",
+    "mha_backward",
+    "mha_forward",
+    "patches_backward",
+    "patches_forward",
+    "softmax_backward",
+    "softmax_forward",
+]

@@ -1,0 +1,64 @@
+"""Softmax cross-entropy on integer labels, averaged over the batch, with optional label smoothing.
+
+    p = softmax(z),  q = (1 - s) onehot(label) + s / K            z (B, K) logits, labels (B,), smoothing s
+    forward:   loss = -(1/B) sum_b sum_k q_bk log p_bk,   log p = z - logsumexp(z)
+    backward:  dz = (p - q) / B          (times the incoming scalar gradient dloss)
+
+With s = 0 this is Keras' SparseCategoricalCrossentropy(from_logits=True).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import get_array_module
+
+Array = Any
+CrossEntropyCache = tuple[Array, Array, float]  # (p, labels, smoothing)
+
+
+def check_labels(labels: Array, batch: int, num_classes: int) -> None:
+    """Raise ValueError unless ``labels`` is a (batch,) integer array with values in [0, num_classes)."""
+    xp = get_array_module(labels)
+    if labels.ndim != 1 or labels.shape[0] != batch:
+        raise ValueError(f"labels must have shape ({batch},) to match the logits, got {tuple(labels.shape)}")
+    if not xp.issubdtype(labels.dtype, xp.integer):
+        raise ValueError(f"labels must be integers (class indices), got dtype {labels.dtype}")
+    if batch and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"labels must be in [0, {num_classes}) for {num_classes} classes, "
+            f"got values from {int(labels.min())} to {int(labels.max())}"
+        )
+
+
+def cross_entropy_forward(
+    logits: Array, labels: Array, label_smoothing: float = 0.0
+) -> tuple[Array, CrossEntropyCache]:
+    """Mean cross-entropy of ``logits`` (B, K) against integer ``labels`` (B,). Returns (loss, cache)."""
+    xp = get_array_module(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (batch, classes), got {tuple(logits.shape)}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    batch, k = logits.shape
+    check_labels(labels, batch, k)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+    nll = -logp[xp.arange(batch), labels]
+    if label_smoothing:
+        nll = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(axis=1)
+    loss = nll.mean()
+    return loss, (xp.exp(logp), labels, label_smoothing)
+
+
+def cross_entropy_backward(cache: CrossEntropyCache, dloss: float = 1.0) -> Array:
+    """Gradient of cross_entropy_forward with respect to the logits."""
+    p, labels, s = cache
+    xp = get_array_module(p)
+    batch, k = p.shape
+    dz = p.copy()
+    if s:
+        dz -= p.dtype.type(s / k)
+    dz[xp.arange(batch), labels] -= p.dtype.type(1.0 - s)
+    dz *= p.dtype.type(dloss / batch)
+    return dz

@@ -1,0 +1,49 @@
+"""Inverted dropout (Srivastava et al., 2014).
+
+    forward (training):  m_i ~ Bernoulli(1 - rate),  y = x * m / (1 - rate)
+    backward:            dx = dy * m / (1 - rate)
+
+Scaling at training time keeps the expected activation unchanged, so inference is the identity. The keep
+mask is drawn from the backend's generator as float32 uniforms whatever the data type, so float32 and
+float64 runs with the same seed drop the same units. Pass ``mask`` to reuse a fixed mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Array = Any
+DropoutCache = tuple[Array, float] | None  # (keep mask as booleans, 1 / (1 - rate)); None when nothing dropped
+
+
+def dropout_mask(shape: tuple[int, ...], rate: float, rng: Any) -> Array:
+    """Boolean keep-mask of ``shape``: each entry True with probability 1 - rate."""
+    return rng.random(shape, dtype="float32") >= rate
+
+
+def dropout_forward(
+    x: Array, rate: float, rng: Any = None, mask: Array | None = None
+) -> tuple[Array, DropoutCache]:
+    """Apply inverted dropout with drop probability ``rate`` (0 <= rate < 1). Returns (y, cache)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    if rate == 0.0 and mask is None:
+        return x, None
+    if mask is None:
+        if rng is None:
+            raise ValueError("dropout_forward needs a random generator (rng) or a fixed mask")
+        mask = dropout_mask(x.shape, rate, rng)
+    scale = 1.0 / (1.0 - rate)
+    y = x * mask
+    y *= x.dtype.type(scale)
+    return y, (mask, scale)
+
+
+def dropout_backward(dy: Array, cache: DropoutCache) -> Array:
+    """Gradient of dropout_forward with respect to its input."""
+    if cache is None:
+        return dy
+    mask, scale = cache
+    dx = dy * mask
+    dx *= dy.dtype.type(scale)
+    return dx

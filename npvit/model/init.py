@@ -1,0 +1,70 @@
+"""Weight initializers with Keras' defaults, drawn on the host in float64 from a seeded NumPy generator.
+
+Drawing on the host makes a seed give the same initial weights on every backend and in every dtype; the
+arrays are then cast and copied to the backend once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+Initializer = Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
+
+
+def keras_fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Fan-in and fan-out as Keras computes them (``compute_fans``).
+
+    For a kernel of more than two axes, every axis but the last two counts as a receptive field: a Keras
+    ``MultiHeadAttention`` query kernel (D, H, d) has fan_in H * D and fan_out d * D.
+    """
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    receptive = math.prod(shape[:-2])
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+def glorot_uniform(fan_shape: tuple[int, ...] | None = None) -> Initializer:
+    """Glorot (Xavier) uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
+
+    ``fan_shape`` is the kernel shape as Keras declares it when that differs from the stored shape (npvit
+    stores every kernel as a 2-D matrix); by default the stored shape is used.
+    """
+
+    def init(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        fan_in, fan_out = keras_fans(fan_shape or shape)
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, size=shape)
+
+    return init
+
+
+def uniform(limit: float) -> Initializer:
+    """U(-limit, limit); Keras' ``Embedding`` default is limit 0.05."""
+    return lambda rng, shape: rng.uniform(-limit, limit, size=shape)
+
+
+def zeros(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """All zeros (Keras' bias and LayerNorm-shift default; the paper's class token)."""
+    return np.zeros(shape)
+
+
+def ones(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """All ones (LayerNorm scale)."""
+    return np.ones(shape)
+
+
+def concat_columns(*inits: tuple[Initializer, int]) -> Initializer:
+    """Initialise a matrix as side-by-side column blocks, each with its own initializer and width.
+
+    Used for the fused query/key/value kernel, which Keras initialises as three separate kernels.
+    """
+
+    def init(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        return np.concatenate([f(rng, (shape[0], width)) for f, width in inits], axis=1)
+
+    return init

@@ -1,0 +1,41 @@
+"""Mlp: a stack of Dense -> GELU -> Dropout layers.
+
+The Keras example's ``mlp`` helper puts GELU and dropout after every dense layer, the last one included; it
+serves both as the transformer block's feed-forward network and as the classifier head's hidden layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..kernels import gelu_backward, gelu_forward
+from .module import Context, Dense, ParamSpecs, dropout_grad
+
+Array = Any
+
+
+class Mlp:
+    """For each size u in ``units``: Dense(u) -> GELU -> Dropout(rate)."""
+
+    def __init__(self, prefix: str, in_dim: int, units: tuple[int, ...], rate: float, gelu: str) -> None:
+        sizes = (in_dim, *units)
+        self.layers = [Dense(f"{prefix}.fc{i}", sizes[i], sizes[i + 1]) for i in range(len(units))]
+        self.rate, self.gelu = rate, gelu
+
+    def param_specs(self) -> ParamSpecs:
+        return {k: v for layer in self.layers for k, v in layer.param_specs().items()}
+
+    def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, list]:
+        caches = []
+        for layer in self.layers:
+            x, c_dense = layer.forward(params, x, ctx)
+            x, c_gelu = gelu_forward(x, self.gelu)
+            x, c_drop = ctx.dropout(x, self.rate)
+            caches.append((c_dense, c_gelu, c_drop))
+        return x, caches
+
+    def backward(self, params: dict, grads: dict, dy: Array, cache: list) -> Array:
+        for layer, (c_dense, c_gelu, c_drop) in zip(reversed(self.layers), reversed(cache)):
+            dy = gelu_backward(dropout_grad(dy, c_drop), c_gelu, self.gelu)
+            dy = layer.backward(params, grads, dy, c_dense)
+        return dy

@@ -1,0 +1,90 @@
+"""The small layer objects a model is built from, and the protocol they share.
+
+A module owns no arrays. It knows the names, shapes and initializers of its parameters (``param_specs``) and
+runs kernels on a ``params`` dict it is handed:
+
+    y, cache = module.forward(params, x, ctx)
+    dx = module.backward(params, grads, dy, cache)      # writes grads[name] for each of its parameters
+
+Parameter names are dotted paths such as ``blocks.3.attn.qkv.w``, as in timm, so a checkpoint is a flat dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..kernels import (
+    dense_backward,
+    dense_forward,
+    dropout_backward,
+    dropout_forward,
+    layernorm_backward,
+    layernorm_forward,
+)
+from .init import Initializer, glorot_uniform, ones, zeros
+
+Array = Any
+ParamSpecs = dict[str, tuple[tuple[int, ...], Initializer]]
+
+
+@dataclass
+class Context:
+    """Settings of one forward pass: training mode (dropout on, caches kept) and the dropout generator."""
+
+    training: bool = False
+    rng: Any = None
+    keep_attention: bool = False  # record each block's attention probabilities (for inspection)
+
+    def dropout(self, x: Array, rate: float) -> tuple[Array, Any]:
+        """Inverted dropout when training, identity otherwise."""
+        if not self.training or rate == 0.0:
+            return x, None
+        return dropout_forward(x, rate, self.rng)
+
+
+def dropout_grad(dy: Array, cache: Any) -> Array:
+    """Backward of Context.dropout."""
+    return dropout_backward(dy, cache)
+
+
+class Dense:
+    """y = x W + b with Glorot-uniform W and zero b (Keras ``Dense`` defaults)."""
+
+    def __init__(self, prefix: str, in_dim: int, out_dim: int, w_init: Initializer | None = None) -> None:
+        self.prefix, self.in_dim, self.out_dim = prefix, in_dim, out_dim
+        self.w_init = w_init or glorot_uniform()
+
+    def param_specs(self) -> ParamSpecs:
+        return {
+            f"{self.prefix}.w": ((self.in_dim, self.out_dim), self.w_init),
+            f"{self.prefix}.b": ((self.out_dim,), zeros),
+        }
+
+    def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, Any]:
+        return dense_forward(x, params[f"{self.prefix}.w"], params[f"{self.prefix}.b"])
+
+    def backward(self, params: dict, grads: dict, dy: Array, cache: Any) -> Array:
+        dx, grads[f"{self.prefix}.w"], grads[f"{self.prefix}.b"] = dense_backward(
+            dy, cache, params[f"{self.prefix}.w"]
+        )
+        return dx
+
+
+class LayerNorm:
+    """Layer normalization over the last axis with learned scale (gamma = 1) and shift (beta = 0)."""
+
+    def __init__(self, prefix: str, dim: int, eps: float) -> None:
+        self.prefix, self.dim, self.eps = prefix, dim, eps
+
+    def param_specs(self) -> ParamSpecs:
+        return {f"{self.prefix}.gamma": ((self.dim,), ones), f"{self.prefix}.beta": ((self.dim,), zeros)}
+
+    def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, Any]:
+        p = self.prefix
+        return layernorm_forward(x, params[f"{p}.gamma"], params[f"{p}.beta"], self.eps)
+
+    def backward(self, params: dict, grads: dict, dy: Array, cache: Any) -> Array:
+        p = self.prefix
+        dx, grads[f"{p}.gamma"], grads[f"{p}.beta"] = layernorm_backward(dy, cache, params[f"{p}.gamma"])
+        return dx

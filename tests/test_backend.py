@@ -1,0 +1,65 @@
+"""The backend layer: lookup, clear errors, array-module dispatch, erf, transfers, generators."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+
+import npvit
+from npvit.backend import BackendUnavailableError, erf, get_array_module, to_numpy
+
+
+def test_numpy_backend_basics() -> None:
+    b = npvit.get_backend("numpy")
+    assert b.name == "numpy" and b.xp is np
+    assert npvit.get_backend(b) is b
+    x = b.asarray([1.0, 2.0], dtype="float32")
+    assert x.dtype == np.float32
+    assert isinstance(b.to_numpy(x), np.ndarray)
+    b.synchronize()
+    assert "numpy" in npvit.available_backends()
+
+
+def test_unknown_backend_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown backend 'torch'.*numpy, cupy"):
+        npvit.get_backend("torch")
+
+
+def test_missing_cupy_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Make "import cupy" fail as it does where CuPy is not installed.
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(npvit.backend, "_BACKENDS", {})
+    with pytest.raises(BackendUnavailableError, match=r"npvit\[cuda12\]"):
+        npvit.get_backend("cupy")
+    assert npvit.available_backends() == ["numpy"]
+
+
+def test_get_array_module_on_numpy_inputs() -> None:
+    assert get_array_module(np.zeros(2)) is np
+    assert get_array_module(1.0, np.zeros(1)) is np
+
+
+def test_get_array_module_and_transfers(backend: npvit.Backend) -> None:
+    x = backend.asarray(np.arange(6.0).reshape(2, 3))
+    assert get_array_module(x) is backend.xp
+    assert np.array_equal(to_numpy(x), np.arange(6.0).reshape(2, 3))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_erf_matches_math_erf_and_keeps_dtype(backend: npvit.Backend, dtype: str) -> None:
+    values = np.linspace(-4, 4, 41)
+    y = erf(backend.asarray(values, dtype=dtype))
+    assert y.dtype == np.dtype(dtype)
+    expected = np.array([math.erf(v) for v in values])
+    tol = 1e-6 if dtype == "float32" else 1e-15
+    np.testing.assert_allclose(to_numpy(y), expected, rtol=tol, atol=tol)
+
+
+def test_rng_is_seeded(backend: npvit.Backend) -> None:
+    a = to_numpy(backend.rng(7).random((5,), dtype="float32"))
+    b = to_numpy(backend.rng(7).random((5,), dtype="float32"))
+    c = to_numpy(backend.rng(8).random((5,), dtype="float32"))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)

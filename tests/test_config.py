@@ -1,0 +1,56 @@
+"""ViTConfig: presets, derived sizes, validation and dict round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from npvit import ViTConfig
+
+
+def test_keras_preset_is_the_2021_example() -> None:
+    c = ViTConfig.keras()
+    assert (c.image_size, c.patch_size, c.num_patches, c.patch_dim) == (72, 6, 144, 108)
+    assert (c.dim, c.depth, c.num_heads, c.key_dim) == (64, 8, 4, 64)
+    assert (c.mlp_units, c.head_units) == ((128, 64), (2048, 1024))
+    assert (c.dropout, c.attention_dropout, c.head_dropout, c.ln_eps) == (0.1, 0.1, 0.5, 1e-6)
+    assert (c.pool, c.gelu, c.num_classes) == ("flatten", "erf", 100)
+    assert c.pooled_dim == 144 * 64
+
+
+def test_other_presets() -> None:
+    wide = ViTConfig.keras_wide()
+    assert (wide.dim, wide.mlp_units, wide.key_dim) == (256, (512, 256), 64)
+    small = ViTConfig.small()
+    assert (small.image_size, small.patch_size, small.num_patches, small.num_classes) == (32, 4, 64, 10)
+    cls = dataclasses.replace(ViTConfig.tiny(), pool="cls")
+    assert cls.num_tokens == cls.num_patches + 1 and cls.pooled_dim == cls.dim
+
+
+def test_dict_round_trip_through_json() -> None:
+    c = dataclasses.replace(ViTConfig.keras(), pool="gap", gelu="tanh")
+    again = ViTConfig.from_dict(json.loads(json.dumps(c.to_dict())))
+    assert again == c
+    with pytest.raises(ValueError, match="unknown ViTConfig field"):
+        ViTConfig.from_dict({"dimm": 3})
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"dim": 0}, "dim must be a positive integer"),
+        ({"depth": 2.5}, "depth must be a positive integer"),
+        ({"patch_size": 100}, "must not exceed image_size"),
+        ({"mlp_units": (128, 32)}, "must end with dim"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+        ({"head_dropout": -0.1}, r"head_dropout must be in \[0, 1\)"),
+        ({"pool": "max"}, "pool must be one of"),
+        ({"gelu": "relu"}, "gelu must be one of"),
+        ({"ln_eps": 0.0}, "ln_eps must be positive"),
+    ],
+)
+def test_validation(change, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(ViTConfig.keras(), **change)

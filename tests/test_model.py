@@ -1,0 +1,198 @@
+"""The whole Vision Transformer: parameter counts, full-model gradient checks, bad input, caching,
+float32/float64 agreement and reproducibility."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import npvit
+from npvit import ViT, ViTConfig, check_backward, cross_entropy_backward, cross_entropy_forward
+from npvit.backend import to_numpy
+
+
+def test_keras_preset_parameter_count() -> None:
+    # The count Keras' model.summary() prints for the 2021 example with 100 classes.
+    assert ViT(ViTConfig.keras(num_classes=100)).num_params() == 21_759_012
+
+
+def test_keras_wide_preset_parameter_count() -> None:
+    assert ViT(ViTConfig.keras_wide(num_classes=100), dtype="float32").num_params() == 81_982_308
+
+
+def test_parameter_names_follow_the_paper() -> None:
+    names = set(ViT(dataclasses.replace(ViTConfig.tiny(), pool="cls")).params)
+    for expected in ("patch_embed.proj.w", "cls_token", "pos_embed", "blocks.0.norm1.gamma",
+                     "blocks.1.attn.qkv.w", "blocks.1.attn.proj.b", "blocks.0.mlp.fc1.w", "norm.beta",
+                     "head.fc0.w", "head.out.b"):
+        assert expected in names
+    assert "cls_token" not in ViT(ViTConfig.tiny()).params
+
+
+def test_initialisation_follows_keras_defaults() -> None:
+    m = ViT(ViTConfig.keras(), dtype="float64", seed=3)
+    p = m.params
+    assert np.all(p["blocks.0.attn.qkv.b"] == 0) and np.all(p["head.out.b"] == 0)
+    assert np.all(p["norm.gamma"] == 1) and np.all(p["norm.beta"] == 0)
+    assert np.abs(p["pos_embed"]).max() <= 0.05 and p["pos_embed"].std() > 0.02
+    # Glorot uniform: limit sqrt(6 / (fan_in + fan_out)); the query kernel has Keras' 3-D fans (64*4, 64*64).
+    assert np.abs(p["head.fc0.w"]).max() <= np.sqrt(6 / (144 * 64 + 2048))
+    q = p["blocks.0.attn.qkv.w"][:, :256]
+    limit = np.sqrt(6 / (4 * 64 + 64 * 64))
+    assert np.abs(q).max() <= limit and np.abs(q).max() > 0.95 * limit
+
+
+@pytest.mark.parametrize("pool", ["flatten", "cls", "gap"])
+@pytest.mark.parametrize("gelu", ["erf", "tanh"])
+def test_full_model_gradients_with_dropout(backend, pool, gelu) -> None:
+    """Every parameter and the input images, dropout on (masks fixed by resetting the generator)."""
+    cfg = dataclasses.replace(ViTConfig.tiny(), pool=pool, gelu=gelu, dropout=0.2, attention_dropout=0.2,
+                              head_dropout=0.3)
+    model = ViT(cfg, backend=backend, dtype="float64", seed=1)
+    data = np.random.default_rng(0)
+    for name, p in model.params.items():  # zero biases would hide errors in their gradient paths
+        if p.ndim == 1:
+            p[...] = backend.asarray(data.standard_normal(p.shape) * 0.1)
+    images = backend.asarray(data.standard_normal((3, 8, 8, 3)))
+    labels = backend.asarray(np.array([0, 1, 4]))
+    names = list(model.params)
+
+    def loss_of(x):
+        model.rng = backend.rng(42)  # the same dropout masks at every evaluation
+        logits = model.forward(x, training=True)
+        return cross_entropy_forward(logits, labels, label_smoothing=0.1)
+
+    def forward(*inputs):
+        return loss_of(inputs[-1])[0]
+
+    def backward(*inputs_and_dy):
+        *inputs, dloss = inputs_and_dy
+        _, cache = loss_of(inputs[-1])
+        dimages = model.backward(cross_entropy_backward(cache, float(dloss)))
+        return [model.grads[n] for n in names] + [dimages]
+
+    result = check_backward(forward, backward, [model.params[n] for n in names] + [images],
+                            names=names + ["images"], rtol=1e-6)
+    assert len(result.errors) == len(names) + 1
+    assert result.max_error < 1e-6
+
+
+def test_forward_shapes_and_eval_keeps_no_cache() -> None:
+    model = ViT(ViTConfig.tiny(num_classes=7))
+    images = np.zeros((5, 8, 8, 3), dtype=np.float32)
+    logits = model.forward(images)
+    assert logits.shape == (5, 7) and logits.dtype == np.float32
+    assert model._cache is None
+    with pytest.raises(RuntimeError, match="training=True"):
+        model.backward(np.zeros((5, 7), dtype=np.float32))
+    model.forward(images, training=True)
+    assert model._cache is not None
+    with pytest.raises(ValueError, match=r"dlogits must have shape \(5, 7\)"):
+        model.backward(np.zeros((4, 7), dtype=np.float32))
+    model.backward(np.ones((5, 7), dtype=np.float32))
+    assert model._cache is None  # released after use
+
+
+def test_keep_attention_records_probabilities() -> None:
+    cfg = dataclasses.replace(ViTConfig.tiny(), pool="cls")
+    model = ViT(cfg)
+    model.forward(np.zeros((2, 8, 8, 3), dtype=np.float32), keep_attention=True)
+    assert len(model.attention_maps) == cfg.depth
+    assert model.attention_maps[0].shape == (2, cfg.num_heads, cfg.num_tokens, cfg.num_tokens)
+    np.testing.assert_allclose(model.attention_maps[1].sum(axis=-1), 1.0, rtol=1e-5)
+    model.forward(np.zeros((2, 8, 8, 3), dtype=np.float32))
+    assert model.attention_maps == []
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((8, 8, 3), "4 axes"),
+        ((2, 16, 16, 3), "must be 8x8 pixels"),
+        ((2, 8, 8, 1), "must have 3 channels"),
+        ((2, 3, 8, 8), "must be 8x8 pixels"),
+        ((0, 8, 8, 3), "empty batch"),
+    ],
+)
+def test_bad_images_are_clear_errors(shape, message) -> None:
+    model = ViT(ViTConfig.tiny())
+    with pytest.raises(ValueError, match=message):
+        model.forward(np.zeros(shape, dtype=np.float32))
+
+
+def test_non_finite_and_non_numeric_images_are_rejected() -> None:
+    model = ViT(ViTConfig.tiny())
+    images = np.zeros((2, 8, 8, 3), dtype=np.float32)
+    images[1, 2, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.forward(images)
+    with pytest.raises(ValueError, match="real numbers"):
+        model.forward(np.zeros((2, 8, 8, 3), dtype=bool))
+    with pytest.raises(ValueError, match="array of shape"):
+        model.forward([[1.0]])
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        ViT(ViTConfig.tiny(), dtype="float16")
+    with pytest.raises(TypeError, match="ViTConfig"):
+        ViT({"dim": 8})
+    with pytest.raises(ValueError, match="unknown backend"):
+        ViT(ViTConfig.tiny(), backend="jax")
+
+
+def test_float32_agrees_with_float64(backend) -> None:
+    cfg = ViTConfig.tiny()
+    m32 = ViT(cfg, backend=backend, dtype="float32", seed=2)
+    m64 = ViT(cfg, backend=backend, dtype="float64", seed=2)
+    data = np.random.default_rng(1)
+    images = data.standard_normal((4, 8, 8, 3))
+    labels = backend.asarray(np.array([0, 1, 2, 3]))
+    grads = {}
+    for m in (m32, m64):
+        logits = m.forward(backend.asarray(images, dtype=m.dtype), training=True)  # dropout masks match
+        loss, cache = cross_entropy_forward(logits, labels)
+        m.backward(cross_entropy_backward(cache))
+        grads[m.dtype] = (to_numpy(logits), float(loss), {n: to_numpy(g) for n, g in m.grads.items()})
+    l32, loss32, g32 = grads[np.dtype("float32")]
+    l64, loss64, g64 = grads[np.dtype("float64")]
+    np.testing.assert_allclose(l32, l64, rtol=1e-4, atol=1e-5)
+    assert loss32 == pytest.approx(loss64, rel=1e-5)
+    for name in g64:
+        scale = np.abs(g64[name]).max()
+        assert np.abs(g32[name] - g64[name]).max() <= 1e-4 * scale + 1e-7, name
+
+
+def test_same_seed_is_bit_identical_on_numpy() -> None:
+    def run(seed):
+        model = ViT(ViTConfig.tiny(), seed=seed)
+        opt = npvit.AdamW(model.params)
+        images = np.random.default_rng(0).standard_normal((4, 8, 8, 3)).astype(np.float32)
+        labels = np.array([0, 1, 2, 3])
+        for _ in range(3):
+            loss, cache = cross_entropy_forward(model.forward(images, training=True), labels)
+            model.backward(cross_entropy_backward(cache))
+            opt.step(model.grads)
+        return float(loss), {n: p.copy() for n, p in model.params.items()}
+
+    (la, pa), (lb, pb), (lc, pc) = run(5), run(5), run(6)
+    assert la == lb and all(np.array_equal(pa[n], pb[n]) for n in pa)
+    assert not np.array_equal(pa["head.out.w"], pc["head.out.w"])
+
+
+def test_training_reduces_loss_on_a_fixed_batch() -> None:
+    cfg = dataclasses.replace(ViTConfig.tiny(), dropout=0.0, attention_dropout=0.0, head_dropout=0.0)
+    model = ViT(cfg, seed=0)
+    opt = npvit.AdamW(model.params, lr=3e-3)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((16, 8, 8, 3)).astype(np.float32)
+    labels = rng.integers(0, 5, 16)
+    losses = []
+    for _ in range(30):
+        loss, cache = cross_entropy_forward(model.forward(images, training=True), labels)
+        model.backward(cross_entropy_backward(cache))
+        opt.step(model.grads)
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]

@@ -1,0 +1,308 @@
+"""Cross-check npvit against an independent PyTorch implementation of the same Vision Transformer.
+
+npvit's forward and backward passes are written by hand, so they can only be as right as their derivations.
+The gradient check (finite differences) catches a backward that disagrees with its own forward, but not a
+forward that computes the wrong network -- a transposed patch layout, heads split in the wrong order, GELU
+missing after the last MLP layer -- nor an optimizer that follows the wrong formula. This module rebuilds the
+network from plain torch ops (written from the Keras ViT example's description, not from npvit's kernels),
+copies npvit's weights into it and lets autograd do the backward. In float64 with dropout off both sides must
+then agree to rounding error:
+
+* logits, and the cross-entropy loss with and without label smoothing (``F.cross_entropy``);
+* the gradient of every parameter and of the input images;
+* the parameters after several AdamW steps (``torch.optim.AdamW``), with weight decay on all parameters,
+  with ``exclude_from_decay`` (torch parameter groups), and with global-norm gradient clipping;
+
+for every pooling ("flatten", "cls", "gap") and GELU ("erf", "tanh"), and for an image size that the patch
+size does not divide (VALID padding drops the last pixels, which must get zero gradient).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip(
+    "torch", reason="PyTorch is not installed: pip install 'npvit[torch]' to run the cross-check"
+)
+F = torch.nn.functional
+
+import npvit  # noqa: E402  (after the skip: nothing below runs without torch)
+
+POOLS = ("flatten", "cls", "gap")
+GELUS = ("erf", "tanh")
+BATCH = 3
+# Everything is float64, so the two implementations differ only by rounding (~1e-16 relative); 1e-9 leaves
+# room for the different summation orders of matmuls and reductions yet catches any real discrepancy.
+RTOL, ATOL = 1e-9, 1e-12
+
+
+# ---- configurations and data -------------------------------------------------------------------------------
+def make_config(pool: str, gelu: str, image_size: int = 12) -> npvit.ViTConfig:
+    """A small but non-degenerate ViT: 9 patches, 2 blocks, key_dim * heads != dim, two head layers.
+
+    Dropout is off: npvit's backward needs forward(training=True), and with rate 0 it draws no masks, so the
+    training forward is the same deterministic function torch computes.
+    """
+    return replace(
+        npvit.ViTConfig.tiny(num_classes=5),
+        image_size=image_size, patch_size=4, channels=3, dim=8, depth=2, num_heads=2, key_dim=3,
+        mlp_units=(12, 8), head_units=(16, 10), dropout=0.0, attention_dropout=0.0, head_dropout=0.0,
+        pool=pool, gelu=gelu,
+    )
+
+
+def make_model(cfg: npvit.ViTConfig, seed: int = 0) -> npvit.ViT:
+    """An npvit float64 model whose weights are perturbed away from their initial values.
+
+    The initial biases, layer-norm shifts and class token are all zero and the layer-norm scales all one, so
+    a bug in how one of them is used (a bias added in the wrong column order, gamma left out of a backward)
+    would not show. Small random offsets make every parameter matter.
+    """
+    model = npvit.ViT(cfg, dtype="float64", seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    for p in model.params.values():
+        p += rng.normal(0.0, 0.1, size=p.shape)
+    return model
+
+
+def make_batch(cfg: npvit.ViTConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(BATCH, cfg.image_size, cfg.image_size, cfg.channels))
+    labels = rng.integers(0, cfg.num_classes, size=BATCH)
+    return images, labels
+
+
+def torch_params(model: npvit.ViT) -> dict[str, "torch.Tensor"]:
+    """Leaf float64 tensors holding copies of npvit's parameters (copies: the two must not share memory)."""
+    return {n: torch.tensor(p, dtype=torch.float64, requires_grad=True) for n, p in model.params.items()}
+
+
+# ---- the reference network in torch ------------------------------------------------------------------------
+def t_patches(images: "torch.Tensor", p: int) -> "torch.Tensor":
+    """(B, H, W, C) -> (B, N, P*P*C): patches row-major over the grid, each flattened as (row, col, channel).
+
+    ``unfold`` with step = size takes only whole windows, which is VALID padding.
+    """
+    b, _, _, c = images.shape
+    x = images.unfold(1, p, p).unfold(2, p, p)  # (B, gh, gw, C, P_row, P_col)
+    x = x.permute(0, 1, 2, 4, 5, 3)  # (B, gh, gw, P_row, P_col, C)
+    return x.reshape(b, x.shape[1] * x.shape[2], p * p * c)
+
+
+def t_dense(x: "torch.Tensor", P: dict, name: str) -> "torch.Tensor":
+    return x @ P[f"{name}.w"] + P[f"{name}.b"]  # weights stored (in, out), as Keras does
+
+
+def t_mlp(x: "torch.Tensor", P: dict, prefix: str, n_layers: int, gelu: str) -> "torch.Tensor":
+    """Dense -> GELU for each layer; the Keras example applies GELU after the last layer too."""
+    approximate = "none" if gelu == "erf" else "tanh"
+    for i in range(n_layers):
+        x = F.gelu(t_dense(x, P, f"{prefix}.fc{i}"), approximate=approximate)
+    return x
+
+
+def t_layer_norm(x: "torch.Tensor", P: dict, name: str, eps: float) -> "torch.Tensor":
+    return F.layer_norm(x, (x.shape[-1],), P[f"{name}.gamma"], P[f"{name}.beta"], eps)
+
+
+def t_attention(x: "torch.Tensor", P: dict, prefix: str, heads: int, key_dim: int) -> "torch.Tensor":
+    """Keras MultiHeadAttention: the fused kernel's columns are ordered (q|k|v, head, key_dim)."""
+    b, n, _ = x.shape
+    q, k, v = t_dense(x, P, f"{prefix}.qkv").reshape(b, n, 3, heads, key_dim).unbind(dim=2)  # (B, N, H, d)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q / math.sqrt(key_dim), k)  # Keras scales the query
+    o = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, dim=-1), v)
+    return t_dense(o.reshape(b, n, heads * key_dim), P, f"{prefix}.proj")  # heads concatenated (H, d)
+
+
+def t_vit(cfg: npvit.ViTConfig, P: dict, images: "torch.Tensor") -> "torch.Tensor":
+    """Logits of the Keras-example ViT (pre-norm blocks, final LayerNorm, pool, MLP head, Dense)."""
+    x = t_dense(t_patches(images, cfg.patch_size), P, "patch_embed.proj")
+    if cfg.pool == "cls":
+        x = torch.cat([P["cls_token"].expand(x.shape[0], 1, cfg.dim), x], dim=1)
+    x = x + P["pos_embed"]
+    for i in range(cfg.depth):
+        pre = f"blocks.{i}"
+        x = x + t_attention(t_layer_norm(x, P, f"{pre}.norm1", cfg.ln_eps), P, f"{pre}.attn",
+                            cfg.num_heads, cfg.key_dim)
+        x = x + t_mlp(t_layer_norm(x, P, f"{pre}.norm2", cfg.ln_eps), P, f"{pre}.mlp",
+                      len(cfg.mlp_units), cfg.gelu)
+    x = t_layer_norm(x, P, "norm", cfg.ln_eps)
+    pooled = {"flatten": lambda: x.reshape(x.shape[0], -1), "cls": lambda: x[:, 0], "gap": lambda: x.mean(1)}
+    h = t_mlp(pooled[cfg.pool](), P, "head", len(cfg.head_units), cfg.gelu)
+    return t_dense(h, P, "head.out")
+
+
+# ---- running both ------------------------------------------------------------------------------------------
+def npvit_step(model: npvit.ViT, images: np.ndarray, labels: np.ndarray, smoothing: float = 0.0):
+    """Training forward, loss and backward in npvit. Returns (logits, loss, d images); fills model.grads."""
+    logits = model.forward(images, training=True)
+    loss, cache = npvit.cross_entropy_forward(logits, labels, label_smoothing=smoothing)
+    dimages = model.backward(npvit.cross_entropy_backward(cache))
+    return logits, float(loss), dimages
+
+
+def torch_step(cfg, P: dict, images: np.ndarray, labels: np.ndarray, smoothing: float = 0.0):
+    """The same in torch. Returns (logits, loss, d images); fills .grad of every tensor in P."""
+    x = torch.tensor(images, dtype=torch.float64, requires_grad=True)
+    logits = t_vit(cfg, P, x)
+    loss = F.cross_entropy(logits, torch.from_numpy(labels), label_smoothing=smoothing)
+    loss.backward()
+    return logits.detach().numpy(), loss.item(), x.grad.numpy()
+
+
+def key_bias(cfg: npvit.ViTConfig) -> slice:
+    """Columns of ``qkv.b`` that hold the key bias (the fused columns are ordered q | k | v)."""
+    hd = cfg.num_heads * cfg.key_dim
+    return slice(hd, 2 * hd)
+
+
+def assert_close(actual, expected, what: str) -> None:
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=RTOL, atol=ATOL, err_msg=what)
+
+
+def assert_grads_match(model: npvit.ViT, P: dict) -> None:
+    assert set(model.grads) == set(P), "npvit and the torch model must have the same parameters"
+    for name, t in P.items():
+        # A None grad means the torch network never used the parameter: the two networks differ.
+        assert t.grad is not None, f"torch model does not use parameter {name}"
+        assert_close(model.grads[name], t.grad.numpy(), f"gradient of {name}")
+
+
+# ---- forward, loss and gradients ---------------------------------------------------------------------------
+@pytest.mark.parametrize("gelu", GELUS)
+@pytest.mark.parametrize("pool", POOLS)
+def test_logits_and_loss_match_torch(pool: str, gelu: str) -> None:
+    cfg = make_config(pool, gelu)
+    model = make_model(cfg)
+    images, labels = make_batch(cfg, seed=1)
+    P = torch_params(model)
+    with torch.no_grad():
+        expected = t_vit(cfg, P, torch.from_numpy(images))
+    assert_close(model.forward(images), expected.numpy(), "logits (inference forward)")
+    for smoothing in (0.0, 0.1):
+        loss, _ = npvit.cross_entropy_forward(expected.numpy(), labels, label_smoothing=smoothing)
+        ref = F.cross_entropy(expected, torch.from_numpy(labels), label_smoothing=smoothing)
+        assert_close(loss, ref.item(), f"cross-entropy, label_smoothing={smoothing}")
+
+
+@pytest.mark.parametrize("smoothing", (0.0, 0.1))
+@pytest.mark.parametrize("gelu", GELUS)
+@pytest.mark.parametrize("pool", POOLS)
+def test_gradients_match_torch(pool: str, gelu: str, smoothing: float) -> None:
+    cfg = make_config(pool, gelu)
+    model = make_model(cfg)
+    images, labels = make_batch(cfg, seed=2)
+    P = torch_params(model)
+    logits, loss, dimages = npvit_step(model, images, labels, smoothing)
+    t_logits, t_loss, t_dimages = torch_step(cfg, P, images, labels, smoothing)
+    assert_close(logits, t_logits, "logits (training forward)")
+    assert_close(loss, t_loss, "loss")
+    assert_grads_match(model, P)
+    assert_close(dimages, t_dimages, "gradient of the images")
+    # Adding a constant to every key shifts each row of scores by the same amount, which softmax ignores: the
+    # key bias gradient is zero in exact arithmetic, and only rounding noise (~1e-17) may be left of it.
+    for i in range(cfg.depth):
+        g = model.grads[f"blocks.{i}.attn.qkv.b"]
+        assert np.abs(g[key_bias(cfg)]).max() <= 1e-12 * np.abs(g).max()
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_valid_padding_matches_torch(pool: str) -> None:
+    """14x14 images, 4x4 patches: a 3x3 grid, and the last 2 rows and columns of pixels are dropped."""
+    cfg = make_config(pool, "erf", image_size=14)
+    assert cfg.num_patches == 9
+    model = make_model(cfg, seed=3)
+    images, labels = make_batch(cfg, seed=4)
+    P = torch_params(model)
+    logits, loss, dimages = npvit_step(model, images, labels)
+    t_logits, t_loss, t_dimages = torch_step(cfg, P, images, labels)
+    assert_close(logits, t_logits, "logits")
+    assert_close(loss, t_loss, "loss")
+    assert_grads_match(model, P)
+    assert_close(dimages, t_dimages, "gradient of the images")
+    # The dropped pixels do not reach the output, so their gradient must be exactly zero.
+    assert not dimages[:, 12:].any() and not dimages[:, :, 12:].any()
+    assert np.abs(dimages[:, :12, :12]).min() > 0
+
+
+# ---- AdamW -------------------------------------------------------------------------------------------------
+LR, WEIGHT_DECAY, EPS, STEPS = 1e-2, 0.05, 1e-8, 5
+CLIP_NORM = 2.5  # within the range of this run's gradient norms (about 1.9 to 6.1): some steps clip, some not
+
+
+def zero_key_bias_grads(cfg: npvit.ViTConfig, grads: dict) -> None:
+    """Set the key-bias gradients, zero but for rounding noise (see test_gradients_match_torch), to exactly 0.
+
+    The noise (~1e-17) differs between the two implementations, and Adam divides by sqrt(v) + eps, so it
+    turns into updates of about lr * 1e-17 / eps ~ 1e-11 that differ in sign and size between the two -- a
+    difference of ~1e-10 after a few steps that says nothing about either implementation. Zeroing both sides
+    keeps the comparison exact; the gradient itself is checked against torch above.
+    """
+    for i in range(cfg.depth):
+        grads[f"blocks.{i}.attn.qkv.b"][key_bias(cfg)] = 0.0
+
+
+def torch_clip_(P: dict, clip_norm: float) -> float:
+    """Scale the gradients by clip_norm / ||g|| when ||g|| > clip_norm, as Keras (and npvit) do.
+
+    torch.nn.utils.clip_grad_norm_ scales by max_norm / (||g|| + 1e-6) instead, which differs from the Keras
+    formula by about 1e-6 / ||g|| relative -- far above the 1e-9 this test asserts -- so the torch side
+    clips by hand with the exact Keras formula.
+    """
+    total = math.sqrt(sum(float((t.grad * t.grad).sum()) for t in P.values()))
+    if total > clip_norm:
+        for t in P.values():
+            t.grad.mul_(clip_norm / total)
+    return total
+
+
+ADAMW_VARIANTS = {
+    "decay_all": dict(exclude=False, clip_norm=None),
+    "exclude_from_decay": dict(exclude=True, clip_norm=None),
+    "clip_norm": dict(exclude=False, clip_norm=CLIP_NORM),
+    "exclude_and_clip": dict(exclude=True, clip_norm=CLIP_NORM),
+}
+
+
+@pytest.mark.parametrize("variant", ADAMW_VARIANTS)
+def test_adamw_training_matches_torch(variant: str) -> None:
+    exclude, clip_norm = ADAMW_VARIANTS[variant]["exclude"], ADAMW_VARIANTS[variant]["clip_norm"]
+    cfg = make_config("cls", "erf")
+    model = make_model(cfg, seed=5)
+    P = torch_params(model)
+    no_decay = model.no_decay_names() if exclude else []
+    opt = npvit.AdamW(
+        model.params, lr=LR, weight_decay=WEIGHT_DECAY, epsilon=EPS, epsilon_convention="pytorch",
+        decay_convention="keras", exclude_from_decay=no_decay, clip_norm=clip_norm,
+    )
+    groups = [
+        {"params": [t for n, t in P.items() if n not in no_decay], "weight_decay": WEIGHT_DECAY},
+        {"params": [t for n, t in P.items() if n in no_decay], "weight_decay": 0.0},
+    ]
+    t_opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=LR, eps=EPS, betas=(0.9, 0.999))
+
+    clipped = 0
+    for step in range(STEPS):
+        images, labels = make_batch(cfg, seed=10 + step)  # a fresh batch each step, like real training
+        npvit_step(model, images, labels)
+        zero_key_bias_grads(cfg, model.grads)
+        norm = opt.step(model.grads)
+        t_opt.zero_grad()
+        torch_step(cfg, P, images, labels)
+        with torch.no_grad():
+            zero_key_bias_grads(cfg, {n: t.grad for n, t in P.items()})
+        t_norm = torch_clip_(P, clip_norm) if clip_norm else None
+        t_opt.step()
+        if clip_norm:
+            assert_close(norm, t_norm, f"global gradient norm at step {step + 1}")
+            clipped += norm > clip_norm
+        for name, t in P.items():
+            assert_close(model.params[name], t.detach().numpy(), f"{name} after step {step + 1}")
+    if clip_norm:
+        assert 0 < clipped < STEPS, f"clipping in {clipped} of {STEPS} steps: a branch went untested"
+    if exclude:
+        assert no_decay and len(no_decay) < len(P), "both parameter groups should be non-empty"
