@@ -23,20 +23,8 @@ import numpy as np
 import npvit
 from npvit.demo import PRESETS
 
-# FLOPs of a multiply-add counted as 2; only the matrix products (everything else is a few percent).
-
-
-def matmul_flops_per_image(cfg: npvit.ViTConfig) -> int:
-    """Forward matrix-multiply FLOPs for one image."""
-    t, d, hd = cfg.num_tokens, cfg.dim, cfg.num_heads * cfg.key_dim
-    flops = 2 * cfg.num_patches * cfg.patch_dim * d  # patch projection
-    per_block = 2 * t * d * 3 * hd + 2 * 2 * t * t * hd + 2 * t * hd * d  # qkv, scores + weighted sum, proj
-    sizes = (d, *cfg.mlp_units)
-    per_block += sum(2 * t * a * b for a, b in zip(sizes, sizes[1:]))
-    flops += cfg.depth * per_block
-    sizes = (cfg.pooled_dim, *cfg.head_units, cfg.num_classes)
-    flops += sum(2 * a * b for a, b in zip(sizes, sizes[1:]))
-    return flops
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from flops import matmul_flops_per_image  # noqa: E402  (benchmarks/flops.py, shared with run.py)
 
 
 def main(argv: list[str] | None = None) -> int:

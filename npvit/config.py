@@ -162,3 +162,12 @@ class ViTConfig:
             image_size=8, patch_size=4, channels=3, num_classes=num_classes, dim=8, depth=2, num_heads=2,
             key_dim=4, mlp_units=(12, 8), head_units=(16,),
         )
+
+
+PRESETS = {
+    "keras": ViTConfig.keras,
+    "keras-wide": ViTConfig.keras_wide,
+    "small": ViTConfig.small,
+    "tiny": ViTConfig.tiny,
+}
+"""Preset name (as the command-line tools spell it) -> constructor taking ``num_classes``."""

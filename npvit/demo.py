@@ -17,13 +17,10 @@ import time
 import numpy as np
 
 from .backend import BACKEND_NAMES, BackendUnavailableError, get_backend
-from .config import ViTConfig
+from .config import PRESETS
 from .kernels import cross_entropy_backward, cross_entropy_forward
 from .model import ViT
 from .optim import AdamW
-
-PRESETS = {"keras": ViTConfig.keras, "keras-wide": ViTConfig.keras_wide, "small": ViTConfig.small,
-           "tiny": ViTConfig.tiny}
 
 
 def positive_int(text: str) -> int:

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-import npvit
 from npvit.backend import to_numpy
 from npvit.kernels import (
     attention_core_forward,

@@ -3,10 +3,10 @@
 npvit's forward and backward passes are written by hand, so they can only be as right as their derivations.
 The gradient check (finite differences) catches a backward that disagrees with its own forward, but not a
 forward that computes the wrong network -- a transposed patch layout, heads split in the wrong order, GELU
-missing after the last MLP layer -- nor an optimizer that follows the wrong formula. This module rebuilds the
-network from plain torch ops (written from the Keras ViT example's description, not from npvit's kernels),
-copies npvit's weights into it and lets autograd do the backward. In float64 with dropout off both sides must
-then agree to rounding error:
+missing after the last MLP layer -- nor an optimizer that follows the wrong formula.
+``npvit.torch_reference`` rebuilds the network from plain torch modules and ops (written from the Keras ViT
+example's description, not from npvit's kernels); this module copies npvit's weights into it and lets autograd
+do the backward. In float64 with dropout off both sides must then agree to rounding error:
 
 * logits, and the cross-entropy loss with and without label smoothing (``F.cross_entropy``);
 * the gradient of every parameter and of the input images;
@@ -31,6 +31,7 @@ torch = pytest.importorskip(
 F = torch.nn.functional
 
 import npvit  # noqa: E402  (after the skip: nothing below runs without torch)
+from npvit.torch_reference import TorchViT  # noqa: E402
 
 POOLS = ("flatten", "cls", "gap")
 GELUS = ("erf", "tanh")
@@ -76,64 +77,9 @@ def make_batch(cfg: npvit.ViTConfig, seed: int) -> tuple[np.ndarray, np.ndarray]
     return images, labels
 
 
-def torch_params(model: npvit.ViT) -> dict[str, "torch.Tensor"]:
-    """Leaf float64 tensors holding copies of npvit's parameters (copies: the two must not share memory)."""
-    return {n: torch.tensor(p, dtype=torch.float64, requires_grad=True) for n, p in model.params.items()}
-
-
-# ---- the reference network in torch ------------------------------------------------------------------------
-def t_patches(images: "torch.Tensor", p: int) -> "torch.Tensor":
-    """(B, H, W, C) -> (B, N, P*P*C): patches row-major over the grid, each flattened as (row, col, channel).
-
-    ``unfold`` with step = size takes only whole windows, which is VALID padding.
-    """
-    b, _, _, c = images.shape
-    x = images.unfold(1, p, p).unfold(2, p, p)  # (B, gh, gw, C, P_row, P_col)
-    x = x.permute(0, 1, 2, 4, 5, 3)  # (B, gh, gw, P_row, P_col, C)
-    return x.reshape(b, x.shape[1] * x.shape[2], p * p * c)
-
-
-def t_dense(x: "torch.Tensor", P: dict, name: str) -> "torch.Tensor":
-    return x @ P[f"{name}.w"] + P[f"{name}.b"]  # weights stored (in, out), as Keras does
-
-
-def t_mlp(x: "torch.Tensor", P: dict, prefix: str, n_layers: int, gelu: str) -> "torch.Tensor":
-    """Dense -> GELU for each layer; the Keras example applies GELU after the last layer too."""
-    approximate = "none" if gelu == "erf" else "tanh"
-    for i in range(n_layers):
-        x = F.gelu(t_dense(x, P, f"{prefix}.fc{i}"), approximate=approximate)
-    return x
-
-
-def t_layer_norm(x: "torch.Tensor", P: dict, name: str, eps: float) -> "torch.Tensor":
-    return F.layer_norm(x, (x.shape[-1],), P[f"{name}.gamma"], P[f"{name}.beta"], eps)
-
-
-def t_attention(x: "torch.Tensor", P: dict, prefix: str, heads: int, key_dim: int) -> "torch.Tensor":
-    """Keras MultiHeadAttention: the fused kernel's columns are ordered (q|k|v, head, key_dim)."""
-    b, n, _ = x.shape
-    q, k, v = t_dense(x, P, f"{prefix}.qkv").reshape(b, n, 3, heads, key_dim).unbind(dim=2)  # (B, N, H, d)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q / math.sqrt(key_dim), k)  # Keras scales the query
-    o = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, dim=-1), v)
-    return t_dense(o.reshape(b, n, heads * key_dim), P, f"{prefix}.proj")  # heads concatenated (H, d)
-
-
-def t_vit(cfg: npvit.ViTConfig, P: dict, images: "torch.Tensor") -> "torch.Tensor":
-    """Logits of the Keras-example ViT (pre-norm blocks, final LayerNorm, pool, MLP head, Dense)."""
-    x = t_dense(t_patches(images, cfg.patch_size), P, "patch_embed.proj")
-    if cfg.pool == "cls":
-        x = torch.cat([P["cls_token"].expand(x.shape[0], 1, cfg.dim), x], dim=1)
-    x = x + P["pos_embed"]
-    for i in range(cfg.depth):
-        pre = f"blocks.{i}"
-        x = x + t_attention(t_layer_norm(x, P, f"{pre}.norm1", cfg.ln_eps), P, f"{pre}.attn",
-                            cfg.num_heads, cfg.key_dim)
-        x = x + t_mlp(t_layer_norm(x, P, f"{pre}.norm2", cfg.ln_eps), P, f"{pre}.mlp",
-                      len(cfg.mlp_units), cfg.gelu)
-    x = t_layer_norm(x, P, "norm", cfg.ln_eps)
-    pooled = {"flatten": lambda: x.reshape(x.shape[0], -1), "cls": lambda: x[:, 0], "gap": lambda: x.mean(1)}
-    h = t_mlp(pooled[cfg.pool](), P, "head", len(cfg.head_units), cfg.gelu)
-    return t_dense(h, P, "head.out")
+def torch_model(model: npvit.ViT) -> "TorchViT":
+    """The torch reference network with a copy of npvit's parameters (copies: the two must not share memory)."""
+    return TorchViT.from_npvit(model, dtype=torch.float64)
 
 
 # ---- running both ------------------------------------------------------------------------------------------
@@ -145,10 +91,10 @@ def npvit_step(model: npvit.ViT, images: np.ndarray, labels: np.ndarray, smoothi
     return logits, float(loss), dimages
 
 
-def torch_step(cfg, P: dict, images: np.ndarray, labels: np.ndarray, smoothing: float = 0.0):
-    """The same in torch. Returns (logits, loss, d images); fills .grad of every tensor in P."""
+def torch_step(tm: "TorchViT", images: np.ndarray, labels: np.ndarray, smoothing: float = 0.0):
+    """The same in torch. Returns (logits, loss, d images); fills .grad of every parameter of ``tm``."""
     x = torch.tensor(images, dtype=torch.float64, requires_grad=True)
-    logits = t_vit(cfg, P, x)
+    logits = tm.train()(x)
     loss = F.cross_entropy(logits, torch.from_numpy(labels), label_smoothing=smoothing)
     loss.backward()
     return logits.detach().numpy(), loss.item(), x.grad.numpy()
@@ -164,12 +110,13 @@ def assert_close(actual, expected, what: str) -> None:
     np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=RTOL, atol=ATOL, err_msg=what)
 
 
-def assert_grads_match(model: npvit.ViT, P: dict) -> None:
-    assert set(model.grads) == set(P), "npvit and the torch model must have the same parameters"
-    for name, t in P.items():
+def assert_grads_match(model: npvit.ViT, tm: "TorchViT") -> None:
+    t_grads = tm.npvit_state(grads=True)  # npvit names and layouts (dense kernels transposed back)
+    assert set(model.grads) == set(t_grads), "npvit and the torch model must have the same parameters"
+    for name, g in t_grads.items():
         # A None grad means the torch network never used the parameter: the two networks differ.
-        assert t.grad is not None, f"torch model does not use parameter {name}"
-        assert_close(model.grads[name], t.grad.numpy(), f"gradient of {name}")
+        assert g is not None, f"torch model does not use parameter {name}"
+        assert_close(model.grads[name], g, f"gradient of {name}")
 
 
 # ---- forward, loss and gradients ---------------------------------------------------------------------------
@@ -179,9 +126,9 @@ def test_logits_and_loss_match_torch(pool: str, gelu: str) -> None:
     cfg = make_config(pool, gelu)
     model = make_model(cfg)
     images, labels = make_batch(cfg, seed=1)
-    P = torch_params(model)
+    tm = torch_model(model)
     with torch.no_grad():
-        expected = t_vit(cfg, P, torch.from_numpy(images))
+        expected = tm.eval()(torch.from_numpy(images))
     assert_close(model.forward(images), expected.numpy(), "logits (inference forward)")
     for smoothing in (0.0, 0.1):
         loss, _ = npvit.cross_entropy_forward(expected.numpy(), labels, label_smoothing=smoothing)
@@ -196,12 +143,12 @@ def test_gradients_match_torch(pool: str, gelu: str, smoothing: float) -> None:
     cfg = make_config(pool, gelu)
     model = make_model(cfg)
     images, labels = make_batch(cfg, seed=2)
-    P = torch_params(model)
+    tm = torch_model(model)
     logits, loss, dimages = npvit_step(model, images, labels, smoothing)
-    t_logits, t_loss, t_dimages = torch_step(cfg, P, images, labels, smoothing)
+    t_logits, t_loss, t_dimages = torch_step(tm, images, labels, smoothing)
     assert_close(logits, t_logits, "logits (training forward)")
     assert_close(loss, t_loss, "loss")
-    assert_grads_match(model, P)
+    assert_grads_match(model, tm)
     assert_close(dimages, t_dimages, "gradient of the images")
     # Adding a constant to every key shifts each row of scores by the same amount, which softmax ignores: the
     # key bias gradient is zero in exact arithmetic, and only rounding noise (~1e-17) may be left of it.
@@ -217,12 +164,12 @@ def test_valid_padding_matches_torch(pool: str) -> None:
     assert cfg.num_patches == 9
     model = make_model(cfg, seed=3)
     images, labels = make_batch(cfg, seed=4)
-    P = torch_params(model)
+    tm = torch_model(model)
     logits, loss, dimages = npvit_step(model, images, labels)
-    t_logits, t_loss, t_dimages = torch_step(cfg, P, images, labels)
+    t_logits, t_loss, t_dimages = torch_step(tm, images, labels)
     assert_close(logits, t_logits, "logits")
     assert_close(loss, t_loss, "loss")
-    assert_grads_match(model, P)
+    assert_grads_match(model, tm)
     assert_close(dimages, t_dimages, "gradient of the images")
     # The dropped pixels do not reach the output, so their gradient must be exactly zero.
     assert not dimages[:, 12:].any() and not dimages[:, :, 12:].any()
@@ -273,7 +220,8 @@ def test_adamw_training_matches_torch(variant: str) -> None:
     exclude, clip_norm = ADAMW_VARIANTS[variant]["exclude"], ADAMW_VARIANTS[variant]["clip_norm"]
     cfg = make_config("cls", "erf")
     model = make_model(cfg, seed=5)
-    P = torch_params(model)
+    tm = torch_model(model)
+    P = tm.npvit_parameters()  # npvit name -> torch Parameter (dense kernels stored transposed)
     no_decay = model.no_decay_names() if exclude else []
     opt = npvit.AdamW(
         model.params, lr=LR, weight_decay=WEIGHT_DECAY, epsilon=EPS, epsilon_convention="pytorch",
@@ -292,7 +240,7 @@ def test_adamw_training_matches_torch(variant: str) -> None:
         zero_key_bias_grads(cfg, model.grads)
         norm = opt.step(model.grads)
         t_opt.zero_grad()
-        torch_step(cfg, P, images, labels)
+        torch_step(tm, images, labels)
         with torch.no_grad():
             zero_key_bias_grads(cfg, {n: t.grad for n, t in P.items()})
         t_norm = torch_clip_(P, clip_norm) if clip_norm else None
@@ -300,8 +248,9 @@ def test_adamw_training_matches_torch(variant: str) -> None:
         if clip_norm:
             assert_close(norm, t_norm, f"global gradient norm at step {step + 1}")
             clipped += norm > clip_norm
-        for name, t in P.items():
-            assert_close(model.params[name], t.detach().numpy(), f"{name} after step {step + 1}")
+        t_params = tm.npvit_state()
+        for name in P:
+            assert_close(model.params[name], t_params[name], f"{name} after step {step + 1}")
     if clip_norm:
         assert 0 < clipped < STEPS, f"clipping in {clipped} of {STEPS} steps: a branch went untested"
     if exclude:

@@ -1,0 +1,152 @@
+"""Evaluate a trained model: loss, top-1 and top-5 accuracy, and accuracy per class.
+
+    python -m npvit.evaluate runs/cifar10/best.npz                # the test split of the run's dataset
+    python -m npvit.evaluate runs/cifar10/best.npz --data-dir /data/cifar-10-binary.tar.gz --backend cupy
+
+``evaluate`` is also what the training program uses for its validation and test numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .augment import Augmenter
+from .backend import BACKEND_NAMES, Backend, BackendUnavailableError, get_backend, to_numpy
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .config import ViTConfig
+from .kernels import cross_entropy_forward
+from .model import ViT
+from .progress import ProgressBar
+
+
+@dataclass
+class EvalResult:
+    """Mean loss, top-1 and top-k accuracy (fractions), and per-class accuracy over an evaluated split."""
+
+    loss: float
+    top1: float
+    top5: float
+    per_class: np.ndarray  # accuracy of each class (NaN where a class has no examples)
+    counts: np.ndarray  # examples of each class
+
+    def as_dict(self) -> dict[str, float]:
+        return {"loss": self.loss, "top1": self.top1, "top5": self.top5}
+
+
+def evaluate(model: ViT, augmenter: Augmenter, images: np.ndarray, labels: np.ndarray, batch_size: int = 256,
+             progress: bool = False, label: str = "eval") -> EvalResult:
+    """Run ``model`` in inference mode over host ``images`` (uint8, un-normalised) and integer ``labels``."""
+    backend, k = model.backend, model.config.num_classes
+    n = len(images)
+    if n == 0:
+        raise ValueError("nothing to evaluate: the split is empty")
+    topk = min(5, k)
+    loss_sum, correct1, correctk = 0.0, 0, 0
+    hits = np.zeros(k, dtype=np.int64)
+    counts = np.bincount(labels, minlength=k)
+    bar = ProgressBar(math.ceil(n / batch_size), label, enabled=None if progress else False)
+    for i, start in enumerate(range(0, n, batch_size)):
+        x = backend.asarray(images[start:start + batch_size])
+        y_host = labels[start:start + batch_size]
+        y = backend.asarray(y_host)
+        logits = model.forward(augmenter(x, training=False))
+        loss, _ = cross_entropy_forward(logits, y)
+        loss_sum += float(loss) * len(y_host)
+        top = to_numpy(backend.xp.argsort(-logits, axis=1)[:, :topk])
+        first = top[:, 0] == y_host
+        correct1 += int(first.sum())
+        correctk += int((top == y_host[:, None]).any(axis=1).sum())
+        np.add.at(hits, y_host[first], 1)
+        bar.update(i + 1)
+    bar.close()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = hits / counts
+    return EvalResult(loss_sum / n, correct1 / n, correctk / n, per_class, counts)
+
+
+def model_from_checkpoint(ckpt: Checkpoint, backend: str | Backend = "numpy",
+                          dtype: str | None = None) -> tuple[ViT, Augmenter]:
+    """Rebuild the model (with the checkpoint's weights) and its inference preprocessing."""
+    meta = ckpt.meta
+    config = ViTConfig.from_dict(meta["model"])
+    model = ViT(config, backend=backend, dtype=dtype or meta.get("dtype", "float32"))
+    missing = sorted(set(model.params) - set(ckpt.params))
+    if missing:
+        raise CheckpointError(f"checkpoint lacks parameters {missing[:5]}; it does not match its config")
+    for name, p in model.params.items():
+        if ckpt.params[name].shape != p.shape:
+            raise CheckpointError(f"checkpoint parameter {name} has shape {ckpt.params[name].shape}, "
+                                  f"the model expects {p.shape}")
+        p[...] = model.backend.asarray(ckpt.params[name], dtype=p.dtype)
+    norm = meta["normalization"]
+    augmenter = Augmenter(np.asarray(norm["mean"]), np.asarray(norm["variance"]), image_size=config.image_size,
+                          dtype=str(model.dtype))
+    return model, augmenter
+
+
+def load_run_dataset(run: dict[str, Any], data_dir: str | None = None, cache_dir: str | None = None,
+                     download: bool = True, progress: bool = True) -> Any:
+    """Load the dataset a run's settings (config.json "run", or a checkpoint's meta["run"]) name."""
+    from .data import load_dataset
+
+    extra = {}
+    if run.get("dataset") == "synthetic":
+        extra = {"synthetic_size": tuple(run["synthetic_size"]), "image_size": run["synthetic_image_size"],
+                 "num_classes": run["synthetic_classes"], "seed": run["seed"]}
+    return load_dataset(run.get("dataset", "cifar100"), data_dir=data_dir, cache_dir=cache_dir,
+                        label_mode=run.get("label_mode", "fine"), download=download, progress=progress, **extra)
+
+
+def print_per_class(result: EvalResult, class_names: list[str], file: Any = None) -> None:
+    """A table of accuracy per class (to stdout by default)."""
+    file = file or sys.stdout
+    width = max([len(n) for n in class_names] + [5])
+    print(f"{'class':<{width}}  examples  accuracy", file=file)
+    for name, count, acc in zip(class_names, result.counts, result.per_class):
+        shown = "     -" if count == 0 else f"{100 * acc:6.2f}%"
+        print(f"{name:<{width}}  {count:8d}  {shown}", file=file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataError
+
+    parser = argparse.ArgumentParser(prog="python -m npvit.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a .npz checkpoint written by npvit.train (best.npz or last.npz)")
+    parser.add_argument("--data-dir", help="existing copy of the dataset (archive or extracted folder)")
+    parser.add_argument("--cache-dir", help="download cache (default $NPVIT_CACHE or ~/.cache/npvit)")
+    parser.add_argument("--backend", choices=BACKEND_NAMES, default="numpy")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        model, augmenter = model_from_checkpoint(ckpt, get_backend(args.backend))
+        data = load_run_dataset(ckpt.meta.get("run", {}), args.data_dir, args.cache_dir, progress=not args.json)
+    except (CheckpointError, DataError, BackendUnavailableError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if data.num_classes != model.config.num_classes:
+        print(f"error: the dataset has {data.num_classes} classes but the model was trained for "
+              f"{model.config.num_classes}", file=sys.stderr)
+        return 2
+    result = evaluate(model, augmenter, data.x_test, data.y_test, args.batch_size, progress=not args.json,
+                      label="test")
+    if args.json:
+        print(json.dumps(dict(result.as_dict(), per_class=dict(zip(data.class_names,
+                                                                   map(float, result.per_class))))))
+        return 0
+    print(f"{data.name} test split, {len(data.y_test)} images: loss {result.loss:.4f}  "
+          f"top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%")
+    print_per_class(result, data.class_names)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
