@@ -17,22 +17,35 @@ Sections (``--sections``, comma separated; default all):
 * ``kernels``: every kernel of the Keras preset at batch 256, forward and backward, with GFLOP/s (matrix
   products: 2 FLOPs per multiply-add) or GB/s (elementwise kernels: the minimal traffic, each input read
   once and each output written once; dropout masks count one byte per element), its calls per training step
-  and its share of the measured training step. The rows marked "sum" add up to the step but for "other"
-  (residual adds, head split/merge copies, ...); composite rows time whole layers through npvit's real code
-  path. Augmentation (``npvit.augment``, if present) runs outside the step.
+  and its share of the measured training step. The rows above "other" plus "other" (residual adds, head
+  split/merge copies, ...: the step minus their sum) make up the step; composite rows time whole layers
+  through npvit's real code path (model modules, ``kernels.attention_core_*``), not added up. Augmentation
+  (``npvit.augment``, if present) runs outside the step.
 * ``e2e``: training images/s (forward, loss, backward, AdamW) and forward-only (inference) images/s for
   the keras, keras-wide and small presets over a range of batch sizes; model FLOPs per image; utilisation
   against the peak; peak memory.
-* ``seqlen``: the Keras preset with patch grids 8x8 to 24x24 (patch 6, so 64 to 576 tokens) at a fixed
-  batch: time per training step, the measured share of the attention core (Q K^T, softmax, dropout, A V,
-  forward and backward) and a least-squares fit t(T) = c0 + c1 T + c2 T^2 showing the quadratic term.
+* ``seqlen``: the Keras preset with patch grids 8x8 to 24x24 (patch 6, so 64 to 576 tokens; --quick: 8, 16
+  and 24) at a fixed batch: time per training step, the measured share of the attention core (Q K^T,
+  softmax, dropout, A V, forward and backward) and a least-squares fit t(T) = c0 + c1 T + c2 T^2 showing the
+  quadratic term.
 
 Fairness rules:
 
 * npvit and PyTorch (``npvit.torch_reference.TorchViT``, eager, written as a competent PyTorch user would)
   run the same network with the same initial weights (npvit's copied into torch), on the same batch, in
   float32, with the same thread count; their measurements alternate (npvit, torch, npvit, torch, ...) after
-  warm-up rounds, and tables report medians. Every row prints the npvit/torch ratio.
+  warm-up rounds, and tables report medians (every sample is in the JSON; measurements whose samples spread
+  by more than 1.5x are listed at the end). Every row prints the npvit/torch ratio.
+* On CPU each turn starts after a 0.2 s pause: OpenBLAS workers spin for about 0.1 s after a call (and
+  torch's OpenMP threads briefly too), and on a 2-core machine the next library's threads would fight them
+  (measured: a torch matmul 2.5x slower right after a NumPy one, and NumPy 1.4x slower after torch).
+* torch trains the way its users do: ``zero_grad(set_to_none=True)``, ``F.cross_entropy``, ``backward``,
+  ``torch.optim.AdamW`` (default implementation); inference runs under ``torch.inference_mode`` in eval mode.
+  It does not compute the image gradient that npvit's ``backward`` returns (a small cost for npvit).
+* Memory pages: on Linux NumPy asks for transparent huge pages for large arrays; torch's CPU allocator
+  does not unless THP_MEM_ALLOC_ENABLE=1 (``--torch-thp``). With fresh activations every step, torch then
+  takes ~500x more page faults (on the 2-core VM: seconds of system time per Keras b256 step). The default
+  compares stock torch; the header and the per-sample CPU/system time and page faults make this visible.
 * Threads: ``--threads N`` (default: OMP_NUM_THREADS if set, else the CPUs this process may use) is written
   to OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS *before NumPy is imported* (so run this file
   as a script, not imported), and given to ``torch.set_num_threads``. The header reports the BLAS thread
@@ -88,6 +101,8 @@ if __name__ == "__main__":
     _THREADS = requested_threads(sys.argv[1:])
     for _var in THREAD_VARS:
         os.environ[_var] = str(_THREADS)
+    if "--torch-thp" in sys.argv[1:]:
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # read by torch's CPU allocator
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
@@ -111,6 +126,11 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 import numpy as np  # noqa: E402
+
+try:
+    import resource  # noqa: E402
+except ImportError:  # not Unix: no CPU-time and page-fault counts
+    resource = None
 
 import npvit  # noqa: E402
 from npvit import kernels as K  # noqa: E402
@@ -148,20 +168,21 @@ class Settings:
     seq_grids: tuple[int, ...]
     seq_batch: int
     seq_repeats: int
+    pause_s: float = 0.0  # idle time before each contender's turn, so the other library's threads go to sleep
 
 
 SETTINGS = {
     ("cpu", "full"): Settings(
         warmup=1, peak_sizes=(2048, 3072, 4096), peak_repeats=3,
         kernel_batch=256, kernel_repeats=3, kernel_target_s=0.1,
-        e2e={"keras": (64, 128, 256), "keras-wide": (64, 128), "small": (128, 256)}, e2e_repeats=3,
-        seq_grids=(8, 12, 16, 20, 24), seq_batch=64, seq_repeats=2,
+        e2e={"keras": (64, 128, 256), "keras-wide": (32, 64), "small": (128, 256)}, e2e_repeats=3,
+        seq_grids=(8, 12, 16, 20, 24), seq_batch=64, seq_repeats=2, pause_s=0.2,
     ),
     ("cpu", "quick"): Settings(
         warmup=1, peak_sizes=(1024, 2048), peak_repeats=2,
-        kernel_batch=32, kernel_repeats=2, kernel_target_s=0.02,
-        e2e={"keras": (16, 32), "keras-wide": (16,), "small": (32,)}, e2e_repeats=2,
-        seq_grids=(8, 12, 16, 20, 24), seq_batch=8, seq_repeats=2,
+        kernel_batch=32, kernel_repeats=3, kernel_target_s=0.02,
+        e2e={"keras": (16, 32), "keras-wide": (16,), "small": (32,)}, e2e_repeats=3,
+        seq_grids=(8, 16, 24), seq_batch=8, seq_repeats=2, pause_s=0.2,
     ),
     ("gpu", "full"): Settings(
         warmup=3, peak_sizes=(4096, 8192), peak_repeats=5,
@@ -221,17 +242,37 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
+def _usage() -> tuple[float, float, int]:
+    """(user CPU s, system CPU s, minor page faults) of this process so far, all threads."""
+    if resource is None:
+        return 0.0, 0.0, 0
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime, r.ru_minflt
+
+
 def alternate(
-    contenders: dict[str, Callable[[], dict[str, float]]], warmup: int, repeats: int
+    contenders: dict[str, Callable[[], dict[str, float]]], warmup: int, repeats: int, pause: float = 0.0
 ) -> dict[str, dict[str, list[float]]]:
     """Run the contenders in turn (a, b, c, a, b, c, ...) ``warmup + repeats`` times; keep the last ``repeats``.
 
     Each contender returns a dict of timings (seconds); the result maps contender -> timing name -> samples.
+    Every sample also records the process's user and system CPU seconds and minor page faults during the
+    call (``cpu_user_s``, ``cpu_sys_s``, ``minor_faults``): large system time means the measurement paid for
+    fresh memory (page faults), not arithmetic.
+    ``pause`` seconds pass before each turn: OpenBLAS worker threads spin for about 0.1 s after a call, and
+    torch's OpenMP threads briefly too; on a small machine they would steal cores from the next contender
+    (measured: torch 2.5x slower right after a NumPy matmul).
     """
     samples: dict[str, dict[str, list[float]]] = {name: {} for name in contenders}
     for i in range(warmup + repeats):
         for name, fn in contenders.items():
+            if pause:
+                time.sleep(pause)
+            before = _usage()
             result = fn()
+            after = _usage()
+            result = dict(result, cpu_user_s=after[0] - before[0], cpu_sys_s=after[1] - before[1],
+                          minor_faults=after[2] - before[2])
             if i >= warmup:
                 for key, value in result.items():
                     samples[name].setdefault(key, []).append(value)
@@ -240,6 +281,11 @@ def alternate(
 
 def medians(samples: dict[str, list[float]]) -> dict[str, float]:
     return {k: median(v) for k, v in samples.items()}
+
+
+def usage(samples: dict[str, list[float]]) -> dict[str, float]:
+    """Median CPU user/system seconds and minor page faults per sample."""
+    return {k: median(samples.get(k, [])) for k in ("cpu_user_s", "cpu_sys_s", "minor_faults")}
 
 
 def loop_pair(fwd: Callable[[], Any], bwd: Callable[[Any], Any] | None, k: int,
@@ -390,10 +436,12 @@ def make_runners(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, peers: tuple[str, .
     return runners
 
 
-def free() -> None:
+def free(collect: bool = True) -> None:
     """Collect garbage and return cached device memory, so one row does not inflate the next (callers drop
-    their references first)."""
-    gc.collect()
+    their references first). Reference counting frees arrays by itself; ``collect`` also breaks cycles (about
+    0.1 s with torch loaded)."""
+    if collect:
+        gc.collect()
     if sys.modules.get("cupy") is not None:
         sys.modules["cupy"].get_default_memory_pool().free_all_blocks()
     if torch is not None and torch.cuda.is_available():
@@ -421,7 +469,7 @@ def section_peak(ctx: Ctx) -> dict:
             contenders["torch"] = kernel_contender(lambda: (lambda: torch.mm(ta, tb, out=tc), None),
                                                    ctx.sync_torch, 0.3)
         ctx.log(f"peak: sgemm {n}x{n}")
-        samples = alternate(contenders, ctx.settings.warmup, st.peak_repeats)
+        samples = alternate(contenders, ctx.settings.warmup, st.peak_repeats, st.pause_s)
         row = {"n": n}
         for name, s in samples.items():
             t = median(s["fwd"])
@@ -813,7 +861,8 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
     return cases
 
 
-def section_kernels(ctx: Ctx, cfg: npvit.ViTConfig | None = None, batch: int | None = None) -> dict:
+def section_kernels(ctx: Ctx, cfg: npvit.ViTConfig | None = None, batch: int | None = None,
+                    label: str = "Keras preset") -> dict:
     """Time every kernel and the training step of ``cfg`` (default: the Keras preset) at ``batch``."""
     st = ctx.settings
     cfg = cfg or npvit.ViTConfig.keras()
@@ -823,8 +872,9 @@ def section_kernels(ctx: Ctx, cfg: npvit.ViTConfig | None = None, batch: int | N
 
     ctx.log(f"kernels: training step, batch {batch}")
     contenders = {name: (lambda r=r: r.train_step(breakdown=True)) for name, r in runners.items()}
-    step = alternate(contenders, st.warmup, st.kernel_repeats)
-    fwd_eval = alternate({name: r.forward for name, r in runners.items()}, st.warmup, st.kernel_repeats)
+    step = alternate(contenders, st.warmup, st.kernel_repeats, st.pause_s)
+    fwd_eval = alternate({name: r.forward for name, r in runners.items()}, st.warmup, st.kernel_repeats,
+                         st.pause_s)
 
     rows = []
     for case in kernel_cases(ctx, cfg, batch, runners):
@@ -837,8 +887,9 @@ def section_kernels(ctx: Ctx, cfg: npvit.ViTConfig | None = None, batch: int | N
         if live:
             ctx.log(f"kernels: {case.name}")
             try:
-                contenders = {name: kernel_contender(s, syncs[name], st.kernel_target_s) for name, s in live.items()}
-                samples = alternate(contenders, max(1, st.warmup), st.kernel_repeats)
+                contenders = {name: kernel_contender(s, syncs[name], st.kernel_target_s)
+                              for name, s in live.items()}
+                samples = alternate(contenders, max(1, st.warmup), st.kernel_repeats, st.pause_s)
             except Exception as exc:  # a kernel that cannot run here (e.g. a new module's API) skips its row
                 row["note"] = f"failed: {type(exc).__name__}: {exc}"
                 samples = {}
@@ -847,8 +898,8 @@ def section_kernels(ctx: Ctx, cfg: npvit.ViTConfig | None = None, batch: int | N
                 row[name] = {"fwd": median(s["fwd"]), "bwd": median(s["bwd"]), "samples": s}
         rows.append(row)
         contenders = samples = None
-        free()
-    result = {"config": cfg.to_dict(), "batch": batch, "rows": rows,
+        free(collect=False)
+    result = {"config": cfg.to_dict(), "label": label, "batch": batch, "rows": rows,
               "step": {name: {"median": medians(s), "samples": s} for name, s in step.items()},
               "forward_eval": {name: {"median": medians(s), "samples": s} for name, s in fwd_eval.items()}}
     add_shares(result)
@@ -878,7 +929,7 @@ def add_shares(result: dict) -> None:
 def print_kernels(res: dict) -> None:
     peers = [p for p in res["step"] if p != "npvit"]
     cfg = res["config"]
-    print(f"## Kernels: Keras preset shapes (T={cfg['image_size'] // cfg['patch_size']}^2 tokens, dim "
+    print(f"## Kernels: {res['label']} shapes (T={cfg['image_size'] // cfg['patch_size']}^2 tokens, dim "
           f"{cfg['dim']}), batch {res['batch']}, float32\n")
     print("Times are per call (ms); rates are forward / backward; share = calls x (fwd + bwd) / measured "
           "training step; ratio = npvit / torch time (fwd + bwd), > 1 means npvit is slower.\n")
@@ -934,9 +985,11 @@ def print_kernels(res: dict) -> None:
             lines.append(line)
     print(md_table(headers, lines))
     for name, st in res["step"].items():
+        m = st["median"]
         print(f"\n{name}: kernels above add up to {fmt_ms(st['sum_of_kernels'])} ms of a "
-              f"{fmt_ms(st['median']['step'])} ms step ({fmt_pct(st['sum_of_kernels'] / st['median']['step'])}).",
-              end="")
+              f"{fmt_ms(m['step'])} ms step ({fmt_pct(st['sum_of_kernels'] / m['step'])}); the step used "
+              f"{fmt(m.get('cpu_user_s'))} s user and {fmt(m.get('cpu_sys_s'))} s system CPU time, "
+              f"{fmt(m.get('minor_faults'))} minor page faults.", end="")
     print("\n")
 
 
@@ -954,7 +1007,7 @@ def section_e2e(ctx: Ctx) -> dict:
                 contenders[f"{name}/train"] = r.train_step
             for name, r in runners.items():
                 contenders[f"{name}/forward"] = r.forward
-            samples = alternate(contenders, st.warmup, st.e2e_repeats)
+            samples = alternate(contenders, st.warmup, st.e2e_repeats, st.pause_s)
             n_params = runners["npvit"].model.num_params()
             names = list(runners)
             del runners, contenders
@@ -965,7 +1018,8 @@ def section_e2e(ctx: Ctx) -> dict:
             for name in names:
                 train, fwd = samples[f"{name}/train"]["step"], samples[f"{name}/forward"]["forward"]
                 r = {"train_s": median(train), "forward_s": median(fwd), "train_samples": train,
-                     "forward_samples": fwd}
+                     "forward_samples": fwd, "train_usage": usage(samples[f"{name}/train"]),
+                     "forward_usage": usage(samples[f"{name}/forward"])}
                 r["train_ips"] = batch / r["train_s"]
                 r["forward_ips"] = batch / r["forward_s"]
                 r["train_gflops"] = r["train_ips"] * row["train_gflop_per_image"]
@@ -1004,6 +1058,7 @@ def print_e2e(res: dict, peers: list[str]) -> None:
     headers = ["preset", "batch"]
     for kind in ("train", "forward"):
         headers += [f"{fw} {kind} GFLOP/s (util)" for fw in fws]
+    headers += [f"{fw} train sys s (faults)" for fw in fws]
     has_mem = any("memory" in r[fw] for r in rows for fw in fws)
     if has_mem:
         for kind in ("train", "forward"):
@@ -1015,6 +1070,9 @@ def print_e2e(res: dict, peers: list[str]) -> None:
             for fw in fws:
                 util = r[fw].get(f"{kind}_util")
                 line.append(f"{fmt(r[fw][f'{kind}_gflops'])} ({fmt_pct(util) if util is not None else 'n/a'})")
+        for fw in fws:
+            u = r[fw].get("train_usage", {})
+            line.append(f"{fmt(u.get('cpu_sys_s'))} ({fmt(u.get('minor_faults'))})")
         if has_mem:
             for kind in ("train", "forward"):
                 mem = {fw: r[fw].get("memory", {}).get(f"{kind}_mb") for fw in fws}
@@ -1022,6 +1080,8 @@ def print_e2e(res: dict, peers: list[str]) -> None:
                 line += [fmt_ratio(mem["npvit"] / mem[p]) if mem["npvit"] and mem[p] else "—" for p in peers]
         lines.append(line)
     print(md_table(headers, lines))
+    print("\nsys s (faults): median system CPU seconds and minor page faults of the process per training step; "
+          "system time is the kernel handing out fresh memory, not arithmetic.")
     methods = {r[fw]["memory"].get("method") for r in rows for fw in fws if "memory" in r[fw]}
     if methods:
         print(f"\nMemory method: {'; '.join(sorted(m for m in methods if m))}.")
@@ -1034,6 +1094,7 @@ def memory_in_subprocess(ctx: Ctx, framework: str, preset: str, batch: int) -> d
     spec = {"framework": framework, "preset": preset, "batch": batch, "backend": ctx.backend.name}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", json.dumps(spec),
            "--threads", str(ctx.threads), "--backend", ctx.backend.name] + (["--tf32"] if ctx.tf32 else [])
+    cmd += ["--torch-thp"] if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else []
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, PYTHONPATH=path)
     try:
@@ -1128,9 +1189,10 @@ def memory_probe(spec: dict, ctx: Ctx) -> dict:
 
 
 # ================================================================================================= seqlen
-def section_seqlen(ctx: Ctx) -> dict:
+def section_seqlen(ctx: Ctx, base: npvit.ViTConfig | None = None, label: str = "Keras preset") -> dict:
+    """Training step time against the token count: ``base`` (default Keras) at image_size = grid x patch."""
     st = ctx.settings
-    base = npvit.ViTConfig.keras()
+    base = base or npvit.ViTConfig.keras()
     rows = []
     for grid in st.seq_grids:
         cfg = replace(base, image_size=grid * base.patch_size)
@@ -1165,7 +1227,7 @@ def section_seqlen(ctx: Ctx) -> dict:
         for peer in ctx.peers:
             impl = "sdpa" if peer == "torch-sdpa" else "eager"
             contenders[f"{peer}/attention"] = kernel_contender(t_core(impl), ctx.sync_torch, st.kernel_target_s)
-        samples = alternate(contenders, max(1, st.warmup), st.seq_repeats)
+        samples = alternate(contenders, max(1, st.warmup), st.seq_repeats, st.pause_s)
         names = list(runners)
         del runners, contenders
         free()
@@ -1177,6 +1239,7 @@ def section_seqlen(ctx: Ctx) -> dict:
             att = samples[f"{name}/attention"]
             att_s = cfg.depth * (median(att["fwd"]) + median(att["bwd"]))
             row[name] = {"step_s": step, "images_per_s": b / step, "attention_s": att_s,
+                         "step_usage": usage(samples[f"{name}/step"]), "attention_usage": usage(att),
                          "attention_share": att_s / step,
                          "gflops": TRAIN_FACTOR * flops * b / step / 1e9,
                          "step_samples": samples[f"{name}/step"]["step"], "attention_samples": att}
@@ -1186,7 +1249,7 @@ def section_seqlen(ctx: Ctx) -> dict:
     fits = {}
     for name in ["npvit", *ctx.peers]:
         fits[name] = quadratic_fit([r["tokens"] for r in rows], [r[name]["step_s"] for r in rows])
-    return {"rows": rows, "fits": fits, "batch": st.seq_batch}
+    return {"rows": rows, "fits": fits, "batch": st.seq_batch, "label": label, "patch_size": base.patch_size}
 
 
 def quadratic_fit(tokens: list[int], seconds: list[float]) -> dict | None:
@@ -1203,12 +1266,14 @@ def quadratic_fit(tokens: list[int], seconds: list[float]) -> dict | None:
 
 def print_seqlen(res: dict, peers: list[str]) -> None:
     fws = ["npvit"] + peers
-    print(f"## Sequence length: Keras preset, patch 6, batch {res['batch']}, training step\n")
+    print(f"## Sequence length: {res['label']}, patch {res['patch_size']}, batch {res['batch']}, training step\n")
     print("attn share = depth x attention core (Q K^T, softmax, dropout, A V; forward + backward) measured "
-          "alone / step; ratio = npvit / torch step time, > 1 means npvit is slower.\n")
+          "alone / step (alone, it pays for its fresh memory every call: it can exceed its in-step cost); "
+          "step s (sys) = median step and its system CPU seconds; ratio = npvit / torch step time, > 1 means "
+          "npvit is slower.\n")
     headers = ["grid", "tokens", "GFLOP/img (fwd)", "attn FLOP share"]
     for fw in fws:
-        headers += [f"{fw} step s", f"{fw} img/s", f"{fw} attn share", f"{fw} util"]
+        headers += [f"{fw} step s (sys)", f"{fw} img/s", f"{fw} attn share", f"{fw} util"]
     headers += [f"npvit/{p}" for p in peers]
     lines = []
     for r in res["rows"]:
@@ -1216,17 +1281,45 @@ def print_seqlen(res: dict, peers: list[str]) -> None:
                 fmt_pct(r["attention_flop_share"])]
         for fw in fws:
             x = r[fw]
-            line += [f"{x['step_s']:.3f}", fmt(x["images_per_s"]), fmt_pct(x["attention_share"]),
+            line += [f"{x['step_s']:.3f} ({fmt(x.get('step_usage', {}).get('cpu_sys_s'))})",
+                     fmt(x["images_per_s"]), fmt_pct(x["attention_share"]),
                      fmt_pct(x["util"]) if "util" in x else "n/a"]
         line += [fmt_ratio(r["npvit"]["step_s"] / r[p]["step_s"]) for p in peers]
         lines.append(line)
     print(md_table(headers, lines))
     for fw, fit in res["fits"].items():
         if fit:
-            print(f"\n{fw}: t(T) = {fit['c0']:.3g} + {fit['c1']:.3g} T + {fit['c2']:.3g} T^2 s; the T^2 term is "
-                  f"{fmt_pct(fit['quadratic_share_at_max'])} of the fitted step at T = {res['rows'][-1]['tokens']}.",
-                  end="")
+            print(f"\n{fw}: t(T) = {fit['c0']:.3g} + {fit['c1']:.3g} T + {fit['c2']:.3g} T^2 s; the T^2 term "
+                  f"is {fmt_pct(fit['quadratic_share_at_max'])} of the fitted step at T = "
+                  f"{res['rows'][-1]['tokens']}.", end="")
     print("\n")
+
+
+# ============================================================================================ noise report
+def spread_report(results: dict, threshold: float = 1.5) -> list[str]:
+    """Measurements whose samples spread by more than ``threshold`` (max / min): the noisy ones."""
+    noisy = []
+
+    def check(label: str, values: list[float] | None) -> None:
+        vals = [v for v in values or [] if v and not math.isnan(v)]
+        if len(vals) >= 2 and max(vals) / min(vals) > threshold:
+            noisy.append(f"{label} ({max(vals) / min(vals):.1f}x)")
+
+    for name, st in results.get("kernels", {}).get("step", {}).items():
+        check(f"kernels: {name} training step", st["samples"].get("step"))
+    for row in results.get("kernels", {}).get("rows", []):
+        for fw in FRAMEWORKS:
+            if fw in row:
+                for key in ("fwd", "bwd"):
+                    check(f"kernels: {row['name']} {fw} {key}", row[fw]["samples"].get(key))
+    for row in results.get("e2e", {}).get("rows", []):
+        for fw in [k for k in row if isinstance(row[k], dict)]:
+            check(f"e2e: {row['preset']} b{row['batch']} {fw} train", row[fw]["train_samples"])
+            check(f"e2e: {row['preset']} b{row['batch']} {fw} forward", row[fw]["forward_samples"])
+    for row in results.get("seqlen", {}).get("rows", []):
+        for fw in [k for k in row if isinstance(row[k], dict)]:
+            check(f"seqlen: grid {row['grid']} {fw} step", row[fw]["step_samples"])
+    return noisy
 
 
 # ========================================================================================= formatting
@@ -1323,13 +1416,29 @@ def openblas_threads() -> dict[str, int]:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for sym in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads", "openblas_get_num_threads64_",
-                    "openblas_get_num_threads"):
+        for sym in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                    "openblas_get_num_threads64_", "openblas_get_num_threads"):
             fn = getattr(lib, sym, None)
             if fn is not None:
                 found[Path(path).name] = int(fn())
                 break
     return found
+
+
+def _read_first_line(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.readline().strip()
+    except OSError:
+        return None
+
+
+def _numpy_madvise_hugepage() -> bool | None:
+    """Whether NumPy asks for transparent huge pages for its large arrays (it does by default on Linux)."""
+    try:
+        return bool(np._core.multiarray._get_madvise_hugepage())
+    except AttributeError:
+        return None
 
 
 def version_of(dist: str) -> str | None:
@@ -1357,6 +1466,9 @@ def environment(ctx: Ctx, argv: list[str]) -> dict:
         "openblas_threads": openblas_threads(),
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "torch_peer": ctx.torch_device or f"none ({ctx.torch_note})", "tf32": ctx.tf32,
+        "torch_thp_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
+        "numpy_hugepage_madvise": _numpy_madvise_hugepage(),
+        "thp_mode": _read_first_line("/sys/kernel/mm/transparent_hugepage/enabled"),
         "settings": {k: v for k, v in ctx.settings.__dict__.items()},
     }
     try:
@@ -1396,8 +1508,10 @@ def print_header(env: dict) -> None:
           f"torch {env['torch'] or 'not installed'}"
           + (f" ({env.get('torch_blas')})" if env.get("torch_blas") else "")
           + f", cupy {env['cupy'] or 'not installed'}, npvit {env['npvit']}")
-    print(f"- threads: {env['threads']} (env {env['thread_env']}; OpenBLAS reports {env['openblas_threads'] or 'n/a'};"
-          f" torch.get_num_threads() = {env['torch_threads']})")
+    print(f"- threads: {env['threads']} (env {env['thread_env']}; OpenBLAS reports "
+          f"{env['openblas_threads'] or 'n/a'}; torch.get_num_threads() = {env['torch_threads']})")
+    print(f"- memory: transparent huge pages {env['thp_mode']}; NumPy madvises huge pages: "
+          f"{env['numpy_hugepage_madvise']}; torch THP allocator (--torch-thp): {env['torch_thp_alloc']}")
     print(f"- backend: {env['backend']}, {env['dtype']}; torch peer: {env['torch_peer']}\n")
 
 
@@ -1450,6 +1564,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdpa", action="store_true",
                         help="also time torch with F.scaled_dot_product_attention (e2e and seqlen)")
     parser.add_argument("--no-torch", action="store_true", help="time npvit alone")
+    parser.add_argument("--torch-thp", action="store_true",
+                        help="CPU: let torch's allocator use transparent huge pages (THP_MEM_ALLOC_ENABLE=1), "
+                             "as NumPy does by default for large arrays; fewer page faults for torch")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1470,7 +1587,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     env = environment(ctx, argv)
-    if ctx.backend.name == "numpy" and env["openblas_threads"] and args.threads not in env["openblas_threads"].values():
+    blas = env["openblas_threads"]
+    if ctx.backend.name == "numpy" and blas and args.threads not in blas.values():
         ctx.log(f"warning: OpenBLAS runs {env['openblas_threads']} threads, not {args.threads}: was NumPy imported "
                 "before the thread variables were set? Run this file as a script.")
     print_header(env)
@@ -1492,6 +1610,11 @@ def main(argv: list[str] | None = None) -> int:
     if "seqlen" in sections:
         results["seqlen"] = section_seqlen(ctx)
         print_seqlen(results["seqlen"], peers)
+    noisy = spread_report(results)
+    results["noisy"] = noisy
+    if noisy:
+        print(f"Noisy measurements (max/min of the samples above 1.5; the medians are reported): {len(noisy)}: "
+              + "; ".join(noisy) + "\n")
     env["load_average_end"] = list(os.getloadavg())
     env["wall_seconds"] = time.perf_counter() - start
     print(f"Load average at the end: {', '.join(f'{x:.2f}' for x in env['load_average_end'])}; "

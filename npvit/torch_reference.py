@@ -1,4 +1,4 @@
-"""The npvit Vision Transformer rebuilt in PyTorch: the reference for the cross-check and the benchmarks' peer.
+"""The npvit Vision Transformer rebuilt in PyTorch: reference for the cross-check, peer in the benchmarks.
 
     import npvit
     from npvit.torch_reference import TorchViT
@@ -10,15 +10,16 @@
 
 The network is written from the Keras ViT example's description with plain torch modules and ops --
 ``nn.Linear`` (one fused query/key/value projection), ``nn.LayerNorm``, ``F.gelu``, ``nn.Dropout``, batched
-``matmul`` + ``softmax`` for attention -- never from npvit's kernels, so that agreeing with it means something.
+``matmul`` + ``softmax`` for attention -- never from npvit's kernels, so that agreeing with it means
+something.
 It is also written the way a competent PyTorch user would write it (timm-style), because the benchmarks time
 it against npvit: ``attention="sdpa"`` swaps the eager attention core for ``F.scaled_dot_product_attention``
 with the same semantics (scale 1/sqrt(key_dim), dropout on the attention probabilities in training).
 
 Parameter names map one to one onto npvit's (``model.param_specs()``): a torch parameter
-``<prefix>.weight`` / ``<prefix>.bias`` of a Linear is npvit's ``<prefix>.w`` (stored transposed: npvit keeps
-dense kernels (in, out), torch (out, in)) / ``<prefix>.b``; of a LayerNorm, ``<prefix>.gamma`` / ``<prefix>.beta``;
-``pos_embed`` and ``cls_token`` keep their names.
+``<prefix>.weight`` / ``<prefix>.bias`` of a Linear is npvit's ``<prefix>.w`` (stored transposed: npvit
+keeps dense kernels (in, out), torch (out, in)) / ``<prefix>.b``; of a LayerNorm, ``<prefix>.gamma`` /
+``<prefix>.beta``; ``pos_embed`` and ``cls_token`` keep their names.
 
 PyTorch is an optional dependency: this module imports it at import time, and nothing else in npvit imports
 this module.
@@ -174,7 +175,9 @@ class TorchViT(nn.Module):
         self.to(dtype=as_torch_dtype(dtype), device=device)
 
     @classmethod
-    def from_npvit(cls, model: Any, dtype: Any = None, device: Any = None, attention: str = "eager") -> "TorchViT":
+    def from_npvit(
+        cls, model: Any, dtype: Any = None, device: Any = None, attention: str = "eager"
+    ) -> "TorchViT":
         """A TorchViT with ``model``'s config and a copy of its parameters (dtype defaults to the model's)."""
         ref = cls(model.config, dtype=dtype if dtype is not None else str(model.dtype), device=device,
                   attention=attention)
@@ -201,7 +204,7 @@ class TorchViT(nn.Module):
 
     # ---- npvit names --------------------------------------------------------------------------------------
     def npvit_parameters(self) -> dict[str, nn.Parameter]:
-        """npvit name -> the torch Parameter holding it (a Linear weight is the transpose of npvit's ``.w``)."""
+        """npvit name -> the torch Parameter holding it (a Linear weight is npvit's ``.w`` transposed)."""
         return {npvit_name(name): p for name, p in self.named_parameters()}
 
     def load_npvit_params(self, params: Mapping[str, Any]) -> None:
@@ -209,14 +212,16 @@ class TorchViT(nn.Module):
         mine = self.npvit_parameters()
         if set(mine) != set(params):
             missing, extra = sorted(set(mine) - set(params)), sorted(set(params) - set(mine))
-            raise ValueError(f"parameter names differ from the npvit model's: missing {missing}, unexpected {extra}")
+            raise ValueError(
+                f"parameter names differ from the npvit model's: missing {missing}, unexpected {extra}"
+            )
         with torch.no_grad():
             for name, p in mine.items():
                 value = torch.from_numpy(np.ascontiguousarray(to_numpy(params[name])))
                 if is_dense_kernel(name):
                     value = value.T
                 if tuple(value.shape) != tuple(p.shape):
-                    raise ValueError(f"{name}: npvit shape {tuple(value.shape)} does not fit {tuple(p.shape)}")
+                    raise ValueError(f"{name}: shape {tuple(value.shape)} does not fit {tuple(p.shape)}")
                 p.copy_(value)
 
     def npvit_state(self, grads: bool = False) -> dict[str, np.ndarray | None]:
@@ -248,7 +253,7 @@ _SUFFIXES = {"weight": ("w", "gamma"), "bias": ("b", "beta")}
 
 
 def npvit_name(torch_name: str) -> str:
-    """npvit's name for a TorchViT parameter: Linear weight/bias -> w/b, LayerNorm weight/bias -> gamma/beta."""
+    """npvit's name of a TorchViT parameter: Linear weight/bias -> w/b, LayerNorm weight/bias -> gamma/beta."""
     prefix, _, last = torch_name.rpartition(".")
     if last not in _SUFFIXES:
         return torch_name  # pos_embed, cls_token

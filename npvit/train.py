@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "decay_convention": "keras", "epsilon": 1e-7, "exclude_from_decay": False, "clip_norm": None,
     "lr_schedule": "constant", "warmup_steps": 0, "label_smoothing": 0.0,
     # execution
-    "backend": "numpy", "dtype": "float32", "seed": 0, "eval_batch_size": 256, "out": None, "quiet": False,
+    "backend": "numpy", "dtype": "float32", "seed": 0, "threads": None, "eval_batch_size": 256, "out": None, "quiet": False,
 }
 # What may differ when a run is resumed: where things are, how it runs, and how long it goes on.
 RESUMABLE = {"data_dir", "cache_dir", "download", "backend", "eval_batch_size", "quiet", "epochs", "max_steps"}
@@ -101,7 +101,7 @@ def non_negative(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m npvit.train", description=__doc__.splitlines()[0],
+        prog="python -m npvit.train", description=__doc__.splitlines()[0], usage="%(prog)s [options]",
         formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS,
         epilog="Defaults are those of the Keras example. Model flags left out come from --preset.",
     )
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--backend", choices=BACKEND_NAMES, help="numpy (default) or cupy")
     x.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
     x.add_argument("--seed", type=int, help="seeds weights, data order, dropout and augmentation (default 0)")
+    x.add_argument("--threads", type=positive_int, help="NumPy: batch shards run side by side (default: one "
+                   "per core); dropout masks depend on it, so a resumed run keeps the value it started with")
     x.add_argument("--eval-batch-size", type=positive_int, help="default 256")
     x.add_argument("--out", help="run folder (default runs/<dataset>-<preset>)")
     x.add_argument("--resume", help="continue the run in this folder from its last checkpoint")
@@ -273,7 +275,8 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
     if len(x_train) == 0:
         raise UsageError("no training images left: lower --validation-split or raise --train-subset")
 
-    model = ViT(cfg, backend=backend, dtype=s["dtype"], seed=s["seed"])
+    model = ViT(cfg, backend=backend, dtype=s["dtype"], seed=s["seed"], threads=s["threads"])
+    s["threads"] = model.threads  # record the value used, so that --resume reproduces the run
     opt = AdamW(model.params, lr=s["learning_rate"], weight_decay=s["weight_decay"], epsilon=s["epsilon"],
                 decay_convention=s["decay_convention"], clip_norm=s["clip_norm"],
                 exclude_from_decay=model.no_decay_names() if s["exclude_from_decay"] else ())

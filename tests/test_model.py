@@ -196,3 +196,25 @@ def test_training_reduces_loss_on_a_fixed_batch() -> None:
         opt.step(model.grads)
         losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_sharded_batch_matches_one_shard() -> None:
+    """threads > 1 splits the batch across threads; without dropout the numbers must not change."""
+    cfg = dataclasses.replace(ViTConfig.tiny(), pool="cls", dropout=0.0, attention_dropout=0.0, head_dropout=0.0)
+    images = np.random.default_rng(0).standard_normal((7, 8, 8, 3))
+    labels = np.array([0, 1, 2, 3, 4, 0, 1])
+    results = []
+    for threads in (1, 3):
+        model = ViT(cfg, dtype="float64", seed=4, threads=threads)
+        logits = model.forward(images, training=True, keep_attention=True)
+        loss, cache = cross_entropy_forward(logits, labels)
+        dimages = model.backward(cross_entropy_backward(cache))
+        results.append((logits, dimages, dict(model.grads), model.attention_maps))
+    (l1, d1, g1, a1), (l3, d3, g3, a3) = results
+    np.testing.assert_allclose(l3, l1, rtol=1e-12)
+    np.testing.assert_allclose(d3, d1, rtol=1e-10, atol=1e-15)
+    for name in g1:
+        np.testing.assert_allclose(g3[name], g1[name], rtol=1e-10, atol=1e-15, err_msg=name)
+    assert [a.shape for a in a3] == [a.shape for a in a1] and all(np.allclose(x, y) for x, y in zip(a1, a3))
+    with pytest.raises(ValueError, match="threads"):
+        ViT(cfg, threads=0)

@@ -38,7 +38,7 @@ def attention_core_forward(
     """softmax(Q K^T / sqrt(d)) V with dropout on the probabilities. Returns (O, P, cache)."""
     qs = q * q.dtype.type(1.0 / math.sqrt(q.shape[-1]))  # Keras scales the query before the product
     s = qs @ k.swapaxes(-1, -2)
-    p, _ = softmax_forward(s)
+    p, _ = softmax_forward(s, out=s)  # in place: the scores are not needed again
     a, drop = dropout_forward(p, dropout_rate, rng)
     o = a @ v
     return o, p, (qs, k, v, p, drop)
@@ -50,7 +50,8 @@ def attention_core_backward(do: Array, cache: AttentionCoreCache) -> tuple[Array
     a = p if drop is None else p * drop[0] * p.dtype.type(drop[1])  # recompute A: cheaper than storing it
     dv = a.swapaxes(-1, -2) @ do
     da = do @ v.swapaxes(-1, -2)
-    ds = softmax_backward(dropout_backward(da, drop), p)
+    dp = dropout_backward(da, drop)
+    ds = softmax_backward(dp, p, out=dp)  # in place: dP is not needed again
     dk = ds.swapaxes(-1, -2) @ qs
     dq = ds @ k
     dq *= dq.dtype.type(1.0 / math.sqrt(qs.shape[-1]))

@@ -4,38 +4,48 @@
     backward:            dx = dy * m / (1 - rate)
 
 Scaling at training time keeps the expected activation unchanged, so inference is the identity. The keep
-mask is drawn from the backend's generator as float32 uniforms whatever the data type, so float32 and
-float64 runs with the same seed drop the same units. Pass ``mask`` to reuse a fixed mask.
+mask compares 16-bit random integers with round(rate * 65536), so the drop probability actually used is that
+threshold / 65536 (0.100006 for rate 0.1), and the scale is 1 / (1 - that): the expectation stays exact.
+Sixteen random bits per unit are half the cost of a float32 uniform. The draw does not depend on the data
+type, so float32 and float64 runs with the same seed drop the same units. Pass ``mask`` to reuse a fixed
+mask.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..backend import random_uint16
+
 Array = Any
 DropoutCache = tuple[Array, float] | None  # (keep mask as booleans, 1 / (1 - rate)); None when nothing dropped
 
 
+def drop_threshold(rate: float) -> int:
+    """The 16-bit threshold below which a unit is dropped."""
+    return round(rate * (1 << 16))
+
+
 def dropout_mask(shape: tuple[int, ...], rate: float, rng: Any) -> Array:
-    """Boolean keep-mask of ``shape``: each entry True with probability 1 - rate."""
-    return rng.random(shape, dtype="float32") >= rate
+    """Boolean keep-mask of ``shape``: each entry True with probability 1 - drop_threshold(rate) / 65536."""
+    return random_uint16(rng, shape) >= drop_threshold(rate)
 
 
 def dropout_forward(
     x: Array, rate: float, rng: Any = None, mask: Array | None = None
 ) -> tuple[Array, DropoutCache]:
     """Apply inverted dropout with drop probability ``rate`` (0 <= rate < 1). Returns (y, cache)."""
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    if not 0.0 <= rate < 1.0 or drop_threshold(rate) == 1 << 16:
+        raise ValueError(f"dropout rate must be in [0, 1) (and below 1 - 2**-17), got {rate}")
     if rate == 0.0 and mask is None:
         return x, None
     if mask is None:
         if rng is None:
             raise ValueError("dropout_forward needs a random generator (rng) or a fixed mask")
         mask = dropout_mask(x.shape, rate, rng)
-    scale = 1.0 / (1.0 - rate)
-    y = x * mask
-    y *= x.dtype.type(scale)
+    scale = 1.0 / (1.0 - drop_threshold(rate) / (1 << 16))
+    y = x * x.dtype.type(scale)
+    y *= mask
     return y, (mask, scale)
 
 
@@ -44,6 +54,6 @@ def dropout_backward(dy: Array, cache: DropoutCache) -> Array:
     if cache is None:
         return dy
     mask, scale = cache
-    dx = dy * mask
-    dx *= dy.dtype.type(scale)
+    dx = dy * dy.dtype.type(scale)
+    dx *= mask
     return dx

@@ -17,7 +17,7 @@ from typing import Any
 from ..backend import erf, get_array_module
 
 Array = Any
-GeluCache = Array  # the input x
+GeluCache = tuple[Array, Array]  # (x, Phi(x)) for "erf", (x, tanh(u)) for "tanh"
 
 GELU_KINDS = ("erf", "tanh")
 _SQRT_HALF = math.sqrt(0.5)
@@ -27,38 +27,48 @@ _C = 0.044715
 
 
 def gelu_forward(x: Array, kind: str = "erf") -> tuple[Array, GeluCache]:
-    """GELU of ``x``; ``kind`` is "erf" (exact) or "tanh". Returns (y, cache)."""
+    """GELU of ``x``; ``kind`` is "erf" (exact) or "tanh". Returns (y, cache).
+
+    The cache keeps Phi(x) (or the tanh) beside x: the backward pass needs it, and erf costs ten times an
+    exp, so computing it once is worth the memory.
+    """
     xp = get_array_module(x)
+    t = x.dtype.type
     if kind == "erf":
-        y = erf(x * x.dtype.type(_SQRT_HALF))
-    elif kind == "tanh":
-        y = xp.tanh(x.dtype.type(_SQRT_2_OVER_PI) * (x + x.dtype.type(_C) * x * x * x))
-    else:
-        raise ValueError(f"unknown GELU kind {kind!r}: expected one of {GELU_KINDS}")
-    y += 1
-    y *= x
-    y *= 0.5
-    return y, x
+        s = erf(x * t(_SQRT_HALF))
+        s += 1
+        s *= 0.5  # Phi(x)
+        return x * s, (x, s)
+    if kind == "tanh":
+        s = xp.tanh(t(_SQRT_2_OVER_PI) * (x + t(_C) * x * x * x))
+        y = s + 1
+        y *= x
+        y *= 0.5
+        return y, (x, s)
+    raise ValueError(f"unknown GELU kind {kind!r}: expected one of {GELU_KINDS}")
 
 
 def gelu_backward(dy: Array, cache: GeluCache, kind: str = "erf") -> Array:
     """Gradient of gelu_forward with respect to its input."""
-    x = cache
+    x, s = cache
     xp = get_array_module(x)
     t = x.dtype.type
     if kind == "erf":
-        cdf = erf(x * t(_SQRT_HALF))
-        cdf += 1
-        cdf *= 0.5
-        pdf = xp.exp(x * x * t(-0.5))
-        pdf *= t(_INV_SQRT_2PI)
-        pdf *= x
-        pdf += cdf  # d/dx = Phi(x) + x phi(x)
-        return dy * pdf
-    if kind == "tanh":
-        x2 = x * x
-        th = xp.tanh(t(_SQRT_2_OVER_PI) * x * (1 + t(_C) * x2))
-        dudx = t(_SQRT_2_OVER_PI) * (1 + t(3 * _C) * x2)
-        grad = 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * dudx
-        return dy * grad
-    raise ValueError(f"unknown GELU kind {kind!r}: expected one of {GELU_KINDS}")
+        grad = xp.exp(x * x * t(-0.5))
+        grad *= t(_INV_SQRT_2PI)
+        grad *= x
+        grad += s  # Phi(x) + x phi(x)
+    elif kind == "tanh":
+        dudx = x * x
+        dudx *= t(3 * _C)
+        dudx += 1
+        dudx *= t(_SQRT_2_OVER_PI)
+        grad = 1 - s * s
+        grad *= x
+        grad *= dudx
+        grad += 1 + s
+        grad *= 0.5  # (1 + t) / 2 + x (1 - t^2) u'(x) / 2
+    else:
+        raise ValueError(f"unknown GELU kind {kind!r}: expected one of {GELU_KINDS}")
+    grad *= dy
+    return grad

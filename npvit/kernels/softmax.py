@@ -16,18 +16,19 @@ Array = Any
 SoftmaxCache = Array  # the output y
 
 
-def softmax_forward(x: Array) -> tuple[Array, SoftmaxCache]:
-    """Softmax of ``x`` along its last axis. Returns (y, cache)."""
+def softmax_forward(x: Array, out: Array | None = None) -> tuple[Array, SoftmaxCache]:
+    """Softmax of ``x`` along its last axis. Returns (y, cache). ``out=x`` computes it in place."""
     xp = get_array_module(x)
-    y = x - x.max(axis=-1, keepdims=True)
+    y = xp.subtract(x, x.max(axis=-1, keepdims=True), out=out)
     xp.exp(y, out=y)
     y /= y.sum(axis=-1, keepdims=True)
     return y, y
 
 
-def softmax_backward(dy: Array, cache: SoftmaxCache) -> Array:
-    """Gradient of softmax_forward with respect to its input."""
+def softmax_backward(dy: Array, cache: SoftmaxCache, out: Array | None = None) -> Array:
+    """Gradient of softmax_forward with respect to its input. ``out=dy`` computes it in place."""
     y = cache
-    dx = dy - (dy * y).sum(axis=-1, keepdims=True)
+    xp = get_array_module(y)
+    dx = xp.subtract(dy, (dy * y).sum(axis=-1, keepdims=True), out=out)
     dx *= y
     return dx

@@ -22,7 +22,6 @@ class Attention:
     def __init__(self, prefix: str, dim: int, num_heads: int, key_dim: int, attention_dropout: float) -> None:
         self.prefix, self.dim, self.num_heads, self.key_dim = prefix, dim, num_heads, key_dim
         self.attention_dropout = attention_dropout
-        self.last_attention: Array | None = None
 
     def param_specs(self) -> ParamSpecs:
         p, d, h, k = self.prefix, self.dim, self.num_heads, self.key_dim
@@ -43,7 +42,8 @@ class Attention:
             x, params[f"{p}.qkv.w"], params[f"{p}.qkv.b"], params[f"{p}.proj.w"], params[f"{p}.proj.b"],
             self.num_heads, rate, ctx.rng,
         )
-        self.last_attention = probs if ctx.keep_attention else None
+        if ctx.keep_attention:
+            ctx.attention_maps.append(probs)
         return y, cache
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: Any) -> Array:

@@ -11,7 +11,7 @@ Parameter names are dotted paths such as ``blocks.3.attn.qkv.w``, as in timm, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..kernels import (
@@ -34,7 +34,8 @@ class Context:
 
     training: bool = False
     rng: Any = None
-    keep_attention: bool = False  # record each block's attention probabilities (for inspection)
+    keep_attention: bool = False  # record each block's attention probabilities (for inspection) ...
+    attention_maps: list = field(default_factory=list)  # ... here, one (B, heads, T, T) array per block
 
     def dropout(self, x: Array, rate: float) -> tuple[Array, Any]:
         """Inverted dropout when training, identity otherwise."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..backend import Backend, get_backend
 from ..config import ViTConfig
+from ..parallel import available_cores, parallel_map, shard_slices
 from .block import Block
 from .init import uniform, zeros
 from .mlp import Mlp
@@ -36,10 +37,13 @@ class VisionTransformer:
         backend: "numpy", "cupy" or a Backend.
         dtype: "float32" or "float64" for parameters and activations.
         seed: seeds the initial weights (identical on every backend and dtype) and the dropout generator.
+        threads: NumPy only: split each batch into this many shards computed side by side (default: one per
+            available core). Dropout masks depend on it, so a run is bit-reproducible for a fixed value.
     """
 
     def __init__(
-        self, config: ViTConfig, backend: str | Backend = "numpy", dtype: str = "float32", seed: int = 0
+        self, config: ViTConfig, backend: str | Backend = "numpy", dtype: str = "float32", seed: int = 0,
+        threads: int | None = None,
     ) -> None:
         if not isinstance(config, ViTConfig):
             raise TypeError(f"config must be a ViTConfig, got {type(config).__name__}")
@@ -48,6 +52,9 @@ class VisionTransformer:
         self.config = config
         self.backend = get_backend(backend)
         self.dtype = np.dtype(dtype)
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        self.threads = 1 if self.backend.name != "numpy" else (threads or available_cores())
         cfg = config
         self.patch_embed = PatchEmbed("patch_embed", cfg)
         self.blocks = [Block(f"blocks.{i}", cfg) for i in range(cfg.depth)]
@@ -123,13 +130,28 @@ class VisionTransformer:
         """Logits (B, num_classes) for normalised images (B, image_size, image_size, channels).
 
         ``training=True`` applies dropout and keeps what ``backward`` needs. ``keep_attention=True`` stores
-        each block's attention probabilities (B, heads, T, T) in ``self.attention_maps``.
+        each block's attention probabilities (B, heads, T, T) in ``self.attention_maps``. On NumPy the batch
+        is split into ``threads`` shards run side by side (npvit.parallel).
         """
-        cfg, xp = self.config, self.backend.xp
         x = self.check_images(images)
-        ctx = Context(training=training, rng=self.rng, keep_attention=keep_attention)
-        params = self.params
+        slices = shard_slices(len(x), self.threads)
+        if len(slices) == 1 or not training:
+            rngs = [self.rng] * len(slices)
+        else:  # one generator per shard (generators are not thread-safe), seeded from the model's own
+            rngs = [self.backend.rng(int(seed)) for seed in self.rng.integers(0, 2**31, size=len(slices))]
+        ctxs = [Context(training=training, rng=rng, keep_attention=keep_attention) for rng in rngs]
+        outs = parallel_map(self._forward, [(x[sl], ctx) for sl, ctx in zip(slices, ctxs)], self.threads)
+        xp = self.backend.xp
+        logits = outs[0][0] if len(outs) == 1 else xp.concatenate([out[0] for out in outs])
+        self.attention_maps = [
+            maps[0] if len(maps) == 1 else xp.concatenate(maps) for maps in zip(*(c.attention_maps for c in ctxs))
+        ]
+        self._cache = (slices, [out[1] for out in outs]) if training else None
+        return logits
 
+    def _forward(self, x: Array, ctx: Context) -> tuple[Array, tuple | None]:
+        """The forward pass of one shard. Returns (logits, cache); the cache is None unless training."""
+        cfg, xp, params = self.config, self.backend.xp, self.params
         t, c_embed = self.patch_embed.forward(params, x, ctx)
         if cfg.pool == "cls":
             cls = xp.broadcast_to(params["cls_token"], (t.shape[0], 1, cfg.dim))
@@ -139,18 +161,17 @@ class VisionTransformer:
         c_blocks = []
         for block in self.blocks:
             t, c = block.forward(params, t, ctx)
-            if training:
+            if ctx.training:
                 c_blocks.append(c)
-        self.attention_maps = [b.attn.last_attention for b in self.blocks] if keep_attention else []
 
         t, c_norm = self.norm.forward(params, t, ctx)
         pooled = self._pool(t)
         h, c_drop = ctx.dropout(pooled, cfg.head_dropout)
         h, c_head = self.head.forward(params, h, ctx)
         logits, c_out = self.head_out.forward(params, h, ctx)
-
-        self._cache = (c_embed, c_blocks, c_norm, t.shape, c_drop, c_head, c_out) if training else None
-        return logits
+        if not ctx.training:
+            return logits, None
+        return logits, (c_embed, c_blocks, c_norm, t.shape, c_drop, c_head, c_out)
 
     def _pool(self, t: Array) -> Array:
         pool = self.config.pool
@@ -180,13 +201,23 @@ class VisionTransformer:
         """
         if self._cache is None:
             raise RuntimeError("backward() needs a preceding forward(images, training=True)")
-        c_embed, c_blocks, c_norm, t_shape, c_drop, c_head, c_out = self._cache
-        expected = (t_shape[0], self.config.num_classes)
+        slices, caches = self._cache
+        expected = (slices[-1].stop, self.config.num_classes)
         if tuple(dlogits.shape) != expected:
             raise ValueError(f"dlogits must have shape {expected} like the logits, got {tuple(dlogits.shape)}")
         self._cache = None
-        params, grads = self.params, self.grads
+        outs = parallel_map(self._backward, [(dlogits[sl], c) for sl, c in zip(slices, caches)], self.threads)
+        grads = outs[0][1]
+        for _, shard_grads in outs[1:]:  # parameters are shared by the shards: their gradients add up
+            for name, g in shard_grads.items():
+                grads[name] += g
+        self.grads.update(grads)
+        return outs[0][0] if len(outs) == 1 else self.backend.xp.concatenate([out[0] for out in outs])
 
+    def _backward(self, dlogits: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
+        """The backward pass of one shard. Returns (d images, gradients of every parameter)."""
+        c_embed, c_blocks, c_norm, t_shape, c_drop, c_head, c_out = cache
+        params, grads = self.params, {}
         dh = self.head_out.backward(params, grads, dlogits, c_out)
         dh = self.head.backward(params, grads, dh, c_head)
         dt = self._pool_backward(dropout_grad(dh, c_drop), t_shape)
@@ -198,7 +229,7 @@ class VisionTransformer:
         if self.config.pool == "cls":
             grads["cls_token"] = dt[:, 0].sum(axis=0)
             dt = dt[:, 1:]
-        return self.patch_embed.backward(params, grads, dt, c_embed)
+        return self.patch_embed.backward(params, grads, dt, c_embed), grads
 
 
 ViT = VisionTransformer

@@ -1,0 +1,69 @@
+"""Splitting a batch across CPU cores.
+
+NumPy runs each elementwise operation (exp, erf, the softmax, dropout and layer-norm passes) on one core, and
+BLAS uses one core per small matrix product (the per-head attention products are small). A transformer
+layer is independent across images, so the cheapest way to use every core for all of that is data
+parallelism: cut the batch into one shard per core and run the whole forward (and backward) pass of each
+shard in its own thread. NumPy and BLAS release the GIL while they compute, so the threads really run at the
+same time; BLAS is held to one thread each meanwhile (through threadpoolctl) so that the cores are not
+oversubscribed. Only the NumPy backend does this: a GPU is already parallel.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import Any, Callable, Sequence
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_CONTROLLER: Any = None
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the CPU affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def shard_slices(batch: int, shards: int) -> list[slice]:
+    """Cut range(batch) into at most ``shards`` contiguous slices of near-equal size (first ones larger)."""
+    shards = max(1, min(shards, batch))
+    base, extra = divmod(batch, shards)
+    slices, start = [], 0
+    for i in range(shards):
+        stop = start + base + (1 if i < extra else 0)
+        slices.append(slice(start, stop))
+        start = stop
+    return slices
+
+
+def _single_threaded_blas() -> Any:
+    global _CONTROLLER
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # still correct without it, only oversubscribed
+        return nullcontext()
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def parallel_map(fn: Callable[..., Any], args: Sequence[tuple], threads: int) -> list[Any]:
+    """``[fn(*a) for a in args]``, run on up to ``threads`` threads with BLAS single-threaded meanwhile.
+
+    Exceptions propagate to the caller (the first one raised, after every task has ended).
+    """
+    if len(args) <= 1 or threads <= 1:
+        return [fn(*a) for a in args]
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="npvit")
+    with _single_threaded_blas():
+        futures = [pool.submit(fn, *a) for a in args]
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+    return [f.result() for f in futures]

@@ -1,0 +1,80 @@
+"""Training curves from a run folder's ``metrics.jsonl``: loss, top-1, top-5 and the learning rate.
+
+One point per logged epoch; train and validation where logged (runs with no validation split have train
+only), and the test result from ``summary.json``, when the run has finished, marked at its best epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .inputs import InputError
+from .plotting import new_figure
+
+
+def run_folder(path: str | Path) -> Path:
+    """A run folder, also when given its metrics.jsonl or one of its checkpoints."""
+    path = Path(path)
+    return path.parent if path.is_file() else path
+
+
+def read_run_metrics(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(one row per epoch, the last logged row of each epoch; summary.json or None)."""
+    folder = run_folder(path)
+    metrics = folder / "metrics.jsonl"
+    if not metrics.is_file():
+        raise InputError(f"no metrics.jsonl in {folder}: pass a run folder written by npvit.train")
+    try:
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        summary_path = folder / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read the metrics of {folder}: {exc}") from exc
+    by_epoch = {r["epoch"]: r for r in rows if isinstance(r, dict) and "epoch" in r}
+    if not by_epoch:
+        raise InputError(f"{metrics} has no epochs logged yet")
+    return [by_epoch[e] for e in sorted(by_epoch)], summary
+
+
+def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[list[float], list[float]]:
+    points = [(r["epoch"], r[key] * scale) for r in rows if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def curves_figure(rows: list[dict[str, Any]], summary: dict[str, Any] | None = None, title: str = "") -> Any:
+    """2x2 panels: loss, top-1 (%), top-5 (%), learning rate, against the epoch."""
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
+    fig = new_figure(9.0, 6.4)
+    axes = fig.subplots(2, 2)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.88, wspace=0.25, hspace=0.35)
+    style = {"marker": "o", "markersize": 3, "linewidth": 1.4}
+    panels = [
+        (axes[0, 0], "loss", [("train", "train_loss", 1.0), ("validation", "val_loss", 1.0)], None),
+        (axes[0, 1], "top-1 accuracy (%)", [("train", "train_top1", 100.0), ("validation", "val_top1", 100.0)],
+         "top1"),
+        (axes[1, 0], "top-5 accuracy (%)", [("validation", "val_top5", 100.0)], "top5"),
+        (axes[1, 1], "learning rate (at the epoch's end)", [("lr", "lr", 1.0)], None),
+    ]
+    test = (summary or {}).get("test") or {}
+    best = (summary or {}).get("best_epoch")
+    for ax, label, series, test_key in panels:
+        for name, key, scale in series:
+            xs, ys = _series(rows, key, scale)
+            if xs:
+                ax.plot(xs, ys, label=name, **style)
+        if test_key and test.get(test_key) is not None and best is not None:
+            ax.plot([best], [100.0 * test[test_key]], marker="*", markersize=11, linestyle="none",
+                    color="crimson", label=f"test (best epoch {best}): {100 * test[test_key]:.2f}%")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_legend_handles_labels()[0] and label != panels[-1][1]:
+            ax.legend(fontsize=7)
+    axes[1, 1].yaxis.set_major_formatter(FormatStrFormatter("%.1e"))
+    fig.suptitle(title or "training curves", fontsize=10)
+    return fig
