@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .backend import get_array_module, to_numpy
+from .parallel import available_cores, parallel_map
 
 Array = Any
 DECAY_CONVENTIONS = ("keras", "tfa")
@@ -81,6 +82,10 @@ class AdamW:
         self.exclude_from_decay = frozenset(exclude_from_decay)
         self.clip_norm = clip_norm
         self.step_count = 0
+        xp = get_array_module(*params.values())
+        # NumPy: pieces of 64 Ki elements spread over the cores; CuPy: whole arrays, one kernel each.
+        self.chunk = 1 << 16 if xp is np else max([1, *(int(p.size) for p in params.values())])
+        self.threads = available_cores() if xp is np else 1
         self.m = {n: get_array_module(p).zeros_like(p) for n, p in params.items()}
         self.v = {n: get_array_module(p).zeros_like(p) for n, p in params.items()}
 
@@ -104,23 +109,16 @@ class AdamW:
             eps *= math.sqrt(1.0 - b2**t)
         decay = self.weight_decay * (self.lr if self.decay_convention == "keras" else 1.0)
 
+        # Work on cache-sized pieces of each (flattened) parameter: the temporaries then stay in the CPU's
+        # cache instead of streaming through memory, and on NumPy the pieces are shared out among threads.
+        jobs = []
         for name, p in self.params.items():
-            xp = get_array_module(p)
-            g = grads[name]
-            if scale != 1.0:
-                g = g * p.dtype.type(scale)
-            if decay and name not in self.exclude_from_decay:
-                p *= p.dtype.type(1.0 - decay)
-            m, v = self.m[name], self.v[name]
-            m *= p.dtype.type(b1)
-            m += p.dtype.type(1.0 - b1) * g
-            v *= p.dtype.type(b2)
-            v += p.dtype.type(1.0 - b2) * (g * g)
-            denom = xp.sqrt(v)
-            denom += p.dtype.type(eps)
-            update = m / denom
-            update *= p.dtype.type(step_size)
-            p -= update
+            factor = 1.0 - decay if decay and name not in self.exclude_from_decay else 1.0
+            flat = [a.reshape(-1) for a in (p, grads[name], self.m[name], self.v[name])]
+            for start in range(0, p.size, self.chunk):
+                jobs.append((*(a[start:start + self.chunk] for a in flat), factor))
+        parallel_map(lambda p, g, m, v, factor: adamw_update(p, g, m, v, scale, factor, b1, b2, eps, step_size),
+                     jobs, self.threads)
         return norm
 
     # ---- state -------------------------------------------------------------------------------------------
@@ -148,10 +146,38 @@ class AdamW:
         self.step_count = int(np.asarray(state["step"]))
 
 
+def adamw_update(p: Array, g: Array, m: Array, v: Array, grad_scale: float, decay_factor: float, b1: float,
+                 b2: float, eps: float, step_size: float) -> None:
+    """One AdamW step on (pieces of) a parameter, in place:
+    p *= decay_factor; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= step_size m / (sqrt(v) + eps)."""
+    xp = get_array_module(p)
+    t = p.dtype.type
+    if grad_scale != 1.0:
+        g = g * t(grad_scale)
+    if decay_factor != 1.0:
+        p *= t(decay_factor)
+    m *= t(b1)
+    tmp = g * t(1.0 - b1)
+    m += tmp
+    v *= t(b2)
+    xp.multiply(g, g, out=tmp)
+    tmp *= t(1.0 - b2)
+    v += tmp
+    xp.sqrt(v, out=tmp)
+    tmp += t(eps)
+    xp.divide(m, tmp, out=tmp)
+    tmp *= t(step_size)
+    p -= tmp
+
+
 def global_norm(arrays: Iterable[Array]) -> float:
-    """sqrt(sum of squares) over every element of every array, accumulated in float64."""
+    """sqrt(sum of squares) over every element of every array.
+
+    Each array's sum of squares is one BLAS dot product in the array's own dtype (a single pass, no float64
+    copy of the gradients); the per-array sums are added in Python floats.
+    """
     total = 0.0
     for a in arrays:
-        flat = a.reshape(-1).astype("float64", copy=False)
+        flat = a.reshape(-1)
         total += float(flat @ flat)
     return math.sqrt(total)
