@@ -9,11 +9,17 @@
     opt.step(model.grads)
 """
 
-from .backend import Backend, BackendUnavailableError, available_backends, get_array_module, get_backend
+from .backend import (
+    Backend,
+    BackendUnavailableError,
+    available_backends,
+    get_array_module,
+    get_backend,
+)
 from .config import ViTConfig
 from .gradcheck import GradcheckResult, check_backward
 from .kernels import cross_entropy_backward, cross_entropy_forward
-from .model import ViT, VisionTransformer
+from .model import VisionTransformer, ViT
 from .optim import AdamW
 
 gradcheck = check_backward

@@ -67,8 +67,8 @@ _ERF_CHUNK = 1 << 16  # elements per piece: the dozen temporaries of a piece sta
 
 def erf_float32(x: numpy.ndarray) -> numpy.ndarray:
     """Error function of a float32 NumPy array by a rational approximation, computed piece by piece."""
-    out = numpy.empty_like(x)
-    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    out = numpy.empty(x.shape, dtype=x.dtype)
+    flat_in, flat_out = numpy.ascontiguousarray(x).reshape(-1), out.reshape(-1)
     four = numpy.float32(4)
     for start in range(0, flat_in.size, _ERF_CHUNK):
         z = numpy.clip(flat_in[start:start + _ERF_CHUNK], -four, four)
@@ -88,17 +88,15 @@ def erf_float32(x: numpy.ndarray) -> numpy.ndarray:
     return out
 
 
-def random_uint16(rng: Any, shape: tuple[int, ...]) -> Any:
-    """Uniform random integers in [0, 65536) as uint16, from a NumPy or CuPy generator.
+def keep_mask(rng: Any, shape: tuple[int, ...], threshold: int) -> Any:
+    """Boolean mask of ``shape``, each entry True with probability 1 - threshold / 65536.
 
-    NumPy draws 16-bit integers twice as fast as float32 uniforms; CuPy's generator is asked for floats,
-    which it makes fast, and they are cut to the same 16-bit grid.
+    NumPy compares 16-bit random integers with the threshold (twice as fast as drawing float32 uniforms);
+    CuPy compares its fast float32 uniforms with threshold / 65536. Either way the probability is the same.
     """
     if isinstance(rng, numpy.random.Generator):
-        return rng.integers(0, 1 << 16, size=shape, dtype=numpy.uint16)
-    u = rng.random(shape, dtype="float32")
-    u *= 1 << 16
-    return u.astype("uint16")
+        return rng.integers(0, 1 << 16, size=shape, dtype=numpy.uint16) >= threshold
+    return rng.random(shape, dtype="float32") >= threshold / (1 << 16)
 
 
 def to_numpy(x: Any) -> numpy.ndarray:
@@ -133,7 +131,13 @@ class Backend:
         return to_numpy(x)
 
     def rng(self, seed: int | None = None) -> Any:
-        """A seeded random generator of this backend (``Generator.random``/``integers``/``normal``)."""
+        """A seeded random generator of this backend (use ``random(size, dtype)`` and ``uniform``).
+
+        On CuPy it is a Philox generator: the default XORWOW sets up a quarter-million states per generator,
+        too slow for the fresh generator the training program makes at every step.
+        """
+        if self.name == "cupy":
+            return self.xp.random.Generator(self.xp.random.Philox4x3210(seed))
         return self.xp.random.default_rng(seed)
 
     def synchronize(self) -> None:

@@ -18,8 +18,15 @@ from typing import Any
 import numpy as np
 
 from .augment import Augmenter
-from .backend import BACKEND_NAMES, Backend, BackendUnavailableError, get_backend, to_numpy
+from .backend import (
+    BACKEND_NAMES,
+    Backend,
+    BackendUnavailableError,
+    get_backend,
+    to_numpy,
+)
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .cli_types import positive_int
 from .config import ViTConfig
 from .kernels import cross_entropy_forward
 from .model import ViT
@@ -75,7 +82,13 @@ def model_from_checkpoint(ckpt: Checkpoint, backend: str | Backend = "numpy",
                           dtype: str | None = None) -> tuple[ViT, Augmenter]:
     """Rebuild the model (with the checkpoint's weights) and its inference preprocessing."""
     meta = ckpt.meta
-    config = ViTConfig.from_dict(meta["model"])
+    try:
+        config = ViTConfig.from_dict(meta["model"])
+        norm = meta["normalization"]
+        mean, variance = np.asarray(norm["mean"]), np.asarray(norm["variance"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint metadata is incomplete or invalid ({exc}); was it written by "
+                              "npvit.train?") from exc
     model = ViT(config, backend=backend, dtype=dtype or meta.get("dtype", "float32"))
     missing = sorted(set(model.params) - set(ckpt.params))
     if missing:
@@ -85,9 +98,7 @@ def model_from_checkpoint(ckpt: Checkpoint, backend: str | Backend = "numpy",
             raise CheckpointError(f"checkpoint parameter {name} has shape {ckpt.params[name].shape}, "
                                   f"the model expects {p.shape}")
         p[...] = model.backend.asarray(ckpt.params[name], dtype=p.dtype)
-    norm = meta["normalization"]
-    augmenter = Augmenter(np.asarray(norm["mean"]), np.asarray(norm["variance"]), image_size=config.image_size,
-                          dtype=str(model.dtype))
+    augmenter = Augmenter(mean, variance, image_size=config.image_size, dtype=str(model.dtype))
     return model, augmenter
 
 
@@ -122,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="existing copy of the dataset (archive or extracted folder)")
     parser.add_argument("--cache-dir", help="download cache (default $NPVIT_CACHE or ~/.cache/npvit)")
     parser.add_argument("--backend", choices=BACKEND_NAMES, default="numpy")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     try:
@@ -139,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(model, augmenter, data.x_test, data.y_test, args.batch_size, progress=not args.json,
                       label="test")
     if args.json:
-        print(json.dumps(dict(result.as_dict(), per_class=dict(zip(data.class_names,
-                                                                   map(float, result.per_class))))))
+        per_class = {name: None if count == 0 else float(acc)  # JSON has no NaN
+                     for name, count, acc in zip(data.class_names, result.counts, result.per_class)}
+        print(json.dumps(dict(result.as_dict(), per_class=per_class)))
         return 0
     print(f"{data.name} test split, {len(data.y_test)} images: loss {result.loss:.4f}  "
           f"top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%")

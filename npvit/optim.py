@@ -71,6 +71,10 @@ class AdamW:
             raise ValueError(f"AdamW epsilon must be positive, got {epsilon!r}")
         if clip_norm is not None and not clip_norm > 0:
             raise ValueError(f"clip_norm must be positive or None, got {clip_norm!r}")
+        not_contiguous = sorted(n for n, p in params.items() if not p.flags.c_contiguous)
+        if not_contiguous:
+            raise ValueError(f"AdamW updates parameters in place and needs C-contiguous arrays; "
+                             f"{not_contiguous[:5]} are not (make them with ascontiguousarray first)")
         unknown = sorted(set(exclude_from_decay) - set(params))
         if unknown:
             raise ValueError(f"exclude_from_decay names parameters that do not exist: {unknown}")
@@ -179,5 +183,5 @@ def global_norm(arrays: Iterable[Array]) -> float:
     total = 0.0
     for a in arrays:
         flat = a.reshape(-1)
-        total += float(flat @ flat)
-    return math.sqrt(total)
+        total = total + flat @ flat  # stays on the device until the one float() below
+    return math.sqrt(float(total))

@@ -27,6 +27,15 @@ import numpy as np
 from .augment import Augmenter, channel_stats
 from .backend import BACKEND_NAMES, BackendUnavailableError, get_backend
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from .cli_types import (
+    fraction,
+    int_list,
+    non_negative,
+    non_negative_int,
+    positive,
+    positive_int,
+    unit_interval,
+)
 from .config import GELUS, POOLS, PRESETS, ViTConfig
 from .data import DATASETS, DataError
 from .evaluate import EvalResult, evaluate, load_run_dataset
@@ -64,41 +73,6 @@ class UsageError(Exception):
 
 
 # ---- command line -----------------------------------------------------------------------------------------
-def int_list(text: str) -> tuple[int, ...]:
-    """'2048,1024' -> (2048, 1024)."""
-    try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 128,64, got {text!r}")
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive sizes like 128,64, got {text!r}")
-    return values
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
-
-
-def non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m npvit.train", description=__doc__.splitlines()[0], usage="%(prog)s [options]",
@@ -138,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = p.add_argument_group("augmentation (training only)")
     a.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
-    a.add_argument("--rotation", type=non_negative, help="rotation factor, fraction of a turn (default 0.02)")
-    a.add_argument("--zoom", type=non_negative, help="zoom factor for height and width (default 0.2)")
+    a.add_argument("--rotation", type=unit_interval, help="rotation factor, fraction of a turn (default 0.02)")
+    a.add_argument("--zoom", type=unit_interval, help="zoom factor for height and width (default 0.2)")
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--batch-size", type=positive_int, help="images per step (default 256)")
@@ -149,11 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--weight-decay", type=non_negative, help="decoupled weight decay (default 1e-4)")
     o.add_argument("--decay-convention", choices=DECAY_CONVENTIONS,
                    help="keras: p -= lr*wd*p (Keras 3, PyTorch; default); tfa: p -= wd*p (TensorFlow Addons)")
-    o.add_argument("--epsilon", type=float, help="AdamW epsilon (default 1e-7)")
+    o.add_argument("--epsilon", type=positive, help="AdamW epsilon (default 1e-7)")
     o.add_argument("--exclude-from-decay", action="store_true", help="no decay for biases, norms, embeddings")
-    o.add_argument("--clip-norm", type=float, help="clip gradients to this global norm")
+    o.add_argument("--clip-norm", type=positive, help="clip gradients to this global norm")
     o.add_argument("--lr-schedule", choices=SCHEDULES, help="constant (default) or cosine decay")
-    o.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 0)")
+    o.add_argument("--warmup-steps", type=non_negative_int, help="linear warmup steps (default 0)")
     o.add_argument("--label-smoothing", type=fraction, help="default 0")
 
     x = p.add_argument_group("execution")
@@ -202,13 +176,18 @@ def resolve_settings(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     if not config_path.is_file():
         raise UsageError(f"--resume {resume}: no run there (expected {config_path}); pass the folder that "
                          "--out named when the run started")
-    doc = json.loads(config_path.read_text())
-    changed = sorted(k for k in given if k not in RESUMABLE and given[k] != doc["run"].get(k))
+    try:
+        doc = json.loads(config_path.read_text())
+        saved = doc["run"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"--resume {resume}: cannot read {config_path} ({exc})") from exc
+    # Compare as JSON values: the saved file holds lists where the flags give tuples.
+    changed = sorted(k for k in given if k not in RESUMABLE and json.loads(json.dumps(given[k])) != saved.get(k))
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise UsageError(f"cannot change {flags} when resuming; only {', '.join(sorted(RESUMABLE))} may differ. "
                          "Start a new run (--out) to change them.")
-    settings = dict(DEFAULTS, **doc["run"])
+    settings = dict(DEFAULTS, **saved)
     settings.update(given)
     settings["out"] = str(Path(resume))
     return settings, doc
@@ -223,9 +202,9 @@ def stream_seed(seed: int, stream: int, index: int) -> int:
 SHUFFLE, DROPOUT, AUGMENT = 0, 1, 2
 
 
-def split_train_val(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[np.ndarray, ...]:
+def split_train_val(x: np.ndarray, y: np.ndarray, validation_split: float) -> tuple[np.ndarray, ...]:
     """Keras ``fit(validation_split=f)``: the last f of the data (in dataset order) is validation."""
-    split_at = int(math.floor(len(x) * (1.0 - fraction)))
+    split_at = int(math.floor(len(x) * (1.0 - validation_split)))
     return x[:split_at], y[:split_at], x[split_at:], y[split_at:]
 
 
@@ -276,7 +255,8 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
         raise UsageError("no training images left: lower --validation-split or raise --train-subset")
 
     model = ViT(cfg, backend=backend, dtype=s["dtype"], seed=s["seed"], threads=s["threads"])
-    s["threads"] = model.threads  # record the value used, so that --resume reproduces the run
+    if backend.name == "numpy":
+        s["threads"] = model.threads  # record the value used, so that --resume reproduces the run
     opt = AdamW(model.params, lr=s["learning_rate"], weight_decay=s["weight_decay"], epsilon=s["epsilon"],
                 decay_convention=s["decay_convention"], clip_norm=s["clip_norm"],
                 exclude_from_decay=model.no_decay_names() if s["exclude_from_decay"] else ())
@@ -287,7 +267,7 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
     if s["max_steps"] is not None:
         total_steps = min(total_steps, s["max_steps"])
 
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_top1": -1.0, "best_epoch": None,
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_top1": None, "best_epoch": None,
              "partial": {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}}
     base_meta = {"model": cfg.to_dict(), "dtype": s["dtype"], "class_names": data.class_names,
                  "normalization": {"mean": mean.tolist(), "variance": variance.tolist()},
@@ -308,6 +288,10 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
         out.mkdir(parents=True, exist_ok=True)
         if last_path.exists():
             raise UsageError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+        leftovers = [p.name for p in (best_path, metrics_path, out / "summary.json") if p.exists()]
+        if leftovers:
+            raise UsageError(f"{out} holds files of an earlier run ({', '.join(leftovers)}) but no last.npz to "
+                             "resume from; choose another --out, or move those files away")
     write_json(out / "config.json", base_meta)
 
     def save(path: Path) -> None:
@@ -379,8 +363,8 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
             if complete:
                 state.update(epoch=epoch + 1, step_in_epoch=0,
                              partial={"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0})
-            score = val.top1 if val is not None else -row["train_loss"]
-            if score > state["best_val_top1"]:
+            score = val.top1 if val is not None else -row["train_loss"]  # no validation: lowest train loss
+            if state["best_val_top1"] is None or score > state["best_val_top1"]:
                 state.update(best_val_top1=score, best_epoch=epoch + 1)
                 save(best_path)
             save(last_path)
@@ -449,6 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, DataError, CheckpointError, BackendUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the run folder cannot be written, the disk is full, ...
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

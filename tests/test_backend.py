@@ -63,3 +63,11 @@ def test_rng_is_seeded(backend: npvit.Backend) -> None:
     b = to_numpy(backend.rng(7).random((5,), dtype="float32"))
     c = to_numpy(backend.rng(8).random((5,), dtype="float32"))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_fast_float32_erf_handles_any_memory_order_and_extremes() -> None:
+    a = np.random.default_rng(0).standard_normal((6, 9)).astype(np.float32) * 3
+    for x in (a, a.T, a[:, ::2]):
+        np.testing.assert_allclose(erf(x), [[math.erf(v) for v in row] for row in x.astype(float)], atol=5e-7)
+    ends = erf(np.float32([np.inf, -np.inf, 50.0, -50.0, 0.0]))
+    assert ends.tolist() == [1.0, -1.0, 1.0, -1.0, 0.0] and np.isnan(erf(np.float32([np.nan])))[0]

@@ -130,3 +130,8 @@ def test_bad_arguments_and_states() -> None:
         opt.load_state_dict({"step": 1, "m/w": np.zeros(3), "v/w": np.zeros(3)})
     with pytest.raises(ValueError, match="no entry 'm/w'"):
         opt.load_state_dict({"step": 1})
+
+
+def test_non_contiguous_parameters_are_refused() -> None:
+    with pytest.raises(ValueError, match="C-contiguous"):
+        npvit.AdamW({"w": np.ones((3, 4)).T})

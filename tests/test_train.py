@@ -162,3 +162,36 @@ def test_resume_errors(tmp_path, capsys) -> None:
     assert "cannot change --learning-rate" in capsys.readouterr().err
     assert run(tmp_path, "run", "--epochs", "1")[0] == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_resume_accepts_unchanged_list_flags(tmp_path) -> None:
+    status, out = run(tmp_path, "run", "--epochs", "1")
+    assert train_cli.main(["--resume", str(out), "--synthetic-size", "240,60", "--epochs", "2", "--quiet"]) == 0
+
+
+def test_without_validation_the_lowest_train_loss_is_kept(tmp_path) -> None:
+    status, out = run(tmp_path, "run", "--epochs", "2", "--validation-split", "0")
+    assert status == 0 and (out / "best.npz").exists()
+    assert json.loads((out / "summary.json").read_text())["best_epoch"] in (1, 2)
+
+
+def test_run_files_get_ordinary_permissions(tmp_path) -> None:
+    status, out = run(tmp_path, "run", "--epochs", "1")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (out / "last.npz").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("flags", [["--epsilon", "0"], ["--clip-norm", "-1"], ["--rotation", "1.5"],
+                                   ["--zoom", "2"], ["--warmup-steps", "-3"]])
+def test_out_of_range_optimizer_and_augmentation_flags(tmp_path, capsys, flags) -> None:
+    with pytest.raises(SystemExit) as exc:
+        train_cli.main([*BASE, "--out", str(tmp_path / "x"), *flags])
+    assert exc.value.code == 2 and "expected" in capsys.readouterr().err
+
+
+def test_evaluate_rejects_bad_batch_size(tmp_path, capsys) -> None:
+    status, out = run(tmp_path, "run", "--epochs", "1")
+    with pytest.raises(SystemExit):
+        evaluate_cli.main([str(out / "best.npz"), "--batch-size", "0"])
+    assert "positive integer" in capsys.readouterr().err

@@ -5,7 +5,12 @@ Every kernel is a pair of plain functions: ``<name>_forward(...) -> (output, cac
 Kernels take arrays of either backend and find the array module from them; they work in the input dtype.
 """
 
-from .attention import attention_core_backward, attention_core_forward, mha_backward, mha_forward
+from .attention import (
+    attention_core_backward,
+    attention_core_forward,
+    mha_backward,
+    mha_forward,
+)
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .dense import dense_backward, dense_forward
 from .dropout import dropout_backward, dropout_forward, dropout_mask

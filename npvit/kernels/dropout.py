@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import random_uint16
+from ..backend import keep_mask
 
 Array = Any
 DropoutCache = tuple[Array, float] | None  # (keep mask as booleans, 1 / (1 - rate)); None when nothing dropped
@@ -28,7 +28,7 @@ def drop_threshold(rate: float) -> int:
 
 def dropout_mask(shape: tuple[int, ...], rate: float, rng: Any) -> Array:
     """Boolean keep-mask of ``shape``: each entry True with probability 1 - drop_threshold(rate) / 65536."""
-    return random_uint16(rng, shape) >= drop_threshold(rate)
+    return keep_mask(rng, shape, drop_threshold(rate))
 
 
 def dropout_forward(

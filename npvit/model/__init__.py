@@ -5,6 +5,6 @@ from .block import Block
 from .mlp import Mlp
 from .module import Context, Dense, LayerNorm
 from .patch_embed import PatchEmbed
-from .vit import ViT, VisionTransformer
+from .vit import VisionTransformer, ViT
 
 __all__ = ["Attention", "Block", "Context", "Dense", "LayerNorm", "Mlp", "PatchEmbed", "ViT", "VisionTransformer"]

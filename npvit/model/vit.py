@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Backend, get_backend
+from ..backend import Backend, get_backend, to_numpy
 from ..config import ViTConfig
 from ..parallel import available_cores, parallel_map, shard_slices
 from .block import Block
@@ -119,6 +119,8 @@ class VisionTransformer:
         if shape[0] == 0:
             raise ValueError("images is an empty batch")
         xp = self.backend.xp
+        if self.backend.name == "numpy":
+            images = to_numpy(images)  # a CuPy batch for a NumPy model comes to the host
         if not np.issubdtype(np.dtype(images.dtype), np.number) or np.issubdtype(images.dtype, np.complexfloating):
             raise ValueError(f"images must be real numbers, got dtype {images.dtype}")
         x = xp.asarray(images, dtype=self.dtype)

@@ -154,7 +154,12 @@ def make_figure(args: argparse.Namespace) -> Any:
                     f"{run.get('rotation', 0.02)}, zoom {run.get('zoom', 0.2)})")
         return patches_figure(shown, after, cfg, args.title or source, settings)
 
-    from .attention import attention_figure, forward_with_attention, query_token, rollout_figure
+    from .attention import (
+        attention_figure,
+        forward_with_attention,
+        query_token,
+        rollout_figure,
+    )
 
     token = query_token(cfg, args.query, rollout=args.figure == "rollout")
     maps, probs = forward_with_attention(loaded, raw)

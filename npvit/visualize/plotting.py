@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoint import atomic_write
 from .extras import matplotlib_figure, pillow_image
 
 DEFAULT_DPI = 100
@@ -38,7 +39,8 @@ def save_png(fig: Any, path: str | Path, dpi: float = DEFAULT_DPI) -> tuple[int,
     pixels = render(fig, dpi)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pillow_image().fromarray(pixels).save(path, format="PNG", optimize=True)
+    image = pillow_image().fromarray(pixels)
+    atomic_write(path, lambda f: image.save(f, format="PNG", optimize=True))  # never a half-written figure
     return pixels.shape[1], pixels.shape[0]
 
 
