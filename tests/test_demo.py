@@ -16,4 +16,4 @@ def test_demo_runs_and_prints_losses(capsys: pytest.CaptureFixture[str]) -> None
 def test_demo_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         demo.main(["--batch", "0"])
-    assert "must be a positive integer" in capsys.readouterr().err
+    assert "expected a positive integer" in capsys.readouterr().err
