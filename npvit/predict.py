@@ -21,6 +21,7 @@ import numpy as np
 
 from .backend import BACKEND_NAMES, BackendUnavailableError, to_numpy
 from .checkpoint import CheckpointError
+from .cli_types import positive_int
 
 BATCH = 64  # images per forward pass: bounds memory for large folders
 
@@ -65,16 +66,6 @@ def format_results(results: list[dict[str, Any]]) -> str:
         lines.append(r["file"])
         lines.extend(f"  {100 * p['probability']:6.2f}%  {p['class']}" for p in r["predictions"])
     return "\n".join(lines)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..backend import BACKEND_NAMES, BackendUnavailableError
 from ..checkpoint import CheckpointError
+from ..cli_types import non_negative_int, positive, positive_int
 from .extras import MissingExtraError
 from .inputs import FITS, InputError
 
@@ -37,33 +38,6 @@ def query_arg(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m npvit.visualize",
                                      description="Figures of a trained model, one PNG per command.",
@@ -73,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help=", ".join(FIGURES) + " (each has --help)")
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--out", help="PNG file to write (default FIGURE.png in the current folder)")
-    output.add_argument("--dpi", type=positive_float, default=100.0, help="pixels per inch (default 100)")
+    output.add_argument("--dpi", type=positive, default=100.0, help="pixels per inch (default 100)")
     output.add_argument("--title", help="figure title (default: says what is shown)")
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("checkpoint", help="a .npz checkpoint written by npvit.train, or its run folder "
