@@ -14,13 +14,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..backend import erf, get_array_module
+from ..backend import get_array_module, normal_cdf
 
 Array = Any
 GeluCache = tuple[Array, Array]  # (x, Phi(x)) for "erf", (x, tanh(u)) for "tanh"
 
 GELU_KINDS = ("erf", "tanh")
-_SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _C = 0.044715
@@ -35,9 +34,7 @@ def gelu_forward(x: Array, kind: str = "erf") -> tuple[Array, GeluCache]:
     xp = get_array_module(x)
     t = x.dtype.type
     if kind == "erf":
-        s = erf(x * t(_SQRT_HALF))
-        s += 1
-        s *= 0.5  # Phi(x)
+        s = normal_cdf(x)  # Phi(x) = (1 + erf(x / sqrt 2)) / 2
         return x * s, (x, s)
     if kind == "tanh":
         s = xp.tanh(t(_SQRT_2_OVER_PI) * (x + t(_C) * x * x * x))

@@ -35,7 +35,8 @@ class Block:
     def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, tuple]:
         h, c_n1 = self.norm1.forward(params, x, ctx)
         h, c_attn = self.attn.forward(params, h, ctx)
-        x = x + h
+        h += x  # the attention output is a fresh array, and no cache holds the block input x
+        x = h
         h, c_n2 = self.norm2.forward(params, x, ctx)
         h, c_mlp = self.mlp.forward(params, h, ctx)
         h += x  # the MLP output is a fresh array: add the residual in place
