@@ -278,8 +278,10 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
             raise UsageError(f"{out} has no checkpoint yet (last.npz): the run stopped before its first one; "
                              "start it again without --resume")
         ckpt = load_checkpoint(last_path)
-        for name, p in model.params.items():
-            p[...] = backend.asarray(ckpt.params[name], dtype=p.dtype)
+        try:
+            model.load_params(ckpt.params)
+        except ValueError as exc:
+            raise CheckpointError(f"{last_path} does not fit this run's model: {exc}") from exc
         opt.load_state_dict(ckpt.optimizer)
         state = ckpt.meta["state"]
         keep_metric_rows(metrics_path, state["global_step"])
@@ -412,8 +414,7 @@ def final_test(model: ViT, augmenter: Augmenter, data: Any, best_path: Path, out
     """Evaluate the best weights on the test split, as the example does, and write summary.json."""
     if best_path.exists():
         best = load_checkpoint(best_path)
-        for name, p in model.params.items():
-            p[...] = model.backend.asarray(best.params[name], dtype=p.dtype)
+        model.load_params(best.params)
     test: EvalResult = evaluate(model, augmenter, data.x_test, data.y_test, s["eval_batch_size"],
                                 progress=not s["quiet"], label="test")
     log(f"test ({len(data.y_test)} images, best epoch {state['best_epoch']}): loss {test.loss:.4f}  "

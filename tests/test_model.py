@@ -218,3 +218,16 @@ def test_sharded_batch_matches_one_shard() -> None:
     assert [a.shape for a in a3] == [a.shape for a in a1] and all(np.allclose(x, y) for x, y in zip(a1, a3))
     with pytest.raises(ValueError, match="threads"):
         ViT(cfg, threads=0)
+
+
+def test_load_params_copies_in_place_and_checks_shapes() -> None:
+    source, target = ViT(ViTConfig.tiny(), seed=1), ViT(ViTConfig.tiny(), seed=2)
+    before = target.params["head.out.w"]
+    target.load_params({n: p.astype(np.float64) for n, p in source.params.items()})
+    assert target.params["head.out.w"] is before  # same arrays: an optimizer holding them sees the change
+    assert all(np.array_equal(target.params[n], source.params[n]) for n in source.params)
+    with pytest.raises(ValueError, match="missing"):
+        target.load_params({})
+    bad = dict(source.params, **{"head.out.b": np.zeros(3)})
+    with pytest.raises(ValueError, match=r"head.out.b has shape \(3,\)"):
+        target.load_params(bad)

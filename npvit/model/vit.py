@@ -88,6 +88,21 @@ class VisionTransformer:
         specs.update(self.head_out.param_specs())
         return specs
 
+    def load_params(self, params: Any) -> None:
+        """Copy named arrays (host or device, e.g. a checkpoint's) into ``self.params``, in place.
+
+        Raises ValueError naming the first parameter that is missing or has another shape.
+        """
+        missing = sorted(set(self.params) - set(params))
+        if missing:
+            raise ValueError(f"parameters missing: {missing[:5]}; they belong to a different model")
+        for name, p in self.params.items():
+            if tuple(params[name].shape) != tuple(p.shape):
+                raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, the model expects "
+                                 f"{tuple(p.shape)}")
+        for name, p in self.params.items():
+            p[...] = self.backend.asarray(params[name], dtype=p.dtype)
+
     def num_params(self) -> int:
         """Number of trainable scalars."""
         return sum(int(p.size) for p in self.params.values())

@@ -95,10 +95,7 @@ def load_model(path: str | Path, backend: str | Backend = "numpy") -> LoadedMode
     """Rebuild a trained model from a checkpoint file or run folder (CheckpointError if that fails)."""
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
-    try:
-        model, augmenter = model_from_checkpoint(ckpt, get_backend(backend))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{ckpt_path} does not describe a model npvit can rebuild: {exc}") from exc
+    model, augmenter = model_from_checkpoint(ckpt, get_backend(backend))  # CheckpointError if it cannot
     return LoadedModel(ckpt_path, model, augmenter, ckpt.meta)
 
 
