@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checkpoint import atomic_write
 from .errors import DataError
 from .progress import Progress
 
@@ -52,11 +53,9 @@ def _stamp_text(path: Path, md5: str) -> str:
 
 
 def _write_stamp(path: Path, md5: str) -> None:
-    stamp = _stamp_path(path)
-    tmp = stamp.with_name(stamp.name + ".tmp")
+    text = _stamp_text(path, md5).encode()
     try:
-        tmp.write_text(_stamp_text(path, md5))
-        os.replace(tmp, stamp)
+        atomic_write(_stamp_path(path), lambda f: f.write(text))
     except OSError:  # a read-only cache only costs a re-hash next time
         pass
 
