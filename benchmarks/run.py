@@ -331,6 +331,26 @@ def make_batch(cfg: npvit.ViTConfig, batch: int, seed: int = 0) -> tuple[np.ndar
     return images, rng.integers(0, cfg.num_classes, batch)
 
 
+def time_phases(sync: Callable[[], None], phases: list[tuple[str, Callable[[Any], Any]]],
+                breakdown: bool) -> dict[str, float]:
+    """Run the (name, fn) phases of one training step in order, each fn given the previous one's result.
+
+    Returns {"step": seconds}, plus one entry per phase with ``breakdown`` (the device is then synchronised
+    after every phase, which costs a little on a GPU; without it only at the end).
+    """
+    sync()
+    start = last = time.perf_counter()
+    times: dict[str, float] = {}
+    result: Any = None
+    for i, (name, fn) in enumerate(phases):
+        result = fn(result)
+        if breakdown or i == len(phases) - 1:
+            sync()
+        now = time.perf_counter()
+        times[name], last = now - last, now
+    return dict(times, step=last - start) if breakdown else {"step": last - start}
+
+
 class NpvitRunner:
     """npvit model, AdamW and one batch; ``train_step`` / ``forward`` return their timings."""
 
@@ -345,28 +365,12 @@ class NpvitRunner:
         self.x, self.y = ctx.backend.asarray(images), ctx.backend.asarray(labels)
 
     def train_step(self, breakdown: bool = False) -> dict[str, float]:
-        sync, perf = self.ctx.sync_npvit, time.perf_counter
-        sync()
-        t0 = perf()
-        logits = self.model.forward(self.x, training=True)
-        if breakdown:
-            sync()
-        t1 = perf()
-        _, cache = npvit.cross_entropy_forward(logits, self.y)
-        dlogits = npvit.cross_entropy_backward(cache)
-        if breakdown:
-            sync()
-        t2 = perf()
-        self.model.backward(dlogits)
-        if breakdown:
-            sync()
-        t3 = perf()
-        self.opt.step(self.model.grads)
-        sync()
-        t4 = perf()
-        if not breakdown:
-            return {"step": t4 - t0}
-        return {"forward": t1 - t0, "loss": t2 - t1, "backward": t3 - t2, "adamw": t4 - t3, "step": t4 - t0}
+        return time_phases(self.ctx.sync_npvit, [
+            ("forward", lambda _: self.model.forward(self.x, training=True)),
+            ("loss", lambda logits: npvit.cross_entropy_backward(npvit.cross_entropy_forward(logits, self.y)[1])),
+            ("backward", self.model.backward),
+            ("adamw", lambda _: self.opt.step(self.model.grads)),
+        ], breakdown)
 
     def forward(self) -> dict[str, float]:
         self.ctx.sync_npvit()
@@ -391,29 +395,18 @@ class TorchRunner:
         self.y = torch.from_numpy(labels).to(dev)
 
     def train_step(self, breakdown: bool = False) -> dict[str, float]:
-        sync, perf = self.ctx.sync_torch, time.perf_counter
         self.model.train()
-        sync()
-        t0 = perf()
-        self.opt.zero_grad(set_to_none=True)
-        logits = self.model(self.x)
-        if breakdown:
-            sync()
-        t1 = perf()
-        loss = F.cross_entropy(logits, self.y)
-        if breakdown:
-            sync()
-        t2 = perf()
-        loss.backward()
-        if breakdown:
-            sync()
-        t3 = perf()
-        self.opt.step()
-        sync()
-        t4 = perf()
-        if not breakdown:
-            return {"step": t4 - t0}
-        return {"forward": t1 - t0, "loss": t2 - t1, "backward": t3 - t2, "adamw": t4 - t3, "step": t4 - t0}
+
+        def forward(_: Any) -> Any:
+            self.opt.zero_grad(set_to_none=True)
+            return self.model(self.x)
+
+        return time_phases(self.ctx.sync_torch, [
+            ("forward", forward),
+            ("loss", lambda logits: F.cross_entropy(logits, self.y)),
+            ("backward", lambda loss: loss.backward()),
+            ("adamw", lambda _: self.opt.step()),
+        ], breakdown)
 
     def forward(self) -> dict[str, float]:
         self.model.eval()
