@@ -638,7 +638,8 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
 
     cases.append(KernelCase("attention scores Q K^T", f"{b}x{h}x{t}x{kd} @ {kd}x{t}", depth, "GFLOP/s",
                             att_flops, 2 * att_flops, np_scores, t_scores,
-                            note="the statements of attention_core_forward/backward that compute S"))
+                            note="the products of attention_core_forward/backward that give S, on the whole batch at "
+                                 "once (the engine runs them a cache-sized chunk at a time: see the core row)"))
 
     def np_softmax():
         s, dy = dev_np(s_h), dev_np(ds_h)
@@ -649,7 +650,9 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
         return lambda: s.softmax(dim=-1), lambda y: tgrad(y, [s], dy)
 
     cases.append(KernelCase("softmax", f"{b}x{h}x{t}x{t}", depth, "GB/s", 2 * f4 * n_att, 3 * f4 * n_att,
-                            np_softmax, t_softmax))
+                            np_softmax, t_softmax,
+                            note="the kernel alone, whole batch, last axis (inside the attention core the "
+                                 "engine normalises transposed scores a cache-sized chunk at a time)"))
 
     def dropout_case(name: str, shapes: list[tuple[int, ...]], rate: float, calls: int) -> KernelCase:
         xs = [(host(*s), host(*s)) for s in shapes]
@@ -690,7 +693,8 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
 
     cases.append(KernelCase("attention-weighted sum A V", f"{b}x{h}x{t}x{t} @ {t}x{kd}", depth, "GFLOP/s",
                             att_flops, 2 * att_flops, np_av, t_av,
-                            note="the statements of attention_core_forward/backward that compute O"))
+                            note="the products of attention_core_forward/backward that give O, on the whole batch at "
+                                 "once (the engine runs them a cache-sized chunk at a time: see the core row)"))
 
     cases.append(dense_case("attention out-projection dense", [(hd, d)], depth))
 

@@ -123,6 +123,33 @@ def keep_mask(rng: Any, shape: tuple[int, ...], threshold: int) -> Any:
     return rng.random(shape, dtype="float32") >= threshold / (1 << 16)
 
 
+# How much of the CPU's cache one core's working set may fill, for the two kinds of chunked work that
+# batch_chunks cuts: "l2", the passes over one piece of the attention scores, stay within a core's L2 (1 MiB on
+# current x86 server parts); "l3", a piece of the batch taken through every transformer block, within a core's
+# share of the L3.
+CHUNK_BYTES = {"l2": 1 << 20, "l3": 8 << 20}
+
+
+def batch_chunks(xp: ModuleType, batch: int, bytes_per_item: int, cache: str = "l2") -> list[slice]:
+    """Cut range(batch) into contiguous slices for work that passes several times over large intermediates.
+
+    On NumPy the slices are as few as allow ``bytes_per_item`` per item to fit ``CHUNK_BYTES[cache]`` (at
+    least one item each), and of near-equal sizes, so the passes after the first read the cache rather than
+    memory: every NumPy operation is a separate pass over its arrays, and on the (B, heads, T, T) attention
+    scores those passes, not the arithmetic, set the speed. On CuPy there is one slice: a GPU wants the
+    largest kernels it can get.
+    """
+    if xp is not numpy:
+        return [slice(0, batch)]
+    per_slice = max(1, CHUNK_BYTES[cache] // max(1, bytes_per_item))
+    count = -(-batch // per_slice)  # as many slices as needed, then equal sizes: no small leftover slice
+    base, extra = divmod(batch, count)
+    bounds = [0]
+    for i in range(count):
+        bounds.append(bounds[-1] + base + (1 if i < extra else 0))
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 def to_numpy(x: Any) -> numpy.ndarray:
     """Copy an array (or scalar) to a host NumPy array; NumPy inputs are returned as they are."""
     if get_array_module(x) is numpy:

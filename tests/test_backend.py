@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import npvit
-from npvit.backend import BackendUnavailableError, erf, get_array_module, to_numpy
+from npvit.backend import BackendUnavailableError, batch_chunks, erf, get_array_module, to_numpy
 
 
 def test_numpy_backend_basics() -> None:
@@ -71,3 +71,14 @@ def test_fast_float32_erf_handles_any_memory_order_and_extremes() -> None:
         np.testing.assert_allclose(erf(x), [[math.erf(v) for v in row] for row in x.astype(float)], atol=5e-7)
     ends = erf(np.float32([np.inf, -np.inf, 50.0, -50.0, 0.0]))
     assert ends.tolist() == [1.0, -1.0, 1.0, -1.0, 0.0] and np.isnan(erf(np.float32([np.nan])))[0]
+
+
+def test_batch_chunks_cover_the_batch_in_near_equal_cache_sized_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(npvit.backend.CHUNK_BYTES, "l2", 1000)
+    chunks = batch_chunks(np, 10, 300)  # 3 items fit: 4 slices, sized 3, 3, 2, 2 rather than 3, 3, 3, 1
+    assert [(c.start, c.stop) for c in chunks] == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    assert batch_chunks(np, 5, 10**9) == [slice(i, i + 1) for i in range(5)]  # never fewer than one item
+    assert batch_chunks(np, 4, 1) == [slice(0, 4)]
+    monkeypatch.setitem(npvit.backend.CHUNK_BYTES, "l3", 600)
+    assert len(batch_chunks(np, 10, 300, cache="l3")) == 5
+    assert batch_chunks(object(), 10, 10**9) == [slice(0, 10)]  # a GPU module: one slice, the whole batch

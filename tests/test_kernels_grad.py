@@ -108,9 +108,18 @@ def test_patches(backend, rng, size) -> None:
     )
 
 
+@pytest.fixture(params=["whole batch", "one image per chunk"])
+def score_chunks(request, monkeypatch):
+    """Run the attention core on the whole batch at once, and again one image at a time (its NumPy path for
+    batches whose scores outgrow the cache)."""
+    if request.param == "one image per chunk":
+        monkeypatch.setitem(npvit.backend.CHUNK_BYTES, "l2", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("rate", [0.0, 0.25])
-def test_attention_core(backend, rng, rate) -> None:
-    q, k, v = (arr(backend, rng, 2, 3, 5, 4) for _ in range(3))
+def test_attention_core(backend, rng, rate, score_chunks) -> None:
+    q, k, v = (arr(backend, rng, 3, 2, 5, 4) for _ in range(3))
     seed = 11  # the same dropout mask at every evaluation
 
     def forward(q, k, v):
@@ -123,7 +132,7 @@ def test_attention_core(backend, rng, rate) -> None:
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.25])
-def test_multi_head_attention(backend, rng, rate) -> None:
+def test_multi_head_attention(backend, rng, rate, score_chunks) -> None:
     dim, heads, key_dim = 6, 2, 5  # key_dim need not be dim / heads (Keras semantics)
     x = arr(backend, rng, 2, 4, dim)
     w_qkv, b_qkv = arr(backend, rng, dim, 3 * heads * key_dim, scale=0.5), arr(backend, rng, 3 * heads * key_dim)

@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 
+import npvit
 from npvit.backend import to_numpy
 from npvit.kernels import (
+    attention_core_backward,
     attention_core_forward,
     cross_entropy_forward,
     dense_forward,
@@ -167,3 +169,19 @@ def test_attention_dropout_drops_probabilities(backend, rng) -> None:
     expected = (to_numpy(p) * keep * 2.0) @ to_numpy(v)
     np.testing.assert_allclose(to_numpy(o_train), expected, rtol=1e-12)
     np.testing.assert_allclose(to_numpy(p), to_numpy(p_eval), rtol=0)
+
+
+def test_attention_core_gives_the_same_numbers_chunk_by_chunk(rng, monkeypatch) -> None:
+    """NumPy runs the core a few images at a time; one image per chunk must change nothing, dropout included
+    (the mask is drawn for the whole batch before the chunks)."""
+    q, k, v, do = (rng.standard_normal((4, 2, 6, 3)) for _ in range(4))
+    whole = attention_core_forward(q, k, v, 0.3, np.random.default_rng(2))
+    grads_whole = attention_core_backward(do, whole[2])
+    monkeypatch.setitem(npvit.backend.CHUNK_BYTES, "l2", 1)
+    chunked = attention_core_forward(q, k, v, 0.3, np.random.default_rng(2))
+    grads_chunked = attention_core_backward(do, chunked[2])
+    for a, b in zip((whole[0], whole[1], *grads_whole), (chunked[0], chunked[1], *grads_chunked)):
+        np.testing.assert_allclose(b, a, rtol=1e-13, atol=1e-15)
+    o_eval, p_eval, c_eval = attention_core_forward(q, k, v, keep=False)  # inference: nothing kept
+    assert p_eval is None and c_eval is None
+    np.testing.assert_allclose(o_eval, attention_core_forward(q, k, v)[0], rtol=1e-13)

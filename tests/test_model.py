@@ -220,6 +220,58 @@ def test_sharded_batch_matches_one_shard() -> None:
         ViT(cfg, threads=0)
 
 
+def test_blocks_run_piece_by_piece_with_the_same_numbers(monkeypatch) -> None:
+    """Each shard goes through the blocks a few images at a time; one image per piece must change nothing."""
+    cfg = dataclasses.replace(ViTConfig.tiny(), pool="cls", dropout=0.0, attention_dropout=0.0, head_dropout=0.0)
+    images = np.random.default_rng(0).standard_normal((5, 8, 8, 3))
+    labels = np.array([0, 1, 2, 3, 4])
+    results = []
+    for budget in (npvit.backend.CHUNK_BYTES["l3"], 1):
+        monkeypatch.setitem(npvit.backend.CHUNK_BYTES, "l3", budget)
+        model = ViT(cfg, dtype="float64", seed=4, threads=1)
+        assert len(model._pieces(len(images))) == (1 if budget > 1 else 5)
+        logits = model.forward(images, training=True, keep_attention=True)
+        maps = model.attention_maps
+        dimages = model.backward(cross_entropy_backward(cross_entropy_forward(logits, labels)[1]))
+        results.append((logits, model.forward(images), dimages, dict(model.grads), maps))
+    (l1, e1, d1, g1, a1), (l5, e5, d5, g5, a5) = results
+    np.testing.assert_allclose(l5, l1, rtol=1e-12)
+    np.testing.assert_allclose(e5, e1, rtol=1e-12)
+    np.testing.assert_allclose(d5, d1, rtol=1e-10, atol=1e-15)
+    for name in g1:
+        np.testing.assert_allclose(g5[name], g1[name], rtol=1e-10, atol=1e-15, err_msg=name)
+    assert len(a5) == cfg.depth
+    for x, y in zip(a1, a5):
+        np.testing.assert_allclose(y, x, rtol=1e-12)
+
+
+def test_full_model_gradients_piece_by_piece_with_dropout(monkeypatch) -> None:
+    """The gradient check again with one image per piece, dropout on: the pieces' gradients add up."""
+    monkeypatch.setitem(npvit.backend.CHUNK_BYTES, "l3", 1)
+    monkeypatch.setitem(npvit.backend.CHUNK_BYTES, "l2", 1)
+    cfg = dataclasses.replace(ViTConfig.tiny(), dropout=0.2, attention_dropout=0.2, head_dropout=0.3)
+    model = ViT(cfg, dtype="float64", seed=1, threads=1)
+    data = np.random.default_rng(0)
+    for p in model.params.values():
+        if p.ndim == 1:
+            p[...] = data.standard_normal(p.shape) * 0.1
+    images, labels = data.standard_normal((3, 8, 8, 3)), np.array([0, 1, 4])
+    names = [n for n in model.params if n.startswith(("blocks.0.", "pos_embed", "patch_embed"))]
+
+    def loss_of(x):
+        model.rng = npvit.get_backend("numpy").rng(42)
+        return cross_entropy_forward(model.forward(x, training=True), labels)
+
+    def backward(*inputs_and_dy):
+        *inputs, dloss = inputs_and_dy
+        dimages = model.backward(cross_entropy_backward(loss_of(inputs[-1])[1], float(dloss)))
+        return [model.grads[n] for n in names] + [dimages]
+
+    result = check_backward(lambda *inputs: loss_of(inputs[-1])[0], backward,
+                            [model.params[n] for n in names] + [images], names=names + ["images"], rtol=1e-6)
+    assert len(model._pieces(3)) == 3 and result.max_error < 1e-6
+
+
 def test_load_params_copies_in_place_and_checks_shapes() -> None:
     source, target = ViT(ViTConfig.tiny(), seed=1), ViT(ViTConfig.tiny(), seed=2)
     before = target.params["head.out.w"]

@@ -1,6 +1,7 @@
 """Multi-head self-attention (Vaswani et al., 2017) with Keras ``MultiHeadAttention`` semantics.
 
-Core, per batch item b and head h (all of them in one batched matrix multiply, no Python loop):
+Core, per batch item b and head h (every head and image of a chunk of the batch in one batched matrix
+multiply; the only Python loop runs over cache-sized chunks, see attention_core_forward):
 
     forward:   S = (Q / sqrt(d)) K^T          Q, K, V (B, H, N, d) -> S (B, H, N, N)
                P = softmax(S)                 over the keys (last axis)
@@ -22,45 +23,77 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..backend import get_array_module
+from ..backend import batch_chunks, get_array_module
 from .dense import DenseCache, dense_backward, dense_forward
-from .dropout import DropoutCache, dropout_backward, dropout_forward
+from .dropout import DropoutCache, dropout_backward, dropout_forward, dropout_mask, dropout_scale
 from .softmax import softmax_backward, softmax_forward
 
 Array = Any
-AttentionCoreCache = tuple[Array, Array, Array, Array, DropoutCache]  # (q scaled, k, v, P^T, dropout mask)
+AttentionCoreCache = tuple[Array, Array, Array, Array, DropoutCache]  # (q, k, v, P^T, dropout mask and scale)
 AttentionCache = tuple[DenseCache, AttentionCoreCache, DenseCache]
 
 
+def _score_chunks(q: Array, k: Array) -> list[slice]:
+    """Batch slices whose (chunk, H, N_key, N_query) scores fit a core's cache (one slice on a GPU)."""
+    b, h, n_query, _ = q.shape
+    return batch_chunks(get_array_module(q), b, h * k.shape[2] * n_query * q.dtype.itemsize)
+
+
 def attention_core_forward(
-    q: Array, k: Array, v: Array, dropout_rate: float = 0.0, rng: Any = None
-) -> tuple[Array, Array, AttentionCoreCache]:
+    q: Array, k: Array, v: Array, dropout_rate: float = 0.0, rng: Any = None, out: Array | None = None,
+    keep: bool = True,
+) -> tuple[Array, Array | None, AttentionCoreCache | None]:
     """softmax(Q K^T / sqrt(d)) V with dropout on the probabilities. Returns (O, P, cache).
+
+    ``out`` (B, H, N, d), which may be a strided view, receives O. ``keep=False`` (inference) keeps neither
+    P nor the cache, and returns None for both.
 
     The scores are computed and kept transposed, S^T = K (Q / sqrt(d))^T with keys along axis -2, because
     NumPy's max and sum across rows are several times faster than along 144-long rows; every product below
-    reads the transposed matrices through BLAS' transpose flags, without copies. P is returned as a
-    (B, H, N_query, N_key) view.
+    reads the transposed matrices through BLAS' transpose flags, without copies. The batch is processed in
+    chunks whose scores fit in a core's cache (npvit.backend.batch_chunks), so that the softmax and dropout
+    passes read the cache instead of memory. P is returned as a (B, H, N_query, N_key) view.
     """
-    qs = q * q.dtype.type(1.0 / math.sqrt(q.shape[-1]))  # Keras scales the query before the product
-    st = k @ qs.swapaxes(-1, -2)  # S^T: (B, H, N_key, N_query)
-    pt, _ = softmax_forward(st, axis=-2, out=st)  # over the keys; in place: the scores are not needed again
-    at, drop = dropout_forward(pt, dropout_rate, rng)
-    o = at.swapaxes(-1, -2) @ v
-    return o, pt.swapaxes(-1, -2), (qs, k, v, pt, drop)
+    xp = get_array_module(q)
+    b, h, n, _ = q.shape
+    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))  # Keras scales the query before the product
+    o = xp.empty((b, h, n, v.shape[-1]), dtype=q.dtype) if out is None else out
+    pt = xp.empty((b, h, k.shape[2], n), dtype=q.dtype) if keep else None  # P^T for all chunks
+    mask = dropout_mask((b, h, k.shape[2], n), dropout_rate, rng) if dropout_rate > 0.0 else None
+    for sl in _score_chunks(q, k):
+        qs = q[sl] * scale
+        st = xp.matmul(k[sl], qs.swapaxes(-1, -2), out=None if pt is None else pt[sl])  # S^T: (c, H, Nk, Nq)
+        softmax_forward(st, axis=-2, out=st)  # over the keys; in place: the scores are not needed again
+        at = st if mask is None else dropout_forward(st, dropout_rate, mask=mask[sl])[0]
+        xp.matmul(at.swapaxes(-1, -2), v[sl], out=o[sl])  # O = A V
+    if not keep:
+        return o, None, None
+    drop = None if mask is None else (mask, dropout_scale(dropout_rate))
+    return o, pt.swapaxes(-1, -2), (q, k, v, pt, drop)
 
 
-def attention_core_backward(do: Array, cache: AttentionCoreCache) -> tuple[Array, Array, Array]:
-    """Gradients of attention_core_forward: returns (dq, dk, dv). Works on the transposed matrices."""
-    qs, k, v, pt, drop = cache
-    at = pt if drop is None else pt * drop[0] * pt.dtype.type(drop[1])  # recompute A^T: cheaper than storing
-    dv = at @ do  # A^T dO
-    dat = v @ do.swapaxes(-1, -2)  # dA^T = V dO^T
-    dpt = dropout_backward(dat, drop)
-    dst = softmax_backward(dpt, pt, axis=-2, out=dpt)  # in place: dP^T is not needed again
-    dk = dst @ qs  # dK = dS^T (Q / sqrt(d))
-    dq = dst.swapaxes(-1, -2) @ k  # dQ = dS K / sqrt(d)
-    dq *= dq.dtype.type(1.0 / math.sqrt(qs.shape[-1]))
+def attention_core_backward(
+    do: Array, cache: AttentionCoreCache, out: tuple[Array, Array, Array] | None = None
+) -> tuple[Array, Array, Array]:
+    """Gradients of attention_core_forward: returns (dq, dk, dv), written into ``out`` when given.
+
+    Works on the transposed matrices, chunk by chunk like the forward pass.
+    """
+    q, k, v, pt, drop = cache
+    xp = get_array_module(do)
+    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    dq, dk, dv = out if out is not None else (xp.empty_like(q), xp.empty_like(k), xp.empty_like(v))
+    for sl in _score_chunks(q, k):
+        p_c = pt[sl]
+        c_drop = None if drop is None else (drop[0][sl], drop[1])
+        at = p_c if c_drop is None else p_c * c_drop[0] * p_c.dtype.type(c_drop[1])  # recompute A^T: cheap
+        xp.matmul(at, do[sl], out=dv[sl])  # dV = A^T dO
+        dpt = dropout_backward(v[sl] @ do[sl].swapaxes(-1, -2), c_drop)  # dA^T = V dO^T, then dropout
+        dst = softmax_backward(dpt, p_c, axis=-2, out=dpt)  # dS^T, in place: dP^T is not needed again
+        xp.matmul(dst, q[sl], out=dk[sl])  # dK = dS^T (Q / sqrt(d))
+        dk[sl] *= scale
+        xp.matmul(dst.swapaxes(-1, -2), k[sl], out=dq[sl])  # dQ = dS K / sqrt(d)
+        dq[sl] *= scale
     return dq, dk, dv
 
 
@@ -73,17 +106,24 @@ def mha_forward(
     num_heads: int,
     dropout_rate: float = 0.0,
     rng: Any = None,
-) -> tuple[Array, AttentionCache, Array]:
-    """Multi-head self-attention of tokens ``x`` (B, N, D). Returns (y, cache, attention probabilities)."""
+    keep: bool = True,
+) -> tuple[Array, AttentionCache | None, Array | None]:
+    """Multi-head self-attention of tokens ``x`` (B, N, D). Returns (y, cache, attention probabilities).
+
+    ``keep=False`` (inference) keeps neither the cache nor the probabilities and returns None for both.
+    """
+    xp = get_array_module(x)
     b, n, _ = x.shape
     hd = w_qkv.shape[1] // 3
     qkv, c_qkv = dense_forward(x, w_qkv, b_qkv)
     # (B, N, 3, H, d) -> (3, B, H, N, d): heads become a batch axis of the matmuls below
     qkv = qkv.reshape(b, n, 3, num_heads, hd // num_heads).transpose(2, 0, 3, 1, 4)
-    o, p, c_core = attention_core_forward(qkv[0], qkv[1], qkv[2], dropout_rate, rng)
-    o = o.transpose(0, 2, 1, 3).reshape(b, n, hd)  # concatenate heads: (B, N, H*d)
-    y, c_out = dense_forward(o, w_out, b_out)
-    return y, (c_qkv, c_core, c_out), p
+    o = xp.empty((b, n, num_heads, hd // num_heads), dtype=x.dtype)  # heads side by side, as the projection reads
+    _, p, c_core = attention_core_forward(
+        qkv[0], qkv[1], qkv[2], dropout_rate, rng, out=o.transpose(0, 2, 1, 3), keep=keep
+    )
+    y, c_out = dense_forward(o.reshape(b, n, hd), w_out, b_out)
+    return y, ((c_qkv, c_core, c_out) if keep else None), p
 
 
 def mha_backward(
@@ -95,9 +135,9 @@ def mha_backward(
     b, n, hd = do.shape
     num_heads = c_core[0].shape[1]
     do = do.reshape(b, n, num_heads, hd // num_heads).transpose(0, 2, 1, 3)
-    dq, dk, dv = attention_core_backward(do, c_core)
-    dqkv = get_array_module(dq).stack((dq, dk, dv))  # (3, B, H, N, d), undoing the split of mha_forward
-    dqkv = dqkv.transpose(1, 3, 0, 2, 4).reshape(b, n, 3 * hd)
-    dx, dw_qkv, db_qkv = dense_backward(dqkv, c_qkv, w_qkv)
+    # dQ, dK and dV go straight into the (B, N, 3, H, d) layout the fused projection produced, undoing the
+    # split of mha_forward without a copy.
+    dqkv = get_array_module(do).empty((b, n, 3, num_heads, hd // num_heads), dtype=do.dtype)
+    attention_core_backward(do, c_core, out=tuple(dqkv.transpose(2, 0, 3, 1, 4)))
+    dx, dw_qkv, db_qkv = dense_backward(dqkv.reshape(b, n, 3 * hd), c_qkv, w_qkv)
     return dx, dw_qkv, db_qkv, dw_out, db_out
-

@@ -26,6 +26,11 @@ def drop_threshold(rate: float) -> int:
     return round(rate * (1 << 16))
 
 
+def dropout_scale(rate: float) -> float:
+    """The factor 1 / (1 - p) applied to the kept units, with p the drop probability actually used."""
+    return 1.0 / (1.0 - drop_threshold(rate) / (1 << 16))
+
+
 def dropout_mask(shape: tuple[int, ...], rate: float, rng: Any) -> Array:
     """Boolean keep-mask of ``shape``: each entry True with probability 1 - drop_threshold(rate) / 65536."""
     return keep_mask(rng, shape, drop_threshold(rate))
@@ -43,7 +48,7 @@ def dropout_forward(
         if rng is None:
             raise ValueError("dropout_forward needs a random generator (rng) or a fixed mask")
         mask = dropout_mask(x.shape, rate, rng)
-    scale = 1.0 / (1.0 - drop_threshold(rate) / (1 << 16))
+    scale = dropout_scale(rate)
     y = x * x.dtype.type(scale)
     y *= mask
     return y, (mask, scale)

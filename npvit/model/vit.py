@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Backend, get_backend, to_numpy
+from ..backend import Backend, batch_chunks, get_backend, to_numpy
 from ..config import ViTConfig
 from ..parallel import available_cores, parallel_map, shard_slices
 from .block import Block
@@ -148,7 +148,8 @@ class VisionTransformer:
 
         ``training=True`` applies dropout and keeps what ``backward`` needs. ``keep_attention=True`` stores
         each block's attention probabilities (B, heads, T, T) in ``self.attention_maps``. On NumPy the batch
-        is split into ``threads`` shards run side by side (npvit.parallel).
+        is split into ``threads`` shards run side by side (npvit.parallel), and each shard goes through the
+        blocks a few images at a time (see ``_forward``).
         """
         x = self.check_images(images)
         slices = shard_slices(len(x), self.threads)
@@ -167,7 +168,35 @@ class VisionTransformer:
         return logits
 
     def _forward(self, x: Array, ctx: Context) -> tuple[Array, tuple | None]:
-        """The forward pass of one shard. Returns (logits, cache); the cache is None unless training."""
+        """The forward pass of one shard. Returns (logits, cache); the cache is None unless training.
+
+        The blocks treat images independently, so they run on a few images at a time (``_pieces``): each
+        block's intermediates then stay in the CPU's cache instead of streaming through memory. The head runs
+        on the whole shard, where its large weight matrix is read once.
+        """
+        cfg, xp, params = self.config, self.backend.xp, self.params
+        pieces = self._pieces(len(x))
+        outs = [self._tokens(x[sl], ctx) for sl in pieces]
+        t = outs[0][0] if len(outs) == 1 else xp.concatenate([out[0] for out in outs])
+        if len(pieces) > 1 and ctx.attention_maps:  # appended piece by piece: regroup them block by block
+            depth = len(self.blocks)
+            maps = ctx.attention_maps
+            ctx.attention_maps = [xp.concatenate(maps[i::depth]) for i in range(depth)]
+        pooled = self._pool(t)
+        h, c_drop = ctx.dropout(pooled, cfg.head_dropout)
+        h, c_head = self.head.forward(params, h, ctx)
+        logits, c_out = self.head_out.forward(params, h, ctx)
+        if not ctx.training:
+            return logits, None
+        return logits, (pieces, [out[1] for out in outs], t.shape, c_drop, c_head, c_out)
+
+    def _pieces(self, batch: int) -> list[slice]:
+        """Slices of a shard run through the blocks one after another (a single one on a GPU)."""
+        return batch_chunks(self.backend.xp, batch, self._token_bytes_per_image(), cache="l3")
+
+    def _tokens(self, x: Array, ctx: Context) -> tuple[Array, tuple | None]:
+        """Images -> normalised tokens (B, T, dim): patch embedding, class token, position embedding, blocks,
+        final layer norm. Returns (tokens, cache); the cache is None unless training."""
         cfg, xp, params = self.config, self.backend.xp, self.params
         t, c_embed = self.patch_embed.forward(params, x, ctx)
         if cfg.pool == "cls":
@@ -182,13 +211,30 @@ class VisionTransformer:
                 c_blocks.append(c)
 
         t, c_norm = self.norm.forward(params, t, ctx)
-        pooled = self._pool(t)
-        h, c_drop = ctx.dropout(pooled, cfg.head_dropout)
-        h, c_head = self.head.forward(params, h, ctx)
-        logits, c_out = self.head_out.forward(params, h, ctx)
-        if not ctx.training:
-            return logits, None
-        return logits, (c_embed, c_blocks, c_norm, t.shape, c_drop, c_head, c_out)
+        return t, ((c_embed, c_blocks, c_norm) if ctx.training else None)
+
+    def _tokens_backward(self, dt: Array, cache: tuple, grads: dict[str, Array]) -> Array:
+        """Backward of ``_tokens``: writes the gradients of its parameters into ``grads`` and returns d images."""
+        c_embed, c_blocks, c_norm = cache
+        params = self.params
+        dt = self.norm.backward(params, grads, dt, c_norm)
+        for block, c in zip(reversed(self.blocks), reversed(c_blocks)):
+            dt = block.backward(params, grads, dt, c)
+
+        grads["pos_embed"] = dt.sum(axis=0)
+        if self.config.pool == "cls":
+            grads["cls_token"] = dt[:, 0].sum(axis=0)
+            dt = dt[:, 1:]
+        return self.patch_embed.backward(params, grads, dt, c_embed)
+
+    def _token_bytes_per_image(self) -> int:
+        """Bytes of the largest intermediate a block makes per image: the fused query/key/value projection,
+        the MLP's hidden layer, or one image's attention scores. Counted in float32 for every dtype, so that
+        float32 and float64 models cut a batch alike and draw the same dropout masks."""
+        cfg = self.config
+        t = cfg.num_tokens
+        widest = max(3 * cfg.num_heads * cfg.key_dim, cfg.dim, *cfg.mlp_units)
+        return max(t * widest, cfg.num_heads * t * t) * 4
 
     def _pool(self, t: Array) -> Array:
         pool = self.config.pool
@@ -233,20 +279,18 @@ class VisionTransformer:
 
     def _backward(self, dlogits: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
         """The backward pass of one shard. Returns (d images, gradients of every parameter)."""
-        c_embed, c_blocks, c_norm, t_shape, c_drop, c_head, c_out = cache
+        pieces, c_tokens, t_shape, c_drop, c_head, c_out = cache
         params, grads = self.params, {}
         dh = self.head_out.backward(params, grads, dlogits, c_out)
         dh = self.head.backward(params, grads, dh, c_head)
         dt = self._pool_backward(dropout_grad(dh, c_drop), t_shape)
-        dt = self.norm.backward(params, grads, dt, c_norm)
-        for block, c in zip(reversed(self.blocks), reversed(c_blocks)):
-            dt = block.backward(params, grads, dt, c)
-
-        grads["pos_embed"] = dt.sum(axis=0)
-        if self.config.pool == "cls":
-            grads["cls_token"] = dt[:, 0].sum(axis=0)
-            dt = dt[:, 1:]
-        return self.patch_embed.backward(params, grads, dt, c_embed), grads
+        dx = [self._tokens_backward(dt[pieces[0]], c_tokens[0], grads)]
+        for sl, c in zip(pieces[1:], c_tokens[1:]):  # the other pieces of the forward pass, in turn
+            piece_grads: dict[str, Array] = {}
+            dx.append(self._tokens_backward(dt[sl], c, piece_grads))
+            for name, g in piece_grads.items():  # every piece went through the same blocks: gradients add up
+                grads[name] += g
+        return (dx[0] if len(dx) == 1 else self.backend.xp.concatenate(dx)), grads
 
 
 ViT = VisionTransformer
