@@ -10,6 +10,7 @@ CuPy is imported lazily, only when asked for, so a CPU-only install never touche
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from types import ModuleType
@@ -115,11 +116,16 @@ def erf_float32(x: numpy.ndarray, normal_cdf: bool = False) -> numpy.ndarray:
 def keep_mask(rng: Any, shape: tuple[int, ...], threshold: int) -> Any:
     """Boolean mask of ``shape``, each entry True with probability 1 - threshold / 65536.
 
-    NumPy compares 16-bit random integers with the threshold (twice as fast as drawing float32 uniforms);
-    CuPy compares its fast float32 uniforms with threshold / 65536. Either way the probability is the same.
+    NumPy compares 16-bit random integers with the threshold: each raw 64-bit draw is cut into four (twice as
+    fast as asking for 16-bit integers, four times as fast as float32 uniforms). CuPy compares its fast float32
+    uniforms with threshold / 65536. Either way the probability is the same.
     """
     if isinstance(rng, numpy.random.Generator):
-        return rng.integers(0, 1 << 16, size=shape, dtype=numpy.uint16) >= threshold
+        n = math.prod(shape)
+        # The full uint64 range makes integers() return the generator's raw words; little-endian 16-bit pieces
+        # give the same mask on every platform.
+        words = rng.integers(0, 2**64 - 1, size=-(-n // 4), dtype=numpy.uint64, endpoint=True)
+        return words.view("<u2")[:n].reshape(shape) >= threshold
     return rng.random(shape, dtype="float32") >= threshold / (1 << 16)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..backend import batch_chunks, get_array_module
 from .dense import DenseCache, dense_backward, dense_forward
-from .dropout import DropoutCache, dropout_backward, dropout_forward, dropout_mask, dropout_scale
+from .dropout import DropoutCache, dropout_mask, dropout_scale
 from .softmax import softmax_backward, softmax_forward
 
 Array = Any
@@ -60,12 +60,16 @@ def attention_core_forward(
     o = xp.empty((b, h, n, v.shape[-1]), dtype=q.dtype) if out is None else out
     pt = xp.empty((b, h, k.shape[2], n), dtype=q.dtype) if keep else None  # P^T for all chunks
     mask = dropout_mask((b, h, k.shape[2], n), dropout_rate, rng) if dropout_rate > 0.0 else None
+    keep_scale = q.dtype.type(dropout_scale(dropout_rate)) if mask is not None else None
     for sl in _score_chunks(q, k):
         qs = q[sl] * scale
         st = xp.matmul(k[sl], qs.swapaxes(-1, -2), out=None if pt is None else pt[sl])  # S^T: (c, H, Nk, Nq)
         softmax_forward(st, axis=-2, out=st)  # over the keys; in place: the scores are not needed again
-        at = st if mask is None else dropout_forward(st, dropout_rate, mask=mask[sl])[0]
-        xp.matmul(at.swapaxes(-1, -2), v[sl], out=o[sl])  # O = A V
+        if mask is None:
+            xp.matmul(st.swapaxes(-1, -2), v[sl], out=o[sl])  # O = P V
+        else:  # O = (P * mask / (1 - p)) V: the factor goes on O, (N, d), rather than on the (N, N) matrix
+            xp.matmul((st * mask[sl]).swapaxes(-1, -2), v[sl], out=o[sl])
+            o[sl] *= keep_scale
     if not keep:
         return o, None, None
     drop = None if mask is None else (mask, dropout_scale(dropout_rate))
@@ -77,23 +81,28 @@ def attention_core_backward(
 ) -> tuple[Array, Array, Array]:
     """Gradients of attention_core_forward: returns (dq, dk, dv), written into ``out`` when given.
 
-    Works on the transposed matrices, chunk by chunk like the forward pass.
+    Works on the transposed matrices, chunk by chunk like the forward pass. With dropout, A = P * m / (1 - p)
+    for the keep mask m; the factor 1 / (1 - p) is left out of the (N, N) products and applied to the (N, d)
+    results instead (dV directly; dQ and dK through dS, which is linear in dP).
     """
     q, k, v, pt, drop = cache
     xp = get_array_module(do)
     scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    keep_scale = q.dtype.type(1.0 if drop is None else drop[1])
     dq, dk, dv = out if out is not None else (xp.empty_like(q), xp.empty_like(k), xp.empty_like(v))
     for sl in _score_chunks(q, k):
         p_c = pt[sl]
-        c_drop = None if drop is None else (drop[0][sl], drop[1])
-        at = p_c if c_drop is None else p_c * c_drop[0] * p_c.dtype.type(c_drop[1])  # recompute A^T: cheap
-        xp.matmul(at, do[sl], out=dv[sl])  # dV = A^T dO
-        dpt = dropout_backward(v[sl] @ do[sl].swapaxes(-1, -2), c_drop)  # dA^T = V dO^T, then dropout
+        mask = None if drop is None else drop[0][sl]
+        xp.matmul(p_c if mask is None else p_c * mask, do[sl], out=dv[sl])  # dV = A^T dO, but for the factor
+        dpt = v[sl] @ do[sl].swapaxes(-1, -2)  # dA^T = V dO^T
+        if mask is not None:
+            dv[sl] *= keep_scale
+            xp.multiply(dpt, mask, out=dpt)  # dropout's backward, but for the factor
         dst = softmax_backward(dpt, p_c, axis=-2, out=dpt)  # dS^T, in place: dP^T is not needed again
         xp.matmul(dst, q[sl], out=dk[sl])  # dK = dS^T (Q / sqrt(d))
-        dk[sl] *= scale
+        dk[sl] *= scale * keep_scale
         xp.matmul(dst.swapaxes(-1, -2), k[sl], out=dq[sl])  # dQ = dS K / sqrt(d)
-        dq[sl] *= scale
+        dq[sl] *= scale * keep_scale
     return dq, dk, dv
 
 
