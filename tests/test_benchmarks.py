@@ -183,3 +183,16 @@ def test_torch_reference_round_trips_npvit_parameters() -> None:
         np.testing.assert_array_equal(value, model.params[name], err_msg=name)
     with pytest.raises(ValueError, match="missing"):
         ref.load_npvit_params({k: v for k, v in model.params.items() if k != "pos_embed"})
+
+
+def test_ab_script_times_two_checkouts_and_refuses_a_folder_without_npvit(tmp_path) -> None:
+    import subprocess
+
+    ab = RUN_PY.parent / "ab.py"
+    root = str(RUN_PY.parents[1])
+    proc = subprocess.run([sys.executable, str(ab), root, root, "--preset", "tiny", "--batch", "2",
+                           "--rounds", "1", "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "| before |" in proc.stdout and "| after |" in proc.stdout
+    proc = subprocess.run([sys.executable, str(ab), str(tmp_path), root], capture_output=True, text=True)
+    assert proc.returncode == 2 and "holds no npvit/ package" in proc.stderr

@@ -26,7 +26,7 @@ from typing import Any
 from ..backend import batch_chunks, get_array_module
 from .dense import DenseCache, dense_backward, dense_forward
 from .dropout import DropoutCache, dropout_mask, dropout_scale
-from .softmax import softmax_backward, softmax_forward
+from .softmax import LOG2_E, softmax_backward, softmax_forward
 
 Array = Any
 AttentionCoreCache = tuple[Array, Array, Array, Array, DropoutCache]  # (q, k, v, P^T, dropout mask and scale)
@@ -55,16 +55,18 @@ def attention_core_forward(
     passes read the cache instead of memory. P is returned as a (B, H, N_query, N_key) view.
     """
     xp = get_array_module(q)
-    b, h, n, _ = q.shape
-    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))  # Keras scales the query before the product
+    b, h, n, d = q.shape
+    # Keras scales the query by 1 / sqrt(d) before the product; log2(e) rides along, so that the softmax can
+    # use exp2, twice as fast as exp (see softmax_forward's base2).
+    scale = q.dtype.type(LOG2_E / math.sqrt(d))
     o = xp.empty((b, h, n, v.shape[-1]), dtype=q.dtype) if out is None else out
     pt = xp.empty((b, h, k.shape[2], n), dtype=q.dtype) if keep else None  # P^T for all chunks
     mask = dropout_mask((b, h, k.shape[2], n), dropout_rate, rng) if dropout_rate > 0.0 else None
     keep_scale = q.dtype.type(dropout_scale(dropout_rate)) if mask is not None else None
     for sl in _score_chunks(q, k):
         qs = q[sl] * scale
-        st = xp.matmul(k[sl], qs.swapaxes(-1, -2), out=None if pt is None else pt[sl])  # S^T: (c, H, Nk, Nq)
-        softmax_forward(st, axis=-2, out=st)  # over the keys; in place: the scores are not needed again
+        st = xp.matmul(k[sl], qs.swapaxes(-1, -2), out=None if pt is None else pt[sl])  # S^T log2(e): (c,H,Nk,Nq)
+        softmax_forward(st, axis=-2, out=st, base2=True)  # over the keys; in place: the scores are not needed again
         if mask is None:
             xp.matmul(st.swapaxes(-1, -2), v[sl], out=o[sl])  # O = P V
         else:  # O = (P * mask / (1 - p)) V: the factor goes on O, (N, d), rather than on the (N, N) matrix

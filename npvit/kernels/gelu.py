@@ -21,6 +21,7 @@ GeluCache = tuple[Array, Array]  # (x, Phi(x)) for "erf", (x, tanh(u)) for "tanh
 
 GELU_KINDS = ("erf", "tanh")
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_LOG2_E = 1.0 / math.log(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _C = 0.044715
 
@@ -51,7 +52,7 @@ def gelu_backward(dy: Array, cache: GeluCache, kind: str = "erf") -> Array:
     xp = get_array_module(x)
     t = x.dtype.type
     if kind == "erf":
-        grad = xp.exp(x * x * t(-0.5))
+        grad = xp.exp2(x * x * t(-0.5 * _LOG2_E))  # exp(-x^2 / 2); exp2 is the faster of the two in NumPy
         grad *= t(_INV_SQRT_2PI)
         grad *= x
         grad += s  # Phi(x) + x phi(x)

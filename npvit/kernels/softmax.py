@@ -10,19 +10,31 @@ Only the output is cached: the Jacobian diag(y) - y y^T is written in terms of y
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..backend import get_array_module
 
 Array = Any
 SoftmaxCache = Array  # the output y
+LOG2_E = 1.0 / math.log(2.0)  # exp(z) = 2^(z log2 e)
 
 
-def softmax_forward(x: Array, axis: int = -1, out: Array | None = None) -> tuple[Array, SoftmaxCache]:
-    """Softmax of ``x`` along ``axis``. Returns (y, cache). ``out=x`` computes it in place."""
+def softmax_forward(
+    x: Array, axis: int = -1, out: Array | None = None, base2: bool = False
+) -> tuple[Array, SoftmaxCache]:
+    """Softmax of ``x`` along ``axis``. Returns (y, cache). ``out=x`` computes it in place.
+
+    exp(z) is computed as 2^(z log2 e): NumPy's exp2 is about twice as fast as its exp, which pays for the
+    extra multiplication. ``base2=True`` says that ``x`` already holds the logits times log2(e) (the attention
+    core folds the factor into its query scaling), so the multiplication is skipped; the result is still
+    softmax(x / log2 e), the softmax of the logits.
+    """
     xp = get_array_module(x)
     y = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
-    xp.exp(y, out=y)
+    if not base2:
+        y *= y.dtype.type(LOG2_E)
+    xp.exp2(y, out=y)
     y /= y.sum(axis=axis, keepdims=True)
     return y, y
 
