@@ -131,6 +131,20 @@ def test_attention_core(backend, rng, rate, score_chunks) -> None:
     check_backward(forward, backward, [q, k, v], rtol=RTOL, names=["q", "k", "v"])
 
 
+def test_attention_core_with_a_prescaled_query(backend, rng) -> None:
+    """q_scale: the query arrives multiplied by a factor; the output is unchanged and the gradient is the one
+    with respect to the query given."""
+    q, k, v = (arr(backend, rng, 2, 2, 5, 4) for _ in range(3))
+    expected = attention_core_forward(q, k, v)[0]
+    np.testing.assert_allclose(npvit.backend.to_numpy(attention_core_forward(q * 0.3, k, v, q_scale=0.3)[0]),
+                               npvit.backend.to_numpy(expected), rtol=1e-12)
+    check_backward(
+        lambda q, k, v: attention_core_forward(q, k, v, q_scale=0.3)[0],
+        lambda q, k, v, do: attention_core_backward(do, attention_core_forward(q, k, v, q_scale=0.3)[2]),
+        [q, k, v], rtol=RTOL, names=["q", "k", "v"],
+    )
+
+
 @pytest.mark.parametrize("rate", [0.0, 0.25])
 def test_multi_head_attention(backend, rng, rate, score_chunks) -> None:
     dim, heads, key_dim = 6, 2, 5  # key_dim need not be dim / heads (Keras semantics)

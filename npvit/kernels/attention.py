@@ -14,7 +14,9 @@ multiply; the only Python loop runs over cache-sized chunks, see attention_core_
 Full layer on tokens x (B, N, D), with H heads of key_dim d:
 
     [Q | K | V] = x W_qkv + b_qkv             W_qkv (D, 3 H d): Keras' query, key and value EinsumDense
-                                              kernels (D, H, d) side by side, as one GEMM over all B*N tokens
+                                              kernels (D, H, d) side by side, as one GEMM over all B*N tokens;
+                                              the query's columns arrive multiplied by the core's query scale
+                                              (query_scale), folded into a copy of W_qkv and b_qkv
     y = concat_h(O_h) W_o + b_o               W_o (H d, D): Keras' output kernel (H, d, D) flattened
 """
 
@@ -29,7 +31,8 @@ from .dropout import DropoutCache, dropout_mask, dropout_scale
 from .softmax import LOG2_E, softmax_backward, softmax_forward
 
 Array = Any
-AttentionCoreCache = tuple[Array, Array, Array, Array, DropoutCache]  # (q, k, v, P^T, dropout mask and scale)
+# (q, k, v, P^T, dropout mask and factor, the factor q arrived multiplied by)
+AttentionCoreCache = tuple[Array, Array, Array, Array, DropoutCache, float]
 AttentionCache = tuple[DenseCache, AttentionCoreCache, DenseCache]
 
 
@@ -39,14 +42,22 @@ def _score_chunks(q: Array, k: Array) -> list[slice]:
     return batch_chunks(get_array_module(q), b, h * k.shape[2] * n_query * q.dtype.itemsize)
 
 
+def query_scale(key_dim: int) -> float:
+    """The factor the query is multiplied by before the product: Keras' 1 / sqrt(d), times log2(e) so that
+    the softmax can use exp2, twice as fast as exp (see softmax_forward's ``base2``)."""
+    return LOG2_E / math.sqrt(key_dim)
+
+
 def attention_core_forward(
     q: Array, k: Array, v: Array, dropout_rate: float = 0.0, rng: Any = None, out: Array | None = None,
-    keep: bool = True,
+    keep: bool = True, q_scale: float = 1.0,
 ) -> tuple[Array, Array | None, AttentionCoreCache | None]:
     """softmax(Q K^T / sqrt(d)) V with dropout on the probabilities. Returns (O, P, cache).
 
     ``out`` (B, H, N, d), which may be a strided view, receives O. ``keep=False`` (inference) keeps neither
-    P nor the cache, and returns None for both.
+    P nor the cache, and returns None for both. ``q_scale`` says that ``q`` arrives already multiplied by
+    that factor (mha_forward folds query_scale(d) into the projection's weights, which spares a pass over Q); the
+    core applies what remains, and the backward pass returns the gradient with respect to the ``q`` given.
 
     The scores are computed and kept transposed, S^T = K (Q / sqrt(d))^T with keys along axis -2, because
     NumPy's max and sum across rows are several times faster than along 144-long rows; every product below
@@ -56,15 +67,14 @@ def attention_core_forward(
     """
     xp = get_array_module(q)
     b, h, n, d = q.shape
-    # Keras scales the query by 1 / sqrt(d) before the product; log2(e) rides along, so that the softmax can
-    # use exp2, twice as fast as exp (see softmax_forward's base2).
-    scale = q.dtype.type(LOG2_E / math.sqrt(d))
+    remaining = query_scale(d) / q_scale
+    scale = None if remaining == 1.0 else q.dtype.type(remaining)
     o = xp.empty((b, h, n, v.shape[-1]), dtype=q.dtype) if out is None else out
     pt = xp.empty((b, h, k.shape[2], n), dtype=q.dtype) if keep else None  # P^T for all chunks
     mask = dropout_mask((b, h, k.shape[2], n), dropout_rate, rng) if dropout_rate > 0.0 else None
     keep_scale = q.dtype.type(dropout_scale(dropout_rate)) if mask is not None else None
     for sl in _score_chunks(q, k):
-        qs = q[sl] * scale
+        qs = q[sl] if scale is None else q[sl] * scale
         st = xp.matmul(k[sl], qs.swapaxes(-1, -2), out=None if pt is None else pt[sl])  # S^T log2(e): (c,H,Nk,Nq)
         softmax_forward(st, axis=-2, out=st, base2=True)  # over the keys; in place: the scores are not needed again
         if mask is None:
@@ -75,7 +85,7 @@ def attention_core_forward(
     if not keep:
         return o, None, None
     drop = None if mask is None else (mask, dropout_scale(dropout_rate))
-    return o, pt.swapaxes(-1, -2), (q, k, v, pt, drop)
+    return o, pt.swapaxes(-1, -2), (q, k, v, pt, drop, q_scale)
 
 
 def attention_core_backward(
@@ -87,9 +97,9 @@ def attention_core_backward(
     for the keep mask m; the factor 1 / (1 - p) is left out of the (N, N) products and applied to the (N, d)
     results instead (dV directly; dQ and dK through dS, which is linear in dP).
     """
-    q, k, v, pt, drop = cache
+    q, k, v, pt, drop, q_scale = cache
     xp = get_array_module(do)
-    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    scale = q.dtype.type(1.0 / (math.sqrt(q.shape[-1]) * q_scale))  # S = q K^T / (sqrt(d) q_scale)
     keep_scale = q.dtype.type(1.0 if drop is None else drop[1])
     dq, dk, dv = out if out is not None else (xp.empty_like(q), xp.empty_like(k), xp.empty_like(v))
     for sl in _score_chunks(q, k):
@@ -126,15 +136,26 @@ def mha_forward(
     xp = get_array_module(x)
     b, n, _ = x.shape
     hd = w_qkv.shape[1] // 3
-    qkv, c_qkv = dense_forward(x, w_qkv, b_qkv)
+    q_scale = query_scale(hd // num_heads)
+    w_scaled, b_scaled = _query_scaled(w_qkv, hd, q_scale), _query_scaled(b_qkv, hd, q_scale)
+    qkv, c_qkv = dense_forward(x, w_scaled, b_scaled)  # [Q q_scale | K | V]: the GEMM applies the scale
     # (B, N, 3, H, d) -> (3, B, H, N, d): heads become a batch axis of the matmuls below
     qkv = qkv.reshape(b, n, 3, num_heads, hd // num_heads).transpose(2, 0, 3, 1, 4)
     o = xp.empty((b, n, num_heads, hd // num_heads), dtype=x.dtype)  # heads side by side, as the projection reads
     _, p, c_core = attention_core_forward(
-        qkv[0], qkv[1], qkv[2], dropout_rate, rng, out=o.transpose(0, 2, 1, 3), keep=keep
+        qkv[0], qkv[1], qkv[2], dropout_rate, rng, out=o.transpose(0, 2, 1, 3), keep=keep, q_scale=q_scale
     )
     y, c_out = dense_forward(o.reshape(b, n, hd), w_out, b_out)
     return y, ((c_qkv, c_core, c_out) if keep else None), p
+
+
+def _query_scaled(a: Array, hd: int, q_scale: float) -> Array:
+    """A copy of the fused projection's weight (D, 3 H d) or bias (3 H d,) with the query's columns (the first
+    H d) multiplied by q_scale: (x W + b) s = x (W s) + b s, a pass over the small weight instead of over every
+    query."""
+    a = a.copy()
+    a[..., :hd] *= a.dtype.type(q_scale)
+    return a
 
 
 def mha_backward(
@@ -150,5 +171,8 @@ def mha_backward(
     # split of mha_forward without a copy.
     dqkv = get_array_module(do).empty((b, n, 3, num_heads, hd // num_heads), dtype=do.dtype)
     attention_core_backward(do, c_core, out=tuple(dqkv.transpose(2, 0, 3, 1, 4)))
-    dx, dw_qkv, db_qkv = dense_backward(dqkv.reshape(b, n, 3 * hd), c_qkv, w_qkv)
+    q_scale = c_core[5]
+    dx, dw_qkv, db_qkv = dense_backward(dqkv.reshape(b, n, 3 * hd), c_qkv, _query_scaled(w_qkv, hd, q_scale))
+    dw_qkv[:, :hd] *= dw_qkv.dtype.type(q_scale)  # the forward pass multiplied W's query columns by q_scale
+    db_qkv[:hd] *= db_qkv.dtype.type(q_scale)
     return dx, dw_qkv, db_qkv, dw_out, db_out
