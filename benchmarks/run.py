@@ -1522,6 +1522,8 @@ def build_ctx(args: argparse.Namespace) -> Ctx:
     if args.repeats:
         settings = replace(settings, kernel_repeats=args.repeats, e2e_repeats=args.repeats,
                            seq_repeats=args.repeats, peak_repeats=args.repeats)
+    if args.e2e:
+        settings = replace(settings, e2e=args.e2e)
     device, note = None, ""
     if torch is None:
         note = "torch is not installed"
@@ -1538,6 +1540,21 @@ def build_ctx(args: argparse.Namespace) -> Ctx:
     return Ctx(backend=backend, settings=settings, threads=args.threads, torch_device=device, torch_note=note,
                sdpa=args.sdpa and device is not None, memory=not args.no_memory, tf32=args.tf32,
                verbose=not args.memory_probe)
+
+
+def e2e_rows(text: str) -> dict[str, tuple[int, ...]]:
+    """Parse --e2e: "keras:256,small:128" -> {"keras": (256,), "small": (128,)}."""
+    rows: dict[str, tuple[int, ...]] = {}
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        preset, _, batch = item.partition(":")
+        if preset not in PRESETS or not batch.isdigit() or int(batch) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected PRESET:BATCH with PRESET one of {', '.join(sorted(PRESETS))} and a positive "
+                "batch, e.g. keras:256")
+        rows[preset] = rows.get(preset, ()) + (int(batch),)
+    if not rows:
+        raise argparse.ArgumentTypeError("expected at least one PRESET:BATCH, e.g. keras:256")
+    return rows
 
 
 def default_json_path(backend: str, quick: bool) -> Path:
@@ -1557,6 +1574,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)} (default all)")
     parser.add_argument("--repeats", type=int, help="measured repeats per row, overriding the defaults")
+    parser.add_argument("--e2e", type=e2e_rows, metavar="PRESET:BATCH[,...]",
+                        help="end-to-end rows to time instead of the defaults, e.g. keras:256 or "
+                             "keras:128,keras:256")
     parser.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matmuls in both CuPy and torch")
     parser.add_argument("--sdpa", action="store_true",
                         help="also time torch with F.scaled_dot_product_attention (e2e and seqlen)")

@@ -196,3 +196,12 @@ def test_ab_script_times_two_checkouts_and_refuses_a_folder_without_npvit(tmp_pa
     assert "| before |" in proc.stdout and "| after |" in proc.stdout
     proc = subprocess.run([sys.executable, str(ab), str(tmp_path), root], capture_output=True, text=True)
     assert proc.returncode == 2 and "holds no npvit/ package" in proc.stderr
+
+
+def test_e2e_rows_option(run) -> None:
+    import argparse
+
+    assert run.e2e_rows("keras:128, keras:256,small:64") == {"keras": (128, 256), "small": (64,)}
+    for bad in ("keras", "keras:0", "nope:8", " , "):
+        with pytest.raises(argparse.ArgumentTypeError, match="PRESET:BATCH"):
+            run.e2e_rows(bad)
