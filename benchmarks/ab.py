@@ -4,9 +4,9 @@
     python benchmarks/ab.py /tmp/npvit-before .                    # Keras preset, batch 256, 3 rounds
     python benchmarks/ab.py /tmp/npvit-before . --preset small --batch 128 --rounds 5
 
-Each round runs one fresh process per checkout, in turn: the checkout's npvit is imported from its own
-directory and times an inference forward and a whole training step (forward, loss, backward, AdamW) on the
-same random batch, reporting the median of ``--repeats`` after one warm-up. Alternating whole processes
+Each round runs this folder's step_time.py once per checkout, in turn, in a fresh process that imports the
+checkout's npvit: the same timing code on both sides, an inference forward and a whole training step
+(forward, loss, backward, AdamW), the median of ``--repeats`` after one warm-up. Alternating whole processes
 spreads the machine's drifts (other tenants, frequency, memory state) over both sides; the table gives
 every round, so the spread is visible. This is the measurement behind the entries of benchmarks/NOTES.md
 that compare two versions of the code.
@@ -20,49 +20,28 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
-CHILD = r"""
-import json, statistics, sys, time
-sys.path.insert(0, sys.argv[1])
-import numpy as np
-import npvit
-from npvit.demo import PRESETS
-cfg = PRESETS[sys.argv[2]](num_classes=100)
-batch, repeats = int(sys.argv[3]), int(sys.argv[4])
-model = npvit.ViT(cfg)
-opt = npvit.AdamW(model.params)
-rng = np.random.default_rng(0)
-x = rng.standard_normal((batch, cfg.image_size, cfg.image_size, cfg.channels), dtype=np.float32)
-y = rng.integers(0, cfg.num_classes, batch)
-fwd, step = [], []
-for i in range(repeats + 1):
-    t = time.perf_counter()
-    model.forward(x)
-    f = time.perf_counter() - t
-    t = time.perf_counter()
-    logits = model.forward(x, training=True)
-    model.backward(npvit.cross_entropy_backward(npvit.cross_entropy_forward(logits, y)[1]))
-    opt.step(model.grads)
-    s = time.perf_counter() - t
-    if i:
-        fwd.append(f)
-        step.append(s)
-print(json.dumps({"npvit": npvit.__file__, "forward": statistics.median(fwd), "step": statistics.median(step)}))
-"""
+STEP_TIME = os.path.join(os.path.dirname(os.path.abspath(__file__)), "step_time.py")
 
 
 def run_side(path: str, args: argparse.Namespace) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(path))
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, os.path.abspath(path), args.preset, str(args.batch), str(args.repeats)],
-        capture_output=True, text=True, env=env,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{path}: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if not os.path.abspath(result["npvit"]).startswith(os.path.abspath(path)):
+    """step_time.py against the npvit of checkout ``path``: {"forward": s, "step": s}."""
+    root = os.path.abspath(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        proc = subprocess.run(
+            [sys.executable, STEP_TIME, "--preset", args.preset, "--batch", str(args.batch),
+             "--repeats", str(args.repeats), "--json", out],
+            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root),
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"{path}: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
+        with open(out) as f:
+            result = json.load(f)
+    if not os.path.abspath(result["npvit"]).startswith(root + os.sep):
         raise SystemExit(f"{path}: imported npvit from {result['npvit']}, not from the checkout")
-    return result
+    return {"forward": result["seconds"]["forward (eval)"], "step": result["step_seconds"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.isfile(os.path.join(path, "npvit", "__init__.py")):
             parser.error(f"{path} holds no npvit/ package: pass the root of a checkout")
 
-    rows = {"before": [], "after": []}
+    rows: dict[str, list[dict]] = {"before": [], "after": []}
     for r in range(args.rounds):
         for side in ("before", "after"):
             rows[side].append(run_side(getattr(args, side), args))

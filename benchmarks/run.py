@@ -1103,12 +1103,17 @@ def memory_in_subprocess(ctx: Ctx, framework: str, preset: str, batch: int) -> d
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _status_kb(field_name: str) -> int:
-    with open("/proc/self/status") as f:
+def _proc_kb(path: str, field_name: str) -> int:
+    """A "Name:  value kB" field of a /proc file such as /proc/self/status or /proc/meminfo."""
+    with open(path) as f:
         for line in f:
             if line.startswith(field_name + ":"):
                 return int(line.split()[1])
     raise KeyError(field_name)
+
+
+def _status_kb(field_name: str) -> int:
+    return _proc_kb("/proc/self/status", field_name)
 
 
 def _reset_peak_rss() -> bool:
@@ -1385,17 +1390,9 @@ def cpu_model() -> str:
 
 def mem_total_gib() -> float | None:
     try:
-        return _meminfo_kb("MemTotal") / 1024**2
+        return _proc_kb("/proc/meminfo", "MemTotal") / 1024**2
     except (OSError, KeyError):
         return None
-
-
-def _meminfo_kb(key: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
 
 
 def openblas_threads() -> dict[str, int]:

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"preset": args.preset, "batch": args.batch, "backend": backend.name, "dtype": args.dtype,
-                       "seconds": med, "step_seconds": step}, f, indent=2)
+                       "seconds": med, "step_seconds": step, "npvit": npvit.__file__}, f, indent=2)
     return 0
 
 

@@ -72,7 +72,7 @@ def attention_core_forward(
     o = xp.empty((b, h, n, v.shape[-1]), dtype=q.dtype) if out is None else out
     pt = xp.empty((b, h, k.shape[2], n), dtype=q.dtype) if keep else None  # P^T for all chunks
     mask = dropout_mask((b, h, k.shape[2], n), dropout_rate, rng) if dropout_rate > 0.0 else None
-    keep_scale = q.dtype.type(dropout_scale(dropout_rate)) if mask is not None else None
+    keep_scale = dropout_scale(dropout_rate)
     for sl in _score_chunks(q, k):
         qs = q[sl] if scale is None else q[sl] * scale
         st = xp.matmul(k[sl], qs.swapaxes(-1, -2), out=None if pt is None else pt[sl])  # S^T log2(e): (c,H,Nk,Nq)
@@ -81,10 +81,10 @@ def attention_core_forward(
             xp.matmul(st.swapaxes(-1, -2), v[sl], out=o[sl])  # O = P V
         else:  # O = (P * mask / (1 - p)) V: the factor goes on O, (N, d), rather than on the (N, N) matrix
             xp.matmul((st * mask[sl]).swapaxes(-1, -2), v[sl], out=o[sl])
-            o[sl] *= keep_scale
+            o[sl] *= o.dtype.type(keep_scale)
     if not keep:
         return o, None, None
-    drop = None if mask is None else (mask, dropout_scale(dropout_rate))
+    drop = None if mask is None else (mask, keep_scale)
     return o, pt.swapaxes(-1, -2), (q, k, v, pt, drop, q_scale)
 
 
