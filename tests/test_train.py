@@ -13,6 +13,7 @@ import pytest
 
 from npvit import evaluate as evaluate_cli
 from npvit import train as train_cli
+from npvit import train_step as step_module
 from npvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 # A few seconds per run: the tiny model on 16x16 synthetic images, resized to 8x8 by the augmentation.
@@ -121,7 +122,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
     status, out = run(tmp_path, "run", "--epochs", "1")
     assert status == 0
     before = (out / "last.npz").read_bytes()
-    real = train_cli.cross_entropy_forward
+    real = step_module.cross_entropy_forward
     calls = {"n": 0}
 
     def poisoned(logits, labels, smoothing=0.0):
@@ -129,9 +130,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
         loss, cache = real(logits, labels, smoothing)
         return (loss * np.nan if calls["n"] == 3 else loss), cache
 
-    monkeypatch.setattr(train_cli, "cross_entropy_forward", poisoned)
+    monkeypatch.setattr(step_module, "cross_entropy_forward", poisoned)
     assert train_cli.main(["--resume", str(out), "--epochs", "2", "--quiet"]) == 1
-    assert "loss became nan" in capsys.readouterr().out
+    printed = capsys.readouterr().err
+    assert "the loss or the gradient became non-finite (NaN or infinite) at step 10" in printed
+    assert f"the last good checkpoint is {out / 'last.npz'} (epoch 1, step 7)" in printed
     assert (out / "last.npz").read_bytes() == before
 
 
