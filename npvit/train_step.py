@@ -114,7 +114,7 @@ def train_step(
     part = rank_slice(len(batch), comm.rank, comm.size)
     local = batch[part]
     if len(local) == 0:  # fewer images than ranks: this rank adds nothing but still takes part in the sum
-        for g in model.grads.values():
+        for g in gradient_buffers(model):
             g[...] = 0
         loss = xp.zeros((), dtype=model.dtype)
         correct = xp.zeros((), dtype=xp.int64)
@@ -125,9 +125,9 @@ def train_step(
         aug_seed = stream_seed(settings.seed, AUGMENT, step) if part.start == 0 else \
             stream_seed(settings.seed, AUGMENT, step, part.start)
         images = augmenter(backend.asarray(x[local]), training=True, rng=backend.rng(aug_seed))
-        model.rng = backend.rng(stream_seed(settings.seed, DROPOUT, step) if part.start == 0 else
-                                stream_seed(settings.seed, DROPOUT, step, part.start))
-        logits = model.forward(images, training=True)
+        # Dropout masks are keyed by (seed, layer, global image index): the same whatever the number of ranks.
+        logits = model.forward(images, training=True, dropout_seed=stream_seed(settings.seed, DROPOUT, step),
+                               first_sample=part.start)
         loss, cache = cross_entropy_forward(logits, labels, settings.label_smoothing)
         model.backward(cross_entropy_backward(cache, len(local) / len(batch)))
         correct = (xp.argmax(logits, axis=1) == labels).sum()
@@ -135,12 +135,11 @@ def train_step(
         comm.allreduce_sum(g)
     opt.lr = lr
     norm = opt.step(model.grads)
-    finite = xp.isfinite(loss) & xp.isfinite(xp.asarray(norm))
+    finite = xp.isfinite(loss) & xp.isfinite(norm)  # AdamW skipped the update if the norm is not finite
     sums.add(step, loss, len(local), correct, finite)
 
 
 def gradient_buffers(model: ViT) -> list[Array]:
-    """The arrays that hold the model's gradients: the one flat buffer where the model has it, otherwise every
-    gradient array."""
-    flat = getattr(model, "flat_grads", None)
+    """The arrays that hold the model's gradients: the one flat buffer (a FlatDict's), else every array."""
+    flat = getattr(model.grads, "flat", None)
     return [flat] if flat is not None else list(model.grads.values())

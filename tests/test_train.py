@@ -324,11 +324,14 @@ class ThreadComm:
         self.group.wall.wait()
 
 
-def test_train_step_data_parallel_equals_one_process() -> None:
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_train_step_data_parallel_equals_one_process(dropout) -> None:
     """Two ranks, each with its slice of every global batch and its gradients summed, end with the weights and
-    loss sums of one process on the whole batch (float64, no dropout or augmentation: no randomness)."""
+    loss sums of one process on the whole batch (float64; dropout masks are keyed by the global image index,
+    so they are the same either way; augmentation is off: its draws depend on the number of ranks)."""
     assert isinstance(SingleProcess(), Communicator) and isinstance(ThreadComm(ThreadGroup(1), 0), Communicator)
-    cfg = dataclasses.replace(ViTConfig.tiny(num_classes=4), dropout=0.0, attention_dropout=0.0, head_dropout=0.0)
+    cfg = dataclasses.replace(ViTConfig.tiny(num_classes=4), dropout=dropout, attention_dropout=dropout,
+                              head_dropout=dropout)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
     y = rng.integers(0, 4, 40).astype(np.int64)
