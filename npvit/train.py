@@ -311,9 +311,9 @@ class Run:
     def save(self, paths: list[Path], arrays: tuple[dict, dict] | None = None) -> None:
         """Write the current weights, AdamW state and RunState to ``paths`` (best.npz before last.npz).
         ``arrays`` are host_arrays() when the caller has them already."""
+        params, opt_state = arrays or self.host_arrays()  # on every rank: they all stop if it fails
         if not self.writer:
             return
-        params, opt_state = arrays or self.host_arrays()
         meta = dict(self.base_meta, state=self.state.to_dict())
         for path in paths:
             save_checkpoint(path, params, opt_state, meta)
