@@ -164,6 +164,7 @@ class Run:
         self.state = RunState()
         self.last_good: str | None = None  # "path (epoch E, step S)" of the last checkpoint known to be sound
         self.phase = "starting"
+        self.bar: ProgressBar | None = None
 
     def say(self, message: str) -> None:
         if self.writer:
@@ -217,12 +218,14 @@ class Run:
             available = memory.available_bytes()
             threads = s["threads"] or available_cores()
         estimate = memory.training_step(cfg, np.dtype(s["dtype"]).itemsize, threads)
-        if available is None or estimate.total(s["batch_size"]) <= available:
+        batch = min(s["batch_size"], len(self.x_train))
+        local = -(-batch // self.comm.size)  # the images of the largest slice a rank takes
+        if available is None or estimate.total(local) <= available:
             return
-        fits = estimate.largest_batch(available)
-        need = (f"a training step of this model at batch {s['batch_size']} needs about "
-                f"{memory.describe(estimate.total(s['batch_size']))}, and {memory.describe(available)} of memory "
-                "is available")
+        fits = estimate.largest_batch(available) * self.comm.size
+        need = (f"a training step of this model at batch {batch} needs about "
+                f"{memory.describe(estimate.total(local))}{' per process' if self.comm.size > 1 else ''}, and "
+                f"{memory.describe(available)} of memory is available")
         if fits == 0:
             raise UsageError(f"{need}; the model alone needs {memory.describe(estimate.total(0))}: choose a "
                              "smaller model (--preset, --projection-dim, --mlp-head-units) or a larger machine")
@@ -314,6 +317,7 @@ class Run:
         params, opt_state = arrays or self.host_arrays()  # on every rank: they all stop if it fails
         if not self.writer:
             return
+        self.phase = "saving a checkpoint"
         meta = dict(self.base_meta, state=self.state.to_dict())
         for path in paths:
             save_checkpoint(path, params, opt_state, meta)
@@ -335,7 +339,8 @@ class Run:
             order = np.random.default_rng(stream_seed(s["seed"], SHUFFLE, epoch)).permutation(len(self.x_train))
             # The resumed totals count once: on rank 0.
             sums = RunningSums(xp, part.loss_sum, part.correct) if self.writer else RunningSums(xp)
-            bar = ProgressBar(self.steps_per_epoch, f"epoch {epoch + 1}/{s['epochs']}", enabled=bar_enabled)
+            self.bar = bar = ProgressBar(self.steps_per_epoch, f"epoch {epoch + 1}/{s['epochs']}",
+                                         enabled=bar_enabled)
             start = time.perf_counter() - part.seconds
             schedule.start(st.global_step)
             last_read = (time.perf_counter(), st.global_step)
@@ -377,6 +382,13 @@ class Run:
             self.read(sums, False, 0.0)  # the epoch's totals, and the last check for non-finite values
             self.end_epoch(epoch)
             last_save = time.perf_counter()
+            # A signal during validation or saving: last.npz is new, so stop here rather than a step later.
+            stop_int, stop_term = self.comm.allreduce_scalars([self.signals.received == signal.SIGINT,
+                                                               self.signals.received == signal.SIGTERM])
+            if stop_int or stop_term:
+                self.say(f"interrupted after epoch {epoch + 1}, step {st.global_step}: checkpoint saved to "
+                         f"{self.folder.last}. Continue with: python -m npvit.train --resume {self.folder.path}")
+                return EXIT_SIGTERM if stop_term else EXIT_SIGINT
         return None
 
     def read(self, sums: RunningSums, save_due: bool, seconds_per_step: float) -> tuple[bool, bool, bool, float]:
@@ -466,6 +478,8 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
             if status is not None:
                 return status
         except NonFinite as exc:
+            if run.bar is not None:
+                run.bar.close()
             last = f"the last good checkpoint is {run.last_good}" if run.last_good else \
                 "no checkpoint was written (the run stopped before its first one)"
             if run.writer:

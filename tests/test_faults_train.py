@@ -134,6 +134,20 @@ def test_nan_validation_loss_stops_before_saving(tmp_path, monkeypatch, capsys) 
     assert {n: (out / n).read_bytes() for n in before} == before
 
 
+def test_sigterm_during_validation_stops_after_the_epoch_is_saved(tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "x"
+    real = train_cli.evaluate
+
+    def terminated_meanwhile(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_cli, "evaluate", terminated_meanwhile)
+    assert train_cli.main([*TINY, "--epochs", "3", "--out", str(out)]) == 143
+    assert f"interrupted after epoch 1, step 7: checkpoint saved to {out / 'last.npz'}" in capsys.readouterr().out
+    assert step_of(out / "last.npz") == 7 and len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
 def test_weights_overflowing_in_an_update_are_never_saved(tmp_path, monkeypatch, capsys) -> None:
     """A finite gradient whose update overflows the weights is caught when the weights are read for saving."""
     out = tmp_path / "x"
@@ -268,7 +282,7 @@ def test_a_step_too_large_for_memory_is_refused_before_allocating(tmp_path, monk
     flags = [*TINY, "--preset", "small", "--batch-size", "4096", "--out", str(tmp_path / "x")]
     assert train_cli.main(flags) == 2
     err = capsys.readouterr().err
-    assert "a training step of this model at batch 4096 needs about" in err
+    assert "a training step of this model at batch 216 needs about" in err  # the training set is 216 images
     assert "--batch-size 100 would fit" in err
     monkeypatch.setattr(memory, "available_bytes", lambda: estimate.total(0) // 2)
     assert train_cli.main(flags[:-1] + [str(tmp_path / "y")]) == 2
