@@ -61,7 +61,8 @@ class RunState:
 
     Attributes:
         epoch: epochs completed (0-based index of the current epoch).
-        step_in_epoch: optimizer steps done in the current epoch.
+        step_in_epoch: optimizer steps done in the current epoch (all of them when a run was stopped between
+            its last step and its validation).
         global_step: optimizer steps done in all (= epoch * steps_per_epoch + step_in_epoch).
         best_score: the best validation top-1 so far (minus the train loss when there is no validation
             split); None before the first evaluation.
@@ -126,7 +127,7 @@ class RunState:
         """Raise CheckpointError unless the state is one this run's data and batch size can reach, and the
         optimizer has taken exactly ``global_step`` steps."""
         problems = []
-        if self.step_in_epoch >= steps_per_epoch:
+        if self.step_in_epoch > steps_per_epoch:  # equal: the steps are done, the epoch's end is not
             problems.append(f"step {self.step_in_epoch} of an epoch that has {steps_per_epoch} steps")
         if self.global_step != self.epoch * steps_per_epoch + self.step_in_epoch:
             problems.append(f"global step {self.global_step} after {self.epoch} epochs of {steps_per_epoch} "

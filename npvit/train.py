@@ -17,6 +17,7 @@ continues exactly. A second signal stops at once (a checkpoint being written is 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import signal
@@ -54,7 +55,8 @@ EXIT_DONE, EXIT_NONFINITE, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130,
 READ_SECONDS = 0.5  # how often the loop reads the device's running sums (progress bar, stop and save decisions)
 
 
-def build_parser():  # noqa: ANN201 - the argparse parser of this program
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (npvit.settings.build_parser), with this program's description and exit statuses."""
     return _build_parser(description=__doc__.splitlines()[0],
                          epilog="Defaults are those of the Keras example. Model flags left out come from --preset."
                                 "\n\n" + __doc__[__doc__.index("Exit status"):].strip())

@@ -81,18 +81,19 @@ def test_resume_equals_uninterrupted(tmp_path) -> None:
     assert [comparable(r) for r in rows(tmp_path / "straight")] == [comparable(r) for r in rows(tmp_path / "split")]
 
 
-def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("at", [9, 7])  # mid-way through epoch 2, and after epoch 1's last step (7 per epoch)
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch, capsys, at) -> None:
     assert run(tmp_path, "straight", "--epochs", "2")[0] == 0
 
-    def interrupt_at_step_9(step: int) -> None:  # mid-way through epoch 2 (7 steps per epoch)
-        if step == 9:
+    def interrupt(step: int) -> None:
+        if step == at:
             os.kill(os.getpid(), signal.SIGINT)
 
     real_train = train_cli.train
-    monkeypatch.setattr(train_cli, "train", lambda s, r=None: real_train(s, r, on_step=interrupt_at_step_9))
+    monkeypatch.setattr(train_cli, "train", lambda s, r=None: real_train(s, r, on_step=interrupt))
     assert run(tmp_path, "split", "--epochs", "2")[0] == 130
     assert "--resume" in capsys.readouterr().out
-    assert load_checkpoint(tmp_path / "split" / "last.npz").meta["state"]["global_step"] == 9
+    assert load_checkpoint(tmp_path / "split" / "last.npz").meta["state"]["global_step"] == at
     monkeypatch.setattr(train_cli, "train", real_train)
     assert train_cli.main(["--resume", str(tmp_path / "split"), "--quiet"]) == 0
     a, b = load_checkpoint(tmp_path / "straight" / "last.npz"), load_checkpoint(tmp_path / "split" / "last.npz")
@@ -244,6 +245,8 @@ def test_run_state_round_trip_and_checks() -> None:
     old = {("best_val_top1" if k == "best_score" else k): v for k, v in doc.items()}  # before the rename
     assert RunState.from_dict(old) == state
     state.check_fits(steps_per_epoch=7, batch_size=32, train_images=216, optimizer_steps=23)
+    with pytest.raises(CheckpointError, match="step 2 of an epoch that has 1 steps"):
+        state.check_fits(steps_per_epoch=1, batch_size=32, train_images=216, optimizer_steps=23)
     with pytest.raises(CheckpointError, match="global step 23 after 3 epochs of 6 steps"):
         state.check_fits(steps_per_epoch=6, batch_size=32, train_images=216, optimizer_steps=23)
     for bad, message in [({**doc, "epoch": -1}, "'epoch' must be an integer >= 0"),
