@@ -401,3 +401,13 @@ def test_read_schedule_reads_about_every_half_second() -> None:
     assert not schedule.due(60) and schedule.due(61)
     schedule.update(61, seconds_per_step=3.0)  # slow steps: read after every one
     assert schedule.due(62)
+
+
+def test_the_loop_reads_the_device_sums_now_and_then_not_every_step(tmp_path, monkeypatch) -> None:
+    reads = []
+    real_read = RunningSums.read
+    monkeypatch.setattr(RunningSums, "read", lambda self: reads.append(1) or real_read(self))
+    status, out = run(tmp_path, "run", "--epochs", "2", "--batch-size", "8")  # 27 steps per epoch
+    assert status == 0
+    # After each epoch's first step (to time it), then about every half second, and at the epoch's end.
+    assert 4 <= len(reads) <= 8, len(reads)
