@@ -11,7 +11,7 @@ accuracy evaluated on the test split at the end. See ``--help`` for every flag.
 
 Exit status: 0 the run finished; 1 it stopped because a loss, gradient or parameter became non-finite
 (nothing non-finite is ever saved); 2 bad flags, files or data, not enough memory, or a run folder in use;
-130 Ctrl-C (SIGINT) and 143 SIGTERM: the current step was finished and last.npz saved, ``--resume``
+130 Ctrl-C (SIGINT) and 143 SIGTERM: the current step was finished and last.npz saved, --resume
 continues exactly. A second signal stops at once (a checkpoint being written is then left as it was).
 """
 
