@@ -51,12 +51,14 @@ class RunFolder:
         self.best = self.path / "best.npz"
         self.summary = self.path / "summary.json"
         self._lock_file: Any = None
+        self.created = False  # whether open() made the folder
 
     def open(self) -> list[str]:
         """Create the folder if needed, lock it, and remove stale temporary files. Returns their names.
 
         Raises FolderInUse when another process holds the lock.
         """
+        self.created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock()
         return remove_stale_temporaries(self.path)
@@ -64,20 +66,29 @@ class RunFolder:
     def _lock(self) -> None:
         if fcntl is None:
             return
-        f = open(self.path / LOCK_NAME, "a+")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
+        while True:
+            f = open(self.path / LOCK_NAME, "a+")
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                raise FolderInUse(f"{self.path} is in use by another training run ({holder}); wait for it to "
+                                  "end, or choose another --out") from None
+            except OSError:  # a filesystem without locks: run unlocked rather than not at all
+                f.close()
+                print(f"warning: cannot lock {self.path} (the filesystem has no locks); make sure no other run "
+                      "uses it", file=sys.stderr)
+                return
+            # A run that gave up a folder it had just made (discard) may have removed the file opened here:
+            # a lock on it would guard nothing, so lock the file now at that name instead.
+            try:
+                if os.stat(self.path / LOCK_NAME).st_ino == os.fstat(f.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                self.path.mkdir(parents=True, exist_ok=True)
             f.close()
-            raise FolderInUse(f"{self.path} is in use by another training run ({holder}); wait for it to end, "
-                              "or choose another --out") from None
-        except OSError:  # a filesystem without locks: run unlocked rather than not at all
-            f.close()
-            print(f"warning: cannot lock {self.path} (the filesystem has no locks); make sure no other run uses it",
-                  file=sys.stderr)
-            return
         f.seek(0)
         f.truncate()
         f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
@@ -89,6 +100,19 @@ class RunFolder:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+    def discard(self) -> None:
+        """Undo open() for a run refused before it wrote anything: remove the folder if open() made it and it
+        holds nothing but the lock file, so that a refused run leaves no trace."""
+        if not self.created or self._lock_file is None:
+            return
+        if [p.name for p in self.path.iterdir()] == [LOCK_NAME]:
+            (self.path / LOCK_NAME).unlink()  # before unlocking: see _lock for those who opened it meanwhile
+            self.close()
+            try:
+                self.path.rmdir()
+            except OSError:  # someone else's files arrived meanwhile
+                pass
 
     def __enter__(self) -> "RunFolder":
         return self

@@ -237,6 +237,14 @@ class Run:
         raise UsageError(f"{need}; --batch-size {fits} would fit")
 
     def setup(self, resuming: bool) -> None:
+        """Open the run folder, load the data, build the model and optimizer, restore the checkpoint if any."""
+        try:
+            self._setup(resuming)
+        except BaseException:
+            self.folder.discard()  # a refused new run leaves no folder behind
+            raise
+
+    def _setup(self, resuming: bool) -> None:
         s, comm = self.s, self.comm
         # Rank 0 locks the folder; the others only look (they share its filesystem).
         has_checkpoint = self.open_folder(resuming) if self.writer else resuming and self.folder.last.exists()

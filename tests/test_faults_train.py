@@ -381,3 +381,11 @@ def test_metrics_log_damaged_during_a_live_run_does_not_stop_it(tmp_path, monkey
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert load_checkpoint(out / "last.npz").meta["state"]["epoch"] == 2
+
+
+def test_a_refused_new_run_leaves_no_folder(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 20)  # 1 MiB: not even the synthetic data fits
+    out = tmp_path / "new" / "run"
+    assert train_cli.main([*TINY, "--synthetic-size", "2000,10", "--out", str(out)]) == 2
+    assert "needs" in capsys.readouterr().err
+    assert not out.exists()
