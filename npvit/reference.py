@@ -321,7 +321,8 @@ def mlp_backward(
         name = f"{prefix}.fc{i}"
         dy = dropout_backward(dy, c_drop)  # (..., U_i)
         dy = gelu_backward(dy, c_gelu)  # (..., U_i)
-        dy, grads[f"{name}.w"], grads[f"{name}.b"] = dense_backward(dy, c_fc, params[f"{name}.w"])  # (..., U_i-1)
+        dy, grads[f"{name}.w"], grads[f"{name}.b"] = dense_backward(
+            dy, c_fc, params[f"{name}.w"])  # (..., U_i-1)
     return dy
 
 
@@ -333,14 +334,16 @@ def block_forward(
     x (B, T, D) -> (B, T, D)."""
     p = f"blocks.{i}"
     batch, tokens, _ = x.shape
-    h, c_norm1 = layernorm_forward(x, params[f"{p}.norm1.gamma"], params[f"{p}.norm1.beta"], cfg.ln_eps)  # (B, T, D)
+    h, c_norm1 = layernorm_forward(
+        x, params[f"{p}.norm1.gamma"], params[f"{p}.norm1.beta"], cfg.ln_eps)  # (B, T, D)
     keep = draw_keep(masks, f"{p}.attn", (batch, cfg.num_heads, tokens, tokens), cfg.attention_dropout)
     h, c_attn = attention_forward(
         h, params[f"{p}.attn.qkv.w"], params[f"{p}.attn.qkv.b"], params[f"{p}.attn.proj.w"],
         params[f"{p}.attn.proj.b"], cfg.num_heads, keep, cfg.attention_dropout,
     )  # (B, T, D)
     x = x + h  # (B, T, D)  residual
-    h, c_norm2 = layernorm_forward(x, params[f"{p}.norm2.gamma"], params[f"{p}.norm2.beta"], cfg.ln_eps)  # (B, T, D)
+    h, c_norm2 = layernorm_forward(
+        x, params[f"{p}.norm2.gamma"], params[f"{p}.norm2.beta"], cfg.ln_eps)  # (B, T, D)
     h, c_mlp = mlp_forward(params, f"{p}.mlp", h, len(cfg.mlp_units), cfg.gelu, cfg.dropout, masks)  # (B, T, D)
     y = x + h  # (B, T, D)  residual
     return y, (c_norm1, c_attn, c_norm2, c_mlp)
@@ -357,8 +360,9 @@ def block_backward(
     dh, grads[f"{p}.norm2.gamma"], grads[f"{p}.norm2.beta"] = layernorm_backward(
         dh, c_norm2, params[f"{p}.norm2.gamma"])  # (B, T, D)
     dx = dy + dh  # (B, T, D)  both paths of the second residual
-    dh, grads[f"{p}.attn.qkv.w"], grads[f"{p}.attn.qkv.b"], grads[f"{p}.attn.proj.w"], grads[f"{p}.attn.proj.b"] = (
-        attention_backward(dx, c_attn, params[f"{p}.attn.qkv.w"], params[f"{p}.attn.proj.w"]))  # (B, T, D)
+    a = f"{p}.attn"
+    dh, grads[f"{a}.qkv.w"], grads[f"{a}.qkv.b"], grads[f"{a}.proj.w"], grads[f"{a}.proj.b"] = (
+        attention_backward(dx, c_attn, params[f"{a}.qkv.w"], params[f"{a}.proj.w"]))  # (B, T, D)
     dh, grads[f"{p}.norm1.gamma"], grads[f"{p}.norm1.beta"] = layernorm_backward(
         dh, c_norm1, params[f"{p}.norm1.gamma"])  # (B, T, D)
     return dx + dh  # (B, T, D)  both paths of the first residual
@@ -408,7 +412,8 @@ def head_forward(
 def head_backward(dlogits: Array, cache: tuple, params: Mapping[str, Array], grads: Params) -> Array:
     """Gradient of head_forward: returns dpooled and writes the gradients of ``head.*``."""
     c_drop, c_mlp, c_out = cache
-    dh, grads["head.out.w"], grads["head.out.b"] = dense_backward(dlogits, c_out, params["head.out.w"])  # (B, U_last)
+    dh, grads["head.out.w"], grads["head.out.b"] = dense_backward(
+        dlogits, c_out, params["head.out.w"])  # (B, U_last)
     dh = mlp_backward(dh, c_mlp, params, "head", grads)  # (B, F)
     return dropout_backward(dh, c_drop)  # (B, F)
 
@@ -446,7 +451,8 @@ def vit_backward(
     grads: Params = {}
     dpooled = head_backward(dlogits, c_head, params, grads)  # (B, F)
     dt = pool_backward(dpooled, cfg.pool, t_shape)  # (B, T, D)
-    dt, grads["norm.gamma"], grads["norm.beta"] = layernorm_backward(dt, c_norm, params["norm.gamma"])  # (B, T, D)
+    dt, grads["norm.gamma"], grads["norm.beta"] = layernorm_backward(
+        dt, c_norm, params["norm.gamma"])  # (B, T, D)
     for i in reversed(range(cfg.depth)):
         dt = block_backward(dt, c_blocks[i], params, i, grads)  # (B, T, D)
     grads["pos_embed"] = dt.sum(axis=0)  # (T, D)
@@ -583,7 +589,8 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype: Any = "float64", xp: Any =
 
 # ---- a few training steps to step through -------------------------------------------------------------------
 def synthetic_problem(cfg: ViTConfig, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` noisy images of ``cfg.num_classes`` classes, each class a fixed random pattern: easy to learn."""
+    """``count`` noisy images of ``cfg.num_classes`` classes, each class a fixed random pattern (easy to
+    learn), and their labels."""
     rng = np.random.default_rng(seed)
     shape = (cfg.image_size, cfg.image_size, cfg.channels)
     patterns = rng.standard_normal((cfg.num_classes, *shape))  # (K, S, S, C)

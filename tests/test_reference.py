@@ -95,7 +95,8 @@ def test_gelu_gradients(rng, kind) -> None:
 def test_dropout_gradients(rng) -> None:
     x, keep = arr(rng, 5, 6), rng.random((5, 6)) >= 0.3
     check_backward(lambda x: ref.dropout_forward(x, keep, 0.3)[0],
-                   lambda x, dy: [ref.dropout_backward(dy, ref.dropout_forward(x, keep, 0.3)[1])], [x], rtol=RTOL)
+                   lambda x, dy: [ref.dropout_backward(dy, ref.dropout_forward(x, keep, 0.3)[1])],
+                   [x], rtol=RTOL)
 
 
 def test_softmax_gradients(rng) -> None:
@@ -117,7 +118,8 @@ def test_attention_gradients(rng, rate) -> None:
 
     check_backward(lambda *a: forward(*a)[0],
                    lambda *a: ref.attention_backward(a[-1], forward(*a[:-1])[1], a[1], a[3]),
-                   [x, w_qkv, b_qkv, w_proj, b_proj], rtol=RTOL, names=["x", "w_qkv", "b_qkv", "w_proj", "b_proj"])
+                   [x, w_qkv, b_qkv, w_proj, b_proj], rtol=RTOL,
+                   names=["x", "w_qkv", "b_qkv", "w_proj", "b_proj"])
 
 
 def test_cross_entropy_gradients(rng) -> None:
@@ -210,7 +212,7 @@ def test_whole_model_gradients_with_dropout(rng, pool) -> None:
         assert set(grads) == set(params)
         return dimages, grads
 
-    # Every input, 24 of its elements each (seeded, plus its largest gradient): the functions are checked whole above.
+    # 24 elements of every input (seeded, plus its largest gradient): the parts are checked whole above.
     check_params_function(lambda x: loss(x)[0][0], backward, params, names, images, max_checks=24)
 
 
