@@ -95,7 +95,7 @@ def patch_embed_backward(dtokens: Array, cache: tuple, w: Array) -> tuple[Array,
     dx = dpatches.reshape(batch, gh, gw, p, p, channels)  # (B, gh, gw, P, P, C)
     dx = dx.transpose(0, 1, 3, 2, 4, 5)  # (B, gh, P, gw, P, C)
     dimages = xp.zeros((batch, height, width, channels), dtype=dtokens.dtype)  # (B, S, S, C)
-    dimages[:, : gh * p, : gw * p, :] = dx.reshape(batch, gh * p, gw * p, channels)
+    dimages[:, : gh * p, : gw * p, :] = dx.reshape(batch, gh * p, gw * p, channels)  # (B, gh*P, gw*P, C)
     return dimages, dw, db
 
 

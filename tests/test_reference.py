@@ -15,6 +15,7 @@ import npvit.kernels.attention as attention_kernels
 import npvit.kernels.dropout as dropout_kernels
 from npvit import AdamW, ViT, ViTConfig, check_backward, cross_entropy_backward, cross_entropy_forward
 from npvit import reference as ref
+from npvit.backend import to_numpy
 
 RTOL = 1e-6  # gradient checks, as for the kernels
 PARITY = 1e-12  # reference against the fast model, float64, relative to each array's largest entry
@@ -51,7 +52,7 @@ def random_params(cfg: ViTConfig, seed: int = 1) -> dict:
 
 
 def assert_close(actual, expected, what: str, tol: float = PARITY) -> None:
-    actual, expected = np.asarray(actual), np.asarray(expected)
+    actual, expected = to_numpy(actual), to_numpy(expected)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} against {expected.shape}"
     scale = max(float(np.abs(expected).max(initial=0.0)), 1e-300)
     error = float(np.abs(actual - expected).max(initial=0.0)) / scale
@@ -227,12 +228,13 @@ def test_init_params_are_the_fast_models() -> None:
             assert np.array_equal(p, fast[name]), name
 
 
-def fast_and_reference(cfg: ViTConfig, threads: int = 2) -> tuple[ViT, dict]:
-    model = ViT(cfg, dtype="float64", seed=2, threads=threads)
+def fast_and_reference(cfg: ViTConfig, threads: int = 2, backend: str | npvit.Backend = "numpy"
+                       ) -> tuple[ViT, dict]:
+    model = ViT(cfg, backend=backend, dtype="float64", seed=2, threads=threads)
     data = np.random.default_rng(7)
     for p in model.params.values():
         if p.ndim == 1:
-            p += data.standard_normal(p.shape) * 0.1
+            p += model.backend.asarray(data.standard_normal(p.shape) * 0.1)
     return model, {n: p.copy() for n, p in model.params.items()}
 
 
@@ -243,6 +245,7 @@ def batch(cfg: ViTConfig, size: int = 5, seed: int = 3) -> tuple[np.ndarray, np.
 
 
 def compare_step(model: ViT, params: dict, cfg: ViTConfig, images, labels, masks=None, smoothing=0.1) -> None:
+    images, labels = model.backend.asarray(images), model.backend.asarray(labels)
     logits = model.forward(images, training=True)
     loss, c_loss = cross_entropy_forward(logits, labels, smoothing)
     dimages = model.backward(cross_entropy_backward(c_loss))
@@ -261,10 +264,10 @@ def compare_step(model: ViT, params: dict, cfg: ViTConfig, images, labels, masks
 
 @pytest.mark.parametrize("pool", ["flatten", "cls", "gap"])
 @pytest.mark.parametrize("gelu", ["erf", "tanh"])
-def test_same_logits_loss_and_gradients_as_the_fast_model(pool, gelu) -> None:
-    """Dropout off, the fast model's batch split over two threads."""
+def test_same_logits_loss_and_gradients_as_the_fast_model(backend, pool, gelu) -> None:
+    """Dropout off; on NumPy the fast model's batch is split over two threads."""
     cfg = tiny(pool=pool, gelu=gelu)
-    model, params = fast_and_reference(cfg, threads=2)
+    model, params = fast_and_reference(cfg, threads=2, backend=backend)
     images, labels = batch(cfg)
     compare_step(model, params, cfg, images, labels)
 
