@@ -20,8 +20,9 @@ Conventions:
   ``blocks.{i}.attn`` (``qkv``, ``proj``), ``blocks.{i}.norm2``, ``blocks.{i}.mlp`` (``fc0``, ``fc1``), ``norm``,
   ``head`` (``fc0`` ... and ``out``).
 - Dropout takes its keep masks from a function ``masks(site, shape, rate) -> boolean array`` (True = kept),
-  called with the name of the dropout site (``blocks.0.attn``, ``blocks.0.mlp.fc0``, ``head_drop``,
-  ``head.fc0``, ...); ``masks=None`` means no dropout (inference). ``random_masks`` makes such a function.
+  called with the name of the dropout site (``blocks.0.attn.attn_drop``, ``blocks.0.mlp.drop0``,
+  ``head_drop``, ``head.drop0``, ...); ``masks=None`` means no dropout (inference). ``keyed_masks(seed)``
+  draws the very masks ``npvit.ViT.forward(..., training=True, dropout_seed=seed)`` draws.
 
 Everything works through the array module of the inputs (NumPy or CuPy) and in their dtype.
 """
@@ -39,6 +40,7 @@ import numpy as np
 from .backend import erf as backend_erf
 from .backend import get_array_module
 from .config import ViTConfig
+from .kernels.dropout import DropoutKey, dropout_mask
 
 Array = Any
 Params = dict[str, Array]
@@ -211,14 +213,16 @@ def draw_keep(masks: Masks | None, site: str, shape: tuple[int, ...], rate: floa
     return masks(site, tuple(shape), rate)
 
 
-def random_masks(seed: int, xp: Any = np) -> Masks:
-    """A ``masks`` function drawing fresh keep masks from a seeded generator at every call (for training),
-    each unit dropped with probability drop_probability(rate)."""
-    rng = np.random.default_rng(seed)
+def keyed_masks(seed: int, first_sample: int = 0, xp: Any = np) -> Masks:
+    """The keep masks of ``npvit.ViT.forward(images, training=True, dropout_seed=seed, first_sample=...)``.
 
+    npvit draws every mask as a pure function of (seed, site, global sample index) through
+    ``npvit.kernels.dropout.dropout_mask`` (axis 0 of ``shape`` runs over the samples, the first one being
+    ``first_sample``); ``xp`` is the array module of the data, whose generator the masks come from (NumPy's
+    and CuPy's differ).
+    """
     def masks(site: str, shape: tuple[int, ...], rate: float) -> Array:
-        draws = rng.integers(0, 65536, size=shape)  # 16-bit random integers
-        return xp.asarray(draws >= round(rate * 65536))
+        return dropout_mask(shape, rate, DropoutKey(seed, site, first_sample), xp)
 
     return masks
 
@@ -299,14 +303,14 @@ def mlp_forward(
     params: Mapping[str, Array], prefix: str, x: Array, layers: int, gelu: str, rate: float,
     masks: Masks | None,
 ) -> tuple[Array, list]:
-    """The Keras example's ``mlp``: for each layer i, Dense (``{prefix}.fc{i}``) -> GELU -> Dropout, the last
-    layer included.   x (..., I) -> (..., U_last)."""
+    """The Keras example's ``mlp``: for each layer i, Dense (``{prefix}.fc{i}``) -> GELU -> Dropout
+    (``{prefix}.drop{i}``), the last layer included.   x (..., I) -> (..., U_last)."""
     caches = []
     for i in range(layers):
         name = f"{prefix}.fc{i}"
         x, c_fc = dense_forward(x, params[f"{name}.w"], params[f"{name}.b"])  # (..., U_i)
         x, c_gelu = gelu_forward(x, gelu)  # (..., U_i)
-        x, c_drop = dropout_forward(x, draw_keep(masks, name, x.shape, rate), rate)  # (..., U_i)
+        x, c_drop = dropout_forward(x, draw_keep(masks, f"{prefix}.drop{i}", x.shape, rate), rate)  # (..., U_i)
         caches.append((c_fc, c_gelu, c_drop))
     return x, caches
 
@@ -336,7 +340,10 @@ def block_forward(
     batch, tokens, _ = x.shape
     h, c_norm1 = layernorm_forward(
         x, params[f"{p}.norm1.gamma"], params[f"{p}.norm1.beta"], cfg.ln_eps)  # (B, T, D)
-    keep = draw_keep(masks, f"{p}.attn", (batch, cfg.num_heads, tokens, tokens), cfg.attention_dropout)
+    # npvit draws an image's attention mask as (heads, keys, queries), so the reference asks for that layout
+    # and turns it around.
+    keep = draw_keep(masks, f"{p}.attn.attn_drop", (batch, cfg.num_heads, tokens, tokens), cfg.attention_dropout)
+    keep = None if keep is None else keep.swapaxes(-1, -2)  # (B, h, T, T)  rows the queries, columns the keys
     h, c_attn = attention_forward(
         h, params[f"{p}.attn.qkv.w"], params[f"{p}.attn.qkv.b"], params[f"{p}.attn.proj.w"],
         params[f"{p}.attn.proj.b"], cfg.num_heads, keep, cfg.attention_dropout,
@@ -516,11 +523,15 @@ def adamw_step(
         "keras":    p <- p - lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)
         "pytorch":  p <- p - lr mhat / (sqrt(vhat) + eps),  mhat = m / (1 - b1^t),  vhat = v / (1 - b2^t)
 
-    The decay uses p before this step's Adam update, as all three libraries do.
+    The decay uses p before this step's Adam update, as all three libraries do. A step whose gradient norm is
+    not finite (an overflow, a NaN) changes nothing, neither the parameters nor the moments nor t: the
+    caller, who gets the norm back, must stop.
     """
     exclude = set(exclude_from_decay)
     xp = get_array_module(*grads.values())
     norm = math.sqrt(float(sum(float(xp.sum(g * g)) for g in grads.values())))
+    if not math.isfinite(norm):
+        return norm
     clip = clip_norm / norm if clip_norm is not None and norm > clip_norm else 1.0
     state.t += 1
     t = state.t
@@ -616,10 +627,11 @@ def main(argv: list[str] | None = None) -> int:
     params = init_params(cfg, seed=args.seed)
     images, labels = synthetic_problem(cfg, args.batch, args.seed)
     state = adamw_init(params)
-    masks = random_masks(args.seed + 1)
+    seeds = np.random.default_rng(args.seed + 1)  # one dropout seed per step
     print(f"reference ViT: {sum(p.size for p in params.values()):,} parameters, {cfg.depth} blocks, "
           f"batch of {args.batch} synthetic {cfg.image_size}x{cfg.image_size} images, {cfg.num_classes} classes")
     for step in range(1, args.steps + 1):
+        masks = keyed_masks(int(seeds.integers(2**63)))
         logits, cache = vit_forward(params, images, cfg, masks)  # dropout on: training
         loss, c_loss = cross_entropy_forward(logits, labels)
         grads, _ = vit_backward(cross_entropy_backward(c_loss), cache, params, cfg)

@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 
 import npvit
-import npvit.kernels.attention as attention_kernels
-import npvit.kernels.dropout as dropout_kernels
 from npvit import AdamW, ViT, ViTConfig, check_backward, cross_entropy_backward, cross_entropy_forward
 from npvit import reference as ref
 from npvit.backend import to_numpy
@@ -244,9 +242,10 @@ def batch(cfg: ViTConfig, size: int = 5, seed: int = 3) -> tuple[np.ndarray, np.
             data.integers(0, cfg.num_classes, size))
 
 
-def compare_step(model: ViT, params: dict, cfg: ViTConfig, images, labels, masks=None, smoothing=0.1) -> None:
+def compare_step(model: ViT, params: dict, cfg: ViTConfig, images, labels, masks=None, smoothing=0.1,
+                 forward: dict | None = None) -> None:
     images, labels = model.backend.asarray(images), model.backend.asarray(labels)
-    logits = model.forward(images, training=True)
+    logits = model.forward(images, training=True, **(forward or {}))
     loss, c_loss = cross_entropy_forward(logits, labels, smoothing)
     dimages = model.backward(cross_entropy_backward(c_loss))
 
@@ -272,51 +271,42 @@ def test_same_logits_loss_and_gradients_as_the_fast_model(backend, pool, gelu) -
     compare_step(model, params, cfg, images, labels)
 
 
-def record_fast_masks(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Record the keep masks the fast model draws, in the order it draws them."""
-    drawn: list = []
-    draw = dropout_kernels.dropout_mask
-
-    def recording(shape, rate, rng):
-        mask = draw(shape, rate, rng)
-        drawn.append(mask)
-        return mask
-
-    monkeypatch.setattr(dropout_kernels, "dropout_mask", recording)
-    monkeypatch.setattr(attention_kernels, "dropout_mask", recording)
-    return drawn
-
-
-def fast_mask_sites(cfg: ViTConfig) -> list[str]:
-    """The reference's dropout sites in the order one unsplit fast forward pass draws them."""
+def mask_sites(cfg: ViTConfig) -> list[str]:
+    """Every dropout site of the model, in forward order."""
     sites = []
     for i in range(cfg.depth):
-        sites += [f"blocks.{i}.attn"] + [f"blocks.{i}.mlp.fc{j}" for j in range(len(cfg.mlp_units))]
-    return sites + ["head_drop"] + [f"head.fc{j}" for j in range(len(cfg.head_units))]
+        sites += [f"blocks.{i}.attn.attn_drop"] + [f"blocks.{i}.mlp.drop{j}" for j in range(len(cfg.mlp_units))]
+    return sites + ["head_drop"] + [f"head.drop{j}" for j in range(len(cfg.head_units))]
 
 
 @pytest.mark.parametrize("pool", ["flatten", "cls", "gap"])
-def test_same_numbers_as_the_fast_model_with_dropout(monkeypatch, pool) -> None:
-    """Dropout on, the reference fed the masks the fast model drew (one thread: one stream of draws)."""
-    cfg = tiny(pool=pool, dropout=True)
-    model, params = fast_and_reference(cfg, threads=1)
-    images, labels = batch(cfg)
-    drawn = record_fast_masks(monkeypatch)
-    model.forward(images, training=True)
-    sites = fast_mask_sites(cfg)
-    assert len(drawn) == len(sites)
-    # The fast attention core draws its mask for the transposed scores (keys, queries).
-    store = {s: (m.swapaxes(-1, -2) if s.endswith(".attn") else m) for s, m in zip(sites, drawn)}
+def test_same_numbers_as_the_fast_model_with_dropout(backend, pool) -> None:
+    """Dropout on: the reference draws its masks through npvit's keyed mask function, the fast model splits
+    the batch over two threads; the masks, and so every number, are the same."""
+    cfg = tiny(pool=pool, gelu="tanh" if pool == "cls" else "erf", dropout=True)
+    model, params = fast_and_reference(cfg, threads=2, backend=backend)
+    images, labels = batch(cfg, size=6)
     asked: list[str] = []
+    keyed = ref.keyed_masks(1234, first_sample=40, xp=model.backend.xp)
 
     def masks(site, shape, rate):
         asked.append(site)
-        assert store[site].shape == shape, site
-        return store[site]
+        return keyed(site, shape, rate)
 
-    model.rng = model.backend.rng(2 + 1)  # the same draws again
-    compare_step(model, params, cfg, images, labels, masks)
-    assert asked == sites
+    compare_step(model, params, cfg, images, labels, masks, forward=dict(dropout_seed=1234, first_sample=40))
+    assert asked == mask_sites(cfg)
+
+
+def test_keyed_masks_follow_the_global_sample_index() -> None:
+    """Images 2.. of a batch, given first_sample=2, get the masks they get inside the whole batch."""
+    cfg = tiny(dropout=True)
+    params = random_params(cfg)
+    images, _ = batch(cfg, size=5)
+    whole, _ = ref.vit_forward(params, images, cfg, ref.keyed_masks(9))
+    part, _ = ref.vit_forward(params, images[2:], cfg, ref.keyed_masks(9, first_sample=2))
+    other, _ = ref.vit_forward(params, images, cfg, ref.keyed_masks(10))
+    assert_close(part, whole[2:], "logits of images 2..", tol=1e-14)
+    assert not np.allclose(other, whole)  # another seed, other masks
 
 
 def zero_key_bias_grads(cfg: ViTConfig, grads: dict) -> None:
@@ -358,6 +348,24 @@ def test_same_parameters_after_three_adamw_steps(decay_convention, epsilon_conve
         assert_close(state.v[name], opt.v[name], f"v/{name}")
 
 
+def test_adamw_step_with_a_non_finite_gradient_changes_nothing() -> None:
+    cfg = tiny()
+    model, params = fast_and_reference(cfg, threads=1)
+    opt, state = AdamW(model.params, lr=0.01), ref.adamw_init(params)
+    grads = {n: np.ones_like(p) for n, p in params.items()}
+    ref.adamw_step(params, grads, state, lr=0.01)
+    opt.step(grads)
+    before = {n: p.copy() for n, p in params.items()}
+    fast_before = {n: p.copy() for n, p in model.params.items()}
+    grads["pos_embed"][0, 0] = np.inf
+    assert not np.isfinite(ref.adamw_step(params, grads, state, lr=0.01))
+    assert not np.isfinite(float(opt.step(grads)))
+    assert state.t == opt.step_count == 1
+    for name, p in params.items():
+        assert np.array_equal(p, before[name]) and np.array_equal(model.params[name], fast_before[name]), name
+        assert_close(state.m[name], opt.m[name], f"m/{name}")  # the moments of step 1, on both sides
+
+
 # ---- details --------------------------------------------------------------------------------------------------
 def test_attention_element_by_element(rng) -> None:
     """attention_forward against a loop over images, heads, queries and keys."""
@@ -387,12 +395,12 @@ def test_dropout_sites_and_keep_probability() -> None:
     params = ref.init_params(cfg)
     store: dict = {}
     ref.vit_forward(params, np.zeros((2, 8, 8, 3)), cfg, fixed_masks(0, store))
-    assert sorted(store) == sorted(fast_mask_sites(cfg))
-    assert store["blocks.0.attn"].shape == (2, cfg.num_heads, cfg.num_tokens, cfg.num_tokens)
+    assert sorted(store) == sorted(mask_sites(cfg))
+    assert store["blocks.0.attn.attn_drop"].shape == (2, cfg.num_heads, cfg.num_tokens, cfg.num_tokens)
     assert ref.drop_probability(0.1) == 6554 / 65536
     y, _ = ref.dropout_forward(np.ones(4), np.array([True, False, True, True]), 0.1)
     assert np.array_equal(y, np.array([1, 0, 1, 1]) / (1 - 6554 / 65536))
-    keep = ref.random_masks(0)("x", (200, 1000), 0.25)
+    keep = ref.keyed_masks(0)("x", (200, 1000), 0.25)
     assert abs(keep.mean() - 0.75) < 0.005
 
 
