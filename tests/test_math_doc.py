@@ -11,8 +11,9 @@ The rules this file applies:
    c. a dotted name starting with ``npvit.`` resolves, by import and attribute access;
    d. a name starting with a class of the package (``VisionTransformer.backward``, ``AdamW.step``) names an
       attribute of that class;
-   e. a parameter name, or the prefix of one (``blocks.i.attn.qkv.w``, ``head.fc0``; ``blocks.i`` for any
-      block), is one of the model's (every pool and head size);
+   e. a parameter name or dropout site name, or the prefix of one (``blocks.i.attn.qkv.w``, ``head.fc0``,
+      ``blocks.0.mlp.drop1``; ``blocks.i`` for any block), is one of the model's, as npvit.reference uses
+      them (every pool, two head layers);
    f. any other name, plain or dotted (``layernorm_backward``, ``model.grads``), has every part occur in the
       package's source as a name (definition, variable, argument, attribute, keyword) or a string; a call
       (``softmax_forward(st, axis=-2, ...)``) is checked by its callee and keyword names, an assignment
@@ -116,12 +117,18 @@ def class_attribute(class_name: str, attrs: list[str]) -> bool:
 
 
 @lru_cache(maxsize=None)
-def param_prefixes() -> frozenset[str]:
-    """Every parameter name of the model, and every dotted prefix of one, for all pool variants."""
+def model_names() -> frozenset[str]:
+    """Every parameter name and dropout site name of the model, and every dotted prefix of one, as the
+    reference uses them (flatten and cls pooling, two head layers)."""
     names: set[str] = set()
     for pool in ("flatten", "cls"):
-        cfg = dataclasses.replace(ViTConfig.tiny(), pool=pool, head_units=(6, 5))
-        for name in ref.init_params(cfg):
+        cfg = dataclasses.replace(ViTConfig.tiny(), pool=pool, head_units=(6, 5), dropout=0.1,
+                                  attention_dropout=0.1, head_dropout=0.1)
+        params = ref.init_params(cfg)
+        sites: list[str] = []
+        ref.vit_forward(params, np.zeros((1, cfg.image_size, cfg.image_size, cfg.channels)), cfg,
+                        lambda site, shape, rate: sites.append(site) or np.ones(shape, dtype=bool))
+        for name in [*params, *sites]:
             parts = name.split(".")
             names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     return frozenset(names)
@@ -148,7 +155,7 @@ def check_name(name: str) -> str | None:
     if name.startswith("npvit."):
         return None if resolve_npvit(name) else "does not resolve"
     normalized = re.sub(r"^blocks\.(i|[0-9]+)(?=\.|$)", "blocks.0", name)
-    if normalized in param_prefixes():
+    if normalized in model_names():
         return None
     first, *rest = name.split(".")
     if first in class_modules() and rest:
@@ -200,6 +207,7 @@ def test_code_names_quoted_in_math_md_exist() -> None:
     ("npvit.reference", True), ("npvit.nothing_here", False), ("VisionTransformer.backward", True),
     ("AdamW.no_such_method", False), ("layernorm_backward", True), ("layernorm_backwards", False),
     ("model.grads", True), ("blocks.i.attn.qkv.w", True), ("blocks.3.mlp.fc1", True), ("head.fc0.w", True),
+    ("blocks.i.mlp.drop1", True), ("head_drop", True), ("head.drop2", False), ("blocks.0.mlp.fc2", False),
     ("softmax_forward(st, axis=-2, ...)", True), ("softmax_forward(st, axiz=-2)", False),
     ("dz = p.copy()", True), ("dzz = p.copy()", False), ("keep=False", True), ("keeps=False", False),
     ("npvit/kernels/*.py", True), ("npvit/kernel/*.py", False), ("python -m npvit.reference", True),
