@@ -4,6 +4,7 @@
     ds = load_dataset("cifar100", label_mode="coarse")           # cache, downloading if needed
     ds = load_dataset("cifar10", data_dir="/data/cifar-10-binary.tar.gz", download=False)
     ds.x_train.shape, ds.y_train.dtype, ds.num_classes          # (50000, 32, 32, 3) uint8, int64, 10
+    ds = load_run_dataset(checkpoint.meta["run"])                # the dataset a run was trained on
 
 Only NumPy and the standard library are used. Binary archives are read with NumPy alone; the python-layout
 pickles go through a restricted unpickler that builds arrays and refuses everything else. Downloads resume
@@ -17,6 +18,7 @@ from .dataset import Dataset
 from .download import Source
 from .errors import DataError
 from .load import DATASETS, default_cache_dir, load_dataset
+from .run import check_data_settings, load_run_dataset, native_image_size
 from .synthetic import synthetic_dataset
 
 __all__ = [
@@ -25,7 +27,10 @@ __all__ = [
     "DataError",
     "Dataset",
     "Source",
+    "check_data_settings",
     "default_cache_dir",
     "load_dataset",
+    "load_run_dataset",
+    "native_image_size",
     "synthetic_dataset",
 ]
