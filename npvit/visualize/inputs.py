@@ -15,8 +15,9 @@ So an image file reaches the model as a CIFAR test image would.
 
 Before that, every Pillow mode becomes 8-bit RGB by its real range (:func:`to_rgb`): 16-bit greyscale is
 scaled, not clipped (Pillow's own ``convert("RGB")`` clips 0..65535 to 0..255, turning a 16-bit PNG white),
-32-bit integer and float images likewise, palettes are looked up, transparent pixels are laid on white, and
-CMYK, YCbCr, LAB and HSV go through Pillow's colour conversions.
+32-bit integer and float images likewise, palettes are looked up, transparent pixels are laid on white,
+CMYK is converted as R = 255 (1 - C)(1 - K) (and likewise G, B), and YCbCr, LAB and HSV go through Pillow's
+colour conversions.
 """
 
 from __future__ import annotations
@@ -176,10 +177,14 @@ def to_rgb(img: Any) -> Any:
         lo, hi = value_range(mode, pixels)
         grey = np.clip(np.rint((pixels - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
         return image_mod.fromarray(grey, "L").convert("RGB")
+    if mode == "CMYK":  # the textbook conversion, the same on every Pillow version: R = (1 - C)(1 - K), ...
+        cmyk = np.asarray(img).astype(np.float64) / 255.0
+        rgb = 255.0 * (1.0 - cmyk[..., :3]) * (1.0 - cmyk[..., 3:])
+        return image_mod.fromarray(np.rint(rgb).astype(np.uint8), "RGB")
     if mode in ALPHA or (mode in ("P", "L", "RGB") and "transparency" in img.info):
         rgba = img.convert("RGBA")
         return image_mod.alpha_composite(image_mod.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return img.convert("RGB")  # RGB, L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX: Pillow's colour conversions
+    return img.convert("RGB")  # RGB, L, 1, P, YCbCr, LAB, HSV, RGBX: Pillow's colour conversions
 
 
 def dataset_image(loaded: LoadedModel, index: int, data_dir: str | None = None, cache_dir: str | None = None,

@@ -18,7 +18,7 @@ from .extras import matplotlib_figure, pillow_image
 from .inputs import InputError
 
 DEFAULT_DPI = 100
-MAX_PIXELS = 200_000_000  # about 800 MB of RGBA while drawing; a figure larger than that is a mistake
+MAX_PIXELS = 50_000_000  # about 200 MB of RGBA while drawing; the largest figure at 600 dpi is half that
 
 
 def new_figure(width: float, height: float) -> Any:
