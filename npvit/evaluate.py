@@ -125,12 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
-    from .data import load_run_dataset
+    from .data import DataError, load_run_dataset
 
     path = resolve_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(path)
     model, augmenter = model_from_checkpoint(ckpt, get_backend(args.backend), source=str(path))
     data = load_run_dataset(ckpt.meta.get("run", {}), args.data_dir, args.cache_dir, progress=not args.json)
+    if len(data.y_test) == 0:
+        raise DataError(f"the test split of the run in {path} is empty: nothing to evaluate")
     if data.num_classes != model.config.num_classes:
         raise CheckpointError(f"the dataset has {data.num_classes} classes but the model in {path} was trained "
                               f"for {model.config.num_classes}")

@@ -12,7 +12,6 @@ Needs Pillow, from the ``viz`` extra: ``pip install 'npvit[viz]'``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any

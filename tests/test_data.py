@@ -544,6 +544,22 @@ def test_progress_output(served, capsys, tmp_path: Path) -> None:
     assert "\r" in out and "x.tar.gz" in out and "2.00M/2.00M" in out and "B/s" in out and "100%" in out and out.endswith("\n")
 
 
+def test_progress_bar_only_on_a_terminal_unless_forced() -> None:
+    from npvit.progress import format_seconds
+
+    plain = io.StringIO()
+    bar = ProgressBar(4, "epoch 1/1", stream=plain)
+    bar.update(2, loss=0.5)
+    bar.close()
+    assert plain.getvalue() == "" and not bar.live
+    forced = io.StringIO()
+    bar = ProgressBar(4, "epoch 1/1", stream=forced, enabled=True, leave=True)  # kept: its last state shows
+    bar.update(4, loss=0.123456, acc="50.00%")
+    bar.close()
+    assert "epoch 1/1" in forced.getvalue() and "loss 0.1235  acc 50.00%" in forced.getvalue()
+    assert (format_seconds(12), format_seconds(3725)) == ("0:12", "1:02:05")
+
+
 # ------------------------------------------------------------------------------------------ synthetic
 
 def test_synthetic_dataset_is_deterministic_and_learnable() -> None:

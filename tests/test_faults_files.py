@@ -487,6 +487,8 @@ def bad_checkpoints(run: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
         "dtype": (rewrite(best, tmp / "dtype.npz", {"dtype": "float16"}), "dtype is 'float16'"),
         "class-names": (rewrite(best, tmp / "names.npz", {"class_names": ["a"]}), "class_names must be 4 strings"),
         "nan-weights-ok": (rewrite(best, tmp / "nanw.npz", params=nan_weights), ""),
+        "empty-test-split": (rewrite(best, tmp / "empty.npz", {"run": dict(run_settings, synthetic_size=[64, 0])}),
+                             "test split of the run in"),
     }
 
 
@@ -507,8 +509,8 @@ def test_damaged_checkpoints_are_one_clear_error_in_every_command(damaged, run: 
     figure.write_bytes(b"an earlier figure")
     before = digests(run.parent) | digests(tmp_path)
     for name, (path, message) in damaged.items():
-        if name == "nan-weights-ok":  # a valid file: its NaN outputs are the next test's business
-            continue
+        if name == "nan-weights-ok" or (name == "empty-test-split" and command != "evaluate"):
+            continue  # valid files for this command: NaN outputs are the next test's business
         main = {"evaluate": lambda p: evaluate_cli.main([str(p)]),
                 "predict": lambda p: predict_cli.main([str(p), str(image)]),
                 "visualize": lambda p: visualize(["filters", str(p), "--out", str(figure)])}[command]
