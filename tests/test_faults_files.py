@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -25,6 +26,11 @@ import numpy as np
 import pytest
 from data_fixtures import write_archive, write_cifar
 
+try:
+    from PIL import Image as PIL_Image
+except ImportError:  # the viz extra is optional: the tests that read or write images skip without it
+    PIL_Image = None
+
 import npvit
 from npvit import evaluate as evaluate_cli
 from npvit import train as train_cli
@@ -36,6 +42,9 @@ from npvit.data.safe_pickle import safe_load
 from npvit.io import atomic_write, dumps_finite, is_temp_file, remove_stale_temp_files
 
 ROOT = Path(npvit.__file__).resolve().parents[1]
+needs_pillow = pytest.mark.skipif(PIL_Image is None, reason="Pillow (the viz extra) is not installed")
+needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None or PIL_Image is None,
+                                      reason="matplotlib and Pillow (the viz extra) are not installed")
 TINY = ["--dataset", "synthetic", "--synthetic-size", "64,32", "--synthetic-image-size", "16",
         "--synthetic-classes", "4", "--preset", "tiny", "--batch-size", "32", "--epochs", "1", "--threads", "1",
         "--quiet"]
@@ -322,9 +331,7 @@ def test_cifar_pickles_from_python3_load_with_protocols_2_and_5(tmp_path: Path, 
 
 
 # =============================================================================================== 5. image modes
-PIL_Image = pytest.importorskip("PIL.Image")
-
-from npvit.visualize.inputs import read_image  # noqa: E402  (after the Pillow check)
+from npvit.visualize.inputs import InputError, read_image  # noqa: E402  (imports Pillow only when used)
 
 
 def _grey(values: np.ndarray) -> np.ndarray:
@@ -334,6 +341,7 @@ def _grey(values: np.ndarray) -> np.ndarray:
 RAMP = np.arange(64, dtype=np.float64).reshape(8, 8) / 63.0  # 0 .. 1 across the image
 
 
+@needs_pillow
 @pytest.mark.parametrize("mode", ["I;16", "I;16B", "I-16bit", "I-wide", "F-unit", "F-bytes", "F-wide", "P",
                                   "P-transparent", "RGBA", "LA", "1", "L", "CMYK", "YCbCr"])
 def test_every_pillow_mode_is_read_by_its_real_range(tmp_path: Path, mode: str) -> None:
@@ -396,20 +404,19 @@ def test_every_pillow_mode_is_read_by_its_real_range(tmp_path: Path, mode: str) 
     np.testing.assert_allclose(got.astype(int), expected.astype(int), atol=tolerance, err_msg=mode)
 
 
+@needs_pillow
 def test_nan_pixels_are_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "nan.tif"
     PIL_Image.fromarray(np.full((4, 4), np.nan, dtype=np.float32)).save(path)
-    from npvit.visualize.inputs import InputError
-
     with pytest.raises(InputError, match="cannot use image .*nan.tif: its F pixels include NaN"):
         read_image(path, 4)
 
 
+@needs_matplotlib
 def test_predict_and_visualize_see_a_16_bit_png_as_its_8_bit_twin(run: Path, tmp_path: Path, capsys) -> None:
     from npvit import predict as predict_cli
     from npvit.visualize.__main__ import main as visualize
 
-    pytest.importorskip("matplotlib")
     ramp = np.add.outer(np.arange(16), np.arange(16)) / 30.0
     deep, flat = tmp_path / "deep.png", tmp_path / "flat.png"
     PIL_Image.fromarray(np.rint(ramp * 65535).astype(np.uint16)).save(deep)
@@ -427,6 +434,12 @@ def test_predict_and_visualize_see_a_16_bit_png_as_its_8_bit_twin(run: Path, tmp
 
 
 # =============================================================================================== 7, 8. bad files
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    PIL_Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _file(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -497,14 +510,15 @@ def damaged(run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tu
     return bad_checkpoints(run, tmp_path_factory.mktemp("damaged"))
 
 
-@pytest.mark.parametrize("command", ["evaluate", "predict", "visualize"])
+@pytest.mark.parametrize("command", ["evaluate", pytest.param("predict", marks=needs_pillow),
+                                     pytest.param("visualize", marks=needs_matplotlib)])
 def test_damaged_checkpoints_are_one_clear_error_in_every_command(damaged, run: Path, tmp_path: Path, capsys,
                                                                   command: str) -> None:
     from npvit import predict as predict_cli
     from npvit.visualize.__main__ import main as visualize
 
     image = tmp_path / "image.png"
-    PIL_Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image)
+    image.write_bytes(_png(np.zeros((16, 16, 3), np.uint8)) if PIL_Image is not None else b"")
     figure = tmp_path / "figure.png"
     figure.write_bytes(b"an earlier figure")
     before = digests(run.parent) | digests(tmp_path)
@@ -523,6 +537,7 @@ def test_damaged_checkpoints_are_one_clear_error_in_every_command(damaged, run: 
     assert digests(run.parent) | digests(tmp_path) == before  # no file written, none changed
 
 
+@needs_pillow
 def test_real_processes_exit_with_one_message(damaged, run: Path, tmp_path: Path) -> None:
     figure = tmp_path / "figure.png"
     figure.write_bytes(b"an earlier figure")
@@ -541,6 +556,7 @@ def test_real_processes_exit_with_one_message(damaged, run: Path, tmp_path: Path
     assert figure.read_bytes() == b"an earlier figure"
 
 
+@needs_matplotlib
 def test_a_figure_too_large_to_draw_is_refused_before_drawing(run: Path, tmp_path: Path, capsys) -> None:
     from npvit.visualize.__main__ import main as visualize
     from npvit.visualize.plotting import MAX_PIXELS
