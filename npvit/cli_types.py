@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -72,11 +73,18 @@ BAD_INPUT, OUT_OF_MEMORY, INTERRUPTED = 2, 1, 130
 def run_command(body: Callable[[], int], expected: tuple[type[BaseException], ...], memory_hint: str = "") -> int:
     """``body()``, with each expected error (bad input, a damaged file, a missing extra) printed as one
     ``error: ...`` line on stderr and :data:`BAD_INPUT` returned instead of a traceback. MemoryError and
-    Ctrl-C are reported the same way; anything else propagates with its traceback, since it is a bug.
+    Ctrl-C are reported the same way, and a closed output pipe (``| head``) ends the command quietly;
+    anything else propagates with its traceback, since it is a bug.
     ``memory_hint`` says what to change when memory runs out (e.g. "; try a smaller --batch-size").
     """
     try:
         return body()
+    except BrokenPipeError:  # the reader went away (``| head``): nothing to say, and no one to say it to
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush fails silently
+        except (OSError, ValueError):  # stdout is not a file descriptor (captured)
+            pass
+        return 1
     except expected as exc:
         print(f"error: {exc}", file=sys.stderr)
         return BAD_INPUT

@@ -659,6 +659,8 @@ def test_expected_errors_are_one_line_and_bugs_keep_their_traceback(capsys) -> N
     assert capsys.readouterr().err == "error: no data\n"
     assert run_command(lambda: (_ for _ in ()).throw(MemoryError()), (DataError,), "; try less") == 1
     assert capsys.readouterr().err == "error: out of memory; try less\n"
+    assert run_command(lambda: (_ for _ in ()).throw(BrokenPipeError()), (OSError,)) == 1  # `| head`: quiet
+    assert capsys.readouterr().err == ""
     with pytest.raises(ZeroDivisionError):
         run_command(lambda: 1 // 0, (DataError,))
 
