@@ -87,7 +87,7 @@ class _TarBytes:
 
     def read(self, n: int = -1) -> bytes:
         parts = []
-        while n < 0 or n > 0:
+        while n != 0:  # n < 0: everything that is left
             if self._at == len(self._piece):
                 self._piece, self._at = self._next_piece(), 0
                 if not self._piece:
