@@ -11,7 +11,7 @@ same folder (a new run or ``--resume``) fails at once instead of interleaving it
 the first. The operating system drops the lock when the process ends, however it ends, so the lock of a run
 killed with SIGKILL is simply taken over. (flock is advisory and local: it does not protect a folder shared
 over NFS between machines.) Once locked, leftover temporary files of writes a killed run never finished
-(``.last.npz.*.tmp``, hundreds of MB for the Keras preset) are removed.
+(``.last.npz.<random>.npvit-tmp``, hundreds of MB for the Keras preset) are removed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write
+from .io import atomic_write, remove_stale_temp_files
 from .settings import UsageError
 
 try:
@@ -32,8 +32,6 @@ except ImportError:  # not POSIX: folders are not locked
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".lock"
-# What the run writes, each through atomic_write, whose temporary files are ".<name>.<random>.tmp".
-RUN_FILES = ("config.json", "metrics.jsonl", "last.npz", "best.npz", "summary.json")
 
 
 class FolderInUse(UsageError):
@@ -61,7 +59,7 @@ class RunFolder:
         self.created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock()
-        return remove_stale_temporaries(self.path)
+        return sorted(p.name for p in remove_stale_temp_files(self.path))
 
     def _lock(self) -> None:
         if fcntl is None:
@@ -123,22 +121,6 @@ class RunFolder:
     def earlier_run_files(self) -> list[str]:
         """Names of files an earlier run left here (the lock file aside)."""
         return [p.name for p in (self.config, self.metrics, self.last, self.best, self.summary) if p.exists()]
-
-
-def remove_stale_temporaries(folder: Path) -> list[str]:
-    """Delete the temporary files of atomic writes that never finished (a killed process leaves them).
-
-    Only call this while holding the folder's lock: a live writer's temporary file looks the same.
-    """
-    removed = []
-    for name in RUN_FILES:
-        for tmp in folder.glob(f".{name}.*.tmp"):
-            try:
-                tmp.unlink()
-                removed.append(tmp.name)
-            except FileNotFoundError:
-                pass
-    return removed
 
 
 class MetricsLog:

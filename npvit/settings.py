@@ -31,7 +31,7 @@ from .cli_types import (
     unit_interval,
 )
 from .config import GELUS, POOLS, PRESETS, ViTConfig
-from .data import DATASETS
+from .data import DATASETS, DataError, check_data_settings
 from .optim import DECAY_CONVENTIONS
 from .schedule import SCHEDULES
 
@@ -267,12 +267,10 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{s.flag} {exc}") from None
     if checked["seed"] >= SEED_LIMIT:
         raise ValueError(f"--seed must be below 2**63, got {checked['seed']}")
-    if len(checked["synthetic_size"]) != 2:
-        raise ValueError(f"--synthetic-size takes two counts, TRAIN,TEST (like 1000,200), got "
-                         f"{show(checked['synthetic_size'])}")
-    if checked["label_mode"] == "coarse" and checked["dataset"] != "cifar100":
-        raise ValueError(f"--label-mode coarse is CIFAR-100's 20 superclasses; {checked['dataset']} has one "
-                         "set of labels: leave --label-mode out")
+    try:  # the data settings together (two synthetic counts, coarse labels only for CIFAR-100, size bounds)
+        check_data_settings(checked)
+    except DataError as exc:
+        raise ValueError(str(exc)) from None
     return checked
 
 

@@ -33,10 +33,11 @@ import numpy as np
 from . import memory
 from .augment import Augmenter, channel_stats
 from .backend import BackendUnavailableError, get_backend, to_numpy
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .communicator import Communicator, SingleProcess
-from .data import DataError
-from .evaluate import EvalResult, evaluate, load_run_dataset
+from .data import DataError, load_run_dataset
+from .evaluate import EvalResult, evaluate
+from .io import atomic_write
 from .kernels.cross_entropy import check_labels
 from .model import ViT
 from .optim import AdamW
@@ -350,7 +351,7 @@ class Run:
             # The resumed totals count once: on rank 0.
             sums = RunningSums(xp, part.loss_sum, part.correct) if self.writer else RunningSums(xp)
             self.bar = bar = ProgressBar(self.steps_per_epoch, f"epoch {epoch + 1}/{s['epochs']}",
-                                         enabled=bar_enabled)
+                                         enabled=bar_enabled, start=st.step_in_epoch)
             start = time.perf_counter() - part.seconds
             schedule.start(st.global_step)
             last_read = (time.perf_counter(), st.global_step)
