@@ -77,6 +77,10 @@ class RunState:
     best_epoch: int | None = None
     partial: EpochTotals = field(default_factory=EpochTotals)
 
+    def where(self) -> str:
+        """'epoch 3, step 93': the epoch (1-based) the last step belongs to, and the steps done."""
+        return f"epoch {self.epoch + (1 if self.step_in_epoch else 0)}, step {self.global_step}"
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored in a checkpoint's meta under "state"."""
         return asdict(self)

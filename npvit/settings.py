@@ -184,7 +184,8 @@ def show(value: Any) -> str:
 def help_text(setting: Setting) -> str:
     """The --help line of a setting: what it does, then its default (or the keras preset's value)."""
     if setting.preset_field is not None:
-        return f"{setting.help} (default from --preset; keras: {show(getattr(ViTConfig.keras(), setting.preset_field))})"
+        keras_value = getattr(ViTConfig.keras(), setting.preset_field)
+        return f"{setting.help} (default from --preset; keras: {show(keras_value)})"
     if setting.kind == "bool" or setting.default is None:
         return setting.help
     return f"{setting.help} (default {show(setting.default)})"

@@ -24,7 +24,6 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -308,7 +307,7 @@ class Run:
             raise CheckpointError(f"{path} does not fit this run's model: {exc}") from None
         state.check_fits(self.steps_per_epoch, self.s["batch_size"], len(self.x_train), self.opt.step_count, str(path))
         self.state = state
-        self.last_good = f"{path} (epoch {state.epoch + (1 if state.step_in_epoch else 0)}, step {state.global_step})"
+        self.last_good = f"{path} ({state.where()})"
         self.say(f"resumed {self.folder.path} at epoch {state.epoch + 1}, step {state.global_step}")
 
     # ---- checkpoints --------------------------------------------------------------------------------------
@@ -332,8 +331,7 @@ class Run:
         meta = dict(self.base_meta, state=self.state.to_dict())
         for path in paths:
             save_checkpoint(path, params, opt_state, meta)
-        st = self.state
-        self.last_good = f"{self.folder.last} (epoch {st.epoch + (1 if st.step_in_epoch else 0)}, step {st.global_step})"
+        self.last_good = f"{self.folder.last} ({self.state.where()})"
 
     # ---- the loop -----------------------------------------------------------------------------------------
     def loop(self) -> int | None:
