@@ -87,6 +87,7 @@ if __name__ == "__main__":
     set_thread_env(requested_threads(sys.argv[1:]), torch_thp="--torch-thp" in sys.argv[1:])
 
 # The public helpers, importable from this file as before the suite became a package.
+from suite.batch import make_batch  # noqa: E402
 from suite.cli import build_ctx, default_json_path, e2e_rows, jsonable, main  # noqa: E402
 from suite.context import DTYPE, FRAMEWORKS, SECTIONS, SETTINGS, Ctx, Settings  # noqa: E402
 from suite.e2e import section_e2e  # noqa: E402
@@ -96,7 +97,7 @@ from suite.flops import (TRAIN_FACTOR, attention_flops_per_image, dense_flops,  
 from suite.kernels import KernelCase, add_shares, kernel_cases, section_kernels  # noqa: E402
 from suite.memory import memory_in_subprocess, memory_probe  # noqa: E402
 from suite.peak import section_peak  # noqa: E402
-from suite.runners import NpvitRunner, TorchRunner, free, make_batch, make_runners  # noqa: E402
+from suite.runners import NpvitRunner, TorchRunner, free, make_runners  # noqa: E402
 from suite.seqlen import quadratic_fit, section_seqlen  # noqa: E402
 from suite.tables import (fmt, fmt_ms, fmt_pct, fmt_ratio, fmt_rate, md_table, print_e2e,  # noqa: E402
                           print_header, print_kernels, print_peak, print_seqlen, spread_report)

@@ -7,6 +7,7 @@ One job per module; ``benchmarks/run.py`` is the command line and documents what
 ``timing``         timers: alternating contenders, a (forward, backward) loop, the phases of a step
 ``context``        the sizes of a run (``Settings``, ``SETTINGS``) and what every section gets (``Ctx``)
 ``peer``           PyTorch and the torch reference model, or ``None`` where torch is not installed
+``batch``          the random input batch of a config
 ``runners``        one model, optimizer and batch per framework, with a timed step and forward
 ``flops``          FLOP counts of the Vision Transformer
 ``peak``           section ``peak``: the matrix-multiply peak

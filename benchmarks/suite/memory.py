@@ -18,10 +18,11 @@ from typing import Any
 from npvit.demo import PRESETS
 
 from . import ROOT, RUN_PY
+from .batch import make_batch
 from .context import Ctx
 from .environment import proc_kb
 from .peer import torch
-from .runners import NpvitRunner, TorchRunner, make_batch
+from .runners import NpvitRunner, TorchRunner
 
 
 def memory_in_subprocess(ctx: Ctx, framework: str, preset: str, batch: int) -> dict:
