@@ -291,11 +291,15 @@ def test_data_parallel_step_sums_to_the_whole_batch_step(scaling) -> None:
         assert set(times) == {"forward", "backward", "pack", "allreduce", "optimizer", "step"}
         return model, flat
 
-    class Keep(scaling.SingleProcess):
+    class Keep(scaling.SingleProcess):  # rank 1 of 2: keeps its gradient for rank 0
+        size = 2
+
         def allreduce_sum(self, buffer):
             self.buffer = buffer.copy()
 
-    class AddOther(scaling.SingleProcess):
+    class AddOther(scaling.SingleProcess):  # rank 0 of 2: adds rank 1's gradient to its own
+        size = 2
+
         def allreduce_sum(self, buffer):
             buffer += other.buffer
 
