@@ -9,13 +9,13 @@
 **Measured on this machine.** Each layout runs in fresh processes with its thread variables set before NumPy
 loads: one process with ``threads`` shards (npvit's own threads), or ``mpiexec -n P`` processes of one
 thread each. Every process builds the same model (same seed) and the same global batch, takes its disjoint
-slice of the batch (``npvit.parallel.shard_slices``, as a data-parallel trainer does), and times steps of
-forward, loss, backward, a sum of the flat float32 gradient over the processes (one MPI Allreduce in place,
-the loss gradient scaled by local / global batch so that the sum is the gradient of the global mean loss),
-and AdamW. Per phase the table gives the slowest rank's time, median over the steps after one warm-up;
-"allreduce alone" is the same Allreduce again with the ranks lined up by a barrier: the transfer without
-waiting for the slower rank. Rounds alternate the layouts. The gradient is allreduced in place where the
-model's gradients are views of one flat buffer, and packed into one (timed apart) where they are not.
+slice of the batch (``npvit.parallel.shard_slices``, as a data-parallel trainer does; its dropout masks keyed
+by the global index of its first image, so the masks are the single process's), and times steps of forward,
+loss, backward, a sum of the flat float32 gradient buffer (``model.grads.flat``) over the processes (one MPI
+Allreduce in place, the loss gradient scaled by local / global batch so that the sum is the gradient of the
+global mean loss), and AdamW. Per phase the table gives the slowest rank's time, median over the steps after
+one warm-up; "allreduce alone" is the same Allreduce again with the ranks lined up by a barrier: the transfer
+without waiting for the slower rank. Rounds alternate the layouts.
 
 **Projected to N nodes** (``project``): a node is this machine running the 1-process layout; each step pays
 its compute (forward, loss, backward, proportional to the images it holds), AdamW over every parameter (every
@@ -182,70 +182,25 @@ class SingleProcess:
         return [value]
 
 
-class FlatGradient:
-    """The gradient as one contiguous 1-D buffer, the thing an allreduce sums.
-
-    Where every gradient array is a view of one flat buffer (npvit's flat parameter layout), that buffer is
-    summed in place; otherwise the arrays (which the backward pass replaces every step) are packed into one
-    before the sum and written back after (timed apart, as "pack").
-    """
-
-    def __init__(self, grads: dict[str, Any]) -> None:
-        import numpy as np
-
-        arrays = list(grads.values())
-        total = sum(int(a.size) for a in arrays)
-        base = arrays[0].base
-        if base is not None and base.ndim == 1 and base.flags.c_contiguous and base.size == total:
-            self.buffer = base
-        else:
-            self.buffer = np.empty(total, dtype=arrays[0].dtype)
-        self.nbytes = int(self.buffer.nbytes)
-
-    def in_place(self, grads: dict[str, Any]) -> bool:
-        """Whether ``grads`` are all views of the buffer (nothing to pack)."""
-        return all(a.base is self.buffer for a in grads.values())
-
-    def pack(self, grads: dict[str, Any]) -> None:
-        if not self.in_place(grads):
-            start = 0
-            for a in grads.values():
-                self.buffer[start:start + a.size] = a.reshape(-1)
-                start += a.size
-
-    def unpack(self, grads: dict[str, Any]) -> None:
-        if not self.in_place(grads):
-            start = 0
-            for a in grads.values():
-                a[...] = self.buffer[start:start + a.size].reshape(a.shape)
-                start += a.size
-
-
-def data_parallel_step(model: Any, opt: Any, comm: Any, flat: FlatGradient, x: Any, y: Any,
-                       scale: float) -> dict[str, float]:
-    """One data-parallel training step on this rank's images, timed by phase (seconds)."""
+def data_parallel_step(model: Any, opt: Any, comm: Any, x: Any, y: Any, first_sample: int, global_batch: int,
+                       dropout_seed: int) -> dict[str, float]:
+    """One data-parallel training step on this rank's images ``x``, ``y`` (global indices from
+    ``first_sample``), timed by phase (seconds): the gradient buffer summed over the ranks before AdamW."""
     import npvit
 
-    times: dict[str, float] = {}
     t0 = time.perf_counter()
-    logits = model.forward(x, training=True)
+    logits = model.forward(x, training=True, dropout_seed=dropout_seed, first_sample=first_sample)
     t1 = time.perf_counter()
     dlogits = npvit.cross_entropy_backward(npvit.cross_entropy_forward(logits, y)[1])
-    dlogits *= dlogits.dtype.type(scale)  # local mean -> this rank's share of the global mean
+    dlogits *= dlogits.dtype.type(len(x) / global_batch)  # local mean -> this rank's share of the global mean
     model.backward(dlogits)
-    t2 = t3 = t4 = t5 = time.perf_counter()
+    t2 = t3 = time.perf_counter()
     if comm.size > 1:  # one process has nothing to sum
-        flat.pack(model.grads)
+        comm.allreduce_sum(model.grads.flat)
         t3 = time.perf_counter()
-        comm.allreduce_sum(flat.buffer)
-        t4 = time.perf_counter()
-        flat.unpack(model.grads)
-        t5 = time.perf_counter()
     opt.step(model.grads)
-    t6 = time.perf_counter()
-    times.update(forward=t1 - t0, backward=t2 - t1, pack=(t3 - t2) + (t5 - t4), allreduce=t4 - t3,
-                 optimizer=t6 - t5, step=t6 - t0)
-    return times
+    t4 = time.perf_counter()
+    return {"forward": t1 - t0, "backward": t2 - t1, "allreduce": t3 - t2, "optimizer": t4 - t3, "step": t4 - t0}
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -271,14 +226,13 @@ def worker(spec: dict[str, Any]) -> dict[str, Any] | None:
     images, labels = make_batch(cfg, spec["batch"])
     part = shard_slices(spec["batch"], comm.size)[comm.rank]
     x, y = np.ascontiguousarray(images[part]), labels[part]
-    flat = FlatGradient(model.grads)
     steps = []
     for i in range(spec["steps"] + 1):
         comm.barrier()  # every step starts together; the allreduce then holds any imbalance of this step
-        times = data_parallel_step(model, opt, comm, flat, x, y, len(x) / spec["batch"])
+        times = data_parallel_step(model, opt, comm, x, y, part.start, spec["batch"], dropout_seed=i)
         if i:  # the first step warms up allocators and caches
             steps.append(times)
-    alone = allreduce_alone(comm, flat.buffer, spec) if comm.size > 1 else None
+    alone = allreduce_alone(comm, model.grads.flat, spec) if comm.size > 1 else None
     checksum = float(sum(float(np.sum(p, dtype=np.float64)) for p in model.params.values()))
     gathered = comm.gather({"steps": steps, "checksum": checksum})
     if comm.rank != 0:
@@ -287,7 +241,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any] | None:
     slowest = {k: statistics.median(max(g["steps"][s][k] for g in gathered) for s in range(len(steps)))
                for k in phases}
     return {"ranks": comm.size, "threads": spec["threads"], "batch": spec["batch"], "preset": spec["preset"],
-            "params": model.num_params(), "gradient_bytes": flat.nbytes, "in_place": flat.in_place(model.grads),
+            "params": model.num_params(), "gradient_bytes": int(model.grads.flat.nbytes),
             "median_s": slowest, "allreduce_alone_s": alone["seconds"] if alone else 0.0,
             "ranks_agree": len({g["checksum"] for g in gathered}) == 1,
             "samples": [g["steps"] for g in gathered]}
@@ -372,7 +326,7 @@ def print_tables(results: dict[str, Any]) -> None:
               f"{results['rounds']} round(s) alternating the layouts, every round's images/s listed. "
               "Allreduce in the step includes waiting for the slower rank; alone, the ranks start together.\n")
         headers = ["layout", "images/s (each round)", "step s", "forward s", "backward s", "allreduce s",
-                   "allreduce alone s", "pack s", "AdamW s", "gradient MB", "sent per rank MB", "ranks agree"]
+                   "allreduce alone s", "AdamW s", "gradient MB", "sent per rank MB", "ranks agree"]
         lines = []
         for name, rounds in runs.items():
             r = rounds[0]
@@ -381,7 +335,7 @@ def print_tables(results: dict[str, Any]) -> None:
             lines.append([name, " / ".join(fmt(r["batch"] / x["median_s"]["step"]) for x in rounds), fmt(med["step"]),
                           fmt(med["forward"]), fmt(med["backward"]), fmt(med["allreduce"]),
                           fmt(statistics.median(x["allreduce_alone_s"] for x in rounds)),
-                          fmt(med["pack"]), fmt(med["optimizer"]), fmt(r["gradient_bytes"] / 1e6), fmt(sent / 1e6),
+                          fmt(med["optimizer"]), fmt(r["gradient_bytes"] / 1e6), fmt(sent / 1e6),
                           "—" if r["ranks"] == 1 else str(all(x["ranks_agree"] for x in rounds))])
         print(md_table(headers, lines))
         print()

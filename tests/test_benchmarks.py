@@ -11,7 +11,6 @@ mode.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import math
@@ -277,8 +276,9 @@ def test_ring_allreduce_cost_and_projection_follow_the_formula(scaling) -> None:
 
 def test_data_parallel_step_sums_to_the_whole_batch_step(scaling) -> None:
     """Two ranks' steps on the halves of a batch, their flat gradients summed, make the one-process step on
-    the whole batch (float64, no dropout)."""
-    cfg = dataclasses.replace(npvit.ViTConfig.tiny(), dropout=0.0, attention_dropout=0.0, head_dropout=0.0)
+    the whole batch (float64, dropout on: its masks are keyed by each image's global index)."""
+    cfg = npvit.ViTConfig.tiny()
+    assert cfg.dropout and cfg.attention_dropout and cfg.head_dropout
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 8, 8, 3))
     y = rng.integers(0, cfg.num_classes, 6)
@@ -286,10 +286,9 @@ def test_data_parallel_step_sums_to_the_whole_batch_step(scaling) -> None:
     def rank(comm, part: slice):
         model = npvit.ViT(cfg, dtype="float64", seed=0, threads=1)
         opt = npvit.AdamW(model.params, lr=1e-2)
-        flat = scaling.FlatGradient(model.grads)
-        times = scaling.data_parallel_step(model, opt, comm, flat, x[part], y[part], 3 / 6)
-        assert set(times) == {"forward", "backward", "pack", "allreduce", "optimizer", "step"}
-        return model, flat
+        times = scaling.data_parallel_step(model, opt, comm, x[part], y[part], part.start, 6, dropout_seed=7)
+        assert set(times) == {"forward", "backward", "allreduce", "optimizer", "step"}
+        return model
 
     class Keep(scaling.SingleProcess):  # rank 1 of 2: keeps its gradient for rank 0
         size = 2
@@ -305,17 +304,17 @@ def test_data_parallel_step_sums_to_the_whole_batch_step(scaling) -> None:
 
     other = Keep()
     rank(other, slice(3, 6))
-    model, flat = rank(AddOther(), slice(0, 3))
-    assert not flat.in_place(model.grads) and flat.nbytes == model.num_params() * 8
+    model = rank(AddOther(), slice(0, 3))
 
     whole = npvit.ViT(cfg, dtype="float64", seed=0, threads=1)  # a plain training step on the whole batch
-    whole.backward(npvit.cross_entropy_backward(npvit.cross_entropy_forward(whole.forward(x, training=True), y)[1]))
+    logits = whole.forward(x, training=True, dropout_seed=7)
+    whole.backward(npvit.cross_entropy_backward(npvit.cross_entropy_forward(logits, y)[1]))
     npvit.AdamW(whole.params, lr=1e-2).step(whole.grads)
-    for name in whole.params:
-        np.testing.assert_allclose(model.grads[name], whole.grads[name], rtol=1e-12, atol=1e-14, err_msg=name)
-        # AdamW's first step moves each weight by about lr = 1e-2; a gradient that is zero up to rounding
-        # moves it by ~1e-15 either way
-        np.testing.assert_allclose(model.params[name], whole.params[name], rtol=1e-10, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(model.grads.flat, whole.grads.flat, rtol=1e-12, atol=1e-14)
+    # AdamW's first step moves each weight by about lr = 1e-2; a gradient that is zero up to rounding moves it
+    # by ~1e-15 either way
+    np.testing.assert_allclose(model.params.flat, whole.params.flat, rtol=1e-10, atol=1e-12)
+    assert not np.allclose(model.params.flat, npvit.ViT(cfg, dtype="float64", seed=0).params.flat)
 
 
 needs_mpi = pytest.mark.skipif(shutil.which("mpiexec") is None or importlib.util.find_spec("mpi4py") is None,

@@ -15,6 +15,7 @@ import numpy as np
 
 import npvit
 from npvit import kernels as K
+from npvit.kernels import DropoutKey
 from npvit.model import Context
 
 from .context import Ctx
@@ -64,7 +65,7 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
     hd = h * kd
     rows, depth = b * t, cfg.depth
     scale = 1.0 / math.sqrt(kd)
-    drop_rng = be.rng(2)
+    drop_key = DropoutKey(2)
     cases: list[KernelCase] = []
 
     # ---- patches ----------------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
 
         def np_setup():
             arrs = [(dev_np(x), dev_np(dy)) for x, dy in xs]
-            return (lambda: [K.dropout_forward(x, rate, drop_rng)[1] for x, _ in arrs],
+            return (lambda: [K.dropout_forward(x, rate, drop_key)[1] for x, _ in arrs],
                     lambda caches: [K.dropout_backward(dy, c) for (_, dy), c in zip(arrs, caches)])
 
         def t_setup():
@@ -265,10 +266,10 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
 
     def np_head():
         pooled, dlogits = dev_np(pooled_h), dev_np(dlogits_h)
-        ctx_train = Context(training=True, rng=model.rng)
+        ctx_train = Context(training=True, dropout_key=DropoutKey(1))
 
         def fwd():
-            hh, c_drop = ctx_train.dropout(pooled, cfg.head_dropout)
+            hh, c_drop = ctx_train.dropout(pooled, cfg.head_dropout, "head_drop")
             hh, c_head = model.head.forward(params, hh, ctx_train)
             _, c_out = model.head_out.forward(params, hh, ctx_train)
             return c_drop, c_head, c_out
@@ -324,10 +325,10 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
     # ---- composites: whole layers through npvit's real code path ---------------------------------------
     x_h, dy_h = host(b, t, d), host(b, t, d)
     blk = model.blocks[0]
-    ctx_train = Context(training=True, rng=model.rng)
+    ctx_train = Context(training=True, dropout_key=DropoutKey(1))
     core_flops = 2 * att_flops
 
-    np_core, t_core = attention_core_setups(ctx, cfg, qkv_h, do_h, drop_rng)
+    np_core, t_core = attention_core_setups(ctx, cfg, qkv_h, do_h, drop_key)
 
     cases.append(KernelCase("attention core (kernels.attention_core_*)", f"{b}x{h}x{t}x{kd}", depth,
                             "GFLOP/s", core_flops, 2 * core_flops, np_core, t_core("eager"), group="composite"))
@@ -382,12 +383,12 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
     return cases
 
 
-def attention_core_setups(ctx: Ctx, cfg: npvit.ViTConfig, qkv_h: np.ndarray, do_h: np.ndarray, drop_rng: Any
+def attention_core_setups(ctx: Ctx, cfg: npvit.ViTConfig, qkv_h: np.ndarray, do_h: np.ndarray, drop_key: Any
                           ) -> tuple[Callable[[], tuple], Callable[[str], Callable[[], tuple]]]:
     """Setups timing the attention core (forward and backward) of ``cfg`` on host data: ``qkv_h`` (B, N, 3, H, d)
     and the incoming gradient ``do_h`` (B, N, H, d), viewed as (B, H, N, d) as the engine views them.
 
-    Returns the npvit setup (``kernels.attention_core_*``, dropout from ``drop_rng``) and a function of the
+    Returns the npvit setup (``kernels.attention_core_*``, dropout masks keyed by ``drop_key``) and a function of the
     torch attention implementation ("eager" or "sdpa") giving the torch setup.
     """
     scale = 1.0 / math.sqrt(cfg.key_dim)
@@ -395,7 +396,7 @@ def attention_core_setups(ctx: Ctx, cfg: npvit.ViTConfig, qkv_h: np.ndarray, do_
     def np_core():
         q, k, v = ctx.backend.asarray(qkv_h).transpose(2, 0, 3, 1, 4)
         do = ctx.backend.asarray(do_h).transpose(0, 2, 1, 3)
-        return (lambda: K.attention_core_forward(q, k, v, cfg.attention_dropout, drop_rng)[2],
+        return (lambda: K.attention_core_forward(q, k, v, cfg.attention_dropout, drop_key)[2],
                 lambda cache: K.attention_core_backward(do, cache))
 
     def t_core(impl: str) -> Callable[[], tuple]:

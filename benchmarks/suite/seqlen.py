@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 import npvit
+from npvit.kernels import DropoutKey
 
 from .context import Ctx
 from .flops import TRAIN_FACTOR, attention_flops_per_image, matmul_flops_per_image
@@ -31,7 +32,7 @@ def section_seqlen(ctx: Ctx, base: npvit.ViTConfig | None = None, label: str = "
         rng = np.random.default_rng(3)
         qkv_h = rng.standard_normal((b, t, 3, cfg.num_heads, cfg.key_dim), dtype=np.float32)
         do_h = rng.standard_normal((b, t, cfg.num_heads, cfg.key_dim), dtype=np.float32)
-        np_core, t_core = attention_core_setups(ctx, cfg, qkv_h, do_h, ctx.backend.rng(4))
+        np_core, t_core = attention_core_setups(ctx, cfg, qkv_h, do_h, DropoutKey(4))
 
         contenders: dict[str, Callable] = {}
         for name, r in runners.items():
