@@ -243,22 +243,31 @@ def worker(spec: dict[str, Any]) -> dict[str, Any] | None:
     return {"ranks": comm.size, "threads": spec["threads"], "batch": spec["batch"], "preset": spec["preset"],
             "params": model.num_params(), "gradient_bytes": int(model.grads.flat.nbytes),
             "median_s": slowest, "allreduce_alone_s": alone["seconds"] if alone else 0.0,
+            "allreduce_alone_faults": alone["faults"] if alone else 0,
             "ranks_agree": len({g["checksum"] for g in gathered}) == 1,
             "samples": [g["steps"] for g in gathered]}
 
 
 def allreduce_alone(comm: Any, buffer: Any, spec: dict[str, Any]) -> dict[str, Any]:
-    """Median seconds of an in-place Allreduce of ``buffer``, the ranks lined up by a barrier before each."""
-    samples = []
+    """Median seconds of an in-place Allreduce of ``buffer``, the ranks lined up by a barrier before each, and
+    the median minor page faults per call (the slowest rank's)."""
+    from suite.timing import process_usage
+
+    samples, faults = [], []
     for i in range(spec["allreduce_repeats"] + 1):
         comm.barrier()
-        start = time.perf_counter()
+        start, before = time.perf_counter(), process_usage()[2]
         comm.allreduce_sum(buffer)
         if i:
             samples.append(time.perf_counter() - start)
-    worst = comm.gather(samples)
-    seconds = statistics.median(max(s[i] for s in worst) for i in range(len(samples))) if worst else 0.0
-    return {"ranks": comm.size, "bytes": int(buffer.nbytes), "seconds": seconds, "samples": worst}
+            faults.append(process_usage()[2] - before)
+    every = comm.gather((samples, faults))
+    if not every:
+        return {}
+    seconds = statistics.median(max(s[i] for s, _ in every) for i in range(len(samples)))
+    return {"ranks": comm.size, "bytes": int(buffer.nbytes), "seconds": seconds,
+            "faults": statistics.median(max(f[i] for _, f in every) for i in range(len(faults))),
+            "samples": [s for s, _ in every]}
 
 
 def launch(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -326,7 +335,7 @@ def print_tables(results: dict[str, Any]) -> None:
               f"{results['rounds']} round(s) alternating the layouts, every round's images/s listed. "
               "Allreduce in the step includes waiting for the slower rank; alone, the ranks start together.\n")
         headers = ["layout", "images/s (each round)", "step s", "forward s", "backward s", "allreduce s",
-                   "allreduce alone s", "AdamW s", "gradient MB", "sent per rank MB", "ranks agree"]
+                   "allreduce alone s (faults)", "AdamW s", "gradient MB", "sent per rank MB", "ranks agree"]
         lines = []
         for name, rounds in runs.items():
             r = rounds[0]
@@ -334,7 +343,8 @@ def print_tables(results: dict[str, Any]) -> None:
             sent = 2 * (r["ranks"] - 1) / r["ranks"] * r["gradient_bytes"]
             lines.append([name, " / ".join(fmt(r["batch"] / x["median_s"]["step"]) for x in rounds), fmt(med["step"]),
                           fmt(med["forward"]), fmt(med["backward"]), fmt(med["allreduce"]),
-                          fmt(statistics.median(x["allreduce_alone_s"] for x in rounds)),
+                          f"{fmt(statistics.median(x['allreduce_alone_s'] for x in rounds))} "
+                          f"({fmt(statistics.median(x['allreduce_alone_faults'] for x in rounds))})",
                           fmt(med["optimizer"]), fmt(r["gradient_bytes"] / 1e6), fmt(sent / 1e6),
                           "—" if r["ranks"] == 1 else str(all(x["ranks_agree"] for x in rounds))])
         print(md_table(headers, lines))
@@ -345,7 +355,8 @@ def print_tables(results: dict[str, Any]) -> None:
         print(f"Raw MPI Allreduce of {fmt(a['bytes'] / 1e6)} MB float32 between {a['ranks']} local processes: "
               f"{fmt(a['seconds'] * 1e3)} ms (median of {len(a['samples'][0])}): {fmt(a['bytes'] / a['seconds'] / 1e9)}"
               f" GB/s of buffer, bus bandwidth 2(N-1)/N x bytes / t = {fmt(bus / 1e9)} GB/s "
-              f"({fmt(bus * 8 / GBIT)} Gbit/s).\n")
+              f"({fmt(bus * 8 / GBIT)} Gbit/s), {fmt(a['faults'])} minor page faults per call in these fresh processes "
+              "(\"allreduce alone\" above is the same call after training steps).\n")
     cost = results.get("cost")
     if not cost:
         return
