@@ -132,7 +132,7 @@ def stop_point(cost: StepCost, gbit_per_s: float, global_batch: int, max_nodes: 
 
 def ceiling_images_per_s(cost: StepCost, gbit_per_s: float, global_batch: int, **levers: Any) -> float:
     """Images/s as N grows without bound with the global batch split: compute -> 0, allreduce -> 2 x bytes /
-    bandwidth (an upper bound: also the compute of each node's last images never reaches zero)."""
+    bandwidth (an upper bound: a node holds at least one image, so its compute never reaches zero)."""
     big = 1 << 30
     return global_batch / (project(cost, big, gbit_per_s, global_batch / big, **levers)["step_s"])
 
