@@ -34,7 +34,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .config import ViTConfig
-from .io import atomic_write
+from .io import atomic_write, is_finite_number, is_int
 
 __all__ = ["Checkpoint", "CheckpointError", "ModelMeta", "atomic_write", "check_model_meta", "check_run_settings",
            "load_checkpoint", "param_count", "resolve_checkpoint", "save_checkpoint"]
@@ -206,13 +206,13 @@ def param_count(config: ViTConfig) -> int:
 
 
 def _finite(value: Any, low: float, high: float = math.inf, low_open: bool = False) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_finite_number(value):
         return False
     return (value > low if low_open else value >= low) and value <= high
 
 
 def _integer(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+    return is_int(value) and value >= low
 
 
 #: Run settings other than the data ones (npvit.data checks those): what each must be, when present.

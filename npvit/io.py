@@ -8,6 +8,7 @@ and nothing else, when the folder is next opened by its owner.
 
 ``dumps_finite(doc)`` is ``json.dumps`` for documents that may hold NaN or infinity, which JSON cannot
 express: they become ``null``, and the caller learns which entries were replaced so it can say so.
+``is_int`` and ``is_finite_number`` check the numbers of a JSON document read back from a file.
 """
 
 from __future__ import annotations
@@ -107,6 +108,22 @@ def dumps_finite(doc: Any, **kwargs: Any) -> tuple[str, list[str]]:
 
     text = json.dumps(clean(doc, ""), allow_nan=False, **kwargs)
     return text, replaced
+
+
+def is_int(value: Any) -> bool:
+    """True for a JSON integer (a Python int, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for a JSON number (int or float, not a bool) that is a finite float: NaN, infinity and integers
+    too large for a float (``1e400`` written out in digits) are not, so the caller can use ``float(value)``."""
+    if not (is_int(value) or isinstance(value, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
 
 
 def _umask() -> int:

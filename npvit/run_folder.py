@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write, remove_stale_temp_files
+from .io import atomic_write, is_int, remove_stale_temp_files
 from .settings import UsageError
 
 try:
@@ -182,7 +182,7 @@ def _parse_row(line: bytes) -> dict[str, Any] | None:
     if not isinstance(row, dict):
         return None
     for key in ("epoch", "step"):
-        if not isinstance(row.get(key), int) or isinstance(row.get(key), bool) or row[key] < 0:
+        if not is_int(row.get(key)) or row[key] < 0:
             return None
     return row
 

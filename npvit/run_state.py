@@ -19,21 +19,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .checkpoint import CheckpointError
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_finite(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+from .io import is_finite_number, is_int
 
 
 _KINDS = {
-    "an integer >= 0": lambda v: _is_int(v) and v >= 0,
-    "an integer >= 1 or null": lambda v: v is None or (_is_int(v) and v >= 1),
-    "a number >= 0": lambda v: _is_finite(v) and v >= 0,
-    "a finite number or null": lambda v: v is None or _is_finite(v),
+    "an integer >= 0": lambda v: is_int(v) and v >= 0,
+    "an integer >= 1 or null": lambda v: v is None or (is_int(v) and v >= 1),
+    "a number >= 0": lambda v: is_finite_number(v) and v >= 0,
+    "a finite number or null": lambda v: v is None or is_finite_number(v),
 }
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +31,7 @@ from .cli_types import (
 )
 from .config import GELUS, POOLS, PRESETS, ViTConfig
 from .data import DATASETS, DataError, check_data_settings
+from .io import is_finite_number, is_int
 from .optim import DECAY_CONVENTIONS
 from .schedule import SCHEDULES
 
@@ -236,25 +236,21 @@ def check_value(setting: Setting, value: Any) -> Any:
             raise ValueError(f"must be one of {', '.join(setting.choices)}, got {value!r}")
         return value
     if kind == "ints":
-        if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
+        if not isinstance(value, (list, tuple)) or not all(is_int(v) for v in value):
             raise ValueError(f"must be a list of integers, got {value!r}")
         text = show(value)
     elif kind == "int":
-        if not _is_int(value):
+        if not is_int(value):
             raise ValueError(f"must be an integer, got {value!r}")
         text = str(value)
     else:  # float
-        if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
+        if not is_finite_number(value):
             raise ValueError(f"must be a finite number, got {value!r}")
         text = repr(float(value))
     try:
         return setting.type(text) if setting.type is not None else value
     except argparse.ArgumentTypeError as exc:
         raise ValueError(str(exc)) from None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_settings(settings: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from npvit.cli_types import bounded, positive, run_command
 from npvit.data import DataError, load_dataset, load_run_dataset
 from npvit.data import archive as archive_mod
 from npvit.data.safe_pickle import safe_load
-from npvit.io import atomic_write, dumps_finite, is_temp_file, remove_stale_temp_files
+from npvit.io import atomic_write, dumps_finite, is_finite_number, is_int, is_temp_file, remove_stale_temp_files
 
 ROOT = Path(npvit.__file__).resolve().parents[1]
 needs_pillow = pytest.mark.skipif(PIL_Image is None, reason="Pillow (the viz extra) is not installed")
@@ -491,6 +491,8 @@ def bad_checkpoints(run: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
                    "weight_decay must be a finite number >= 0"),
         "epsilon-zero": (rewrite(best, tmp / "eps.npz", {"run": dict(run_settings, epsilon=0)}),
                          "epsilon must be a finite number > 0"),
+        "lr-huge-int": (rewrite(best, tmp / "lrint.npz", {"run": dict(run_settings, learning_rate=10**400)}),
+                        "learning_rate must be a finite number >= 0"),
         "run-list": (rewrite(best, tmp / "runlist.npz", {"run": [1]}), "run settings are a JSON list"),
         "model-string": (rewrite(best, tmp / "model.npz", {"model": "vit"}), "no model config"),
         "model-field": (rewrite(best, tmp / "field.npz", {"model": dict(meta["model"], depth="2")}),
@@ -731,6 +733,24 @@ def test_dumps_finite() -> None:
     text, replaced = dumps_finite({"a": [1.0, math.nan], "b": {"c": math.inf}, "d": "NaN"})
     assert json.loads(text) == {"a": [1.0, None], "b": {"c": None}, "d": "NaN"}
     assert replaced == ["a[1]", "b.c"]
+
+
+def test_metrics_rows_with_numbers_no_float_holds_are_refused(tmp_path) -> None:
+    from npvit.visualize.curves import read_run_metrics
+
+    row = {"epoch": 1, "step": 4, "train_loss": 1.5, "val_loss": math.nan}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    (kept,), _ = read_run_metrics(tmp_path)
+    assert kept["train_loss"] == 1.5 and math.isnan(kept["val_loss"])  # NaN is kept: the figure leaves it out
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(dict(row, train_loss=10**400)) + "\n")
+    with pytest.raises(InputError, match="line 1, is not a row npvit.train writes"):
+        read_run_metrics(tmp_path)
+
+
+def test_json_numbers_read_back_must_fit_a_float() -> None:
+    assert is_finite_number(3) and is_finite_number(-2.5) and is_finite_number(10**308)
+    assert not any(is_finite_number(v) for v in (10**400, -(10**400), math.nan, math.inf, True, "1", None))
+    assert is_int(7) and not is_int(True) and not is_int(7.0)
 
 
 # =============================================================================================== 10. threadpoolctl

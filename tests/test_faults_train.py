@@ -326,11 +326,17 @@ def test_resume_from_damaged_checkpoints(tmp_path, capsys) -> None:
     assert "does not fit this run" in resume_with(good.params, good.optimizer, meta)
     params = dict(good.params, **{"head.out.b": np.full_like(good.params["head.out.b"], np.nan)})
     assert "holds non-finite parameters (head.out.b)" in resume_with(params, good.optimizer, good.meta)
+    # JSON integers beyond the float range (1e400 written out) are not numbers a float can hold
+    meta = dict(good.meta, state=dict(good.meta["state"], partial=dict(good.meta["state"]["partial"],
+                                                                       loss_sum=10**400)))
+    assert "training state field 'partial.loss_sum' must be a number >= 0" in \
+        resume_with(good.params, good.optimizer, meta)
 
 
 @pytest.mark.parametrize("doc, message", [
     ([1, 2, 3], "is not an npvit run config"),
     ({"run": {"learning_rate": float("nan")}}, "setting 'learning_rate' must be a finite number, got nan"),
+    ({"run": {"learning_rate": 10**400}}, "setting 'learning_rate' must be a finite number, got 1000"),
     ({"run": {"synthetic_size": [1e9, 200]}}, "setting 'synthetic_size' must be a list of integers"),
     ({"run": {"seed": -1}}, "setting 'seed' expected an integer >= 0, got '-1'"),
     ({"run": {"dataset": "imagenet"}}, "setting 'dataset' must be one of cifar10, cifar100, synthetic"),

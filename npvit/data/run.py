@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ..io import is_int
 from .dataset import Dataset
 from .errors import DataError
 from .load import DATASETS, LABEL_MODES, load_dataset
@@ -26,10 +27,6 @@ MAX_SYNTHETIC_BYTES = 4 << 30  # uint8 pixels of train and test together
 NATIVE_SIZES = {"cifar10": 32, "cifar100": 32}
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _bad(name: str, expected: str, value: Any) -> DataError:
     flag = "--" + name.replace("_", "-")
     shown = repr(value)
@@ -39,7 +36,7 @@ def _bad(name: str, expected: str, value: Any) -> DataError:
 
 def _int_setting(run: Mapping[str, Any], name: str, default: int, low: int, high: int | None) -> int:
     value = run.get(name, default)
-    if not _is_int(value) or value < low or (high is not None and value > high):
+    if not is_int(value) or value < low or (high is not None and value > high):
         span = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
         raise _bad(name, span, value)
     return value
@@ -76,7 +73,7 @@ def check_data_settings(run: Mapping[str, Any]) -> dict[str, Any]:
         return out
 
     size = run.get("synthetic_size", (1000, 200))
-    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(_is_int(n) and n >= 0 for n in size):
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(is_int(n) and n >= 0 for n in size):
         raise _bad("synthetic_size", "two integers >= 0, train,test", size)
     image_size = _int_setting(run, "synthetic_image_size", 32, 1, MAX_SYNTHETIC_IMAGE_SIZE)
     classes = _int_setting(run, "synthetic_classes", 10, 1, MAX_SYNTHETIC_CLASSES)

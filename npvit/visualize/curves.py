@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..io import is_finite_number
 from .inputs import InputError
 from .plotting import new_figure
 
@@ -26,7 +27,8 @@ SERIES = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr")
 
 
 def _number_or_none(value: Any) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    """None, any float (NaN and infinity too: the figure leaves them out), or an int a float can hold."""
+    return value is None or isinstance(value, float) or is_finite_number(value)
 
 
 def read_run_metrics(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
