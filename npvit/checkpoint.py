@@ -37,7 +37,7 @@ from .config import ViTConfig
 from .io import atomic_write, is_finite_number, is_int
 
 __all__ = ["Checkpoint", "CheckpointError", "ModelMeta", "atomic_write", "check_model_meta", "check_run_settings",
-           "load_checkpoint", "param_count", "resolve_checkpoint", "save_checkpoint"]
+           "load_checkpoint", "resolve_checkpoint", "save_checkpoint"]
 
 FORMAT_VERSION = 1
 
@@ -191,20 +191,6 @@ class ModelMeta:
     run: dict[str, Any]
 
 
-def param_count(config: ViTConfig) -> int:
-    """Number of parameters of a ViT with ``config`` (patch projection, embeddings, blocks, norm, head),
-    computed without building it: it bounds what a checkpoint's config may make the loader allocate."""
-    d, qkv = config.dim, config.num_heads * config.key_dim
-
-    def dense_chain(sizes: tuple[int, ...]) -> int:
-        return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
-
-    block = 2 * d + (d * 3 * qkv + 3 * qkv) + (qkv * d + d) + 2 * d + dense_chain((d, *config.mlp_units))
-    head = dense_chain((config.pooled_dim, *config.head_units, config.num_classes))
-    embed = config.patch_dim * d + d + config.num_tokens * d + (d if config.pool == "cls" else 0)
-    return embed + config.depth * block + 2 * d + head
-
-
 def _finite(value: Any, low: float, high: float = math.inf, low_open: bool = False) -> bool:
     if not is_finite_number(value):
         return False
@@ -308,7 +294,7 @@ def check_model_meta(ckpt: Checkpoint, source: str | os.PathLike) -> ModelMeta:
     floats = [k for k, v in ckpt.params.items() if v.dtype.kind != "f"]
     if floats:
         raise bad(f"parameter {floats[0]} is {ckpt.params[floats[0]].dtype}, not a float array")
-    stored, expected = sum(int(v.size) for v in ckpt.params.values()), param_count(config)
+    stored, expected = sum(int(v.size) for v in ckpt.params.values()), config.num_params()
     if stored != expected:
         raise bad(f"its model config describes {expected:,} parameters but it holds {stored:,}")
     return ModelMeta(config, dtype, stats[0], stats[1], names, run)

@@ -88,6 +88,19 @@ class ViTConfig:
         """Width of the vector the classifier head receives."""
         return self.num_tokens * self.dim if self.pool == "flatten" else self.dim
 
+    def num_params(self) -> int:
+        """Trainable scalars of a ViT with this config, counted without building it (the same number as
+        ``ViT(config).num_params()``): what a checkpoint must store, and what a training step keeps."""
+        d, qkv = self.dim, self.num_heads * self.key_dim
+
+        def dense_chain(sizes: tuple[int, ...]) -> int:  # weights and biases of Dense layers in a row
+            return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+
+        embed = self.patch_dim * d + d + self.num_tokens * d + (d if self.pool == "cls" else 0)
+        block = 2 * d + dense_chain((d, 3 * qkv)) + dense_chain((qkv, d)) + 2 * d + dense_chain((d, *self.mlp_units))
+        head = dense_chain((self.pooled_dim, *self.head_units, self.num_classes))
+        return embed + self.depth * block + 2 * d + head
+
     # ---- checks and conversion ----------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ValueError naming the first field that is out of range."""

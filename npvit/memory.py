@@ -57,22 +57,10 @@ def activation_elements(cfg: ViTConfig, itemsize: int) -> float:
     return 5 * pixels + t * d + cfg.depth * block + head
 
 
-def num_params(cfg: ViTConfig) -> int:
-    """Trainable scalars of a ViT with this config (the same count as ``ViT(cfg).num_params()``)."""
-    t, d, hd = cfg.num_tokens, cfg.dim, cfg.num_heads * cfg.key_dim
-    dense = lambda i, o: i * o + o  # noqa: E731
-    total = dense(cfg.patch_dim, d) + t * d + (d if cfg.pool == "cls" else 0)
-    widths = (d, *cfg.mlp_units)
-    block = 4 * d + dense(d, 3 * hd) + dense(hd, d) + sum(dense(a, b) for a, b in zip(widths, widths[1:]))
-    head = (cfg.pooled_dim, *cfg.head_units)
-    total += cfg.depth * block + 2 * d + sum(dense(a, b) for a, b in zip(head, head[1:]))
-    return total + dense(head[-1], cfg.num_classes)
-
-
 def training_step(cfg: ViTConfig, itemsize: int, threads: int = 1) -> MemoryEstimate:
     """The memory of one training step of ``cfg`` with ``threads`` batch shards, in bytes."""
     per_image = int(BACKWARD_FACTOR * activation_elements(cfg, itemsize) * itemsize)
-    fixed = (4 + threads) * num_params(cfg) * itemsize
+    fixed = (4 + threads) * cfg.num_params() * itemsize
     return MemoryEstimate(fixed, per_image)
 
 

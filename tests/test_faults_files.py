@@ -34,7 +34,7 @@ except ImportError:  # the viz extra is optional: the tests that read or write i
 import npvit
 from npvit import evaluate as evaluate_cli
 from npvit import train as train_cli
-from npvit.checkpoint import CheckpointError, load_checkpoint, param_count, save_checkpoint
+from npvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from npvit.cli_types import bounded, positive, run_command
 from npvit.data import DataError, load_dataset, load_run_dataset
 from npvit.data import archive as archive_mod
@@ -498,7 +498,7 @@ def bad_checkpoints(run: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
         "model-field": (rewrite(best, tmp / "field.npz", {"model": dict(meta["model"], depth="2")}),
                         "model config is invalid"),
         "model-huge": (rewrite(best, tmp / "huge.npz", {"model": huge_model}),
-                       f"describes {param_count(npvit.ViTConfig.from_dict(huge_model)):,} parameters but it holds"),
+                       f"describes {npvit.ViTConfig.from_dict(huge_model).num_params():,} parameters but it holds"),
         "dtype": (rewrite(best, tmp / "dtype.npz", {"dtype": "float16"}), "dtype is 'float16'"),
         "class-names": (rewrite(best, tmp / "names.npz", {"class_names": ["a"]}), "class_names must be 4 strings"),
         "nan-weights-ok": (rewrite(best, tmp / "nanw.npz", params=nan_weights), ""),
@@ -631,7 +631,7 @@ def test_param_count_matches_the_model() -> None:
     for config in (npvit.ViTConfig.tiny(), npvit.ViTConfig.small(), npvit.ViTConfig.keras(),
                    dataclasses.replace(npvit.ViTConfig.tiny(), pool="cls", num_heads=3, key_dim=5),
                    dataclasses.replace(npvit.ViTConfig.tiny(), pool="gap", head_units=())):
-        assert param_count(config) == npvit.ViT(config, threads=1).num_params()
+        assert config.num_params() == npvit.ViT(config, threads=1).num_params()
 
 
 def test_bad_run_settings_from_the_command_line_are_one_message(tmp_path: Path, capsys) -> None:

@@ -388,7 +388,7 @@ def test_memory_estimate_is_a_close_upper_bound_of_the_measured_peak() -> None:
         peak = tracemalloc.get_traced_memory()[1] - base
         tracemalloc.stop()
         measured = peak + 4 * model.num_params() * 4  # the step's peak, plus parameters, gradients, moments
-        assert memory.num_params(cfg) == model.num_params()
+        assert cfg.num_params() == model.num_params()
         ratio = memory.training_step(cfg, 4, threads=1).total(batch) / measured
         assert 0.95 <= ratio <= 1.4, (batch, ratio)
 
