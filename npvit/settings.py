@@ -163,8 +163,8 @@ SETTINGS: tuple[Setting, ...] = (
             nullable=True),
     Setting("quiet", False, "no progress bar", "execution", "bool"),
 )
-BY_NAME = {s.name: s for s in SETTINGS}
-DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+DEFAULTS: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
 """Every setting of a run with its default. Model settings left as None come from the preset."""
 RESUMABLE = frozenset({"data_dir", "cache_dir", "download", "backend", "eval_batch_size", "quiet", "epochs",
                        "max_steps", "save_every"})
@@ -199,15 +199,15 @@ def build_parser(description: str = "", epilog: str = "") -> argparse.ArgumentPa
         formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS, epilog=epilog,
     )
     groups: dict[str, Any] = {}
-    for s in SETTINGS:
-        group = groups.get(s.group) or groups.setdefault(s.group, p.add_argument_group(s.group))
-        if s.kind == "bool":
-            action = "store_false" if s.default else "store_true"
-            group.add_argument(s.flag, dest=s.name, action=action, help=help_text(s))
+    for setting in SETTINGS:
+        group = groups.get(setting.group) or groups.setdefault(setting.group, p.add_argument_group(setting.group))
+        if setting.kind == "bool":
+            action = "store_false" if setting.default else "store_true"
+            group.add_argument(setting.flag, dest=setting.name, action=action, help=help_text(setting))
             continue
-        group.add_argument(s.flag, *s.aliases, dest=s.name, type=s.type, choices=s.choices, metavar=s.metavar,
-                           help=help_text(s))
-        if s.name == "out":
+        group.add_argument(setting.flag, *setting.aliases, dest=setting.name, type=setting.type,
+                           choices=setting.choices, metavar=setting.metavar, help=help_text(setting))
+        if setting.name == "out":
             group.add_argument("--resume", metavar="DIR", help="continue the run in this folder from its last "
                                                                "checkpoint")
     return p
@@ -257,11 +257,11 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """Every setting checked alone (check_value) and together. Returns the settings in canonical form;
     raises ValueError naming the first setting that is wrong."""
     checked = {}
-    for s in SETTINGS:
+    for setting in SETTINGS:
         try:
-            checked[s.name] = check_value(s, settings[s.name])
+            checked[setting.name] = check_value(setting, settings[setting.name])
         except ValueError as exc:
-            raise ValueError(f"{s.flag} {exc}") from None
+            raise ValueError(f"{setting.flag} {exc}") from None
     if checked["seed"] >= SEED_LIMIT:
         raise ValueError(f"--seed must be below 2**63, got {checked['seed']}")
     try:  # the data settings together (two synthetic counts, coarse labels only for CIFAR-100, size bounds)
@@ -333,17 +333,17 @@ def read_run_config(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return doc, saved
 
 
-def model_config(s: dict[str, Any], num_classes: int) -> ViTConfig:
+def model_config(settings: dict[str, Any], num_classes: int) -> ViTConfig:
     """The ViTConfig of a run: the preset, then every model flag that was given."""
-    cfg = PRESETS[s["preset"]](num_classes=num_classes)
-    dim = s["projection_dim"]
-    if dim is not None and s["preset"] != "keras-wide":
+    cfg = PRESETS[settings["preset"]](num_classes=num_classes)
+    dim = settings["projection_dim"]
+    if dim is not None and settings["preset"] != "keras-wide":
         # As in the 2021 example: key_dim = projection_dim, transformer_units = [2 * dim, dim].
         cfg = dataclasses.replace(cfg, dim=dim, key_dim=dim, mlp_units=(2 * dim, dim))
     elif dim is not None:
         cfg = dataclasses.replace(cfg, dim=dim, mlp_units=(2 * dim, dim))
-    changes = {s_.preset_field: s[s_.name] for s_ in SETTINGS
-               if s_.preset_field is not None and s_.preset_field != "dim" and s[s_.name] is not None}
+    changes = {setting.preset_field: settings[setting.name] for setting in SETTINGS
+               if setting.preset_field not in (None, "dim") and settings[setting.name] is not None}
     try:
         return dataclasses.replace(cfg, **changes)
     except ValueError as exc:
