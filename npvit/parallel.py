@@ -99,9 +99,9 @@ def token_bytes_per_image(config: Any) -> int:
     """Bytes of the largest intermediate a block makes per image: the fused query/key/value projection, the
     MLP's hidden layer, or one image's attention scores. Counted in float32 for every dtype, so that float32
     and float64 models cut a batch alike."""
-    t = config.num_tokens
+    n = config.num_tokens
     widest = max(3 * config.num_heads * config.key_dim, config.dim, *config.mlp_units)
-    return max(t * widest, config.num_heads * t * t) * 4
+    return max(n * widest, config.num_heads * n * n) * 4
 
 
 def batched_forward(model: Any, x: Any, ctx: Any) -> tuple[Any, BatchCache, list]:
@@ -127,11 +127,11 @@ def _forward_shard(model: Any, x: Any, ctx: Any) -> tuple[Any, tuple]:
     xp = model.backend.xp
     pieces = batch_chunks(xp, len(x), token_bytes_per_image(model.config), cache="l3")
     outs = [model.forward_features(x[sl], ctx.shifted(sl.start)) for sl in pieces]
-    t = _join(xp, [out[0] for out in outs])
+    tokens = _join(xp, [out[0] for out in outs])
     if len(pieces) > 1 and ctx.attention_maps:  # appended piece by piece: regroup them block by block
         depth, maps = len(model.blocks), ctx.attention_maps
         ctx.attention_maps[:] = [xp.concatenate(maps[i::depth]) for i in range(depth)]
-    logits, c_head = model.forward_head(t, ctx)
+    logits, c_head = model.forward_head(tokens, ctx)
     return logits, (pieces, [out[1] for out in outs], c_head)
 
 
