@@ -110,7 +110,8 @@ class AdamW:
         """Apply one update from ``grads`` (same keys as params).
 
         Returns the global gradient norm before clipping as a 0-d array of the backend (a NumPy scalar on
-        NumPy; worth logging; read it with ``float()``, which on CuPy waits for the device). When it is not finite, nothing is updated.
+        NumPy; worth logging; read it with ``float()``, which on CuPy waits for the device). When it is not
+        finite, nothing is updated.
         """
         missing = sorted(set(self.params) - set(grads))
         if missing:
@@ -152,34 +153,23 @@ class AdamW:
 
     def _step_numpy(self, g: FlatDict, decay: float, scale: Any, scalars: tuple) -> None:
         """Cache-sized pieces of every (flat) array, shared out among threads, one decay factor per piece."""
-        params = self.params
-        flat = isinstance(params, FlatDict)
-        jobs = []
+        flat = isinstance(self.params, FlatDict)
+        runs: list[tuple[tuple, int, int, float | None]] = []  # (p, g, m, v arrays), start, stop, decay factor
         for name, offset, shape in self.m.layout:
-            size = math.prod(shape)
+            stop = offset + math.prod(shape)
             factor = 1.0 - decay if decay and name not in self.exclude_from_decay else None
-            if flat and jobs and jobs[-1][-1] == factor and jobs[-1][1] == offset:
-                start, _, _ = jobs.pop()  # extend the previous run of parameters with the same decay
-                jobs.append((start, offset + size, factor))
-            elif flat:
-                jobs.append((offset, offset + size, factor))
+            if not flat:  # one run per parameter, over its own arrays
+                arrays = tuple(a.reshape(-1) for a in (self.params[name], g[name], self.m[name], self.v[name]))
+                runs.append((arrays, 0, stop - offset, factor))
+            elif runs and runs[-1][3] == factor and runs[-1][2] == offset:  # extend the run with the same decay
+                runs[-1] = (runs[-1][0], runs[-1][1], stop, factor)
             else:
-                jobs.append((name, size, factor))
-        pieces = []
-        for job in jobs:
-            if flat:
-                lo, hi, factor = job
-                arrays = (params.flat, g.flat, self.m.flat, self.v.flat)
-            else:
-                name, hi, factor = job
-                lo = 0
-                arrays = tuple(a.reshape(-1) for a in (params[name], g[name], self.m[name], self.v[name]))
-            for start in range(lo, hi, _CHUNK):
-                stop = min(hi, start + _CHUNK)
-                pieces.append((*(a[start:stop] for a in arrays), factor))
+                runs.append(((self.params.flat, g.flat, self.m.flat, self.v.flat), offset, stop, factor))
         typed = g.flat.dtype.type
-        parallel_map(lambda p, gg, m, v, factor: adamw_update(
-            np, p, gg, m, v, None if factor is None else typed(factor), scale, *scalars), pieces, available_cores())
+        pieces = [(*(a[start:min(stop, start + _CHUNK)] for a in arrays), None if factor is None else typed(factor))
+                  for arrays, lo, stop, factor in runs for start in range(lo, stop, _CHUNK)]
+        parallel_map(lambda p, gg, m, v, factor: adamw_update(np, p, gg, m, v, factor, scale, *scalars), pieces,
+                     available_cores())
 
     def _step_device(self, g: FlatDict, norm: Array, decay: float, scalars: tuple) -> None:
         """One fused kernel over the flat arrays (one per parameter when params is not a FlatDict)."""
@@ -246,9 +236,10 @@ def adamw_update(xp: Any, p: Array, g: Array, m: Array, v: Array, decay_factor: 
         p  = decay_factor p - step_size m / (sqrt(v) + eps)
 
     Scalars come as scalars of the parameters' dtype, c1 and c2 rounded from the exact 1 - b (``decay_factor``
-    may also be an array of factors, ``grad_scale`` a 0-d array; None for either means 1). Written with arithmetic and ufuncs only, so that ``cupy.fuse`` compiles it
-    into one kernel; NumPy runs it as it reads. ``ok`` (a 0-d boolean, CuPy) keeps every array unchanged
-    when False; NumPy callers check the norm on the host instead and pass None.
+    may also be an array of factors, ``grad_scale`` a 0-d array; None for either means 1). Written with
+    arithmetic and ufuncs only, so that ``cupy.fuse`` compiles it into one kernel; NumPy runs it as it reads.
+    ``ok`` (a 0-d boolean, CuPy) keeps every array unchanged when False; NumPy callers check the norm on the
+    host instead and pass None.
     """
     gs = g if grad_scale is None else g * grad_scale
     m_new = m * b1 + gs * c1
