@@ -288,22 +288,23 @@ def run_kernels(section: Section, timeout: float) -> None:
             result = _run(cmd, timeout / 2)
         shown = ["python", "benchmarks/run.py", *KERNEL_TABLE[2:], *(["--tf32"] if tf32 else [])]
         section.lines += [f"### TF32 {'on' if tf32 else 'off'}: `{' '.join(shown)}`", ""]
-        table = _markdown_tables(result["out"])
+        table = _benchmark_sections(result["out"])
         section.lines += table if table else ["```", *result["tail"].splitlines()[-30:], "```"]
         section.lines.append("")
         statuses.append("timed out" if result["timed_out"] else ("measured" if result["rc"] == 0 else "FAILED"))
     section.status = "measured" if statuses == ["measured"] * 2 else ", ".join(statuses)
 
 
-def _markdown_tables(text: str) -> list[str]:
-    """The markdown tables (and the line before each) of a benchmark printout."""
-    lines, out = text.splitlines(), []
-    for i, line in enumerate(lines):
-        if line.startswith("|"):
-            if not out or not out[-1].startswith("|"):
-                if i and lines[i - 1].strip() and not lines[i - 1].startswith("|"):
-                    out += ["", lines[i - 1]]
-                out.append("")
+def _benchmark_sections(text: str) -> list[str]:
+    """The sections of a benchmark printout: from its first "## " heading (made a level-4 heading here) to the
+    closing "Load average" / "Results written" lines, which are left out."""
+    out: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(("Load average at the end", "Results written")):
+            break
+        if line.startswith("## "):
+            line = "#### " + line[3:]
+        if out or line.startswith("#### "):
             out.append(line)
     return out
 

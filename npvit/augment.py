@@ -160,46 +160,54 @@ def normalize(x: Array, mean: Array, variance: Array, epsilon: float = EPSILON) 
 
 # --------------------------------------------------------------------------------------------- resizing
 @lru_cache(maxsize=64)
-def resize_weights(in_size: int, out_size: int) -> numpy.ndarray:
-    """(out_size, in_size) host float64 matrix of 1-D bilinear resizing, half-pixel centres, no antialias.
+def resize_taps(in_size: int, out_size: int) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    """The two input pixels and the weight of the second, (j0, j1, f), for each of ``out_size`` outputs of a
+    1-D bilinear resize with half-pixel centres and no antialiasing (host arrays, read-only: cached):
 
-        u_i = clip((i + 1/2) in_size / out_size - 1/2, 0, in_size - 1),   j = floor(u_i),   f = u_i - j
-        W[i, j] += 1 - f,   W[i, min(j + 1, in_size - 1)] += f
-
-    Rows sum to 1. (Read-only: cached.)
+        u_i = clip((i + 1/2) in_size / out_size - 1/2, 0, in_size - 1),   j0 = floor(u_i),
+        j1 = min(j0 + 1, in_size - 1),   f = u_i - j0,   out_i = in_j0 + f (in_j1 - in_j0)
     """
     u = numpy.clip((numpy.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0, in_size - 1)
     j0 = numpy.floor(u).astype(numpy.intp)
     j1 = numpy.minimum(j0 + 1, in_size - 1)
     f = u - j0
-    w = numpy.zeros((out_size, in_size))
-    rows = numpy.arange(out_size)
-    numpy.add.at(w, (rows, j0), 1.0 - f)
-    numpy.add.at(w, (rows, j1), f)
-    w.flags.writeable = False
-    return w
+    for a in (j0, j1, f):
+        a.flags.writeable = False
+    return j0, j1, f
+
+
+def _resize_axis(x: Array, axis: int, out_size: int) -> Array:
+    """resize_taps along one axis of ``x``: two gathers and a linear interpolation, pixel by pixel."""
+    xp = get_array_module(x)
+    in_size = x.shape[axis]
+    j0, j1 = (cached_constant(xp, ("resize_taps", in_size, out_size, k), lambda k=k: resize_taps(in_size, out_size)[k],
+                              xp.intp) for k in (0, 1))
+    f = cached_constant(xp, ("resize_taps", in_size, out_size, 2), lambda: resize_taps(in_size, out_size)[2], x.dtype)
+    f = f.reshape((-1,) + (1,) * (x.ndim - 1 - axis % x.ndim))  # broadcasts along ``axis``
+    lo = xp.take(x, j0, axis=axis)
+    out = xp.take(x, j1, axis=axis)
+    out -= lo
+    out *= f
+    out += lo
+    return out
 
 
 def resize_bilinear(x: Array, size: int | tuple[int, int]) -> Array:
     """Keras ``Resizing(h, w)`` (``jax.image.resize`` "bilinear", antialias off) of images (B, H, W, C).
 
-    Separable: ``y[b, i, j, c] = sum_{p, q} Wh[i, p] Ww[j, q] x[b, p, q, c]`` with ``Wh = resize_weights(H, h)``
-    and ``Ww = resize_weights(W, w)``: two matrix products over the whole batch. Output dtype: ``x``'s float
-    dtype (integer images become float32).
+    Separable: along the width, then along the height, each output pixel is ``in_j0 + f (in_j1 - in_j0)``
+    with (j0, j1, f) from :func:`resize_taps` -- the same arithmetic for every pixel whatever the batch, so a
+    slice of a batch is resized exactly as it is within the batch (a matrix product would let the BLAS or
+    cuBLAS kernel, chosen by the batch size, change the rounding), and no TF32 on a GPU. Output dtype:
+    ``x``'s float dtype (integer images become float32).
     """
     x = _float(x)
     _check_images(x)
-    xp = get_array_module(x)
     oh, ow = (size, size) if isinstance(size, int) else size
     _, h, w, _ = x.shape
     if (oh, ow) == (h, w):
         return x.copy()
-    # Made once per size and dtype, and on a GPU moved there once (backend.cached_constant).
-    wh = cached_constant(xp, ("resize_weights", h, oh), lambda: resize_weights(h, oh), x.dtype)
-    ww = cached_constant(xp, ("resize_weights", w, ow), lambda: resize_weights(w, ow), x.dtype)
-    t = xp.tensordot(x, ww, axes=([2], [1]))  # (B, H, C, ow)
-    t = xp.tensordot(wh, t, axes=([1], [1]))  # (oh, B, C, ow)
-    return xp.ascontiguousarray(t.transpose(1, 0, 3, 2))
+    return _resize_axis(_resize_axis(x, 2, ow), 1, oh)
 
 
 # ----------------------------------------------------------------------------------------------- flips
@@ -267,26 +275,32 @@ def _reflect_index(i: Array, n: int) -> Array:
 
 def _node_range(u: Array, n: int, reach: float | None) -> tuple[Array, Array, int, int]:
     """(u, floor(u), lowest node, highest node) of the sample coordinates ``u`` along an axis of ``n`` pixels,
-    with u folded into [-1/2, 2n - 1/2) first if it strays beyond [-n, 2n] (the reflected extension of the
-    samples has period 2n, so folding keeps every bilinear value).
+    with u folded into [-1/2, 2n - 1/2) first if it may stray beyond [-n, 2n] (the reflected extension of the
+    samples has period 2n, so folding keeps every bilinear value, up to rounding).
 
-    On NumPy the range is read from the coordinates. On a device that read would be a blocking copy to the
-    host, so the range comes from ``reach``, a host-side bound on |u - (n - 1)/2| (one node of margin each
-    side for rounding); with no bound, the coordinates are always folded and the range is the folded one.
+    ``reach``, a host-side bound on |u - (n - 1)/2|, decides the folding when given: then it is the same for
+    every batch and every slice of one, whatever the images' draws. Without it, NumPy reads the range from the
+    coordinates and a device folds always (reading them would be a blocking copy to the host). The padding
+    is then the exact range on NumPy (free on the host), and on a device the range the bound or the folding
+    guarantees.
     """
     xp = get_array_module(u)
+    if reach is not None:
+        centre = (n - 1) / 2.0
+        lo, hi = math.floor(centre - reach) - 1, math.floor(centre + reach) + 2  # a node of margin for rounding
+    elif xp is numpy:
+        u0 = xp.floor(u)
+        lo, hi = int(u0.min()), int(u0.max()) + 1
+    else:
+        lo, hi = -n - 1, 2 * n + 1
+    fold = lo < -n or hi > 2 * n
+    if fold:
+        u = (u + 0.5) % (2 * n) - 0.5
     u0 = xp.floor(u)
     if xp is numpy:
         lo, hi = int(u0.min()), int(u0.max()) + 1
-    elif reach is not None:
-        centre = (n - 1) / 2.0
-        lo, hi = math.floor(centre - reach) - 1, math.floor(centre + reach) + 2
-    else:
-        lo, hi = -n - 1, 2 * n + 1  # unknown: fold
-    if lo < -n or hi > 2 * n:
-        u = (u + 0.5) % (2 * n) - 0.5
-        u0 = xp.floor(u)
-        lo, hi = (int(u0.min()), int(u0.max()) + 1) if xp is numpy else (-1, 2 * n)
+    elif fold:
+        lo, hi = -1, 2 * n
     return u, u0, lo, hi
 
 
@@ -307,9 +321,10 @@ def affine_resample(x: Array, matrices: Array, reach: tuple[float, float] | None
     JAX's ``map_coordinates`` mode "reflect" with order=1.
 
     ``reach`` = (ry, rx), optional: host-side bounds on |y_in - (H-1)/2| and |x_in - (W-1)/2| over all output
-    pixels (random_rotation and random_zoom know them from their factors). On a GPU they size the padding
-    below without reading the coordinates back to the host; without them a GPU folds every coordinate into
-    one period first, which is correct but pads more. NumPy ignores them.
+    pixels (random_rotation, random_zoom and the Augmenter know them from their factors). They decide whether
+    coordinates need folding into one period of the reflection, the same way for a batch and for any slice of
+    it, and on a GPU they size the padding below without reading the coordinates back to the host. Without
+    them NumPy decides from the coordinates, and a GPU folds always (correct, but it pads more).
 
     All images at once: the coordinates are computed for the whole batch in ``x``'s float dtype; the batch
     is padded by reflection just enough to hold every neighbour (two small gathers along the height and

@@ -329,6 +329,54 @@ def test_training_is_flip_rotate_zoom_in_order(backend, rng) -> None:
     np.testing.assert_allclose(out, to_numpy(y), rtol=1e-6, atol=1e-6)
 
 
+def test_slices_of_a_global_batch_augment_as_the_whole_batch(backend, rng) -> None:
+    # Keyed per sample: processes taking disjoint slices of one global batch (each with a generator seeded
+    # alike) produce exactly the rows that one process augmenting the whole batch produces.
+    images, aug = _cifar_like(rng)
+    x = backend.asarray(images)
+    whole = to_numpy(aug(x, training=True, rng=backend.rng(21)))
+    bounds = [0, 1, 4, len(images)]
+    parts = [to_numpy(aug(x[a:b], training=True, rng=backend.rng(21), first=a, total=len(images)))
+             for a, b in zip(bounds, bounds[1:])]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    assert not np.array_equal(parts[0], to_numpy(aug(x[:1], training=True, rng=backend.rng(21))))  # keyed
+    wild = Augmenter(aug.mean, aug.variance, image_size=12, rotation=1.0, zoom=1.0)  # full turns, zooms 0-2x
+    whole = to_numpy(wild(x, training=True, rng=backend.rng(5)))
+    parts = [to_numpy(wild(x[a:b], training=True, rng=backend.rng(5), first=a, total=len(images)))
+             for a, b in zip(bounds, bounds[1:])]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    for first, total in ((-1, 6), (3, 6), (2, 5), (0.5, 6)):
+        with pytest.raises(ValueError, match="global batch"):
+            aug(x[:4], training=True, rng=backend.rng(0), first=first, total=total)
+
+
+def test_reach_bounds_every_sampled_point(rng) -> None:
+    # affine_resample's padding on a GPU comes from these host-side bounds: they must hold at the extremes.
+    from npvit.augment import rotation_reach, zoom_reach
+
+    h, w = 9, 14
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    for factor in (0.02, (-0.1, 0.05), 0.3, 1.0):
+        lo, hi = (-factor, factor) if isinstance(factor, float) else factor
+        angles = np.concatenate([np.linspace(lo, hi, 101), [lo, hi]]) * 2 * np.pi
+        mats = rotation_matrices(angles, h, w)
+        ry, rx = rotation_reach(factor, h, w)
+        x_in = mats[:, 0, 0, None, None] * xx + mats[:, 0, 1, None, None] * yy + mats[:, 0, 2, None, None]
+        y_in = mats[:, 1, 0, None, None] * xx + mats[:, 1, 1, None, None] * yy + mats[:, 1, 2, None, None]
+        assert np.abs(x_in - cx).max() <= rx + 1e-9 and np.abs(y_in - cy).max() <= ry + 1e-9
+        assert np.abs(x_in - cx).max() >= 0.7 * rx  # and not far from tight
+    for hf, wf in ((0.2, 0.2), ((-0.5, 0.1), None), (1.0, (0.0, 0.3))):
+        z = np.linspace(-1, 1, 101)
+        zy = 1 + np.interp(z, [-1, 1], (-hf, hf) if isinstance(hf, float) else hf)
+        zx = zy if wf is None else 1 + np.interp(z, [-1, 1], (-wf, wf) if isinstance(wf, float) else wf)
+        mats = zoom_matrices(zy, zx, h, w)
+        ry, rx = zoom_reach(hf, wf, h, w)
+        x_in = mats[:, 0, 0, None, None] * xx + mats[:, 0, 2, None, None]
+        y_in = mats[:, 1, 1, None, None] * yy + mats[:, 1, 2, None, None]
+        assert np.abs(x_in - cx).max() <= rx + 1e-9 and np.abs(y_in - cy).max() <= ry + 1e-9
+
+
 def test_flags_disable_steps(backend, rng) -> None:
     images, aug = _cifar_like(rng)
     x = backend.asarray(images)
