@@ -26,7 +26,7 @@ import numpy as np
 
 from .augment import Augmenter, channel_stats
 from .backend import BACKEND_NAMES, BackendUnavailableError, get_backend
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .cli_types import (
     fraction,
     int_list,
@@ -37,8 +37,9 @@ from .cli_types import (
     unit_interval,
 )
 from .config import GELUS, POOLS, PRESETS, ViTConfig
-from .data import DATASETS, DataError
-from .evaluate import EvalResult, evaluate, load_run_dataset
+from .data import DATASETS, DataError, load_run_dataset
+from .evaluate import EvalResult, evaluate
+from .io import atomic_write
 from .kernels import cross_entropy_backward, cross_entropy_forward
 from .model import ViT
 from .optim import DECAY_CONVENTIONS, AdamW
@@ -317,8 +318,7 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
                 labels = backend.asarray(y_train[idx])
                 images = augmenter(backend.asarray(x_train[idx]), training=True,
                                    rng=backend.rng(stream_seed(s["seed"], AUGMENT, step)))
-                model.rng = backend.rng(stream_seed(s["seed"], DROPOUT, step))
-                logits = model.forward(images, training=True)
+                logits = model.forward(images, training=True, dropout_seed=stream_seed(s["seed"], DROPOUT, step))
                 loss, cache = cross_entropy_forward(logits, labels, s["label_smoothing"])
                 loss = float(loss)
                 if not math.isfinite(loss):

@@ -25,6 +25,7 @@ import npvit.backend as backend_module
 from fakecupy import HostSyncError, fake_cupy, from_fake, host_syncs, to_fake  # noqa: F401 (fixtures)
 from npvit.augment import Augmenter, affine_resample, resize_bilinear, rotation_matrices
 from npvit.backend import PHILOX_STATES, BackendUnavailableError, DeviceDataset, cached_constant, make_rng, row_dot
+from npvit.kernels.dropout import DropoutKey
 from npvit.kernels import (
     attention_core_backward,
     attention_core_forward,
@@ -309,16 +310,15 @@ def test_attention_core_gpu_layout_computes_the_same(fake_cupy, monkeypatch, rat
     qkv = rng.standard_normal((2, 7, 3, 2, 4)).transpose(2, 0, 3, 1, 4)  # strided views, as mha_forward's
     do = rng.standard_normal((2, 2, 7, 4))
     mask = rng.random((2, 2, 7, 7)) >= rate  # keys along axis -2, as dropout_mask is drawn
-    # The same mask on both paths: the generator argument says which path asks.
+    # The same mask on both paths (NumPy and CuPy draw keyed masks from different streams).
     monkeypatch.setattr("npvit.kernels.attention.dropout_mask",
-                        lambda shape, r, rng: mask if rng == "host" else to_fake(mask))
+                        lambda shape, r, key, xp: mask if xp is np else to_fake(mask))
 
-    def core(q, k, v, do, rng):
-        o, p, cache = attention_core_forward(q, k, v, rate, rng, q_scale=0.7)
+    def core(q, k, v, do):
+        o, p, cache = attention_core_forward(q, k, v, rate, DropoutKey(seed=1), q_scale=0.7)
         return (o, p, *attention_core_backward(do, cache))
 
-    expected = core(qkv[0], qkv[1], qkv[2], do, "host")
-    got = from_fake(core(*(to_fake(a) for a in (qkv[0], qkv[1], qkv[2], do)), "device"))
+    assert_same(*on_both(core, qkv[0], qkv[1], qkv[2], do))
     assert_same(expected, got)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..backend import batch_chunks, get_array_module, scores_transposed
 from .dense import DenseCache, dense_backward, dense_forward
-from .dropout import DropoutCache, dropout_mask, dropout_scale
+from .dropout import DropoutCache, DropoutKey, dropout_mask, dropout_scale
 from .softmax import LOG2_E, softmax_backward, softmax_forward
 
 Array = Any
@@ -50,8 +50,8 @@ def query_scale(key_dim: int) -> float:
 
 
 def attention_core_forward(
-    q: Array, k: Array, v: Array, dropout_rate: float = 0.0, rng: Any = None, out: Array | None = None,
-    keep: bool = True, q_scale: float = 1.0,
+    q: Array, k: Array, v: Array, dropout_rate: float = 0.0, key: DropoutKey | None = None,
+    out: Array | None = None, keep: bool = True, q_scale: float = 1.0,
 ) -> tuple[Array, Array | None, AttentionCoreCache | None]:
     """softmax(Q K^T / sqrt(d)) V with dropout on the probabilities. Returns (O, P, cache).
 
@@ -70,7 +70,8 @@ def attention_core_forward(
     and V contiguous, and computes the whole batch at once: its batched products copy every operand that is
     not contiguous, and this way no (N, N) matrix is ever one of those.
 
-    The dropout mask is drawn (B, H, N_key, N_query) in both layouts, so both drop the same units.
+    The dropout mask is drawn (B, H, N_key, N_query) in both layouts (each image's part keyed by its sample
+    index, npvit.kernels.dropout); the GPU layout reads it transposed.
     """
     xp = get_array_module(q)
     transposed = scores_transposed(xp)
@@ -83,7 +84,8 @@ def attention_core_forward(
     o = xp.empty((b, h, n, v.shape[-1]), dtype=q.dtype) if out is None else out
     score_shape = (b, h, n_key, n) if transposed else (b, h, n, n_key)
     ps = xp.empty(score_shape, dtype=q.dtype) if keep else None  # P (P^T on NumPy) for all chunks
-    mask = dropout_mask((b, h, n_key, n), dropout_rate, rng) if dropout_rate > 0.0 else None
+    # The dropout mask of image i is drawn as (H, N_key, N_query), the layout of the transposed scores.
+    mask = dropout_mask((b, h, n_key, n), dropout_rate, key, xp) if dropout_rate > 0.0 else None
     keep_scale = dropout_scale(dropout_rate)
     for sl in _score_chunks(q, k):
         qs = q[sl] if scale is None else q[sl] * scale
@@ -164,7 +166,7 @@ def mha_forward(
     b_out: Array,
     num_heads: int,
     dropout_rate: float = 0.0,
-    rng: Any = None,
+    key: DropoutKey | None = None,
     keep: bool = True,
 ) -> tuple[Array, AttentionCache | None, Array | None]:
     """Multi-head self-attention of tokens ``x`` (B, N, D). Returns (y, cache, attention probabilities).
@@ -183,11 +185,11 @@ def mha_forward(
     if scores_transposed(xp):  # NumPy: views; O written straight into the layout the projection reads
         o = xp.empty((b, n, num_heads, d), dtype=x.dtype)  # heads side by side
         _, p, c_core = attention_core_forward(
-            qkv[0], qkv[1], qkv[2], dropout_rate, rng, out=o.transpose(0, 2, 1, 3), keep=keep, q_scale=q_scale
+            qkv[0], qkv[1], qkv[2], dropout_rate, key, out=o.transpose(0, 2, 1, 3), keep=keep, q_scale=q_scale
         )
     else:  # GPU: Q, K and V made contiguous in one pass; O contiguous, its heads put side by side in one copy
         qkv = xp.ascontiguousarray(qkv)
-        o, p, c_core = attention_core_forward(qkv[0], qkv[1], qkv[2], dropout_rate, rng, keep=keep,
+        o, p, c_core = attention_core_forward(qkv[0], qkv[1], qkv[2], dropout_rate, key, keep=keep,
                                               q_scale=q_scale)
         o = o.transpose(0, 2, 1, 3)
     y, c_out = dense_forward(o.reshape(b, n, hd), w_out, b_out)
