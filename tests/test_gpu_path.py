@@ -42,9 +42,6 @@ from npvit.kernels import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-# Host synchronisations that remain in code outside this area, to be removed by the work under way there
-# (ViT.check_images reads isfinite(x).all() back to the host). Everything else must be free of them.
-PENDING_SYNCS = {"check_images"}
 
 
 def on_both(fn, *host_arrays):
@@ -319,7 +316,6 @@ def test_attention_core_gpu_layout_computes_the_same(fake_cupy, monkeypatch, rat
         return (o, p, *attention_core_backward(do, cache))
 
     assert_same(*on_both(core, qkv[0], qkv[1], qkv[2], do))
-    assert_same(expected, got)
 
 
 def test_multi_head_attention_gpu_path(fake_cupy) -> None:
@@ -344,14 +340,57 @@ def test_model_forward_backward_gpu_path_equals_numpy(fake_cupy, host_syncs) -> 
     gpu = npvit.ViT(cfg, backend="cupy", dtype="float64", seed=2)
     expected = [cpu.forward(images), cpu.forward(images, training=True), cpu.backward(dlogits)]
     host_syncs.reset()
-    with host_syncs.recording():
-        got = [gpu.forward(to_fake(images)), gpu.forward(to_fake(images), training=True)]
-        got.append(gpu.backward(to_fake(dlogits)))
-    assert host_syncs.functions() <= PENDING_SYNCS, [str(s) for s in host_syncs.sites]
-    assert host_syncs.gets == 0
+    got = [gpu.forward(to_fake(images)), gpu.forward(to_fake(images), training=True)]
+    got.append(gpu.backward(to_fake(dlogits)))
+    assert host_syncs.gets == 0 and host_syncs.uploads == 0
     assert_same(expected, from_fake(got), rtol=1e-11, atol=1e-12)
     for name, grad in cpu.grads.items():
         np.testing.assert_allclose(from_fake(gpu.grads[name]), grad, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("clip_norm", [None, 0.5])
+def test_training_step_with_dropout_and_adamw_has_no_host_sync(fake_cupy, host_syncs, clip_norm) -> None:
+    # forward with dropout, loss, backward, AdamW (fused, norm and clip factor on the device): strict mode.
+    cfg = npvit.ViTConfig.tiny()
+    rng = np.random.default_rng(6)
+    images, labels = rng.standard_normal((4, 8, 8, 3)), rng.integers(0, cfg.num_classes, 4)
+    models = {}
+    for name, convert in (("numpy", np.asarray), ("cupy", to_fake)):
+        model = npvit.ViT(cfg, backend=name, dtype="float64", seed=3, threads=1)
+        opt = npvit.AdamW(model.params, clip_norm=clip_norm, exclude_from_decay=model.no_decay_names())
+        host_syncs.reset()
+        for step in range(2):
+            logits = model.forward(convert(images), training=True, dropout_seed=step)
+            loss, cache = cross_entropy_forward(logits, convert(labels))
+            model.backward(cross_entropy_backward(cache))
+            norm = opt.step(model.grads)
+        models[name] = (model, norm)
+    assert host_syncs.gets == 0 and host_syncs.uploads == 0
+    (cpu, cpu_norm), (gpu, gpu_norm) = models["numpy"], models["cupy"]
+    assert isinstance(gpu_norm, fake_cupy.cupy.ndarray) and gpu_norm.shape == ()
+    # NumPy and CuPy draw their keyed dropout masks from different streams, so the two runs differ; both
+    # took two AdamW steps of at most about lr = 1e-3 per parameter from the same start.
+    start = npvit.ViT(cfg, backend="numpy", dtype="float64", seed=3).params
+    for name, p in start.items():
+        moved = np.abs(from_fake(gpu.params[name]) - p).max()
+        assert 0 < moved < 3e-3 and 0 < np.abs(cpu.params[name] - p).max() < 3e-3, name
+    assert np.isfinite(from_fake(gpu_norm)) and np.isfinite(cpu_norm)
+
+
+def test_adamw_gpu_path_equals_numpy(fake_cupy, host_syncs) -> None:
+    cfg = npvit.ViTConfig.tiny()
+    rng = np.random.default_rng(7)
+    cpu = npvit.ViT(cfg, backend="numpy", dtype="float64", seed=4, threads=1)
+    gpu = npvit.ViT(cfg, backend="cupy", dtype="float64", seed=4)
+    opts = [npvit.AdamW(m.params, clip_norm=0.3, exclude_from_decay=m.no_decay_names()) for m in (cpu, gpu)]
+    for step in range(3):
+        grads = {name: rng.standard_normal(p.shape) for name, p in cpu.params.items()}
+        host_syncs.reset()
+        norms = [opts[0].step(grads), opts[1].step({k: to_fake(g) for k, g in grads.items()})]
+        assert host_syncs.gets == 0 and host_syncs.uploads == 0
+        np.testing.assert_allclose(from_fake(norms[1]), norms[0], rtol=1e-13)
+    for name, p in cpu.params.items():
+        np.testing.assert_allclose(from_fake(gpu.params[name]), p, rtol=1e-12, atol=1e-14, err_msg=name)
 
 
 # ------------------------------------------------------------------------------------------ augmentation
