@@ -32,7 +32,6 @@ TF32 switches (``cupy._core.set_compute_type``, ``cupy.cuda.cublas.setMathMode``
 from __future__ import annotations
 
 import contextlib
-import math
 import operator
 import sys
 import traceback
