@@ -180,9 +180,12 @@ def _resize_axis(x: Array, axis: int, out_size: int) -> Array:
     """resize_taps along one axis of ``x``: two gathers and a linear interpolation, pixel by pixel."""
     xp = get_array_module(x)
     in_size = x.shape[axis]
-    j0, j1 = (cached_constant(xp, ("resize_taps", in_size, out_size, k), lambda k=k: resize_taps(in_size, out_size)[k],
-                              xp.intp) for k in (0, 1))
-    f = cached_constant(xp, ("resize_taps", in_size, out_size, 2), lambda: resize_taps(in_size, out_size)[2], x.dtype)
+
+    def tap(k: int, dtype: Any) -> Array:  # made once per size and dtype, and on a GPU moved there once
+        return cached_constant(xp, ("resize_taps", in_size, out_size, k), lambda: resize_taps(in_size, out_size)[k],
+                               dtype)
+
+    j0, j1, f = tap(0, xp.intp), tap(1, xp.intp), tap(2, x.dtype)
     f = f.reshape((-1,) + (1,) * (x.ndim - 1 - axis % x.ndim))  # broadcasts along ``axis``
     lo = xp.take(x, j0, axis=axis)
     out = xp.take(x, j1, axis=axis)

@@ -231,7 +231,7 @@ def row_dot(a: Any, w: Any) -> Any:
 
 
 _CONSTANTS: dict[tuple, Any] = {}
-_CONSTANTS_MAX = 64  # distinct constants kept (resize matrices: one per input size, output size and dtype)
+_CONSTANTS_MAX = 64  # distinct constants kept (the resize: three per input size, output size and dtype)
 
 
 def cached_constant(xp: ModuleType, key: Hashable, make: Callable[[], numpy.ndarray], dtype: Any) -> Any:
@@ -239,7 +239,7 @@ def cached_constant(xp: ModuleType, key: Hashable, make: Callable[[], numpy.ndar
     (module, key, dtype) and reused afterwards; ``key`` must identify what ``make`` returns.
 
     The result is shared: never write to it (on NumPy it is read-only). Saves a host-to-device copy per call on
-    CuPy for constant matrices such as the resize weights.
+    CuPy for constants such as the resize's interpolation taps.
     """
     cache_key = (xp, key, numpy.dtype(dtype).str)
     value = _CONSTANTS.get(cache_key)
@@ -303,10 +303,11 @@ class Backend:
         is now in use: False on NumPy, and on GPUs older than compute capability 8.0 (Ampere), which lack it.
 
         On CuPy, TF32 on means: every float32 matrix product npvit makes -- the dense layers (patch embedding,
-        query/key/value and output projections, MLPs, head; forward and backward), the attention's batched
-        products (Q K^T, A V and their gradients) and the bilinear resize of preprocessing -- multiplies inputs
-        rounded to TF32 (10-bit mantissa), accumulating in float32. Nothing else changes: layer norm statistics,
-        softmax, GELU, dropout, the loss and AdamW are elementwise or reduction kernels in full float32. This is
+        query/key/value and output projections, MLPs, head; forward and backward) and the attention's batched
+        products (Q K^T, A V and their gradients) -- multiplies inputs rounded to TF32 (10-bit mantissa),
+        accumulating in float32. Nothing else changes: layer norm statistics, softmax, GELU, dropout, the loss,
+        AdamW and the preprocessing (its resize interpolates, it multiplies no matrices) are elementwise or
+        reduction kernels in full float32. This is
         what PyTorch's ``torch.backends.cuda.matmul.allow_tf32 = True`` does to its matmuls; PyTorch's layer
         norm never uses TF32. Two switches do it, both needed: CuPy's compute type for float32, which its 2-D
         products (``cublasGemmEx``) read, and the cuBLAS handle's math mode, which its batched products
@@ -343,10 +344,11 @@ class DeviceDataset:
     """Images and labels moved to a backend once, and batches gathered there.
 
     ``DeviceDataset(backend, x_train, y_train, num_classes)`` uploads the uint8 images (CIFAR's 50,000 are
-    150 MB) and the labels once, after checking the labels on the host (:func:`check_labels`); ``batch(indices)``
-    then returns ``(images, labels)`` for host integer indices, gathered on the device: only the indices
-    (8 bytes per image) cross the bus at each step. On NumPy the arrays stay where they are and ``batch`` is
-    plain fancy indexing, the same arrays as ``x[indices]``, ``y[indices]``.
+    150 MB) and the labels once, after checking the labels on the host (npvit.kernels.cross_entropy.check_labels,
+    when ``num_classes`` is given); ``batch(indices)`` then returns ``(images, labels)`` for host integer
+    indices, gathered on the device: only the indices (8 bytes per image) cross the bus at each step. On NumPy
+    the arrays stay where they are and ``batch`` is plain fancy indexing, the same arrays as ``x[indices]``,
+    ``y[indices]``.
     """
 
     def __init__(self, backend: "Backend | str", images: numpy.ndarray, labels: numpy.ndarray,
@@ -382,6 +384,8 @@ _CUBLAS_TF32_TENSOR_OP_MATH = 3
 
 def _set_cupy_tf32(cupy: ModuleType, enabled: bool) -> bool:
     """Backend.set_tf32 on CuPy (see there). Returns whether TF32 is in use."""
+    if cupy.cuda.runtime.is_hip:  # ROCm: no TF32, and cuBLAS' math modes do not exist
+        return False
     from cupy._core import _routines_linalg  # CuPy's own matmul tests set the compute type the same way
 
     enabled = bool(enabled) and int(cupy.cuda.Device().compute_capability) >= 80

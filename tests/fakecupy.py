@@ -22,6 +22,19 @@ arrays; ``random.Philox4x3210(seed, size=...)`` refuses a size that is not a mul
 would read and write states past the end); NumPy 2 type promotion (CuPy 14 follows NEP 50). Generators draw
 from NumPy's Philox, so the numbers differ from a GPU's (tests compare paths, never hard-coded draws).
 
+Use in a test module::
+
+    from fakecupy import fake_cupy, host_syncs, to_fake, from_fake   # the fixtures, and setup/check helpers
+
+    def test_steps_without_a_sync(fake_cupy, host_syncs):
+        backend = npvit.get_backend("cupy")             # the fake; its smoke test reads back once
+        host_syncs.reset()
+        ...                                             # any implicit host read raises HostSyncError
+        assert host_syncs.gets == 0                     # and no explicit copy either
+
+``with host_syncs.recording():`` records instead of raising; ``host_syncs.sites`` then names each line that
+synchronised. ``to_fake``/``from_fake`` move test data in and out without being counted.
+
 ``cupy.fuse`` is an identity decorator (the function runs op by op). ``cupy.ElementwiseKernel`` cannot run
 CUDA C: call ``emulate_kernel(name, function)`` to give the kernel of that name a NumPy implementation.
 TF32 switches (``cupy._core.set_compute_type``, ``cupy.cuda.cublas.setMathMode``) are recorded in
