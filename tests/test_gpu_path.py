@@ -468,6 +468,16 @@ def test_gpu_check_pieces_run_on_the_fake(fake_cupy, gpu_check, tmp_path) -> Non
     assert "| checks | passed |" in text and "fingerprint" in text and env["CuPy"] in text
 
 
+def test_gpu_check_main_writes_its_report(fake_cupy, gpu_check, tmp_path, capsys) -> None:
+    report = tmp_path / "report.md"
+    code = gpu_check.main(["--out", str(report), "--skip", "tests,resume,kernels", "--preset", "tiny",
+                           "--batch", "4"])
+    assert code == 0, report.read_text()
+    text = report.read_text()
+    assert "| step | measured |" in text and "| kernels | skipped (--skip) |" in text and "images/s" in text
+    assert fake_cupy.syncs.gets > 0 and "report written" in capsys.readouterr().out
+
+
 def test_gpu_check_tf32_verdict_catches_a_switch_that_does_not_work(fake_cupy, gpu_check, monkeypatch) -> None:
     backend = npvit.get_backend("cupy")
     monkeypatch.setattr(fake_cupy.cupy.cuda.cublas, "setMathMode", lambda handle, mode: None)  # batched stays
