@@ -264,6 +264,11 @@ def test_kill_before_the_first_checkpoint_has_one_way_forward(tmp_path, straight
     (["--dataset", "cifar10", "--label-mode", "coarse"], "only CIFAR-100 has coarse labels"),
     (["--learning-rate", "inf"], r"--learning-rate.*(must be a finite number|expected a number >= 0).*inf"),
     (["--save-every", "0"], "--save-every: expected a number > 0"),
+    (["--batch-size", "0"], "expected a positive integer"),
+    (["--transformer-units", "16,4"], "must end with dim"),
+    (["--dropout", "1.5"], r"expected a number in \[0, 1\)"),
+    (["--mlp-head-units", "a,b"], "comma-separated integers"),
+    (["--pool", "max"], "invalid choice"),
 ])
 def test_bad_flags(tmp_path, capsys, flags, message) -> None:
     try:
