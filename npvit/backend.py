@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 import numpy
 
+from .parallel import shard_slices  # the one helper that cuts a range into near-equal slices
+
 BACKEND_NAMES = ("numpy", "cupy")
 
 
@@ -199,11 +201,7 @@ def batch_chunks(xp: ModuleType, batch: int, bytes_per_item: int, cache: str = "
         return [slice(0, batch)]
     per_slice = max(1, CHUNK_BYTES[cache] // max(1, bytes_per_item))
     count = -(-batch // per_slice)  # as many slices as needed, then equal sizes: no small leftover slice
-    base, extra = divmod(batch, count)
-    bounds = [0]
-    for i in range(count):
-        bounds.append(bounds[-1] + base + (1 if i < extra else 0))
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    return shard_slices(batch, count)
 
 
 def scores_transposed(xp: ModuleType) -> bool:
@@ -273,10 +271,6 @@ class Backend:
 
     name: str
     xp: ModuleType
-
-    def erf(self, x: Any) -> Any:
-        """Elementwise error function."""
-        return erf(x)
 
     def asarray(self, x: Any, dtype: Any = None) -> Any:
         """Move ``x`` (host or device array, list, scalar) onto this backend."""

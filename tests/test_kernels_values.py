@@ -191,6 +191,6 @@ def test_attention_core_gives_the_same_numbers_chunk_by_chunk(rng, monkeypatch) 
     grads_chunked = attention_core_backward(do, chunked[2])
     for a, b in zip((whole[0], whole[1], *grads_whole), (chunked[0], chunked[1], *grads_chunked)):
         np.testing.assert_allclose(b, a, rtol=1e-13, atol=1e-15)
-    o_eval, p_eval, c_eval = attention_core_forward(q, k, v, keep=False)  # inference: nothing kept
+    o_eval, p_eval, c_eval = attention_core_forward(q, k, v, return_probs=False)  # inference: nothing kept
     assert p_eval is None and c_eval is None
     np.testing.assert_allclose(o_eval, attention_core_forward(q, k, v)[0], rtol=1e-13)

@@ -50,13 +50,13 @@ def query_scale(key_dim: int) -> float:
 
 
 def attention_core_forward(
-    q: Array, k: Array, v: Array, dropout_rate: float = 0.0, key: DropoutKey | None = None,
-    out: Array | None = None, keep: bool = True, q_scale: float = 1.0,
+    q: Array, k: Array, v: Array, dropout_rate: float = 0.0, dropout_key: DropoutKey | None = None,
+    out: Array | None = None, return_probs: bool = True, q_scale: float = 1.0,
 ) -> tuple[Array, Array | None, AttentionCoreCache | None]:
     """softmax(Q K^T / sqrt(d)) V with dropout on the probabilities. Returns (O, P, cache).
 
-    ``out`` (B, H, N, d), which may be a strided view, receives O. ``keep=False`` (inference) keeps neither
-    P nor the cache, and returns None for both. ``q_scale`` says that ``q`` arrives already multiplied by
+    ``out`` (B, H, N, d), which may be a strided view, receives O. ``return_probs=False`` (inference) keeps
+    neither P nor the cache, and returns None for both. ``q_scale`` says that ``q`` arrives already multiplied by
     that factor (mha_forward folds query_scale(d) into the projection's weights, which spares a pass over Q); the
     core applies what remains, and the backward pass returns the gradient with respect to the ``q`` given.
     P is returned as a (B, H, N_query, N_key) array or view.
@@ -83,10 +83,10 @@ def attention_core_forward(
     scale = None if remaining == 1.0 else q.dtype.type(remaining)
     o = xp.empty((b, h, n, v.shape[-1]), dtype=q.dtype) if out is None else out
     score_shape = (b, h, n_key, n) if transposed else (b, h, n, n_key)
-    ps = xp.empty(score_shape, dtype=q.dtype) if keep else None  # P (P^T on NumPy) for all chunks
+    ps = xp.empty(score_shape, dtype=q.dtype) if return_probs else None  # P (P^T on NumPy) for all chunks
     # The dropout mask of image i is drawn as (H, N_key, N_query), the layout of the transposed scores.
-    mask = dropout_mask((b, h, n_key, n), dropout_rate, key, xp) if dropout_rate > 0.0 else None
-    keep_scale = dropout_scale(dropout_rate)
+    mask = dropout_mask((b, h, n_key, n), dropout_rate, dropout_key, xp) if dropout_rate > 0.0 else None
+    drop_scale = dropout_scale(dropout_rate)
     for sl in _score_chunks(q, k):
         qs = q[sl] if scale is None else q[sl] * scale
         s = None if ps is None else ps[sl]
@@ -104,10 +104,10 @@ def attention_core_forward(
             else:  # a strided out= would be written through a temporary anyway: copy once, in the open
                 o[sl] = xp.matmul(a, v[sl])
         if mask is not None:
-            o[sl] *= o.dtype.type(keep_scale)
-    if not keep:
+            o[sl] *= o.dtype.type(drop_scale)
+    if not return_probs:
         return o, None, None
-    drop = None if mask is None else (mask, keep_scale)
+    drop = None if mask is None else (mask, drop_scale)
     return o, (ps.swapaxes(-1, -2) if transposed else ps), (q, k, v, ps, drop, q_scale)
 
 
@@ -128,7 +128,7 @@ def attention_core_backward(
     if not transposed:
         do = xp.ascontiguousarray(do)
     scale = q.dtype.type(1.0 / (math.sqrt(q.shape[-1]) * q_scale))  # S = q K^T / (sqrt(d) q_scale)
-    keep_scale = q.dtype.type(1.0 if drop is None else drop[1])
+    drop_scale = q.dtype.type(1.0 if drop is None else drop[1])
     dq, dk, dv = out if out is not None else (xp.empty_like(q), xp.empty_like(k), xp.empty_like(v))
     for sl in _score_chunks(q, k):
         p_c = ps[sl]
@@ -137,24 +137,24 @@ def attention_core_backward(
             xp.matmul(p_c if mask is None else p_c * mask, do[sl], out=dv[sl])  # dV = A^T dO, but for the factor
             dpt = v[sl] @ do[sl].swapaxes(-1, -2)  # dA^T = V dO^T
             if mask is not None:
-                dv[sl] *= keep_scale
+                dv[sl] *= drop_scale
                 xp.multiply(dpt, mask, out=dpt)  # dropout's backward, but for the factor
             dst = softmax_backward(dpt, p_c, axis=-2, out=dpt)  # dS^T, in place: dP^T is not needed again
             xp.matmul(dst, q[sl], out=dk[sl])  # dK = dS^T (Q / sqrt(d))
-            dk[sl] *= scale * keep_scale
+            dk[sl] *= scale * drop_scale
             xp.matmul(dst.swapaxes(-1, -2), k[sl], out=dq[sl])  # dQ = dS K / sqrt(d)
-            dq[sl] *= scale * keep_scale
+            dq[sl] *= scale * drop_scale
             continue
         mask = None if mask is None else mask.swapaxes(-1, -2)  # (c, H, Nq, Nk), as P
         dvt = xp.matmul(do[sl].swapaxes(-1, -2), p_c if mask is None else p_c * mask)  # dV^T = dO^T A
-        xp.multiply(dvt.swapaxes(-1, -2), keep_scale, out=dv[sl])
+        xp.multiply(dvt.swapaxes(-1, -2), drop_scale, out=dv[sl])
         dp = xp.matmul(do[sl], v[sl].swapaxes(-1, -2))  # dA = dO V^T
         if mask is not None:
             xp.multiply(dp, mask, out=dp)
         ds = softmax_backward(dp, p_c, axis=-1, out=dp)  # dS, in place
-        xp.multiply(xp.matmul(ds, k[sl]), scale * keep_scale, out=dq[sl])  # dQ = dS K / sqrt(d)
+        xp.multiply(xp.matmul(ds, k[sl]), scale * drop_scale, out=dq[sl])  # dQ = dS K / sqrt(d)
         dkt = xp.matmul(q[sl].swapaxes(-1, -2), ds)  # dK^T = (Q / sqrt(d))^T dS
-        xp.multiply(dkt.swapaxes(-1, -2), scale * keep_scale, out=dk[sl])
+        xp.multiply(dkt.swapaxes(-1, -2), scale * drop_scale, out=dk[sl])
     return dq, dk, dv
 
 
@@ -166,12 +166,12 @@ def mha_forward(
     b_out: Array,
     num_heads: int,
     dropout_rate: float = 0.0,
-    key: DropoutKey | None = None,
-    keep: bool = True,
+    dropout_key: DropoutKey | None = None,
+    return_probs: bool = True,
 ) -> tuple[Array, AttentionCache | None, Array | None]:
     """Multi-head self-attention of tokens ``x`` (B, N, D). Returns (y, cache, attention probabilities).
 
-    ``keep=False`` (inference) keeps neither the cache nor the probabilities and returns None for both.
+    ``return_probs=False`` (inference) keeps neither the cache nor the probabilities and returns None for both.
     """
     xp = get_array_module(x)
     b, n, _ = x.shape
@@ -185,15 +185,16 @@ def mha_forward(
     if scores_transposed(xp):  # NumPy: views; O written straight into the layout the projection reads
         o = xp.empty((b, n, num_heads, d), dtype=x.dtype)  # heads side by side
         _, p, c_core = attention_core_forward(
-            qkv[0], qkv[1], qkv[2], dropout_rate, key, out=o.transpose(0, 2, 1, 3), keep=keep, q_scale=q_scale
+            qkv[0], qkv[1], qkv[2], dropout_rate, dropout_key, out=o.transpose(0, 2, 1, 3),
+            return_probs=return_probs, q_scale=q_scale,
         )
     else:  # GPU: Q, K and V made contiguous in one pass; O contiguous, its heads put side by side in one copy
         qkv = xp.ascontiguousarray(qkv)
-        o, p, c_core = attention_core_forward(qkv[0], qkv[1], qkv[2], dropout_rate, key, keep=keep,
-                                              q_scale=q_scale)
+        o, p, c_core = attention_core_forward(qkv[0], qkv[1], qkv[2], dropout_rate, dropout_key,
+                                              return_probs=return_probs, q_scale=q_scale)
         o = o.transpose(0, 2, 1, 3)
     y, c_out = dense_forward(o.reshape(b, n, hd), w_out, b_out)
-    return y, ((c_qkv, c_core, c_out) if keep else None), p
+    return y, ((c_qkv, c_core, c_out) if return_probs else None), p
 
 
 def _query_scaled(a: Array, hd: int, q_scale: float) -> Array:

@@ -33,39 +33,39 @@ def gelu_forward(x: Array, kind: str = "erf") -> tuple[Array, GeluCache]:
     exp, so computing it once is worth the memory.
     """
     xp = get_array_module(x)
-    t = x.dtype.type
+    typed = x.dtype.type
     if kind == "erf":
-        s = normal_cdf(x)  # Phi(x) = (1 + erf(x / sqrt 2)) / 2
-        return x * s, (x, s)
+        cdf = normal_cdf(x)  # Phi(x) = (1 + erf(x / sqrt 2)) / 2
+        return x * cdf, (x, cdf)
     if kind == "tanh":
-        s = xp.tanh(t(_SQRT_2_OVER_PI) * (x + t(_C) * x * x * x))
-        y = s + 1
+        th = xp.tanh(typed(_SQRT_2_OVER_PI) * (x + typed(_C) * x * x * x))  # tanh(u)
+        y = th + 1
         y *= x
         y *= 0.5
-        return y, (x, s)
+        return y, (x, th)
     raise ValueError(f"unknown GELU kind {kind!r}: expected one of {GELU_KINDS}")
 
 
 def gelu_backward(dy: Array, cache: GeluCache, kind: str = "erf") -> Array:
     """Gradient of gelu_forward with respect to its input."""
-    x, s = cache
+    x, saved = cache  # Phi(x) for "erf", tanh(u) for "tanh"
     xp = get_array_module(x)
-    t = x.dtype.type
+    typed = x.dtype.type
     if kind == "erf":
-        grad = xp.exp2(x * x * t(-0.5 * _LOG2_E))  # exp(-x^2 / 2); exp2 is the faster of the two in NumPy
-        grad *= t(_INV_SQRT_2PI)
+        grad = xp.exp2(x * x * typed(-0.5 * _LOG2_E))  # exp(-x^2 / 2); exp2 is the faster of the two in NumPy
+        grad *= typed(_INV_SQRT_2PI)
         grad *= x
-        grad += s  # Phi(x) + x phi(x)
+        grad += saved  # Phi(x) + x phi(x)
     elif kind == "tanh":
         dudx = x * x
-        dudx *= t(3 * _C)
+        dudx *= typed(3 * _C)
         dudx += 1
-        dudx *= t(_SQRT_2_OVER_PI)
-        grad = 1 - s * s
+        dudx *= typed(_SQRT_2_OVER_PI)
+        grad = 1 - saved * saved
         grad *= x
         grad *= dudx
-        grad += 1 + s
-        grad *= 0.5  # (1 + t) / 2 + x (1 - t^2) u'(x) / 2
+        grad += 1 + saved
+        grad *= 0.5  # (1 + t) / 2 + x (1 - t^2) u'(x) / 2, t = tanh(u)
     else:
         raise ValueError(f"unknown GELU kind {kind!r}: expected one of {GELU_KINDS}")
     grad *= dy
