@@ -135,6 +135,7 @@ except ImportError:  # not Unix: no CPU-time and page-fault counts
 import npvit  # noqa: E402
 from npvit import kernels as K  # noqa: E402
 from npvit.demo import PRESETS  # noqa: E402
+from npvit.kernels import DropoutKey  # noqa: E402
 from npvit.model import Context  # noqa: E402
 
 from flops import attention_flops_per_image, dense_flops, matmul_flops_per_image, TRAIN_FACTOR  # noqa: E402
@@ -530,7 +531,7 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
     hd = h * kd
     rows, depth = b * t, cfg.depth
     scale = 1.0 / math.sqrt(kd)
-    drop_rng = be.rng(2)
+    drop_rng = DropoutKey(2)
     cases: list[KernelCase] = []
 
     # ---- patches ----------------------------------------------------------------------------------------
@@ -731,10 +732,10 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
 
     def np_head():
         pooled, dlogits = dev_np(pooled_h), dev_np(dlogits_h)
-        ctx_train = Context(training=True, rng=model.rng)
+        ctx_train = Context(training=True, dropout_key=DropoutKey(1))
 
         def fwd():
-            hh, c_drop = ctx_train.dropout(pooled, cfg.head_dropout)
+            hh, c_drop = ctx_train.dropout(pooled, cfg.head_dropout, "head_drop")
             hh, c_head = model.head.forward(params, hh, ctx_train)
             _, c_out = model.head_out.forward(params, hh, ctx_train)
             return c_drop, c_head, c_out
@@ -790,7 +791,7 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
     # ---- composites: whole layers through npvit's real code path ---------------------------------------
     x_h, dy_h = host(b, t, d), host(b, t, d)
     blk = model.blocks[0]
-    ctx_train = Context(training=True, rng=model.rng)
+    ctx_train = Context(training=True, dropout_key=DropoutKey(1))
     core_flops = 2 * att_flops
 
     def np_core():
@@ -1205,7 +1206,7 @@ def section_seqlen(ctx: Ctx, base: npvit.ViTConfig | None = None, label: str = "
         qkv_h = rng.standard_normal((b, t, 3, cfg.num_heads, cfg.key_dim), dtype=np.float32)
         do_h = rng.standard_normal((b, t, cfg.num_heads, cfg.key_dim), dtype=np.float32)
         scale = 1.0 / math.sqrt(cfg.key_dim)
-        drop_rng = ctx.backend.rng(4)
+        drop_rng = DropoutKey(4)
 
         def np_core():
             q, k, v = ctx.backend.asarray(qkv_h).transpose(2, 0, 3, 1, 4)

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         grad_norm = opt.step(model.grads)
         backend.synchronize()
         seconds = time.perf_counter() - start
-        print(f"step {step}/{args.steps}  loss {float(loss):.4f}  grad norm {grad_norm:.3f}  "
+        print(f"step {step}/{args.steps}  loss {float(loss):.4f}  grad norm {float(grad_norm):.3f}  "
               f"{seconds:.2f} s  {args.batch / seconds:.1f} images/s", flush=True)
     return 0
 

@@ -13,28 +13,37 @@ For each parameter p with gradient g, at step t = 1, 2, ...:
 The two epsilon conventions differ only in where eps meets the bias correction (Keras adds it to the raw
 sqrt(v), PyTorch to the corrected one). Decay happens before the Adam step, as in all three libraries.
 Parameters are updated in place, so arrays held elsewhere (a model's ``params``) see the new values.
+
+A step whose global gradient norm ||G|| is not finite changes nothing: parameters and moments keep their
+values, and the caller, who gets the norm back, must stop. With a model's parameters (a FlatDict: every
+parameter a view into one flat buffer) the whole update is one pass over four flat arrays: one fused kernel
+on CuPy, cache-sized pieces shared out among threads on NumPy. On CuPy nothing in ``step`` waits for the
+device: the norm, the clipping factor and the finite check stay there.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from .backend import get_array_module, to_numpy
+from .flat import FlatDict
 from .parallel import available_cores, parallel_map
 
 Array = Any
 DECAY_CONVENTIONS = ("keras", "tfa")
 EPSILON_CONVENTIONS = ("keras", "pytorch")
+_CHUNK = 1 << 16  # NumPy: elements per piece of the update; its temporaries stay in the CPU cache
 
 
 class AdamW:
     """AdamW over a dict of named arrays.
 
     Args:
-        params: name -> array, updated in place by ``step``.
+        params: name -> array, updated in place by ``step``; a model's ``params`` (a FlatDict) gets the
+            one-pass update, any other dict one update per array.
         lr: learning rate; may be changed between steps (``opt.lr = ...``) for a schedule.
         weight_decay: decoupled decay coefficient (0 turns AdamW into Adam).
         beta1, beta2, epsilon: Adam's moment decay rates and stabiliser (Keras defaults).
@@ -63,14 +72,15 @@ class AdamW:
             raise ValueError(
                 f"epsilon_convention must be one of {EPSILON_CONVENTIONS}, got {epsilon_convention!r}"
             )
-        if not lr >= 0 or not weight_decay >= 0:
-            raise ValueError(f"AdamW lr and weight_decay must be >= 0, got lr={lr!r}, weight_decay={weight_decay!r}")
+        if not lr >= 0 or not weight_decay >= 0 or not math.isfinite(lr) or not math.isfinite(weight_decay):
+            raise ValueError(f"AdamW lr and weight_decay must be finite and >= 0, got lr={lr!r}, "
+                             f"weight_decay={weight_decay!r}")
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
             raise ValueError(f"AdamW betas must be in [0, 1), got beta1={beta1!r}, beta2={beta2!r}")
-        if not epsilon > 0:
-            raise ValueError(f"AdamW epsilon must be positive, got {epsilon!r}")
-        if clip_norm is not None and not clip_norm > 0:
-            raise ValueError(f"clip_norm must be positive or None, got {clip_norm!r}")
+        if not (epsilon > 0 and math.isfinite(epsilon)):
+            raise ValueError(f"AdamW epsilon must be positive and finite, got {epsilon!r}")
+        if clip_norm is not None and not (clip_norm > 0 and math.isfinite(clip_norm)):
+            raise ValueError(f"clip_norm must be positive and finite, or None, got {clip_norm!r}")
         not_contiguous = sorted(n for n, p in params.items() if not p.flags.c_contiguous)
         if not_contiguous:
             raise ValueError(f"AdamW updates parameters in place and needs C-contiguous arrays; "
@@ -86,52 +96,125 @@ class AdamW:
         self.exclude_from_decay = frozenset(exclude_from_decay)
         self.clip_norm = clip_norm
         self.step_count = 0
-        xp = get_array_module(*params.values())
-        # NumPy: pieces of 64 Ki elements spread over the cores; CuPy: whole arrays, one kernel each.
-        self.chunk = 1 << 16 if xp is np else max([1, *(int(p.size) for p in params.values())])
-        self.threads = available_cores() if xp is np else 1
-        self.m = {n: get_array_module(p).zeros_like(p) for n, p in params.items()}
-        self.v = {n: get_array_module(p).zeros_like(p) for n, p in params.items()}
+        self.xp = get_array_module(*params.values())
+        # The moments always live in flat buffers laid out like the parameters.
+        template = params if isinstance(params, FlatDict) else FlatDict.zeros(
+            self.xp, {n: p.shape for n, p in params.items()}, _common_dtype(params))
+        self.m, self.v = template.zeros_like(), template.zeros_like()
+        self._grads: FlatDict | None = None  # a flat copy of gradients that do not come as a FlatDict
+        self._decayed: Array | None = None  # CuPy with exclusions: 1 where a parameter decays, else 0
+        self._fused: Callable[..., None] | None = None
 
-    def step(self, grads: Mapping[str, Array]) -> float:
-        """Apply one update from ``grads`` (same keys as params). Returns the global gradient norm before
-        clipping, which is worth logging."""
+    # ---- the update --------------------------------------------------------------------------------------
+    def step(self, grads: Mapping[str, Array]) -> Array:
+        """Apply one update from ``grads`` (same keys as params).
+
+        Returns the global gradient norm before clipping as a 0-d array of the backend (a NumPy scalar on
+        NumPy; worth logging; read it with ``float()``, which on CuPy waits for the device). When it is not finite, nothing is updated.
+        """
         missing = sorted(set(self.params) - set(grads))
         if missing:
             raise ValueError(f"grads is missing parameters: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        norm = global_norm(grads.values())
-        scale = 1.0
-        if self.clip_norm is not None and norm > self.clip_norm:
-            scale = self.clip_norm / norm
-
-        self.step_count += 1
-        t, b1, b2 = self.step_count, self.beta1, self.beta2
+        g = self._flat_grads(grads)
+        norm = global_norm([g.flat])
+        b1, b2 = self.beta1, self.beta2
+        t = self.step_count + 1
         step_size = self.lr * math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
         eps = self.epsilon
         if self.epsilon_convention == "pytorch":
             # sqrt(v / (1 - b2^t)) + eps = (sqrt(v) + eps sqrt(1 - b2^t)) / sqrt(1 - b2^t): one formula for both
             eps *= math.sqrt(1.0 - b2**t)
         decay = self.weight_decay * (self.lr if self.decay_convention == "keras" else 1.0)
-
-        # Work on cache-sized pieces of each (flattened) parameter: the temporaries then stay in the CPU's
-        # cache instead of streaming through memory, and on NumPy the pieces are shared out among threads.
-        jobs = []
-        for name, p in self.params.items():
-            factor = 1.0 - decay if decay and name not in self.exclude_from_decay else 1.0
-            flat = [a.reshape(-1) for a in (p, grads[name], self.m[name], self.v[name])]
-            for start in range(0, p.size, self.chunk):
-                jobs.append((*(a[start:start + self.chunk] for a in flat), factor))
-        parallel_map(lambda p, g, m, v, factor: adamw_update(p, g, m, v, scale, factor, b1, b2, eps, step_size),
-                     jobs, self.threads)
+        typed = g.flat.dtype.type  # every scalar rounded once to the parameters' dtype
+        scalars = tuple(typed(c) for c in (b1, 1.0 - b1, b2, 1.0 - b2, eps, step_size))
+        if self.xp is np:
+            norm_host = float(norm)
+            if not math.isfinite(norm_host):
+                return norm  # nothing changes; the caller stops the run
+            scale = None
+            if self.clip_norm is not None and norm_host > self.clip_norm:
+                scale = typed(self.clip_norm / norm_host)
+            self._step_numpy(g, decay, scale, scalars)
+        else:
+            self._step_device(g, norm, decay, scalars)
+        self.step_count = t
         return norm
+
+    def _flat_grads(self, grads: Mapping[str, Array]) -> FlatDict:
+        """The gradients as a FlatDict laid out like the moments: the model's own when it is one, else a copy."""
+        if self.m.same_layout(grads):
+            return grads  # type: ignore[return-value]
+        if self._grads is None:
+            self._grads = self.m.zeros_like()
+        for name in self.params:
+            self._grads[name] = grads[name]
+        return self._grads
+
+    def _step_numpy(self, g: FlatDict, decay: float, scale: Any, scalars: tuple) -> None:
+        """Cache-sized pieces of every (flat) array, shared out among threads, one decay factor per piece."""
+        params = self.params
+        flat = isinstance(params, FlatDict)
+        jobs = []
+        for name, offset, shape in self.m.layout:
+            size = math.prod(shape)
+            factor = 1.0 - decay if decay and name not in self.exclude_from_decay else None
+            if flat and jobs and jobs[-1][-1] == factor and jobs[-1][1] == offset:
+                start, _, _ = jobs.pop()  # extend the previous run of parameters with the same decay
+                jobs.append((start, offset + size, factor))
+            elif flat:
+                jobs.append((offset, offset + size, factor))
+            else:
+                jobs.append((name, size, factor))
+        pieces = []
+        for job in jobs:
+            if flat:
+                lo, hi, factor = job
+                arrays = (params.flat, g.flat, self.m.flat, self.v.flat)
+            else:
+                name, hi, factor = job
+                lo = 0
+                arrays = tuple(a.reshape(-1) for a in (params[name], g[name], self.m[name], self.v[name]))
+            for start in range(lo, hi, _CHUNK):
+                stop = min(hi, start + _CHUNK)
+                pieces.append((*(a[start:stop] for a in arrays), factor))
+        typed = g.flat.dtype.type
+        parallel_map(lambda p, gg, m, v, factor: adamw_update(
+            np, p, gg, m, v, None if factor is None else typed(factor), scale, *scalars), pieces, available_cores())
+
+    def _step_device(self, g: FlatDict, norm: Array, decay: float, scalars: tuple) -> None:
+        """One fused kernel over the flat arrays (one per parameter when params is not a FlatDict)."""
+        xp = self.xp
+        if self._fused is None:
+            self._fused = _fused_update(xp)
+        typed = g.flat.dtype.type
+        ok = xp.isfinite(norm)  # 0-d: stays on the device
+        scale: Any = None
+        if self.clip_norm is not None:  # min(1, clip / norm), computed on the device
+            scale = xp.minimum(typed(1.0), typed(self.clip_norm) / norm)
+        if isinstance(self.params, FlatDict):
+            factor: Any = typed(1.0 - decay) if decay else None
+            if decay and self.exclude_from_decay:
+                if self._decayed is None:
+                    self._decayed = self.m.zeros_like()
+                    for name in self.params:
+                        if name not in self.exclude_from_decay:
+                            self._decayed[name] = 1
+                factor = typed(1.0) - typed(decay) * self._decayed.flat
+            self._fused(self.params.flat, g.flat, self.m.flat, self.v.flat, factor, scale, *scalars, ok)
+            return
+        for name, p in self.params.items():
+            factor = typed(1.0 - decay) if decay and name not in self.exclude_from_decay else None
+            self._fused(p, g[name], self.m[name], self.v[name], factor, scale, *scalars, ok)
 
     # ---- state -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
         """Host copies of the step count and both moments (``m/<name>``, ``v/<name>``), for checkpoints."""
         state = {"step": np.asarray(self.step_count, dtype=np.int64)}
-        for name in self.params:
-            state[f"m/{name}"] = to_numpy(self.m[name]).copy()
-            state[f"v/{name}"] = to_numpy(self.v[name]).copy()
+        m, v = to_numpy(self.m.flat), to_numpy(self.v.flat)  # one copy each from the device
+        for name, offset, shape in self.m.layout:
+            size = math.prod(shape)
+            state[f"m/{name}"] = m[offset:offset + size].reshape(shape).copy()
+            state[f"v/{name}"] = v[offset:offset + size].reshape(shape).copy()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -139,49 +222,83 @@ class AdamW:
         if "step" not in state:
             raise ValueError("optimizer state has no 'step' entry; was it written by AdamW.state_dict()?")
         for name, p in self.params.items():
-            for kind, store in (("m", self.m), ("v", self.v)):
+            for kind in ("m", "v"):
                 key = f"{kind}/{name}"
                 if key not in state:
                     raise ValueError(f"optimizer state has no entry {key!r}; it belongs to a different model")
                 value = np.asarray(state[key])
                 if value.shape != tuple(p.shape):
                     raise ValueError(f"optimizer state {key!r} has shape {value.shape}, parameter has {p.shape}")
-                store[name][...] = get_array_module(p).asarray(value, dtype=p.dtype)
-        self.step_count = int(np.asarray(state["step"]))
+        step = np.asarray(state["step"])
+        if step.shape != () or not np.issubdtype(step.dtype, np.integer) or int(step) < 0:
+            raise ValueError(f"optimizer state 'step' must be a non-negative integer, got {state['step']!r}")
+        for name, p in self.params.items():
+            for kind, store in (("m", self.m), ("v", self.v)):
+                store[name] = self.xp.asarray(np.asarray(state[f"{kind}/{name}"]), dtype=p.dtype)
+        self.step_count = int(step)
 
 
-def adamw_update(p: Array, g: Array, m: Array, v: Array, grad_scale: float, decay_factor: float, b1: float,
-                 b2: float, eps: float, step_size: float) -> None:
+def adamw_update(xp: Any, p: Array, g: Array, m: Array, v: Array, decay_factor: Any, grad_scale: Any,
+                 b1: Any, c1: Any, b2: Any, c2: Any, eps: Any, step_size: Any, ok: Array | None = None) -> None:
     """One AdamW step on (pieces of) a parameter, in place:
-    p *= decay_factor; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= step_size m / (sqrt(v) + eps)."""
-    xp = get_array_module(p)
-    t = p.dtype.type
-    if grad_scale != 1.0:
-        g = g * t(grad_scale)
-    if decay_factor != 1.0:
-        p *= t(decay_factor)
-    m *= t(b1)
-    tmp = g * t(1.0 - b1)
-    m += tmp
-    v *= t(b2)
-    xp.multiply(g, g, out=tmp)
-    tmp *= t(1.0 - b2)
-    v += tmp
-    xp.sqrt(v, out=tmp)
-    tmp += t(eps)
-    xp.divide(m, tmp, out=tmp)
-    tmp *= t(step_size)
-    p -= tmp
+
+        g' = grad_scale g;  m = b1 m + c1 g';  v = b2 v + c2 g'^2      (c1 = 1 - b1, c2 = 1 - b2)
+        p  = decay_factor p - step_size m / (sqrt(v) + eps)
+
+    Scalars come as scalars of the parameters' dtype, c1 and c2 rounded from the exact 1 - b (``decay_factor``
+    may also be an array of factors, ``grad_scale`` a 0-d array; None for either means 1). Written with arithmetic and ufuncs only, so that ``cupy.fuse`` compiles it
+    into one kernel; NumPy runs it as it reads. ``ok`` (a 0-d boolean, CuPy) keeps every array unchanged
+    when False; NumPy callers check the norm on the host instead and pass None.
+    """
+    gs = g if grad_scale is None else g * grad_scale
+    m_new = m * b1 + gs * c1
+    v_new = v * b2 + (gs * gs) * c2
+    update = m_new / (xp.sqrt(v_new) + eps) * step_size
+    if ok is None:
+        if decay_factor is not None:
+            p *= decay_factor
+        p -= update
+        m[...] = m_new
+        v[...] = v_new
+        return
+    xp.copyto(p, (p if decay_factor is None else p * decay_factor) - update, where=ok)
+    xp.copyto(m, m_new, where=ok)
+    xp.copyto(v, v_new, where=ok)
 
 
-def global_norm(arrays: Iterable[Array]) -> float:
-    """sqrt(sum of squares) over every element of every array.
+def _fused_update(xp: Any) -> Callable[..., None]:
+    """adamw_update compiled by ``xp.fuse`` into one kernel (CuPy); made once per array module."""
+    if xp not in _FUSED:
+        def update(p: Array, g: Array, m: Array, v: Array, decay_factor: Any, grad_scale: Any, b1: Any, c1: Any,
+                   b2: Any, c2: Any, eps: Any, step_size: Any, ok: Array) -> None:
+            adamw_update(xp, p, g, m, v, decay_factor, grad_scale, b1, c1, b2, c2, eps, step_size, ok)
+
+        _FUSED[xp] = xp.fuse(kernel_name="npvit_adamw")(update)
+    return _FUSED[xp]
+
+
+_FUSED: dict[Any, Callable[..., None]] = {}
+
+
+def global_norm(arrays: Iterable[Array]) -> Array:
+    """sqrt(sum of squares) over every element of every array, as a 0-d array of their backend (a NumPy
+    scalar on NumPy).
 
     Each array's sum of squares is one BLAS dot product in the array's own dtype (a single pass, no float64
-    copy of the gradients); the per-array sums are added in Python floats.
+    copy of the gradients); nothing is copied to the host.
     """
-    total = 0.0
+    total = None
     for a in arrays:
         flat = a.reshape(-1)
-        total = total + flat @ flat  # stays on the device until the one float() below
-    return math.sqrt(float(total))
+        square = flat @ flat
+        total = square if total is None else total + square
+    if total is None:
+        raise ValueError("global_norm of no arrays")
+    return get_array_module(total).sqrt(total)
+
+
+def _common_dtype(params: Mapping[str, Array]) -> Any:
+    dtypes = {p.dtype for p in params.values()}
+    if len(dtypes) != 1:
+        raise ValueError(f"AdamW needs parameters of one dtype, got {sorted(map(str, dtypes))}")
+    return dtypes.pop()

@@ -317,8 +317,7 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
                 labels = backend.asarray(y_train[idx])
                 images = augmenter(backend.asarray(x_train[idx]), training=True,
                                    rng=backend.rng(stream_seed(s["seed"], AUGMENT, step)))
-                model.rng = backend.rng(stream_seed(s["seed"], DROPOUT, step))
-                logits = model.forward(images, training=True)
+                logits = model.forward(images, training=True, dropout_seed=stream_seed(s["seed"], DROPOUT, step))
                 loss, cache = cross_entropy_forward(logits, labels, s["label_smoothing"])
                 loss = float(loss)
                 if not math.isfinite(loss):

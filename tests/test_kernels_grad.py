@@ -12,6 +12,7 @@ import pytest
 import npvit
 from npvit import check_backward
 from npvit.kernels import (
+    DropoutKey,
     attention_core_backward,
     attention_core_forward,
     cross_entropy_backward,
@@ -123,10 +124,10 @@ def test_attention_core(backend, rng, rate, score_chunks) -> None:
     seed = 11  # the same dropout mask at every evaluation
 
     def forward(q, k, v):
-        return attention_core_forward(q, k, v, rate, backend.rng(seed))[0]
+        return attention_core_forward(q, k, v, rate, DropoutKey(seed))[0]
 
     def backward(q, k, v, do):
-        return attention_core_backward(do, attention_core_forward(q, k, v, rate, backend.rng(seed))[2])
+        return attention_core_backward(do, attention_core_forward(q, k, v, rate, DropoutKey(seed))[2])
 
     check_backward(forward, backward, [q, k, v], rtol=RTOL, names=["q", "k", "v"])
 
@@ -154,10 +155,10 @@ def test_multi_head_attention(backend, rng, rate, score_chunks) -> None:
     seed = 5
 
     def forward(x, wq, bq, wo, bo):
-        return mha_forward(x, wq, bq, wo, bo, heads, rate, backend.rng(seed))[0]
+        return mha_forward(x, wq, bq, wo, bo, heads, rate, DropoutKey(seed))[0]
 
     def backward(x, wq, bq, wo, bo, dy):
-        cache = mha_forward(x, wq, bq, wo, bo, heads, rate, backend.rng(seed))[1]
+        cache = mha_forward(x, wq, bq, wo, bo, heads, rate, DropoutKey(seed))[1]
         return mha_backward(dy, cache, wq, wo)
 
     check_backward(forward, backward, [x, w_qkv, b_qkv, w_out, b_out], rtol=RTOL,

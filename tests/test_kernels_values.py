@@ -10,6 +10,7 @@ import pytest
 import npvit
 from npvit.backend import to_numpy
 from npvit.kernels import (
+    DropoutKey,
     attention_core_backward,
     attention_core_forward,
     cross_entropy_forward,
@@ -83,7 +84,7 @@ def test_softmax_is_stable_and_normalised(backend) -> None:
 
 def test_dropout_statistics_and_scaling(backend) -> None:
     x = backend.asarray(np.ones((200, 500)), dtype="float32")
-    y, (mask, scale) = dropout_forward(x, 0.25, backend.rng(0))
+    y, (mask, scale) = dropout_forward(x, 0.25, DropoutKey(0))
     y, mask = to_numpy(y), to_numpy(mask)
     assert scale == pytest.approx(1 / 0.75)
     assert abs(mask.mean() - 0.75) < 0.01  # 100,000 draws: std of the mean is 0.0014
@@ -92,12 +93,12 @@ def test_dropout_statistics_and_scaling(backend) -> None:
     same, _ = dropout_forward(x, 0.0)
     assert same is x
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        dropout_forward(x, 1.0, backend.rng(0))
+        dropout_forward(x, 1.0, DropoutKey(0))
 
 
 def test_dropout_masks_do_not_depend_on_dtype(backend) -> None:
-    a = to_numpy(dropout_forward(backend.asarray(np.ones(1000), dtype="float32"), 0.5, backend.rng(3))[1][0])
-    b = to_numpy(dropout_forward(backend.asarray(np.ones(1000), dtype="float64"), 0.5, backend.rng(3))[1][0])
+    a = to_numpy(dropout_forward(backend.asarray(np.ones(1000), dtype="float32"), 0.5, DropoutKey(3))[1][0])
+    b = to_numpy(dropout_forward(backend.asarray(np.ones(1000), dtype="float64"), 0.5, DropoutKey(3))[1][0])
     assert np.array_equal(a, b)
 
 
@@ -162,7 +163,7 @@ def test_attention_matches_per_head_loop(backend, rng) -> None:
 
 def test_attention_dropout_drops_probabilities(backend, rng) -> None:
     q, k, v = (backend.asarray(rng.standard_normal((2, 2, 5, 3))) for _ in range(3))
-    o_train, p, cache = attention_core_forward(q, k, v, 0.5, backend.rng(1))
+    o_train, p, cache = attention_core_forward(q, k, v, 0.5, DropoutKey(1))
     o_eval, p_eval, _ = attention_core_forward(q, k, v, 0.0)
     keep = to_numpy(cache[4][0]).swapaxes(-1, -2)  # the core keeps its matrices transposed
     assert 0 < keep.mean() < 1
@@ -173,12 +174,12 @@ def test_attention_dropout_drops_probabilities(backend, rng) -> None:
 
 def test_attention_core_gives_the_same_numbers_chunk_by_chunk(rng, monkeypatch) -> None:
     """NumPy runs the core a few images at a time; one image per chunk must change nothing, dropout included
-    (the mask is drawn for the whole batch before the chunks)."""
+    (masks are keyed by image, so cutting the batch cannot change them)."""
     q, k, v, do = (rng.standard_normal((4, 2, 6, 3)) for _ in range(4))
-    whole = attention_core_forward(q, k, v, 0.3, np.random.default_rng(2))
+    whole = attention_core_forward(q, k, v, 0.3, DropoutKey(2))
     grads_whole = attention_core_backward(do, whole[2])
     monkeypatch.setitem(npvit.backend.CHUNK_BYTES, "l2", 1)
-    chunked = attention_core_forward(q, k, v, 0.3, np.random.default_rng(2))
+    chunked = attention_core_forward(q, k, v, 0.3, DropoutKey(2))
     grads_chunked = attention_core_backward(do, chunked[2])
     for a, b in zip((whole[0], whole[1], *grads_whole), (chunked[0], chunked[1], *grads_chunked)):
         np.testing.assert_allclose(b, a, rtol=1e-13, atol=1e-15)

@@ -11,6 +11,7 @@ import pytest
 import npvit
 from npvit import ViT, ViTConfig, check_backward, cross_entropy_backward, cross_entropy_forward
 from npvit.backend import to_numpy
+from npvit.parallel import token_bytes_per_image
 
 
 def test_keras_preset_parameter_count() -> None:
@@ -47,7 +48,7 @@ def test_initialisation_follows_keras_defaults() -> None:
 @pytest.mark.parametrize("pool", ["flatten", "cls", "gap"])
 @pytest.mark.parametrize("gelu", ["erf", "tanh"])
 def test_full_model_gradients_with_dropout(backend, pool, gelu) -> None:
-    """Every parameter and the input images, dropout on (masks fixed by resetting the generator)."""
+    """Every parameter and the input images, dropout on (the same masks at every evaluation: one seed)."""
     cfg = dataclasses.replace(ViTConfig.tiny(), pool=pool, gelu=gelu, dropout=0.2, attention_dropout=0.2,
                               head_dropout=0.3)
     model = ViT(cfg, backend=backend, dtype="float64", seed=1)
@@ -60,8 +61,7 @@ def test_full_model_gradients_with_dropout(backend, pool, gelu) -> None:
     names = list(model.params)
 
     def loss_of(x):
-        model.rng = backend.rng(42)  # the same dropout masks at every evaluation
-        logits = model.forward(x, training=True)
+        logits = model.forward(x, training=True, dropout_seed=42)
         return cross_entropy_forward(logits, labels, label_smoothing=0.1)
 
     def forward(*inputs):
@@ -220,6 +220,11 @@ def test_sharded_batch_matches_one_shard() -> None:
         ViT(cfg, threads=0)
 
 
+def pieces_of(cfg: ViTConfig, batch: int) -> list[slice]:
+    """The pieces a NumPy shard of ``batch`` images goes through the blocks in."""
+    return npvit.backend.batch_chunks(np, batch, token_bytes_per_image(cfg), cache="l3")
+
+
 def test_blocks_run_piece_by_piece_with_the_same_numbers(monkeypatch) -> None:
     """Each shard goes through the blocks a few images at a time; one image per piece must change nothing."""
     cfg = dataclasses.replace(ViTConfig.tiny(), pool="cls", dropout=0.0, attention_dropout=0.0, head_dropout=0.0)
@@ -229,7 +234,7 @@ def test_blocks_run_piece_by_piece_with_the_same_numbers(monkeypatch) -> None:
     for budget in (npvit.backend.CHUNK_BYTES["l3"], 1):
         monkeypatch.setitem(npvit.backend.CHUNK_BYTES, "l3", budget)
         model = ViT(cfg, dtype="float64", seed=4, threads=1)
-        assert len(model._pieces(len(images))) == (1 if budget > 1 else 5)
+        assert len(pieces_of(cfg, len(images))) == (1 if budget > 1 else 5)
         logits = model.forward(images, training=True, keep_attention=True)
         maps = model.attention_maps
         dimages = model.backward(cross_entropy_backward(cross_entropy_forward(logits, labels)[1]))
@@ -259,8 +264,7 @@ def test_full_model_gradients_piece_by_piece_with_dropout(monkeypatch) -> None:
     names = [n for n in model.params if n.startswith(("blocks.0.", "pos_embed", "patch_embed"))]
 
     def loss_of(x):
-        model.rng = npvit.get_backend("numpy").rng(42)
-        return cross_entropy_forward(model.forward(x, training=True), labels)
+        return cross_entropy_forward(model.forward(x, training=True, dropout_seed=42), labels)
 
     def backward(*inputs_and_dy):
         *inputs, dloss = inputs_and_dy
@@ -269,7 +273,7 @@ def test_full_model_gradients_piece_by_piece_with_dropout(monkeypatch) -> None:
 
     result = check_backward(lambda *inputs: loss_of(inputs[-1])[0], backward,
                             [model.params[n] for n in names] + [images], names=names + ["images"], rtol=1e-6)
-    assert len(model._pieces(3)) == 3 and result.max_error < 1e-6
+    assert len(pieces_of(cfg, 3)) == 3 and result.max_error < 1e-6
 
 
 def test_load_params_copies_in_place_and_checks_shapes() -> None:

@@ -135,3 +135,55 @@ def test_bad_arguments_and_states() -> None:
 def test_non_contiguous_parameters_are_refused() -> None:
     with pytest.raises(ValueError, match="C-contiguous"):
         npvit.AdamW({"w": np.ones((3, 4)).T})
+
+
+def _model_and_grads(seed: int = 0):
+    model = npvit.ViT(npvit.ViTConfig.tiny(), seed=seed)
+    rng = np.random.default_rng(seed)
+    model.grads.flat[...] = rng.standard_normal(model.grads.flat.size).astype(np.float32) * 1e-2
+    return model
+
+
+@pytest.mark.parametrize("exclude, clip", [(False, None), (True, 0.05)])
+def test_flat_update_equals_the_per_array_update(exclude, clip) -> None:
+    """The one-pass update over a model's flat buffers gives bit for bit what one update per array gives."""
+    model = _model_and_grads()
+    separate = {n: p.copy() for n, p in model.params.items()}  # a plain dict: one update per array
+    excluded = model.no_decay_names() if exclude else ()
+    kwargs = dict(lr=1e-2, weight_decay=0.1, exclude_from_decay=excluded, clip_norm=clip)
+    flat_opt, separate_opt = npvit.AdamW(model.params, **kwargs), npvit.AdamW(separate, **kwargs)
+    grads = {n: g.copy() for n, g in model.grads.items()}
+    for _ in range(3):
+        norm_flat = flat_opt.step(model.grads)
+        norm_separate = separate_opt.step(grads)
+    assert float(norm_flat) == pytest.approx(float(norm_separate), rel=1e-6)
+    for name in separate:
+        np.testing.assert_array_equal(model.params[name], separate[name], err_msg=name)
+
+
+def test_a_non_finite_gradient_changes_nothing() -> None:
+    model = _model_and_grads()
+    opt = npvit.AdamW(model.params, lr=1e-2)
+    opt.step(model.grads)
+    before = (model.params.flat.copy(), opt.m.flat.copy(), opt.v.flat.copy(), opt.step_count)
+    model.grads["head.out.b"][0] = np.nan
+    norm = opt.step(model.grads)
+    assert not np.isfinite(float(norm))
+    np.testing.assert_array_equal(model.params.flat, before[0])
+    np.testing.assert_array_equal(opt.m.flat, before[1])
+    np.testing.assert_array_equal(opt.v.flat, before[2])
+    assert opt.step_count == before[3]
+
+
+def test_step_returns_the_norm_as_an_array() -> None:
+    model = _model_and_grads()
+    norm = npvit.AdamW(model.params).step(model.grads)
+    assert np.ndim(norm) == 0 and norm.dtype == np.float32  # the backend's scalar, not a Python float
+    assert float(norm) == pytest.approx(float(np.sqrt((model.grads.flat.astype(np.float64) ** 2).sum())), rel=1e-5)
+
+
+def test_non_finite_settings_are_refused() -> None:
+    for kwargs in ({"lr": float("nan")}, {"weight_decay": float("inf")}, {"epsilon": float("inf")},
+                   {"clip_norm": float("nan")}):
+        with pytest.raises(ValueError, match="finite"):
+            npvit.AdamW({"w": np.zeros(1)}, **kwargs)

@@ -13,13 +13,14 @@ from .attention import (
 )
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .dense import dense_backward, dense_forward
-from .dropout import dropout_backward, dropout_forward, dropout_mask
+from .dropout import DropoutKey, dropout_backward, dropout_forward, dropout_mask
 from .gelu import GELU_KINDS, gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .patches import patches_backward, patches_forward
 from .softmax import softmax_backward, softmax_forward
 
 __all__ = [
+    "DropoutKey",
     "GELU_KINDS",
     "attention_core_backward",
     "attention_core_forward",

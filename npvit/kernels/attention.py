@@ -27,7 +27,7 @@ from typing import Any
 
 from ..backend import batch_chunks, get_array_module
 from .dense import DenseCache, dense_backward, dense_forward
-from .dropout import DropoutCache, dropout_mask, dropout_scale
+from .dropout import DropoutCache, DropoutKey, dropout_mask, dropout_scale
 from .softmax import LOG2_E, softmax_backward, softmax_forward
 
 Array = Any
@@ -49,8 +49,8 @@ def query_scale(key_dim: int) -> float:
 
 
 def attention_core_forward(
-    q: Array, k: Array, v: Array, dropout_rate: float = 0.0, rng: Any = None, out: Array | None = None,
-    keep: bool = True, q_scale: float = 1.0,
+    q: Array, k: Array, v: Array, dropout_rate: float = 0.0, key: DropoutKey | None = None,
+    out: Array | None = None, keep: bool = True, q_scale: float = 1.0,
 ) -> tuple[Array, Array | None, AttentionCoreCache | None]:
     """softmax(Q K^T / sqrt(d)) V with dropout on the probabilities. Returns (O, P, cache).
 
@@ -71,7 +71,8 @@ def attention_core_forward(
     scale = None if remaining == 1.0 else q.dtype.type(remaining)
     o = xp.empty((b, h, n, v.shape[-1]), dtype=q.dtype) if out is None else out
     pt = xp.empty((b, h, k.shape[2], n), dtype=q.dtype) if keep else None  # P^T for all chunks
-    mask = dropout_mask((b, h, k.shape[2], n), dropout_rate, rng) if dropout_rate > 0.0 else None
+    # The dropout mask of image i is drawn as (H, N_key, N_query), the layout of the transposed scores.
+    mask = dropout_mask((b, h, k.shape[2], n), dropout_rate, key, xp) if dropout_rate > 0.0 else None
     keep_scale = dropout_scale(dropout_rate)
     for sl in _score_chunks(q, k):
         qs = q[sl] if scale is None else q[sl] * scale
@@ -126,7 +127,7 @@ def mha_forward(
     b_out: Array,
     num_heads: int,
     dropout_rate: float = 0.0,
-    rng: Any = None,
+    key: DropoutKey | None = None,
     keep: bool = True,
 ) -> tuple[Array, AttentionCache | None, Array | None]:
     """Multi-head self-attention of tokens ``x`` (B, N, D). Returns (y, cache, attention probabilities).
@@ -143,7 +144,7 @@ def mha_forward(
     qkv = qkv.reshape(b, n, 3, num_heads, hd // num_heads).transpose(2, 0, 3, 1, 4)
     o = xp.empty((b, n, num_heads, hd // num_heads), dtype=x.dtype)  # heads side by side, as the projection reads
     _, p, c_core = attention_core_forward(
-        qkv[0], qkv[1], qkv[2], dropout_rate, rng, out=o.transpose(0, 2, 1, 3), keep=keep, q_scale=q_scale
+        qkv[0], qkv[1], qkv[2], dropout_rate, key, out=o.transpose(0, 2, 1, 3), keep=keep, q_scale=q_scale
     )
     y, c_out = dense_forward(o.reshape(b, n, hd), w_out, b_out)
     return y, ((c_qkv, c_core, c_out) if keep else None), p

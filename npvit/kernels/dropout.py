@@ -6,19 +6,43 @@
 Scaling at training time keeps the expected activation unchanged, so inference is the identity. The keep
 mask compares 16-bit random integers with round(rate * 65536), so the drop probability actually used is that
 threshold / 65536 (0.100006 for rate 0.1), and the scale is 1 / (1 - that): the expectation stays exact.
-Sixteen random bits per unit are half the cost of a float32 uniform. The draw does not depend on the data
-type, so float32 and float64 runs with the same seed drop the same units. Pass ``mask`` to reuse a fixed
-mask.
+Sixteen random bits per unit are half the cost of a float32 uniform.
+
+Masks are a pure function of a :class:`DropoutKey`: the step's dropout seed, the name of the dropout site
+(``blocks.3.mlp.drop0``) and the global index of each sample. Cutting a batch into threads' shards, pieces,
+cache-sized chunks or processes therefore draws the very same masks as taking it whole, and the draw does not
+depend on the data type, so float32 and float64 runs with the same seed drop the same units. Pass ``mask``
+to reuse a fixed mask.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
-from ..backend import keep_mask
+from ..backend import get_array_module, keep_mask
 
 Array = Any
 DropoutCache = tuple[Array, float] | None  # (keep mask as booleans, 1 / (1 - rate)); None when nothing dropped
+
+
+@dataclass(frozen=True)
+class DropoutKey:
+    """Names a dropout mask: ``seed`` (one per training step), ``site`` (the dropout layer's name) and
+    ``first``, the global index of the first sample of the array the mask is for (axis 0 runs over samples)."""
+
+    seed: int
+    site: str = ""
+    first: int = 0
+
+    def at(self, site: str) -> "DropoutKey":
+        """The key of dropout site ``site`` for the same samples."""
+        return dataclasses.replace(self, site=site)
+
+    def shifted(self, offset: int) -> "DropoutKey":
+        """The key of the samples from ``offset`` on (a slice ``x[offset:]`` of the batch)."""
+        return dataclasses.replace(self, first=self.first + offset)
 
 
 def drop_threshold(rate: float) -> int:
@@ -31,13 +55,17 @@ def dropout_scale(rate: float) -> float:
     return 1.0 / (1.0 - drop_threshold(rate) / (1 << 16))
 
 
-def dropout_mask(shape: tuple[int, ...], rate: float, rng: Any) -> Array:
-    """Boolean keep-mask of ``shape``: each entry True with probability 1 - drop_threshold(rate) / 65536."""
-    return keep_mask(rng, shape, drop_threshold(rate))
+def dropout_mask(shape: tuple[int, ...], rate: float, key: DropoutKey, xp: Any = None) -> Array:
+    """Boolean keep-mask of ``shape`` (axis 0: samples) on array module ``xp`` (default NumPy): each entry True
+    with probability 1 - drop_threshold(rate) / 65536, row i a pure function of (key.seed, key.site,
+    key.first + i)."""
+    if not isinstance(key, DropoutKey):
+        raise TypeError(f"dropout needs a DropoutKey (seed, site, first sample), got {type(key).__name__}")
+    return keep_mask(xp or get_array_module(), key.seed, key.site, key.first, tuple(shape), drop_threshold(rate))
 
 
 def dropout_forward(
-    x: Array, rate: float, rng: Any = None, mask: Array | None = None
+    x: Array, rate: float, key: DropoutKey | None = None, mask: Array | None = None
 ) -> tuple[Array, DropoutCache]:
     """Apply inverted dropout with drop probability ``rate`` (0 <= rate < 1). Returns (y, cache)."""
     if not 0.0 <= rate < 1.0 or drop_threshold(rate) == 1 << 16:
@@ -45,9 +73,9 @@ def dropout_forward(
     if rate == 0.0 and mask is None:
         return x, None
     if mask is None:
-        if rng is None:
-            raise ValueError("dropout_forward needs a random generator (rng) or a fixed mask")
-        mask = dropout_mask(x.shape, rate, rng)
+        if key is None:
+            raise ValueError("dropout_forward needs a DropoutKey (key) or a fixed mask")
+        mask = dropout_mask(x.shape, rate, key, get_array_module(x))
     scale = dropout_scale(rate)
     y = x * x.dtype.type(scale)
     y *= mask

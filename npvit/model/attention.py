@@ -40,7 +40,8 @@ class Attention:
         rate = self.attention_dropout if ctx.training else 0.0
         y, cache, probs = mha_forward(
             x, params[f"{p}.qkv.w"], params[f"{p}.qkv.b"], params[f"{p}.proj.w"], params[f"{p}.proj.b"],
-            self.num_heads, rate, ctx.rng, keep=ctx.training or ctx.keep_attention,
+            self.num_heads, rate, ctx.dropout_key_for(f"{p}.attn_drop") if rate else None,
+            keep=ctx.training or ctx.keep_attention,
         )
         if ctx.keep_attention:
             ctx.attention_maps.append(probs)

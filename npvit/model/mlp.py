@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..kernels import gelu_backward, gelu_forward
-from .module import Context, Dense, ParamSpecs, dropout_grad
+from ..kernels import dropout_backward, gelu_backward, gelu_forward
+from .module import Context, Dense, ParamSpecs
 
 Array = Any
 
@@ -20,6 +20,7 @@ class Mlp:
     def __init__(self, prefix: str, in_dim: int, units: tuple[int, ...], rate: float, gelu: str) -> None:
         sizes = (in_dim, *units)
         self.layers = [Dense(f"{prefix}.fc{i}", sizes[i], sizes[i + 1]) for i in range(len(units))]
+        self.drop_sites = [f"{prefix}.drop{i}" for i in range(len(units))]  # dropout layers' names
         self.rate, self.gelu = rate, gelu
 
     def param_specs(self) -> ParamSpecs:
@@ -27,15 +28,15 @@ class Mlp:
 
     def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, list]:
         caches = []
-        for layer in self.layers:
+        for layer, site in zip(self.layers, self.drop_sites):
             x, c_dense = layer.forward(params, x, ctx)
             x, c_gelu = gelu_forward(x, self.gelu)
-            x, c_drop = ctx.dropout(x, self.rate)
+            x, c_drop = ctx.dropout(x, self.rate, site)
             caches.append((c_dense, c_gelu, c_drop))
         return x, caches
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: list) -> Array:
         for layer, (c_dense, c_gelu, c_drop) in zip(reversed(self.layers), reversed(cache)):
-            dy = gelu_backward(dropout_grad(dy, c_drop), c_gelu, self.gelu)
+            dy = gelu_backward(dropout_backward(dy, c_drop), c_gelu, self.gelu)
             dy = layer.backward(params, grads, dy, c_dense)
         return dy

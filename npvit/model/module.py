@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kernels import (
+    DropoutKey,
     dense_backward,
     dense_forward,
-    dropout_backward,
     dropout_forward,
     layernorm_backward,
     layernorm_forward,
@@ -30,23 +30,35 @@ ParamSpecs = dict[str, tuple[tuple[int, ...], Initializer]]
 
 @dataclass
 class Context:
-    """Settings of one forward pass: training mode (dropout on, caches kept) and the dropout generator."""
+    """Settings of one forward pass: training mode (dropout on, caches kept) and where dropout masks come from.
+
+    ``dropout_key`` names the masks of this pass (the step's dropout seed and the global index of the first
+    image of the batch); each dropout layer asks for its own site's key, so masks are a pure function of
+    (seed, layer, image) however the batch is cut.
+    """
 
     training: bool = False
-    rng: Any = None
+    dropout_key: DropoutKey | None = None
     keep_attention: bool = False  # record each block's attention probabilities (for inspection) ...
     attention_maps: list = field(default_factory=list)  # ... here, one (B, heads, T, T) array per block
 
-    def dropout(self, x: Array, rate: float) -> tuple[Array, Any]:
-        """Inverted dropout when training, identity otherwise."""
+    def dropout_key_for(self, site: str) -> DropoutKey:
+        """The key of dropout layer ``site`` in this pass."""
+        if self.dropout_key is None:
+            raise ValueError("a training forward pass with dropout needs a dropout key (Context.dropout_key)")
+        return self.dropout_key.at(site)
+
+    def dropout(self, x: Array, rate: float, site: str) -> tuple[Array, Any]:
+        """Inverted dropout of layer ``site`` when training, identity otherwise."""
         if not self.training or rate == 0.0:
             return x, None
-        return dropout_forward(x, rate, self.rng)
+        return dropout_forward(x, rate, self.dropout_key_for(site))
 
-
-def dropout_grad(dy: Array, cache: Any) -> Array:
-    """Backward of Context.dropout."""
-    return dropout_backward(dy, cache)
+    def shifted(self, offset: int) -> "Context":
+        """The context of the images from ``offset`` on (a piece ``x[offset:]`` of this pass's batch), sharing
+        this one's list of attention maps."""
+        key = None if self.dropout_key is None else self.dropout_key.shifted(offset)
+        return Context(self.training, key, self.keep_attention, self.attention_maps)
 
 
 class Dense:

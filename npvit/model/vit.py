@@ -5,9 +5,11 @@
     pooled = pool(LayerNorm(tokens))                                   flatten | cls | gap
     logits = Dense(Mlp(Dropout(pooled)))                               classifier head
 
-The model owns its parameters (``params``), their gradients (``grads``, same keys) and the dropout generator.
-``forward(training=True)`` keeps the caches that ``backward`` consumes; ``forward(training=False)`` keeps
-nothing.
+The model owns its parameters (``params``) and their gradients (``grads``, same keys), each a FlatDict: named
+views into one flat buffer. ``forward_features`` and ``forward_head`` are the network, written as the data flows;
+``forward`` and ``backward`` run them over a batch, which on NumPy is cut into thread shards and cache-sized
+pieces by ``npvit.parallel``. ``forward(training=True)`` keeps the caches that ``backward`` consumes;
+``forward(training=False)`` keeps nothing.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Backend, batch_chunks, get_backend, to_numpy
+from ..backend import Backend, get_backend, to_numpy
 from ..config import ViTConfig
-from ..parallel import available_cores, parallel_map, shard_slices
+from ..flat import FlatDict
+from ..kernels import DropoutKey, dropout_backward
+from ..parallel import available_cores, batch_size, batched_backward, batched_forward
 from .block import Block
 from .init import uniform, zeros
 from .mlp import Mlp
-from .module import Context, Dense, LayerNorm, ParamSpecs, dropout_grad
+from .module import Context, Dense, LayerNorm, ParamSpecs
 from .patch_embed import PatchEmbed
 
 Array = Any
@@ -36,9 +40,10 @@ class VisionTransformer:
         config: the architecture.
         backend: "numpy", "cupy" or a Backend.
         dtype: "float32" or "float64" for parameters and activations.
-        seed: seeds the initial weights (identical on every backend and dtype) and the dropout generator.
+        seed: seeds the initial weights (identical on every backend and dtype) and the generator of dropout
+            seeds for forward passes that are given none.
         threads: NumPy only: split each batch into this many shards computed side by side (default: one per
-            available core). Dropout masks depend on it, so a run is bit-reproducible for a fixed value.
+            available core). Results do not depend on it beyond the order of floating-point sums.
     """
 
     def __init__(
@@ -63,13 +68,12 @@ class VisionTransformer:
         self.head_out = Dense("head.out", (cfg.head_units or (cfg.pooled_dim,))[-1], cfg.num_classes)
 
         init_rng = np.random.default_rng(seed)
-        xp = self.backend.xp
-        self.params: dict[str, Array] = {
-            name: xp.asarray(init(init_rng, shape), dtype=self.dtype)
-            for name, (shape, init) in self.param_specs().items()
-        }
-        self.grads: dict[str, Array] = {name: xp.zeros_like(p) for name, p in self.params.items()}
-        self.rng = self.backend.rng(seed + 1)  # dropout masks: a stream separate from the initial weights
+        specs = self.param_specs()
+        self.params = FlatDict.zeros(self.backend.xp, {name: shape for name, (shape, _) in specs.items()}, self.dtype)
+        for name, (shape, init) in specs.items():
+            self.params[name] = self.backend.asarray(init(init_rng, shape), dtype=self.dtype)
+        self.grads = self.params.zeros_like()
+        self.rng = np.random.default_rng(seed + 1)  # dropout seeds: a stream separate from the initial weights
         self.attention_maps: list[Array] = []
         self._cache: tuple | None = None
 
@@ -101,7 +105,7 @@ class VisionTransformer:
                 raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, the model expects "
                                  f"{tuple(p.shape)}")
         for name, p in self.params.items():
-            p[...] = self.backend.asarray(params[name], dtype=p.dtype)
+            self.params[name] = self.backend.asarray(params[name], dtype=p.dtype)
 
     def num_params(self) -> int:
         """Number of trainable scalars."""
@@ -133,108 +137,98 @@ class VisionTransformer:
             )
         if shape[0] == 0:
             raise ValueError("images is an empty batch")
-        xp = self.backend.xp
         if self.backend.name == "numpy":
             images = to_numpy(images)  # a CuPy batch for a NumPy model comes to the host
         if not np.issubdtype(np.dtype(images.dtype), np.number) or np.issubdtype(images.dtype, np.complexfloating):
             raise ValueError(f"images must be real numbers, got dtype {images.dtype}")
-        x = xp.asarray(images, dtype=self.dtype)
-        if not bool(xp.isfinite(x).all()):
-            raise ValueError("images contain NaN or infinite values")
-        return x
+        # Checked where the images are host arrays: on a device the check would wait for the device at every
+        # batch. Device batches (the training program's) are made from uint8 pixels, finite by construction.
+        if isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):
+            if not np.isfinite(images).all():
+                raise ValueError("images contain NaN or infinite values")
+        return self.backend.xp.asarray(images, dtype=self.dtype)
 
-    def forward(self, images: Any, training: bool = False, keep_attention: bool = False) -> Array:
+    def forward(self, images: Any, training: bool = False, keep_attention: bool = False, *,
+                dropout_seed: int | None = None, first_sample: int = 0) -> Array:
         """Logits (B, num_classes) for normalised images (B, image_size, image_size, channels).
 
-        ``training=True`` applies dropout and keeps what ``backward`` needs. ``keep_attention=True`` stores
-        each block's attention probabilities (B, heads, T, T) in ``self.attention_maps``. On NumPy the batch
-        is split into ``threads`` shards run side by side (npvit.parallel), and each shard goes through the
-        blocks a few images at a time (see ``_forward``).
+        ``training=True`` applies dropout and keeps what ``backward`` needs. Dropout masks are a pure function
+        of ``dropout_seed`` (drawn from the model's own generator when None), the layer and the global index
+        of each image, ``first_sample`` being that of ``images[0]``: a process that holds a slice of a larger
+        batch passes where its slice starts. ``keep_attention=True`` stores each block's attention
+        probabilities (B, heads, T, T) in ``self.attention_maps``. On NumPy the batch is cut into thread
+        shards and cache-sized pieces (npvit.parallel), which changes nothing but the speed.
         """
         x = self.check_images(images)
-        slices = shard_slices(len(x), self.threads)
-        if len(slices) == 1 or not training:
-            rngs = [self.rng] * len(slices)
-        else:  # one generator per shard (generators are not thread-safe), seeded from the model's own
-            rngs = [self.backend.rng(int(seed)) for seed in self.rng.integers(0, 2**31, size=len(slices))]
-        ctxs = [Context(training=training, rng=rng, keep_attention=keep_attention) for rng in rngs]
-        outs = parallel_map(self._forward, [(x[sl], ctx) for sl, ctx in zip(slices, ctxs)], self.threads)
-        xp = self.backend.xp
-        logits = outs[0][0] if len(outs) == 1 else xp.concatenate([out[0] for out in outs])
-        self.attention_maps = [
-            maps[0] if len(maps) == 1 else xp.concatenate(maps) for maps in zip(*(c.attention_maps for c in ctxs))
-        ]
-        self._cache = (slices, [out[1] for out in outs]) if training else None
+        key = None
+        if training:
+            if dropout_seed is None:
+                dropout_seed = int(self.rng.integers(2**63))
+            key = DropoutKey(seed=int(dropout_seed), first=int(first_sample))
+        ctx = Context(training=training, dropout_key=key, keep_attention=keep_attention)
+        logits, cache, self.attention_maps = batched_forward(self, x, ctx)
+        self._cache = cache if training else None
         return logits
 
-    def _forward(self, x: Array, ctx: Context) -> tuple[Array, tuple | None]:
-        """The forward pass of one shard. Returns (logits, cache); the cache is None unless training.
+    def backward(self, dlogits: Array) -> Array:
+        """Backpropagate ``dlogits`` (B, num_classes) through the last training forward pass.
 
-        The blocks treat images independently, so they run on a few images at a time (``_pieces``): each
-        block's intermediates then stay in the CPU's cache instead of streaming through memory. The head runs
-        on the whole shard, where its large weight matrix is read once.
+        Fills ``self.grads`` (overwriting it) and returns the gradient with respect to the input images. The
+        cache is released, so each training forward supports one backward.
         """
-        cfg, xp, params = self.config, self.backend.xp, self.params
-        pieces = self._pieces(len(x))
-        outs = [self._tokens(x[sl], ctx) for sl in pieces]
-        t = outs[0][0] if len(outs) == 1 else xp.concatenate([out[0] for out in outs])
-        if len(pieces) > 1 and ctx.attention_maps:  # appended piece by piece: regroup them block by block
-            depth = len(self.blocks)
-            maps = ctx.attention_maps
-            ctx.attention_maps = [xp.concatenate(maps[i::depth]) for i in range(depth)]
-        pooled = self._pool(t)
-        h, c_drop = ctx.dropout(pooled, cfg.head_dropout)
-        h, c_head = self.head.forward(params, h, ctx)
-        logits, c_out = self.head_out.forward(params, h, ctx)
-        if not ctx.training:
-            return logits, None
-        return logits, (pieces, [out[1] for out in outs], t.shape, c_drop, c_head, c_out)
+        if self._cache is None:
+            raise RuntimeError("backward() needs a preceding forward(images, training=True)")
+        expected = (batch_size(self._cache), self.config.num_classes)
+        if tuple(dlogits.shape) != expected:
+            raise ValueError(f"dlogits must have shape {expected} like the logits, got {tuple(dlogits.shape)}")
+        cache, self._cache = self._cache, None
+        return batched_backward(self, dlogits, cache, self.grads)
 
-    def _pieces(self, batch: int) -> list[slice]:
-        """Slices of a shard run through the blocks one after another (a single one on a GPU)."""
-        return batch_chunks(self.backend.xp, batch, self._token_bytes_per_image(), cache="l3")
-
-    def _tokens(self, x: Array, ctx: Context) -> tuple[Array, tuple | None]:
-        """Images -> normalised tokens (B, T, dim): patch embedding, class token, position embedding, blocks,
-        final layer norm. Returns (tokens, cache); the cache is None unless training."""
+    # ---- the network, as the data flows (timm's forward_features / forward_head) ---------------------------
+    def forward_features(self, x: Array, ctx: Context) -> tuple[Array, tuple | None]:
+        """Images (B, H, W, C) -> normalised tokens (B, T, dim). Returns (tokens, cache); no cache unless training."""
         cfg, xp, params = self.config, self.backend.xp, self.params
-        t, c_embed = self.patch_embed.forward(params, x, ctx)
+        t, c_embed = self.patch_embed.forward(params, x, ctx)                # (B, N, dim), N patches
         if cfg.pool == "cls":
-            cls = xp.broadcast_to(params["cls_token"], (t.shape[0], 1, cfg.dim))
-            t = xp.concatenate([cls, t], axis=1)
-        t = t + params["pos_embed"]
-
+            cls = xp.broadcast_to(params["cls_token"], (t.shape[0], 1, cfg.dim))  # (B, 1, dim)
+            t = xp.concatenate([cls, t], axis=1)                            # (B, T, dim), T = N + 1
+        t = t + params["pos_embed"]                                         # (B, T, dim)
         c_blocks = []
         for block in self.blocks:
-            t, c = block.forward(params, t, ctx)
-            if ctx.training:
-                c_blocks.append(c)
-
-        t, c_norm = self.norm.forward(params, t, ctx)
+            t, c = block.forward(params, t, ctx)                            # (B, T, dim)
+            c_blocks.append(c)
+        t, c_norm = self.norm.forward(params, t, ctx)                       # (B, T, dim)
         return t, ((c_embed, c_blocks, c_norm) if ctx.training else None)
 
-    def _tokens_backward(self, dt: Array, cache: tuple, grads: dict[str, Array]) -> Array:
-        """Backward of ``_tokens``: writes the gradients of its parameters into ``grads`` and returns d images."""
+    def forward_head(self, t: Array, ctx: Context) -> tuple[Array, tuple | None]:
+        """Normalised tokens (B, T, dim) -> logits (B, num_classes). Returns (logits, cache)."""
+        cfg, params = self.config, self.params
+        pooled = self._pool(t)                                              # (B, pooled_dim)
+        h, c_drop = ctx.dropout(pooled, cfg.head_dropout, "head_drop")      # (B, pooled_dim)
+        h, c_head = self.head.forward(params, h, ctx)                       # (B, head_units[-1])
+        logits, c_out = self.head_out.forward(params, h, ctx)               # (B, num_classes)
+        return logits, ((t.shape, c_drop, c_head, c_out) if ctx.training else None)
+
+    def features_backward(self, dt: Array, cache: tuple, grads: dict[str, Array]) -> Array:
+        """Backward of ``forward_features``: writes its parameters' gradients into ``grads``, returns d images."""
         c_embed, c_blocks, c_norm = cache
         params = self.params
-        dt = self.norm.backward(params, grads, dt, c_norm)
+        dt = self.norm.backward(params, grads, dt, c_norm)                  # (B, T, dim)
         for block, c in zip(reversed(self.blocks), reversed(c_blocks)):
-            dt = block.backward(params, grads, dt, c)
-
-        grads["pos_embed"] = dt.sum(axis=0)
+            dt = block.backward(params, grads, dt, c)                       # (B, T, dim)
+        grads["pos_embed"] = dt.sum(axis=0)                                 # (T, dim)
         if self.config.pool == "cls":
-            grads["cls_token"] = dt[:, 0].sum(axis=0)
-            dt = dt[:, 1:]
-        return self.patch_embed.backward(params, grads, dt, c_embed)
+            grads["cls_token"] = dt[:, 0].sum(axis=0)                       # (dim,)
+            dt = dt[:, 1:]                                                  # (B, N, dim)
+        return self.patch_embed.backward(params, grads, dt, c_embed)        # (B, H, W, C)
 
-    def _token_bytes_per_image(self) -> int:
-        """Bytes of the largest intermediate a block makes per image: the fused query/key/value projection,
-        the MLP's hidden layer, or one image's attention scores. Counted in float32 for every dtype, so that
-        float32 and float64 models cut a batch alike and draw the same dropout masks."""
-        cfg = self.config
-        t = cfg.num_tokens
-        widest = max(3 * cfg.num_heads * cfg.key_dim, cfg.dim, *cfg.mlp_units)
-        return max(t * widest, cfg.num_heads * t * t) * 4
+    def head_backward(self, dlogits: Array, cache: tuple, grads: dict[str, Array]) -> Array:
+        """Backward of ``forward_head``: writes its parameters' gradients into ``grads``, returns d tokens."""
+        t_shape, c_drop, c_head, c_out = cache
+        params = self.params
+        dh = self.head_out.backward(params, grads, dlogits, c_out)          # (B, head_units[-1])
+        dh = self.head.backward(params, grads, dh, c_head)                  # (B, pooled_dim)
+        return self._pool_backward(dropout_backward(dh, c_drop), t_shape)   # (B, T, dim)
 
     def _pool(self, t: Array) -> Array:
         pool = self.config.pool
@@ -254,43 +248,6 @@ class VisionTransformer:
             return dt
         # A read-only broadcast view, not a copy: layernorm_backward only reads its dy.
         return xp.broadcast_to(dpooled[:, None, :] / shape[1], shape)
-
-    # ---- backward -----------------------------------------------------------------------------------------
-    def backward(self, dlogits: Array) -> Array:
-        """Backpropagate ``dlogits`` (B, num_classes) through the last training forward pass.
-
-        Fills ``self.grads`` (overwriting it) and returns the gradient with respect to the input images. The
-        cache is released, so each training forward supports one backward.
-        """
-        if self._cache is None:
-            raise RuntimeError("backward() needs a preceding forward(images, training=True)")
-        slices, caches = self._cache
-        expected = (slices[-1].stop, self.config.num_classes)
-        if tuple(dlogits.shape) != expected:
-            raise ValueError(f"dlogits must have shape {expected} like the logits, got {tuple(dlogits.shape)}")
-        self._cache = None
-        outs = parallel_map(self._backward, [(dlogits[sl], c) for sl, c in zip(slices, caches)], self.threads)
-        grads = outs[0][1]
-        for _, shard_grads in outs[1:]:  # parameters are shared by the shards: their gradients add up
-            for name, g in shard_grads.items():
-                grads[name] += g
-        self.grads.update(grads)
-        return outs[0][0] if len(outs) == 1 else self.backend.xp.concatenate([out[0] for out in outs])
-
-    def _backward(self, dlogits: Array, cache: tuple) -> tuple[Array, dict[str, Array]]:
-        """The backward pass of one shard. Returns (d images, gradients of every parameter)."""
-        pieces, c_tokens, t_shape, c_drop, c_head, c_out = cache
-        params, grads = self.params, {}
-        dh = self.head_out.backward(params, grads, dlogits, c_out)
-        dh = self.head.backward(params, grads, dh, c_head)
-        dt = self._pool_backward(dropout_grad(dh, c_drop), t_shape)
-        dx = [self._tokens_backward(dt[pieces[0]], c_tokens[0], grads)]
-        for sl, c in zip(pieces[1:], c_tokens[1:]):  # the other pieces of the forward pass, in turn
-            piece_grads: dict[str, Array] = {}
-            dx.append(self._tokens_backward(dt[sl], c, piece_grads))
-            for name, g in piece_grads.items():  # every piece went through the same blocks: gradients add up
-                grads[name] += g
-        return (dx[0] if len(dx) == 1 else self.backend.xp.concatenate(dx)), grads
 
 
 ViT = VisionTransformer
