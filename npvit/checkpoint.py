@@ -7,16 +7,25 @@ allow_pickle=False)`` reads it):
     opt/<key>        AdamW.state_dict(): step, m/<name>, v/<name>
     meta             a JSON document: model config, training state (epoch, step), run settings, metrics
 
-Files are written atomically: to a temporary file in the same folder, flushed to disk, then renamed over the
-old one. A crash or Ctrl-C during the write leaves the previous checkpoint as it was.
+Files are written atomically (:func:`npvit.io.atomic_write`): to a temporary file in the same folder,
+flushed to disk, then renamed over the old one. A crash or Ctrl-C during the write leaves the previous
+checkpoint as it was.
+
+A checkpoint is read as untrusted input: nothing is unpickled, every array comes only from bytes that are
+in the file (its ``.npy`` header is checked against the member's size before anything is allocated, and a
+compressed member may not expand more than :data:`MAX_EXPANSION` times), and :func:`check_model_meta`
+validates every field of the metadata a model is rebuilt from -- types, ranges, finiteness, and a model
+config whose parameter count matches the arrays actually stored -- so a damaged or hostile file gives a
+:class:`CheckpointError` that says what is wrong, never a traceback or an unbounded allocation.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,12 +33,27 @@ from typing import Any, Mapping
 import numpy as np
 
 from .backend import to_numpy
+from .config import ViTConfig
+from .io import atomic_write
+
+__all__ = ["Checkpoint", "CheckpointError", "ModelMeta", "atomic_write", "check_model_meta", "check_run_settings",
+           "load_checkpoint", "param_count", "resolve_checkpoint", "save_checkpoint"]
 
 FORMAT_VERSION = 1
 
+#: A compressed member (np.savez_compressed) may expand at most this many times: float weights compress
+#: by a few percent, a zip bomb by a factor of a thousand.
+MAX_EXPANSION = 16
+
+#: dtype kinds a checkpoint array may have: parameters and moments (float), the step (int), meta (text).
+ARRAY_KINDS = "biufU"
+
+#: Checkpoint file names a run folder holds, in the order a folder given instead of a file is searched.
+RUN_CHECKPOINTS = ("best.npz", "last.npz")
+
 
 class CheckpointError(Exception):
-    """A checkpoint file is missing, truncated, or not an npvit checkpoint."""
+    """A checkpoint file is missing, truncated, or not an npvit checkpoint; the message says which and why."""
 
 
 @dataclass
@@ -39,34 +63,6 @@ class Checkpoint:
     params: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray]
     meta: dict[str, Any]
-
-
-def atomic_write(path: str | os.PathLike, write: Any) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    The rename is atomic on POSIX and Windows filesystems, so readers see the old file or the new one, never
-    a mixture; if ``write`` fails the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give the mode a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(
@@ -83,22 +79,236 @@ def save_checkpoint(
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file as given, or for a run folder its ``best.npz``, else its ``last.npz``."""
+    path = Path(path)
+    if path.is_dir():
+        for name in RUN_CHECKPOINTS:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path} holds no checkpoint ({' or '.join(RUN_CHECKPOINTS)}): the run has not "
+                              f"saved one yet, or this is not a run folder written by npvit.train")
+    return path
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint written by save_checkpoint (never unpickles anything)."""
+    """Read a checkpoint written by save_checkpoint (never unpickles anything).
+
+    Raises :class:`CheckpointError` when ``path`` is missing, not a ``.npz`` (a ``.npy`` renamed, say),
+    truncated, or holds anything but plain arrays and a JSON object as its metadata.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no checkpoint at {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "meta" not in z.files:
-                raise CheckpointError(f"{path} is not an npvit checkpoint (no 'meta' entry)")
-            meta = json.loads(str(z["meta"]))
-            params = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
-            optimizer = {k[len("opt/"):]: z[k] for k in z.files if k.startswith("opt/")}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if not zipfile.is_zipfile(path):
+            what = "a single .npy array, not a .npz" if magic == b"\x93NUMPY" else "not a .npz (zip) file"
+            raise CheckpointError(f"cannot read checkpoint {path}: it is {what}. Pass a best.npz or last.npz "
+                                  f"written by npvit.train, or its run folder.")
+        disk_size = path.stat().st_size
+        with zipfile.ZipFile(path) as zf:
+            arrays = {}
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise CheckpointError(f"{path} is not an npvit checkpoint: it holds {info.filename!r}, which "
+                                          f"is not an array")
+                arrays[info.filename[:-len(".npy")]] = _read_array(zf, info, disk_size)
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, zlib.error,
+            NotImplementedError, KeyError) as exc:  # truncated, bad headers or CRC, unknown compression
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is damaged "
+                              f"or incomplete; use another checkpoint (best.npz or last.npz).") from exc
+    meta = _read_meta(arrays.pop("meta", None), path)
+    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    optimizer = {k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")}
+    return Checkpoint(params=params, optimizer=optimizer, meta=meta)
+
+
+def _read_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, disk_size: int) -> np.ndarray:
+    """One ``.npy`` member, allocated only once its header agrees with the bytes the member holds."""
+    limit = disk_size if info.compress_type == zipfile.ZIP_STORED else MAX_EXPANSION * max(info.compress_size, 1)
+    if info.file_size > limit or info.compress_size > disk_size:
+        raise ValueError(f"member {info.filename} declares {info.file_size} bytes, more than the file can hold")
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"member {info.filename} has .npy format {version}, not 1.0 or 2.0")
+        if dtype.hasobject or dtype.kind not in ARRAY_KINDS or dtype.fields is not None:
+            raise ValueError(f"member {info.filename} has dtype {dtype}; a checkpoint holds plain numbers only")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes != info.file_size - f.tell():
+            raise ValueError(f"member {info.filename} declares shape {shape} of {dtype} ({nbytes} bytes) but "
+                             f"holds {info.file_size - f.tell()} bytes of data")
+        array = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+        view = memoryview(array.reshape(-1, order="A").view(np.uint8)) if array.size else memoryview(b"")
+        got = f.readinto(view) if array.size else 0
+        while array.size and got < nbytes:
+            more = f.readinto(view[got:])
+            if not more:
+                break
+            got += more
+        if got != nbytes:
+            raise EOFError(f"member {info.filename} ends after {got} of {nbytes} bytes")
+    return array
+
+
+def _read_meta(entry: np.ndarray | None, path: Path) -> dict[str, Any]:
+    if entry is None:
+        raise CheckpointError(f"{path} is not an npvit checkpoint (no 'meta' entry)")
+    if entry.dtype.kind != "U" or entry.shape != ():
+        raise CheckpointError(f"{path} is not an npvit checkpoint: its 'meta' entry is not a JSON text")
+    try:
+        meta = json.loads(str(entry))
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: its metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} is not an npvit checkpoint: its metadata is a JSON "
+                              f"{type(meta).__name__}, not an object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format {meta.get('format_version')!r}; this npvit reads {FORMAT_VERSION}"
         )
-    return Checkpoint(params=params, optimizer=optimizer, meta=meta)
+    return meta
+
+
+# ---- what a model is rebuilt from ---------------------------------------------------------------------------
+@dataclass
+class ModelMeta:
+    """The checked metadata a model and its preprocessing are rebuilt from."""
+
+    config: ViTConfig
+    dtype: str
+    mean: np.ndarray  # (channels,) float64, finite
+    variance: np.ndarray  # (channels,) float64, finite and >= 0
+    class_names: list[str] | None
+    run: dict[str, Any]
+
+
+def param_count(config: ViTConfig) -> int:
+    """Number of parameters of a ViT with ``config`` (patch projection, embeddings, blocks, norm, head),
+    computed without building it: it bounds what a checkpoint's config may make the loader allocate."""
+    d, qkv = config.dim, config.num_heads * config.key_dim
+
+    def dense_chain(sizes: tuple[int, ...]) -> int:
+        return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+
+    block = 2 * d + (d * 3 * qkv + 3 * qkv) + (qkv * d + d) + 2 * d + dense_chain((d, *config.mlp_units))
+    head = dense_chain((config.pooled_dim, *config.head_units, config.num_classes))
+    embed = config.patch_dim * d + d + config.num_tokens * d + (d if config.pool == "cls" else 0)
+    return embed + config.depth * block + 2 * d + head
+
+
+def _finite(value: Any, low: float, high: float = math.inf, low_open: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return (value > low if low_open else value >= low) and value <= high
+
+
+def _integer(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+#: Run settings other than the data ones (npvit.data checks those): what each must be, when present.
+RUN_SETTINGS: dict[str, tuple[str, Any]] = {
+    "flip": ("true or false", lambda v: isinstance(v, bool)),
+    "rotation": ("a number in [-1, 1]", lambda v: _finite(v, -1.0, 1.0)),
+    "zoom": ("a number in [-1, 1]", lambda v: _finite(v, -1.0, 1.0)),
+    "validation_split": ("a number in [0, 1)", lambda v: _finite(v, 0.0) and v < 1.0),
+    "train_subset": ("null or an integer >= 1", lambda v: v is None or _integer(v, 1)),
+    "batch_size": ("an integer >= 1", lambda v: _integer(v, 1)),
+    "eval_batch_size": ("an integer >= 1", lambda v: _integer(v, 1)),
+    "epochs": ("an integer >= 1", lambda v: _integer(v, 1)),
+    "max_steps": ("null or an integer >= 1", lambda v: v is None or _integer(v, 1)),
+    "learning_rate": ("a finite number >= 0", lambda v: _finite(v, 0.0)),
+    "weight_decay": ("a finite number >= 0", lambda v: _finite(v, 0.0)),
+    "epsilon": ("a finite number > 0", lambda v: _finite(v, 0.0, low_open=True)),
+    "clip_norm": ("null or a finite number > 0", lambda v: v is None or _finite(v, 0.0, low_open=True)),
+    "warmup_steps": ("an integer >= 0", lambda v: _integer(v, 0)),
+    "label_smoothing": ("a number in [0, 1)", lambda v: _finite(v, 0.0) and v < 1.0),
+    "seed": ("an integer >= 0", lambda v: _integer(v, 0)),
+    "threads": ("null or an integer >= 1", lambda v: v is None or _integer(v, 1)),
+    "dtype": ("float32 or float64", lambda v: v in ("float32", "float64")),
+    "exclude_from_decay": ("true or false", lambda v: isinstance(v, bool)),
+    "quiet": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def check_run_settings(run: Any, source: str | os.PathLike) -> dict[str, Any]:
+    """``run`` (a checkpoint's ``meta["run"]`` or config.json's "run") if every setting in it that npvit reads
+    has the right type and range; otherwise :class:`CheckpointError` naming ``source`` and the setting."""
+    from .data import DataError, check_data_settings
+
+    if not isinstance(run, dict):
+        raise CheckpointError(f"{source}: the run settings are a JSON {type(run).__name__}, not an object")
+    for name, (expected, ok) in RUN_SETTINGS.items():
+        if name in run and not ok(run[name]):
+            shown = repr(run[name])
+            raise CheckpointError(f"{source}: the run setting {name} must be {expected}, got "
+                                  f"{shown if len(shown) <= 60 else shown[:57] + '...'}. The file is damaged or "
+                                  f"was edited by hand.")
+    try:
+        check_data_settings(run)
+    except DataError as exc:
+        raise CheckpointError(f"{source}: {exc}. The file is damaged or was edited by hand.") from None
+    return run
+
+
+def check_model_meta(ckpt: Checkpoint, source: str | os.PathLike) -> ModelMeta:
+    """Validate what a model is rebuilt from (config, dtype, normalization, class names, run settings, and
+    that the stored parameters are floats as many as the config describes); :class:`CheckpointError`
+    naming ``source`` and the field otherwise."""
+    meta = ckpt.meta
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{source}: {what}. The checkpoint is damaged, was edited by hand, or was not "
+                               f"written by npvit.train.")
+
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        raise bad("its metadata has no model config ('model' object)")
+    try:
+        config = ViTConfig.from_dict(model)
+    except (TypeError, ValueError) as exc:
+        raise bad(f"its model config is invalid ({exc})") from None
+    for name in ("dropout", "attention_dropout", "head_dropout", "ln_eps"):
+        if not _finite(getattr(config, name), 0.0):
+            raise bad(f"its model config has {name} = {getattr(config, name)!r}, not a finite number")
+
+    dtype = meta.get("dtype", "float32")
+    if dtype not in ("float32", "float64"):
+        raise bad(f"its dtype is {str(dtype)[:40]!r}, not float32 or float64")
+
+    norm = meta.get("normalization")
+    if not isinstance(norm, dict):
+        raise bad("its metadata has no 'normalization' object (mean and variance per channel)")
+    stats = []
+    for key in ("mean", "variance"):
+        values = norm.get(key)
+        if not isinstance(values, list) or len(values) != config.channels or \
+                not all(_finite(v, -math.inf) for v in values):
+            raise bad(f"its normalization {key} must be {config.channels} finite numbers (one per channel), got "
+                      f"{str(values)[:60]}")
+        stats.append(np.asarray(values, dtype=np.float64))
+    if (stats[1] < 0).any():
+        raise bad(f"its normalization variance has a negative value: {norm['variance']}")
+
+    names = meta.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != config.num_classes
+                              or not all(isinstance(n, str) for n in names)):
+        raise bad(f"its class_names must be {config.num_classes} strings, got {str(names)[:60]}")
+    run = check_run_settings(meta.get("run", {}), source)
+
+    floats = [k for k, v in ckpt.params.items() if v.dtype.kind != "f"]
+    if floats:
+        raise bad(f"parameter {floats[0]} is {ckpt.params[floats[0]].dtype}, not a float array")
+    stored, expected = sum(int(v.size) for v in ckpt.params.values()), param_count(config)
+    if stored != expected:
+        raise bad(f"its model config describes {expected:,} parameters but it holds {stored:,}")
+    return ModelMeta(config, dtype, stats[0], stats[1], names, run)

@@ -1,6 +1,7 @@
 """Evaluate a trained model: loss, top-1 and top-5 accuracy, and accuracy per class.
 
     python -m npvit.evaluate runs/cifar10/best.npz                # the test split of the run's dataset
+    python -m npvit.evaluate runs/cifar10                         # a run folder: its best.npz, else last.npz
     python -m npvit.evaluate runs/cifar10/best.npz --data-dir /data/cifar-10-binary.tar.gz --backend cupy
 
 ``evaluate`` is also what the training program uses for its validation and test numbers.
@@ -9,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -25,9 +25,9 @@ from .backend import (
     get_backend,
     to_numpy,
 )
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from .cli_types import positive_int
-from .config import ViTConfig
+from .checkpoint import Checkpoint, CheckpointError, check_model_meta, load_checkpoint, resolve_checkpoint
+from .cli_types import positive_int, run_command
+from .io import dumps_finite
 from .kernels import cross_entropy_forward
 from .model import ViT
 from .progress import ProgressBar
@@ -78,34 +78,22 @@ def evaluate(model: ViT, augmenter: Augmenter, images: np.ndarray, labels: np.nd
     return EvalResult(loss_sum / n, correct1 / n, correctk / n, per_class, counts)
 
 
-def model_from_checkpoint(ckpt: Checkpoint, backend: str | Backend = "numpy",
-                          dtype: str | None = None) -> tuple[ViT, Augmenter]:
-    """Rebuild the model (with the checkpoint's weights) and its inference preprocessing."""
-    meta = ckpt.meta
+def model_from_checkpoint(ckpt: Checkpoint, backend: str | Backend = "numpy", dtype: str | None = None,
+                          source: str = "the checkpoint") -> tuple[ViT, Augmenter]:
+    """Rebuild the model (with the checkpoint's weights) and its inference preprocessing.
+
+    Every field used is validated first (``npvit.checkpoint.check_model_meta``), so a damaged file raises
+    :class:`CheckpointError` naming ``source`` and the field, and never allocates more than it stores.
+    """
+    meta = check_model_meta(ckpt, source)
+    model = ViT(meta.config, backend=backend, dtype=dtype or meta.dtype)
     try:
-        config = ViTConfig.from_dict(meta["model"])
-        norm = meta["normalization"]
-        mean, variance = np.asarray(norm["mean"]), np.asarray(norm["variance"])
-        model = ViT(config, backend=backend, dtype=dtype or meta.get("dtype", "float32"))
         model.load_params(ckpt.params)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"the checkpoint does not describe a model npvit can rebuild ({exc}); was it "
-                              "written by npvit.train?") from exc
-    augmenter = Augmenter(mean, variance, image_size=config.image_size, dtype=str(model.dtype))
+    except ValueError as exc:
+        raise CheckpointError(f"{source} does not fit the model its config describes ({exc}); was it written "
+                              "by npvit.train?") from exc
+    augmenter = Augmenter(meta.mean, meta.variance, image_size=meta.config.image_size, dtype=str(model.dtype))
     return model, augmenter
-
-
-def load_run_dataset(run: dict[str, Any], data_dir: str | None = None, cache_dir: str | None = None,
-                     download: bool = True, progress: bool = True) -> Any:
-    """Load the dataset a run's settings (config.json "run", or a checkpoint's meta["run"]) name."""
-    from .data import load_dataset
-
-    extra = {}
-    if run.get("dataset") == "synthetic":
-        extra = {"synthetic_size": tuple(run["synthetic_size"]), "image_size": run["synthetic_image_size"],
-                 "num_classes": run["synthetic_classes"], "seed": run["seed"]}
-    return load_dataset(run.get("dataset", "cifar100"), data_dir=data_dir, cache_dir=cache_dir,
-                        label_mode=run.get("label_mode", "fine"), download=download, progress=progress, **extra)
 
 
 def print_per_class(result: EvalResult, class_names: list[str], file: Any = None) -> None:
@@ -122,30 +110,41 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
 
     parser = argparse.ArgumentParser(prog="python -m npvit.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="a .npz checkpoint written by npvit.train (best.npz or last.npz)")
+    parser.add_argument("checkpoint", help="a .npz checkpoint written by npvit.train (best.npz or last.npz), or "
+                                           "its run folder (best.npz, else last.npz)")
     parser.add_argument("--data-dir", help="existing copy of the dataset (archive or extracted folder)")
     parser.add_argument("--cache-dir", help="download cache (default $NPVIT_CACHE or ~/.cache/npvit)")
     parser.add_argument("--backend", choices=BACKEND_NAMES, default="numpy")
     parser.add_argument("--batch-size", type=positive_int, default=256)
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON (numbers that are not "
+                        "finite as null, with a warning on stderr)")
     args = parser.parse_args(argv)
-    try:
-        ckpt = load_checkpoint(args.checkpoint)
-        model, augmenter = model_from_checkpoint(ckpt, get_backend(args.backend))
-        data = load_run_dataset(ckpt.meta.get("run", {}), args.data_dir, args.cache_dir, progress=not args.json)
-    except (CheckpointError, DataError, BackendUnavailableError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    expected = (CheckpointError, DataError, BackendUnavailableError, OSError)
+    return run_command(lambda: _evaluate_command(args), expected,
+                       f" evaluating batches of {args.batch_size} images; try a smaller --batch-size")
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from .data import DataError, load_run_dataset
+
+    path = resolve_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(path)
+    model, augmenter = model_from_checkpoint(ckpt, get_backend(args.backend), source=str(path))
+    data = load_run_dataset(ckpt.meta.get("run", {}), args.data_dir, args.cache_dir, progress=not args.json)
+    if len(data.y_test) == 0:
+        raise DataError(f"the test split of the run in {path} is empty: nothing to evaluate")
     if data.num_classes != model.config.num_classes:
-        print(f"error: the dataset has {data.num_classes} classes but the model was trained for "
-              f"{model.config.num_classes}", file=sys.stderr)
-        return 2
+        raise CheckpointError(f"the dataset has {data.num_classes} classes but the model in {path} was trained "
+                              f"for {model.config.num_classes}")
     result = evaluate(model, augmenter, data.x_test, data.y_test, args.batch_size, progress=not args.json,
                       label="test")
     if args.json:
-        per_class = {name: None if count == 0 else float(acc)  # JSON has no NaN
+        per_class = {name: None if count == 0 else float(acc)  # no examples: no accuracy
                      for name, count, acc in zip(data.class_names, result.counts, result.per_class)}
-        print(json.dumps(dict(result.as_dict(), per_class=per_class)))
+        text, replaced = dumps_finite(dict(result.as_dict(), per_class=per_class))
+        if replaced:
+            print(f"warning: not finite, written as null: {', '.join(replaced)}", file=sys.stderr)
+        print(text)
         return 0
     print(f"{data.name} test split, {len(data.y_test)} images: loss {result.loss:.4f}  "
           f"top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%")

@@ -118,12 +118,12 @@ class AdamW:
         g = self._flat_grads(grads)
         norm = global_norm([g.flat])
         b1, b2 = self.beta1, self.beta2
-        t = self.step_count + 1
-        step_size = self.lr * math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+        step = self.step_count + 1
+        step_size = self.lr * math.sqrt(1.0 - b2**step) / (1.0 - b1**step)
         eps = self.epsilon
         if self.epsilon_convention == "pytorch":
             # sqrt(v / (1 - b2^t)) + eps = (sqrt(v) + eps sqrt(1 - b2^t)) / sqrt(1 - b2^t): one formula for both
-            eps *= math.sqrt(1.0 - b2**t)
+            eps *= math.sqrt(1.0 - b2**step)
         decay = self.weight_decay * (self.lr if self.decay_convention == "keras" else 1.0)
         typed = g.flat.dtype.type  # every scalar rounded once to the parameters' dtype
         scalars = tuple(typed(c) for c in (b1, 1.0 - b1, b2, 1.0 - b2, eps, step_size))
@@ -137,7 +137,7 @@ class AdamW:
             self._step_numpy(g, decay, scale, scalars)
         else:
             self._step_device(g, norm, decay, scalars)
-        self.step_count = t
+        self.step_count = step
         return norm
 
     def _flat_grads(self, grads: Mapping[str, Array]) -> FlatDict:
@@ -284,17 +284,29 @@ def global_norm(arrays: Iterable[Array]) -> Array:
     """sqrt(sum of squares) over every element of every array, as a 0-d array of their backend (a NumPy
     scalar on NumPy).
 
-    Each array's sum of squares is one BLAS dot product in the array's own dtype (a single pass, no float64
-    copy of the gradients); nothing is copied to the host.
+    Each array's sum of squares is one pass in the array's own dtype, with no float64 copy of the gradients
+    and no temporary: a BLAS dot product on NumPy, one fused reduction kernel on CuPy. Nothing is copied to
+    the host.
     """
     total = None
     for a in arrays:
+        xp = get_array_module(a)
         flat = a.reshape(-1)
-        square = flat @ flat
+        square = flat @ flat if xp is np else _fused_sum_of_squares(xp)(flat)
         total = square if total is None else total + square
     if total is None:
         raise ValueError("global_norm of no arrays")
     return get_array_module(total).sqrt(total)
+
+
+def _fused_sum_of_squares(xp: Any) -> Callable[[Array], Array]:
+    """sum(x * x) as one reduction kernel (``xp.fuse``); made once per array module."""
+    if xp not in _FUSED_SQUARES:
+        _FUSED_SQUARES[xp] = xp.fuse(kernel_name="npvit_sum_of_squares")(lambda x: xp.sum(x * x))
+    return _FUSED_SQUARES[xp]
+
+
+_FUSED_SQUARES: dict[Any, Callable[[Array], Array]] = {}
 
 
 def _common_dtype(params: Mapping[str, Array]) -> Any:

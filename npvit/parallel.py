@@ -6,18 +6,19 @@ layer is independent across images, so the cheapest way to use every core for al
 parallelism: cut the batch into one shard per core and run the whole forward (and backward) pass of each
 shard in its own thread. NumPy and BLAS release the GIL while they compute, so the threads really run at the
 same time; BLAS is held to one thread each meanwhile (through threadpoolctl) so that the cores are not
-oversubscribed. Only the NumPy backend does this: a GPU is already parallel.
+oversubscribed; without threadpoolctl the shards run one after another instead, and a warning says so once.
+Only the NumPy backend does this: a GPU is already parallel.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
-_CONTROLLER: Any = None
+_CONTROLLER: Any = None  # a ThreadpoolController, False without threadpoolctl, None before the first use
 
 
 def available_cores() -> int:
@@ -39,15 +40,26 @@ def shard_slices(batch: int, shards: int) -> list[slice]:
     return slices
 
 
+#: Said once per process when threadpoolctl cannot be imported.
+NO_THREADPOOLCTL = ("npvit: threadpoolctl is not installed, so BLAS cannot be held to one thread per shard; "
+                    "running the batch's shards one after another instead (BLAS threads as usual), several "
+                    "times slower than side by side. Install it for full speed: pip install threadpoolctl")
+
+
 def _single_threaded_blas() -> Any:
+    """A context holding BLAS to one thread, or None without threadpoolctl: then the caller must not run
+    shards side by side, since every shard's BLAS would start a thread per core and oversubscribe the CPU
+    (a Keras-preset step measured 10x slower that way). The first call says which it did."""
     global _CONTROLLER
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # still correct without it, only oversubscribed
-        return nullcontext()
     if _CONTROLLER is None:
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1, user_api="blas")
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _CONTROLLER = False
+            warnings.warn(NO_THREADPOOLCTL, RuntimeWarning, stacklevel=3)
+        else:
+            _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas") if _CONTROLLER else None
 
 
 def parallel_map(fn: Callable[..., Any], args: Sequence[tuple], threads: int) -> list[Any]:
@@ -57,10 +69,13 @@ def parallel_map(fn: Callable[..., Any], args: Sequence[tuple], threads: int) ->
     """
     if len(args) <= 1 or threads <= 1:
         return [fn(*a) for a in args]
+    blas = _single_threaded_blas()
+    if blas is None:  # without threadpoolctl: one shard at a time rather than oversubscribed BLAS
+        return [fn(*a) for a in args]
     pool = _POOLS.get(threads)
     if pool is None:
         pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="npvit")
-    with _single_threaded_blas():
+    with blas:
         futures = [pool.submit(fn, *a) for a in args]
         errors = [f.exception() for f in futures]
     for error in errors:

@@ -12,25 +12,18 @@ Needs Pillow, from the ``viz`` extra: ``pip install 'npvit[viz]'``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .backend import BACKEND_NAMES, BackendUnavailableError, to_numpy
+from .backend import BACKEND_NAMES, BackendUnavailableError
 from .checkpoint import CheckpointError
-from .cli_types import positive_int
+from .cli_types import positive_int, run_command
+from .io import dumps_finite
 
 BATCH = 64  # images per forward pass: bounds memory for large folders
-
-
-def probabilities(logits: Any) -> np.ndarray:
-    """Softmax of logits (B, K) of either backend, on the host in float64 (stable: the max is subtracted)."""
-    z = to_numpy(logits).astype(np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
 
 
 def top_k(probs: np.ndarray, class_names: list[str], k: int) -> list[list[dict[str, Any]]]:
@@ -44,7 +37,7 @@ def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, b
                   fit: str = "crop") -> list[dict[str, Any]]:
     """[{file, predictions: [{class, probability}, ...]}] for image files and folders, in the order given."""
     from .visualize.extras import pillow_image
-    from .visualize.inputs import image_files, load_model, read_image
+    from .visualize.inputs import image_files, load_model, probabilities, read_image
 
     pillow_image("npvit.predict", needs="Pillow")  # before anything slow: a missing extra is one message
     files = image_files(list(paths))
@@ -82,12 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true",
                         help="print a JSON list of {file, predictions: [{class, probability}]}")
     args = parser.parse_args(argv)
-    try:
-        results = predict_files(args.checkpoint, args.images, args.top_k, args.backend, args.fit)
-    except (CheckpointError, InputError, MissingExtraError, BackendUnavailableError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(results, indent=2) if args.json else format_results(results))
+    expected = (CheckpointError, InputError, MissingExtraError, BackendUnavailableError, OSError)
+    return run_command(lambda: _predict_command(args), expected)
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    results = predict_files(args.checkpoint, args.images, args.top_k, args.backend, args.fit)
+    if not args.json:
+        print(format_results(results))
+        return 0
+    text, replaced = dumps_finite(results, indent=2)
+    if replaced:
+        print(f"warning: not finite (the model's outputs are NaN), written as null: {replaced[0]}"
+              + (f" and {len(replaced) - 1} more" if len(replaced) > 1 else ""), file=sys.stderr)
+    print(text)
     return 0
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from .augment import Augmenter, channel_stats
 from .backend import BACKEND_NAMES, BackendUnavailableError, get_backend
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .cli_types import (
     fraction,
     int_list,
@@ -37,8 +37,9 @@ from .cli_types import (
     unit_interval,
 )
 from .config import GELUS, POOLS, PRESETS, ViTConfig
-from .data import DATASETS, DataError
-from .evaluate import EvalResult, evaluate, load_run_dataset
+from .data import DATASETS, DataError, load_run_dataset
+from .evaluate import EvalResult, evaluate
+from .io import atomic_write
 from .kernels import cross_entropy_backward, cross_entropy_forward
 from .model import ViT
 from .optim import DECAY_CONVENTIONS, AdamW

@@ -22,8 +22,8 @@ from data_fixtures import chw_rows, write_archive, write_cifar
 from npvit.data import DATASETS, SOURCES, DataError, Dataset, Source, default_cache_dir, load_dataset
 from npvit.data import archive as archive_mod
 from npvit.data import download as download_mod
-from npvit.data.progress import Progress
 from npvit.data.safe_pickle import safe_load
+from npvit.progress import ProgressBar
 
 
 def _closed_port_url(name: str) -> str:
@@ -221,7 +221,7 @@ def test_truncated_archive_leaves_nothing_that_looks_extracted(tmp_path: Path) -
     exp = write_cifar(tmp_path / "src", "cifar10", "binary")
     archive = write_archive(exp.folder, tmp_path / "cifar-10-binary.tar.gz")
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
-    with pytest.raises(DataError, match="cannot extract .*corrupt or truncated"):
+    with pytest.raises(DataError, match="archive .* is corrupt: .*truncated"):
         load_dataset("cifar10", data_dir=archive, cache_dir=tmp_path / "cache")
     assert list((tmp_path / "cache" / "extracted").iterdir()) == []
     (tmp_path / "junk.tar.gz").write_bytes(b"this is not an archive")
@@ -536,12 +536,28 @@ def test_progress_output(served, capsys, tmp_path: Path) -> None:
             return True
 
     tty = Tty()
-    bar = Progress("x.tar.gz", 2_000_000, stream=tty, interval=0.0)
+    bar = ProgressBar(2_000_000, "x.tar.gz", stream=tty, unit="B", scale=True, leave=True)
     bar.update(500_000)
     bar.update(2_000_000)
     bar.close()
     out = tty.getvalue()
-    assert "\r" in out and " 25.0%" in out and "2.0/2.0 MB 100.0%" in out and "MB/s" in out and out.endswith("\n")
+    assert "\r" in out and "x.tar.gz" in out and "2.00M/2.00M" in out and "B/s" in out and "100%" in out and out.endswith("\n")
+
+
+def test_progress_bar_only_on_a_terminal_unless_forced() -> None:
+    from npvit.progress import format_seconds
+
+    plain = io.StringIO()
+    bar = ProgressBar(4, "epoch 1/1", stream=plain)
+    bar.update(2, loss=0.5)
+    bar.close()
+    assert plain.getvalue() == "" and not bar.live
+    forced = io.StringIO()
+    bar = ProgressBar(4, "epoch 1/1", stream=forced, enabled=True, leave=True)  # kept: its last state shows
+    bar.update(4, loss=0.123456, acc="50.00%")
+    bar.close()
+    assert "epoch 1/1" in forced.getvalue() and "loss 0.1235  acc 50.00%" in forced.getvalue()
+    assert (format_seconds(12), format_seconds(3725)) == ("0:12", "1:02:05")
 
 
 # ------------------------------------------------------------------------------------------ synthetic

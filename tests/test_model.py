@@ -23,7 +23,8 @@ def test_keras_wide_preset_parameter_count() -> None:
     assert ViT(ViTConfig.keras_wide(num_classes=100), dtype="float32").num_params() == 81_982_308
 
 
-def test_parameter_names_follow_the_paper() -> None:
+def test_parameter_names_follow_timm() -> None:
+    """timm's names for the paper's concepts (patch_embed, cls_token, pos_embed, blocks, attn, mlp, norm, head)."""
     names = set(ViT(dataclasses.replace(ViTConfig.tiny(), pool="cls")).params)
     for expected in ("patch_embed.proj.w", "cls_token", "pos_embed", "blocks.0.norm1.gamma",
                      "blocks.1.attn.qkv.w", "blocks.1.attn.proj.b", "blocks.0.mlp.fc1.w", "norm.beta",

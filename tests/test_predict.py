@@ -14,8 +14,8 @@ PIL_Image = pytest.importorskip("PIL.Image")
 
 from npvit import predict as predict_cli  # noqa: E402
 from npvit import train as train_cli  # noqa: E402
-from npvit.evaluate import load_run_dataset  # noqa: E402
-from npvit.visualize.inputs import load_model  # noqa: E402
+from npvit.data import load_run_dataset  # noqa: E402
+from npvit.visualize.inputs import load_model, probabilities  # noqa: E402
 
 # The tiny model on 16x16 synthetic images (resized to 8x8 by its Augmenter), two epochs: well under 1 s.
 TINY = ["--dataset", "synthetic", "--synthetic-size", "64,32", "--synthetic-image-size", "16",
@@ -69,7 +69,7 @@ def test_a_dataset_image_gets_the_evaluation_numbers(run, tmp_path) -> None:
     PIL_Image.fromarray(data.x_test[0]).save(path)
     [result] = predict_cli.predict_files(run / "best.npz", [path], k=4)
     logits = loaded.model.forward(loaded.augmenter(data.x_test[:1], training=False))
-    expected = predict_cli.probabilities(logits)[0]
+    expected = probabilities(logits)[0]
     got = {p["class"]: p["probability"] for p in result["predictions"]}
     np.testing.assert_allclose([got[f"class_{i}"] for i in range(4)], expected, rtol=1e-6)
 

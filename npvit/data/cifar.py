@@ -10,7 +10,8 @@ Where the data comes from:
   is missing, and MD5-verified once.
 
 Archives are never read in place: :func:`~npvit.data.archive.extracted_copy` extracts each one once into
-``<cache>/extracted/`` (safely, atomically) and later runs reuse that copy.
+``<cache>/extracted/`` (safely, verified, atomically, and no larger than the dataset can be) and later runs
+reuse that copy.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .dataset import Dataset
 from .download import Source, verify_once
 from .download import download as download_file
 from .errors import DataError
-from .layouts import DISPLAY_NAMES, LAYOUTS, Layout
+from .layouts import DISPLAY_NAMES, LAYOUTS, MAX_EXTRACTED_BYTES, MAX_MEMBERS, Layout
 from .readers import read_layout
 
 #: What to download for each dataset when nothing is in the cache. Tests point these at a local server.
@@ -87,7 +88,7 @@ def _other_dataset_hint(dataset: str, folder: Path) -> str:
 
 
 def _from_archive(dataset: str, archive: Path, cache_dir: Path) -> Found:
-    root = extracted_copy(archive, cache_dir)
+    root = extracted_copy(archive, cache_dir, MAX_EXTRACTED_BYTES[dataset], MAX_MEMBERS[dataset])
     found = find(dataset, root, archives=False)
     if found is None:
         folders = " or ".join(f"{layout.folder}/" for layout in LAYOUTS[dataset])

@@ -16,14 +16,15 @@ import hashlib
 import http.client
 import os
 import re
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..io import atomic_write
+from ..progress import ProgressBar
 from .errors import DataError
-from .progress import Progress
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,12 @@ def download(url: str, dest: str | os.PathLike, md5: str, *, progress: bool = Tr
         length = response.headers.get("Content-Length")
         expected = offset + int(length) if length is not None and length.isdigit() else None
         received = offset
-        bar = Progress(f"{dest.name}", expected, start=offset, enabled=progress)
+        bar = ProgressBar(expected, dest.name, enabled=None if progress else False, start=offset, unit="B",
+                          scale=True, leave=True)
+        if progress and not bar.live:  # a log, not a terminal: one line instead of a redrawn bar
+            size = f" ({expected / 1e6:.1f} MB)" if expected is not None else ""
+            resumed = f", resuming at {offset / 1e6:.1f} MB" if offset else ""
+            print(f"downloading {dest.name}{size}{resumed}", file=sys.stderr, flush=True)
         try:
             with open(part, "ab" if resumed else "wb") as f:
                 while chunk := response.read(chunk_size):

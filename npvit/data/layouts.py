@@ -28,6 +28,12 @@ class Layout:
         return self.train + self.test + self.meta
 
 
+#: The most an archive of each dataset may hold and expand to. Each layout of either dataset is about 185 MB
+#: (60,000 images of 3,072 bytes, with one or two label bytes each or pickled) in at most 9 files and folders;
+#: an archive holding both layouts and a few extra files fits well inside. Extraction stops beyond these.
+MAX_EXTRACTED_BYTES = {"cifar10": 400 * 10**6, "cifar100": 400 * 10**6}
+MAX_MEMBERS = {"cifar10": 100, "cifar100": 100}
+
 DISPLAY_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 #: Number of classes per (dataset, label mode).

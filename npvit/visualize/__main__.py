@@ -22,11 +22,12 @@ import numpy as np
 
 from ..backend import BACKEND_NAMES, BackendUnavailableError
 from ..checkpoint import CheckpointError
-from ..cli_types import non_negative_int, positive, positive_int
+from ..cli_types import bounded, non_negative_int, positive_int, run_command
 from .extras import MissingExtraError
 from .inputs import FITS, InputError
 
 FIGURES = ("patches", "attention", "rollout", "pos-embed", "filters", "curves")
+MAX_DPI = 1200  # print quality; the figures are at most about 10 inches a side
 
 
 def query_arg(text: str) -> Any:
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 help=", ".join(FIGURES) + " (each has --help)")
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--out", help="PNG file to write (default FIGURE.png in the current folder)")
-    output.add_argument("--dpi", type=positive, default=100.0, help="pixels per inch (default 100)")
+    output.add_argument("--dpi", type=bounded(0, MAX_DPI), default=100.0,
+                        help=f"pixels per inch, at most {MAX_DPI} (default 100)")
     output.add_argument("--title", help="figure title (default: says what is shown)")
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("checkpoint", help="a .npz checkpoint written by npvit.train, or its run folder "
@@ -146,21 +148,23 @@ def make_figure(args: argparse.Namespace) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     from ..data import DataError
+
+    args = build_parser().parse_args(argv)
+    expected = (CheckpointError, InputError, MissingExtraError, BackendUnavailableError, DataError, OSError)
+    return run_command(lambda: _visualize_command(args), expected, "; try a lower --dpi")
+
+
+def _visualize_command(args: argparse.Namespace) -> int:
     from .extras import matplotlib_figure
     from .plotting import save_png
 
-    args = build_parser().parse_args(argv)
     out = Path(args.out or f"{args.figure}.png")
+    matplotlib_figure()  # a missing extra is reported before any model or data is loaded
+    fig = make_figure(args)
     try:
-        matplotlib_figure()  # a missing extra is reported before any model or data is loaded
-        fig = make_figure(args)
         width, height = save_png(fig, out, args.dpi)
-    except (CheckpointError, InputError, MissingExtraError, BackendUnavailableError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except OSError as exc:
-        print(f"error: cannot write {out}: {exc}", file=sys.stderr)
-        return 2
+        raise OSError(f"cannot write {out}: {exc}") from exc
     print(f"wrote {out} ({width}x{height} pixels)")
     return 0
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..config import ViTConfig
-from .inputs import InputError, LoadedModel
+from .inputs import InputError, LoadedModel, probabilities
 from .plotting import mark_patch, new_figure, overlay, show_image
 from .rollout import attention_rollout, query_weights
 
@@ -28,8 +28,6 @@ Query = tuple[int, int] | str | None  # (row, col), "cls", "mean" or None (the d
 def forward_with_attention(loaded: LoadedModel, image: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """One uint8 image (native size) through the model: per-block maps (heads, T, T) on the host, and the
     class probabilities (K,)."""
-    from ..predict import probabilities
-
     model = loaded.model
     logits = model.forward(loaded.model_input(np.asarray(image)[None]), keep_attention=True)
     maps = [to_numpy(m)[0].astype(np.float64) for m in model.attention_maps]

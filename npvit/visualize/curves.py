@@ -7,6 +7,7 @@ only), and the test result from ``summary.json``, when the run has finished, mar
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +21,58 @@ def run_folder(path: str | Path) -> Path:
     return path.parent if path.is_file() else path
 
 
+#: The numbers each row of metrics.jsonl may carry that the figure draws.
+SERIES = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr")
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 def read_run_metrics(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """(one row per epoch, the last logged row of each epoch; summary.json or None)."""
+    """(one row per epoch, the last logged row of each epoch; summary.json or None).
+
+    InputError, naming the line, for a file that is not what npvit.train writes. Numbers that are not
+    finite (a diverged run) are kept: the figure leaves them out.
+    """
     folder = run_folder(path)
     metrics = folder / "metrics.jsonl"
     if not metrics.is_file():
         raise InputError(f"no metrics.jsonl in {folder}: pass a run folder written by npvit.train")
     try:
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        lines = metrics.read_text().splitlines()
         summary_path = folder / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InputError(f"cannot read the metrics of {folder}: {exc}") from exc
-    by_epoch = {r["epoch"]: r for r in rows if isinstance(r, dict) and "epoch" in r}
+    by_epoch = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise InputError(f"{metrics}, line {number}, is not JSON: the file is damaged") from None
+        epoch = row.get("epoch") if isinstance(row, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1 or \
+                not all(_number_or_none(row.get(key)) for key in SERIES):
+            raise InputError(f"{metrics}, line {number}, is not a row npvit.train writes (an epoch >= 1 and "
+                             f"numbers for {', '.join(SERIES)})")
+        by_epoch[epoch] = row
     if not by_epoch:
         raise InputError(f"{metrics} has no epochs logged yet")
+    if summary is not None:
+        test = summary.get("test") if isinstance(summary, dict) else None
+        best = summary.get("best_epoch") if isinstance(summary, dict) else None
+        if not isinstance(summary, dict) or not (test is None or isinstance(test, dict)) or \
+                not all(_number_or_none(v) for v in (test or {}).values()) or \
+                not (best is None or (isinstance(best, int) and not isinstance(best, bool))):
+            raise InputError(f"{folder / 'summary.json'} is not what npvit.train writes: the file is damaged")
     return [by_epoch[e] for e in sorted(by_epoch)], summary
 
 
 def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[list[float], list[float]]:
-    points = [(r["epoch"], r[key] * scale) for r in rows if r.get(key) is not None]
+    points = [(r["epoch"], r[key] * scale) for r in rows if r.get(key) is not None and math.isfinite(r[key])]
     return [p[0] for p in points], [p[1] for p in points]
 
 

@@ -12,6 +12,12 @@ Image files of any size go through two steps, and the order matters:
    (72x72 for the Keras preset, which was trained on 32x32 CIFAR images upsampled this very way).
 
 So an image file reaches the model as a CIFAR test image would.
+
+Before that, every Pillow mode becomes 8-bit RGB by its real range (:func:`to_rgb`): 16-bit greyscale is
+scaled, not clipped (Pillow's own ``convert("RGB")`` clips 0..65535 to 0..255, turning a 16-bit PNG white),
+32-bit integer and float images likewise, palettes are looked up, transparent pixels are laid on white,
+CMYK is converted as R = 255 (1 - C)(1 - K) (and likewise G, B), and YCbCr, LAB and HSV go through Pillow's
+colour conversions.
 """
 
 from __future__ import annotations
@@ -24,16 +30,19 @@ import numpy as np
 
 from ..augment import Augmenter, resize_bilinear
 from ..backend import Backend, get_backend, to_numpy
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import load_checkpoint, resolve_checkpoint
 from ..config import ViTConfig
-from ..evaluate import load_run_dataset, model_from_checkpoint
+from ..data import load_run_dataset, native_image_size
+from ..evaluate import model_from_checkpoint
+from ..kernels import softmax_forward
 from ..model import ViT
 from .extras import pillow_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 """File endings picked up when a folder is given (any format Pillow reads works when named directly)."""
 FITS = ("crop", "stretch")
-NATIVE_SIZES = {"cifar10": 32, "cifar100": 32}
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 class InputError(Exception):
@@ -59,17 +68,14 @@ class LoadedModel:
 
     @property
     def class_names(self) -> list[str]:
+        """The names the checkpoint records (checked when it was loaded), else class_0, class_1, ..."""
         names = self.meta.get("class_names")
-        k = self.config.num_classes
-        return list(names) if isinstance(names, list) and len(names) == k else [f"class_{i}" for i in range(k)]
+        return list(names) if names is not None else [f"class_{i}" for i in range(self.config.num_classes)]
 
     @property
     def native_size(self) -> int:
-        """Side of the images the run trained on, before the Augmenter resized them (32 unless known)."""
-        run = self.run
-        if run.get("dataset") == "synthetic":
-            return int(run.get("synthetic_image_size", 32))
-        return NATIVE_SIZES.get(run.get("dataset"), 32)
+        """Side of the images the run trained on, before the Augmenter resized them."""
+        return native_image_size(self.run)
 
     def param(self, name: str) -> np.ndarray:
         """A parameter of the model as a host array."""
@@ -80,23 +86,17 @@ class LoadedModel:
         return self.augmenter(self.model.backend.asarray(images), training=False)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder (its best.npz, else last.npz)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.npz", "last.npz"):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path} holds no checkpoint (best.npz or last.npz)")
-    return path
-
-
 def load_model(path: str | Path, backend: str | Backend = "numpy") -> LoadedModel:
     """Rebuild a trained model from a checkpoint file or run folder (CheckpointError if that fails)."""
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
-    model, augmenter = model_from_checkpoint(ckpt, get_backend(backend))  # CheckpointError if it cannot
+    model, augmenter = model_from_checkpoint(ckpt, get_backend(backend), source=str(ckpt_path))
     return LoadedModel(ckpt_path, model, augmenter, ckpt.meta)
+
+
+def probabilities(logits: Any) -> np.ndarray:
+    """Class probabilities of logits (B, K) of either backend: their softmax, on the host in float64."""
+    return softmax_forward(to_numpy(logits).astype(np.float64), axis=-1)[0]
 
 
 def image_files(paths: list[str | Path]) -> list[Path]:
@@ -118,7 +118,8 @@ def image_files(paths: list[str | Path]) -> list[Path]:
 def read_image(path: str | Path, size: int, fit: str = "crop") -> np.ndarray:
     """An image file as uint8 (size, size, 3) RGB, reduced as the module docstring explains.
 
-    EXIF orientation is applied (photos from phones), and transparent pixels are laid on white.
+    EXIF orientation is applied (photos from phones), every mode is converted by its real range
+    (:func:`to_rgb`), and transparent pixels are laid on white.
     """
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
@@ -130,11 +131,9 @@ def read_image(path: str | Path, size: int, fit: str = "crop") -> np.ndarray:
     try:
         with image_mod.open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                img = image_mod.alpha_composite(image_mod.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-            img = img.convert("RGB")
+            img = to_rgb(ImageOps.exif_transpose(img))
+    except InputError as exc:
+        raise InputError(f"cannot use image {path}: {exc}") from None
     except (OSError, ValueError, SyntaxError, image_mod.DecompressionBombError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from exc
     lanczos = image_mod.LANCZOS  # Image.Resampling.LANCZOS from Pillow 9.1; the constant works on every version
@@ -143,6 +142,49 @@ def read_image(path: str | Path, size: int, fit: str = "crop") -> np.ndarray:
     elif img.size != (size, size):
         img = img.resize((size, size), lanczos)
     return np.asarray(img, dtype=np.uint8).copy()
+
+
+def value_range(mode: str, pixels: np.ndarray) -> tuple[float, float]:
+    """The range a single-channel image of ``mode`` spans, mapped to 0..255:
+
+    - 16-bit modes (I;16, I;16B, ...): 0..65535;
+    - I (32-bit integers; what older Pillow makes of a 16-bit PNG): 0..65535 when every value lies there,
+      else the image's own minimum..maximum;
+    - F (32-bit floats): 0..1 when every value lies there (the usual convention for float images), else
+      0..255 when every value lies there, else the image's own minimum..maximum.
+    """
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if mode in SIXTEEN_BIT or (mode == "I" and lo >= 0 and hi <= 65535):
+        return 0.0, 65535.0
+    if mode == "F" and lo >= 0 and hi <= 1:
+        return 0.0, 1.0
+    if mode == "F" and lo >= 0 and hi <= 255:
+        return 0.0, 255.0
+    return lo, hi if hi > lo else lo + 1.0
+
+
+def to_rgb(img: Any) -> Any:
+    """A Pillow image of any mode as an 8-bit "RGB" image, each mode by its real range (module docstring).
+
+    Raises InputError for pixels that are not finite (NaN or infinity in a float image).
+    """
+    image_mod = pillow_image()
+    mode = img.mode
+    if mode in SIXTEEN_BIT or mode in ("I", "F"):
+        pixels = np.asarray(img).astype(np.float64)
+        if not np.isfinite(pixels).all():
+            raise InputError(f"its {mode} pixels include NaN or infinity")
+        lo, hi = value_range(mode, pixels)
+        grey = np.clip(np.rint((pixels - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+        return image_mod.fromarray(grey, "L").convert("RGB")
+    if mode == "CMYK":  # the textbook conversion, the same on every Pillow version: R = (1 - C)(1 - K), ...
+        cmyk = np.asarray(img).astype(np.float64) / 255.0
+        rgb = 255.0 * (1.0 - cmyk[..., :3]) * (1.0 - cmyk[..., 3:])
+        return image_mod.fromarray(np.rint(rgb).astype(np.uint8), "RGB")
+    if mode in ALPHA or (mode in ("P", "L", "RGB") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        return image_mod.alpha_composite(image_mod.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")  # RGB, L, 1, P, YCbCr, LAB, HSV, RGBX: Pillow's colour conversions
 
 
 def dataset_image(loaded: LoadedModel, index: int, data_dir: str | None = None, cache_dir: str | None = None,

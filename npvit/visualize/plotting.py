@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import atomic_write
+from ..io import atomic_write
 from .extras import matplotlib_figure, pillow_image
+from .inputs import InputError
 
 DEFAULT_DPI = 100
+MAX_PIXELS = 50_000_000  # about 200 MB of RGBA while drawing; the largest figure at 600 dpi is half that
 
 
 def new_figure(width: float, height: float) -> Any:
@@ -25,9 +27,14 @@ def new_figure(width: float, height: float) -> Any:
 
 
 def render(fig: Any, dpi: float = DEFAULT_DPI) -> np.ndarray:
-    """The figure drawn to uint8 RGB pixels (H, W, 3)."""
+    """The figure drawn to uint8 RGB pixels (H, W, 3); InputError before drawing one of more than
+    :data:`MAX_PIXELS` pixels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    width, height = (float(v) * dpi for v in fig.get_size_inches())
+    if not width * height <= MAX_PIXELS:
+        raise InputError(f"at {dpi:g} dpi the figure would be {width:,.0f}x{height:,.0f} pixels, more than "
+                         f"{MAX_PIXELS / 1e6:.0f} million; use a lower --dpi")
     fig.set_dpi(dpi)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
