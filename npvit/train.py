@@ -8,199 +8,58 @@
 Defaults are the example's: batch 256, AdamW (lr 1e-3, weight decay 1e-4), 10% of the training split (its
 last images) held out for validation, flip/rotate/zoom augmentation, the weights with the best validation
 accuracy evaluated on the test split at the end. See ``--help`` for every flag.
+
+Exit status: 0 the run finished; 1 it stopped because a loss, gradient or parameter became non-finite
+(nothing non-finite is ever saved); 2 bad flags, files or data, not enough memory, or a run folder in use;
+130 Ctrl-C (SIGINT) and 143 SIGTERM: the current step was finished and last.npz saved, --resume
+continues exactly. A second signal stops at once (a checkpoint being written is then left as it was).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from . import memory
 from .augment import Augmenter, channel_stats
-from .backend import BACKEND_NAMES, BackendUnavailableError, get_backend
+from .backend import BackendUnavailableError, get_backend, to_numpy
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .cli_types import (
-    fraction,
-    int_list,
-    non_negative,
-    non_negative_int,
-    positive,
-    positive_int,
-    unit_interval,
-)
-from .config import GELUS, POOLS, PRESETS, ViTConfig
-from .data import DATASETS, DataError, load_run_dataset
+from .communicator import Communicator, SingleProcess
+from .data import DataError, load_run_dataset
 from .evaluate import EvalResult, evaluate
 from .io import atomic_write
-from .kernels import cross_entropy_backward, cross_entropy_forward
+from .kernels.cross_entropy import check_labels
 from .model import ViT
-from .optim import DECAY_CONVENTIONS, AdamW
+from .optim import AdamW
+from .parallel import available_cores
 from .progress import ProgressBar, format_seconds
-from .schedule import SCHEDULES, learning_rate
+from .run_folder import MetricsLog, RunFolder
+from .run_state import EpochTotals, RunState
+from .schedule import learning_rate
+from .settings import DEFAULTS, RESUMABLE, UsageError, build_parser as _build_parser, model_config, resolve_settings
+from .train_step import SHUFFLE, RunningSums, StepSettings, stream_seed, train_step
 
-# Every setting of a run with its default. Model settings left as None come from the preset.
-DEFAULTS: dict[str, Any] = {
-    # data
-    "dataset": "cifar100", "data_dir": None, "cache_dir": None, "label_mode": "fine", "download": True,
-    "synthetic_size": (1000, 200), "synthetic_image_size": 32, "synthetic_classes": 10,
-    "validation_split": 0.1, "train_subset": None,
-    # model
-    "preset": "keras", "image_size": None, "patch_size": None, "projection_dim": None, "num_heads": None,
-    "key_dim": None, "transformer_layers": None, "transformer_units": None, "mlp_head_units": None,
-    "dropout": None, "attention_dropout": None, "head_dropout": None, "pool": None, "gelu": None,
-    # augmentation
-    "flip": True, "rotation": 0.02, "zoom": 0.2,
-    # optimisation
-    "batch_size": 256, "epochs": 100, "max_steps": None, "learning_rate": 1e-3, "weight_decay": 1e-4,
-    "decay_convention": "keras", "epsilon": 1e-7, "exclude_from_decay": False, "clip_norm": None,
-    "lr_schedule": "constant", "warmup_steps": 0, "label_smoothing": 0.0,
-    # execution
-    "backend": "numpy", "dtype": "float32", "seed": 0, "threads": None, "eval_batch_size": 256, "out": None, "quiet": False,
-}
-# What may differ when a run is resumed: where things are, how it runs, and how long it goes on.
-RESUMABLE = {"data_dir", "cache_dir", "download", "backend", "eval_batch_size", "quiet", "epochs", "max_steps"}
+__all__ = ["DEFAULTS", "RESUMABLE", "UsageError", "build_parser", "main", "model_config", "resolve_settings",
+           "train"]
+
+EXIT_DONE, EXIT_NONFINITE, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+READ_SECONDS = 0.5  # how often the loop reads the device's running sums (progress bar, stop and save decisions)
 
 
-class UsageError(Exception):
-    """A bad combination of flags; the message says what to change."""
-
-
-# ---- command line -----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m npvit.train", description=__doc__.splitlines()[0], usage="%(prog)s [options]",
-        formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS,
-        epilog="Defaults are those of the Keras example. Model flags left out come from --preset.",
-    )
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", choices=DATASETS, help="cifar10, cifar100 (default) or synthetic")
-    d.add_argument("--data-dir", help="existing copy: the .tar.gz archive or its extracted folder, binary or "
-                                      "python layout (no download then)")
-    d.add_argument("--cache-dir", help="download cache (default $NPVIT_CACHE or ~/.cache/npvit)")
-    d.add_argument("--label-mode", choices=("fine", "coarse"), help="CIFAR-100 labels (default fine: 100 classes)")
-    d.add_argument("--no-download", dest="download", action="store_false", help="fail instead of downloading")
-    d.add_argument("--synthetic-size", type=int_list, help="synthetic train,test image counts (default 1000,200)")
-    d.add_argument("--synthetic-image-size", type=positive_int, help="synthetic image side (default 32)")
-    d.add_argument("--synthetic-classes", type=positive_int, help="synthetic class count (default 10)")
-    d.add_argument("--validation-split", type=fraction, help="last fraction of train held out (default 0.1)")
-    d.add_argument("--train-subset", type=positive_int, help="train on the first N training images only")
-
-    m = p.add_argument_group("model")
-    m.add_argument("--preset", choices=sorted(PRESETS), help="keras (default: the 2021 example), keras-wide "
-                   "(its current revision), small (32x32 input), tiny (for smoke tests)")
-    m.add_argument("--image-size", type=positive_int, help="input side after resizing (keras: 72)")
-    m.add_argument("--patch-size", type=positive_int, help="patch side (keras: 6)")
-    m.add_argument("--projection-dim", type=positive_int, help="token width (keras: 64); key_dim and "
-                   "transformer units follow it unless given")
-    m.add_argument("--num-heads", type=positive_int, help="attention heads (keras: 4)")
-    m.add_argument("--key-dim", type=positive_int, help="width of each head (keras: projection_dim)")
-    m.add_argument("--transformer-layers", type=positive_int, help="transformer blocks (keras: 8)")
-    m.add_argument("--transformer-units", type=int_list, help="block MLP sizes (keras: 128,64)")
-    m.add_argument("--mlp-head-units", type=int_list, help="classifier MLP sizes (keras: 2048,1024)")
-    m.add_argument("--dropout", type=fraction, help="block MLP dropout (keras: 0.1)")
-    m.add_argument("--attention-dropout", type=fraction, help="attention dropout (keras: 0.1)")
-    m.add_argument("--head-dropout", type=fraction, help="classifier dropout (keras: 0.5)")
-    m.add_argument("--pool", choices=POOLS, help="flatten (keras), cls (the paper's class token), gap")
-    m.add_argument("--gelu", choices=GELUS, help="erf (exact, keras) or tanh")
-
-    a = p.add_argument_group("augmentation (training only)")
-    a.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
-    a.add_argument("--rotation", type=unit_interval, help="rotation factor, fraction of a turn (default 0.02)")
-    a.add_argument("--zoom", type=unit_interval, help="zoom factor for height and width (default 0.2)")
-
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--batch-size", type=positive_int, help="images per step (default 256)")
-    o.add_argument("--epochs", type=positive_int, help="epochs (default 100)")
-    o.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps in all")
-    o.add_argument("--learning-rate", "--lr", dest="learning_rate", type=non_negative, help="default 1e-3")
-    o.add_argument("--weight-decay", type=non_negative, help="decoupled weight decay (default 1e-4)")
-    o.add_argument("--decay-convention", choices=DECAY_CONVENTIONS,
-                   help="keras: p -= lr*wd*p (Keras 3, PyTorch; default); tfa: p -= wd*p (TensorFlow Addons)")
-    o.add_argument("--epsilon", type=positive, help="AdamW epsilon (default 1e-7)")
-    o.add_argument("--exclude-from-decay", action="store_true", help="no decay for biases, norms, embeddings")
-    o.add_argument("--clip-norm", type=positive, help="clip gradients to this global norm")
-    o.add_argument("--lr-schedule", choices=SCHEDULES, help="constant (default) or cosine decay")
-    o.add_argument("--warmup-steps", type=non_negative_int, help="linear warmup steps (default 0)")
-    o.add_argument("--label-smoothing", type=fraction, help="default 0")
-
-    x = p.add_argument_group("execution")
-    x.add_argument("--backend", choices=BACKEND_NAMES, help="numpy (default) or cupy")
-    x.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
-    x.add_argument("--seed", type=int, help="seeds weights, data order, dropout and augmentation (default 0)")
-    x.add_argument("--threads", type=positive_int, help="NumPy: batch shards run side by side (default: one "
-                   "per core); dropout masks depend on it, so a resumed run keeps the value it started with")
-    x.add_argument("--eval-batch-size", type=positive_int, help="default 256")
-    x.add_argument("--out", help="run folder (default runs/<dataset>-<preset>)")
-    x.add_argument("--resume", help="continue the run in this folder from its last checkpoint")
-    x.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def model_config(s: dict[str, Any], num_classes: int) -> ViTConfig:
-    """The ViTConfig of a run: the preset, then every model flag that was given."""
-    cfg = PRESETS[s["preset"]](num_classes=num_classes)
-    dim = s["projection_dim"]
-    if dim is not None and s["preset"] != "keras-wide":
-        # As in the 2021 example: key_dim = projection_dim, transformer_units = [2 * dim, dim].
-        cfg = dataclasses.replace(cfg, dim=dim, key_dim=dim, mlp_units=(2 * dim, dim))
-    elif dim is not None:
-        cfg = dataclasses.replace(cfg, dim=dim, mlp_units=(2 * dim, dim))
-    changes = {field: s[flag] for flag, field in (
-        ("image_size", "image_size"), ("patch_size", "patch_size"), ("num_heads", "num_heads"),
-        ("key_dim", "key_dim"), ("transformer_layers", "depth"), ("transformer_units", "mlp_units"),
-        ("mlp_head_units", "head_units"), ("dropout", "dropout"), ("attention_dropout", "attention_dropout"),
-        ("head_dropout", "head_dropout"), ("pool", "pool"), ("gelu", "gelu"),
-    ) if s[flag] is not None}
-    try:
-        return dataclasses.replace(cfg, **changes)
-    except ValueError as exc:
-        raise UsageError(str(exc).replace("ViTConfig.", "model setting ")) from exc
-
-
-def resolve_settings(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Merge defaults, a resumed run's settings and the flags given. Returns (settings, resumed config doc)."""
-    resume = given.pop("resume", None)
-    if resume is None:
-        settings = dict(DEFAULTS, **given)
-        if settings["out"] is None:
-            settings["out"] = str(Path("runs") / f"{settings['dataset']}-{settings['preset']}")
-        return settings, None
-    config_path = Path(resume) / "config.json"
-    if not config_path.is_file():
-        raise UsageError(f"--resume {resume}: no run there (expected {config_path}); pass the folder that "
-                         "--out named when the run started")
-    try:
-        doc = json.loads(config_path.read_text())
-        saved = doc["run"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise UsageError(f"--resume {resume}: cannot read {config_path} ({exc})") from exc
-    # Compare as JSON values: the saved file holds lists where the flags give tuples.
-    changed = sorted(k for k in given if k not in RESUMABLE and json.loads(json.dumps(given[k])) != saved.get(k))
-    if changed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-        raise UsageError(f"cannot change {flags} when resuming; only {', '.join(sorted(RESUMABLE))} may differ. "
-                         "Start a new run (--out) to change them.")
-    settings = dict(DEFAULTS, **saved)
-    settings.update(given)
-    settings["out"] = str(Path(resume))
-    return settings, doc
-
-
-# ---- training -----------------------------------------------------------------------------------------------
-def stream_seed(seed: int, stream: int, index: int) -> int:
-    """A seed for random stream ``stream`` at step or epoch ``index``: pure, so resuming reproduces it."""
-    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
-
-
-SHUFFLE, DROPOUT, AUGMENT = 0, 1, 2
+    """The command line (npvit.settings.build_parser), with this program's description and exit statuses."""
+    return _build_parser(description=__doc__.splitlines()[0],
+                         epilog="Defaults are those of the Keras example. Model flags left out come from --preset."
+                                "\n\n" + __doc__[__doc__.index("Exit status"):].strip())
 
 
 def split_train_val(x: np.ndarray, y: np.ndarray, validation_split: float) -> tuple[np.ndarray, ...]:
@@ -213,165 +72,455 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-class Interrupt:
-    """Turns the first Ctrl-C into a flag checked between steps, so a checkpoint is never written while the
-    parameters are half-updated. A second Ctrl-C stops at once."""
+# ---- stopping -----------------------------------------------------------------------------------------------
+class Terminated(BaseException):
+    """SIGTERM, raised where the run cannot stop cleanly at a step boundary (like KeyboardInterrupt)."""
+
+
+class NonFinite(Exception):
+    """A loss, gradient or parameter became NaN or infinite; the message says which and when."""
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (what Slurm and Kubernetes send before a kill) as requests to stop.
+
+    Inside ``deferred()`` (the training loop), the first signal only sets ``received``, which the loop checks
+    between steps: it finishes the step, saves last.npz and exits, so a checkpoint is never written while the
+    parameters are half-updated. A second signal, or one outside, raises at once (KeyboardInterrupt for
+    SIGINT, Terminated for SIGTERM).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+        self.received: int | None = None
+        self._deferring = False
+        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "Interrupt":
-        def handler(signum: int, frame: Any) -> None:
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            print("\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)",
-                  file=sys.stderr, flush=True)
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._deferring and self.received is None:
+            self.received = signum
+            again = "Ctrl-C again" if signum == signal.SIGINT else "a second signal"
+            print(f"\n{signal.Signals(signum).name}: finishing this step and saving a checkpoint ({again} to "
+                  "abort)", file=sys.stderr, flush=True)
+            return
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
 
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
         try:
-            self._previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
+            yield
+        finally:
+            self._deferring = False
+
+    def __enter__(self) -> "StopSignals":
+        try:
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread: leave the signals alone
+            pass
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+
+class ReadSchedule:
+    """The steps after which the loop reads the running sums: about every READ_SECONDS.
+
+    The interval is a number of steps, set from the step time measured between reads and agreed by all ranks
+    (it comes from reduced values), so that every rank reads, and so takes part in the reduction, at the
+    same steps.
+    """
+
+    def __init__(self, seconds: float = READ_SECONDS) -> None:
+        self.seconds = seconds
+        self.next_step = 0
+
+    def start(self, step: int) -> None:
+        """A new stretch of steps begins after ``step``: read after its first step, to time it."""
+        self.next_step = step + 1
+
+    def due(self, step: int) -> bool:
+        return step >= self.next_step
+
+    def update(self, step: int, seconds_per_step: float) -> None:
+        self.next_step = step + max(1, min(1000, int(self.seconds / max(seconds_per_step, 1e-6))))
+
+
+# ---- the run ------------------------------------------------------------------------------------------------
+class Run:
+    """One training run: its settings, data, model, optimizer, state and folder, and the loop over epochs.
+
+    ``train`` builds one and calls ``loop`` and ``final_test``. Rank 0 alone (``writer``) prints and writes.
+    """
+
+    def __init__(self, s: dict[str, Any], comm: Communicator, signals: StopSignals,
+                 on_step: Callable[[int], None] | None) -> None:
+        self.s, self.comm, self.signals, self.on_step = s, comm, signals, on_step
+        self.writer = comm.rank == 0
+        self.folder = RunFolder(s["out"])
+        self.state = RunState()
+        self.last_good: str | None = None  # "path (epoch E, step S)" of the last checkpoint known to be sound
+        self.phase = "starting"
+        self.bar: ProgressBar | None = None
+
+    def say(self, message: str) -> None:
+        if self.writer:
+            log(message)
+
+    # ---- setting up ---------------------------------------------------------------------------------------
+    def open_folder(self, resuming: bool) -> bool:
+        """Lock the run folder and check it fits the request. Returns whether there is a checkpoint to resume."""
+        folder = self.folder
+        removed = folder.open()
+        if removed:
+            print(f"note: removed {len(removed)} unfinished temporary file(s) from {folder.path}: "
+                  f"{', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}", file=sys.stderr)
+        if resuming:
+            if folder.last.exists():
+                return True
+            self.say(f"{folder.path} has no checkpoint yet (the run stopped before its first one): starting it "
+                     "over from step 0 with its saved settings")
+            return False
+        if folder.last.exists():
+            raise UsageError(f"{folder.path} already holds a run; continue it with --resume {folder.path} or "
+                             "choose another --out")
+        if folder.config.exists():
+            raise UsageError(f"{folder.path} holds a run that stopped before its first checkpoint; start it over "
+                             f"with --resume {folder.path}, or choose another --out")
+        leftovers = folder.earlier_run_files()
+        if leftovers:
+            raise UsageError(f"{folder.path} holds files of an earlier run ({', '.join(leftovers)}) but no run "
+                             "config; choose another --out, or move those files away")
+        return False
+
+    def check_dataset_fits(self) -> None:
+        """Refuse a synthetic dataset larger than the memory there is, before generating it."""
+        s = self.s
+        if s["dataset"] != "synthetic":
+            return
+        nbytes = sum(s["synthetic_size"]) * s["synthetic_image_size"] ** 2 * 3
+        available = memory.available_bytes()
+        if available is not None and nbytes > available:
+            raise UsageError(f"--synthetic-size {s['synthetic_size'][0]},{s['synthetic_size'][1]} of "
+                             f"{s['synthetic_image_size']}x{s['synthetic_image_size']} images needs "
+                             f"{memory.describe(nbytes)}; {memory.describe(available)} of memory is available")
+
+    def check_step_fits(self, resuming: bool) -> None:
+        """Refuse a step that cannot fit in memory, saying what batch size would."""
+        s, cfg = self.s, self.cfg
+        if self.backend.name != "numpy":
+            available = memory.device_available_bytes(self.backend)
+            threads = 1
+        else:
+            available = memory.available_bytes()
+            threads = s["threads"] or available_cores()
+        estimate = memory.training_step(cfg, np.dtype(s["dtype"]).itemsize, threads)
+        batch = min(s["batch_size"], len(self.x_train))
+        local = -(-batch // self.comm.size)  # the images of the largest slice a rank takes
+        if available is None or estimate.total(local) <= available:
+            return
+        fits = estimate.largest_batch(available) * self.comm.size
+        need = (f"a training step of this model at batch {batch} needs about "
+                f"{memory.describe(estimate.total(local))}{' per process' if self.comm.size > 1 else ''}, and "
+                f"{memory.describe(available)} of memory is available")
+        if fits == 0:
+            raise UsageError(f"{need}; the model alone needs {memory.describe(estimate.total(0))}: choose a "
+                             "smaller model (--preset, --projection-dim, --mlp-head-units) or a larger machine")
+        if resuming:
+            raise UsageError(f"{need} (batch {fits} would fit, but a resumed run keeps its batch size): free "
+                             "memory, or move the run to a larger machine")
+        raise UsageError(f"{need}; --batch-size {fits} would fit")
+
+    def setup(self, resuming: bool) -> None:
+        """Open the run folder, load the data, build the model and optimizer, restore the checkpoint if any."""
+        try:
+            self._setup(resuming)
+        except BaseException:
+            self.folder.discard()  # a refused new run leaves no folder behind
+            raise
+
+    def _setup(self, resuming: bool) -> None:
+        s, comm = self.s, self.comm
+        # Rank 0 locks the folder; the others only look (they share its filesystem).
+        has_checkpoint = self.open_folder(resuming) if self.writer else resuming and self.folder.last.exists()
+        self.backend = get_backend(s["backend"])
+        self.check_dataset_fits()
+        self.phase = "loading the dataset"
+        data = load_run_dataset(s, s["data_dir"], s["cache_dir"], s["download"], progress=not s["quiet"])
+        self.data = data
+        self.cfg = cfg = model_config(s, data.num_classes)
+        check_labels(data.y_train, len(data.y_train), data.num_classes)  # once, on the host
+        mean, variance = channel_stats(data.x_train)  # Keras adapt(x_train): before the validation split
+        x_train, y_train, x_val, y_val = split_train_val(data.x_train, data.y_train, s["validation_split"])
+        if s["train_subset"] is not None:
+            x_train, y_train = x_train[: s["train_subset"]], y_train[: s["train_subset"]]
+        if len(x_train) == 0:
+            raise UsageError("no training images left: lower --validation-split or raise --train-subset")
+        self.x_train, self.y_train, self.x_val, self.y_val = x_train, y_train, x_val, y_val
+        self.check_step_fits(resuming and has_checkpoint)
+
+        self.phase = "building the model"
+        self.model = model = ViT(cfg, backend=self.backend, dtype=s["dtype"], seed=s["seed"], threads=s["threads"])
+        if self.backend.name == "numpy":
+            s["threads"] = model.threads  # record the value used, so that --resume reproduces the run
+        self.opt = AdamW(model.params, lr=s["learning_rate"], weight_decay=s["weight_decay"], epsilon=s["epsilon"],
+                         decay_convention=s["decay_convention"], clip_norm=s["clip_norm"],
+                         exclude_from_decay=model.no_decay_names() if s["exclude_from_decay"] else ())
+        self.augmenter = Augmenter(mean, variance, image_size=cfg.image_size, flip=s["flip"], rotation=s["rotation"],
+                                   zoom=s["zoom"], dtype=s["dtype"])
+        self.steps_per_epoch = math.ceil(len(x_train) / s["batch_size"])  # the last, smaller batch counts (Keras)
+        self.total_steps = s["epochs"] * self.steps_per_epoch
+        if s["max_steps"] is not None:
+            self.total_steps = min(self.total_steps, s["max_steps"])
+        self.base_meta = {"model": cfg.to_dict(), "dtype": s["dtype"], "class_names": data.class_names,
+                          "normalization": {"mean": mean.tolist(), "variance": variance.tolist()},
+                          "run": {k: v for k, v in s.items() if k != "out"}}
+        if has_checkpoint:
+            self.restore()
+        if self.writer:
+            self.metrics = MetricsLog.resume(self.folder.metrics, self.state.global_step)
+            write_json(self.folder.config, self.base_meta)
+        comm.barrier()
+
+    def restore(self) -> None:
+        """Continue from last.npz: weights, AdamW state and RunState, each checked against this run."""
+        path = self.folder.last
+        ckpt = load_checkpoint(path)
+        if "state" not in ckpt.meta:
+            raise CheckpointError(f"{path} has no training state (no 'state' in its meta): it was not written by "
+                                  "npvit.train, so it cannot be resumed; evaluate it with npvit.evaluate instead")
+        state = RunState.from_dict(ckpt.meta["state"], str(path))
+        for name, arrays in (("parameters", ckpt.params), ("optimizer state", ckpt.optimizer)):
+            bad = sorted(k for k, a in arrays.items() if a.dtype.kind in "fc" and not np.isfinite(a).all())
+            if bad:
+                raise CheckpointError(f"{path} holds non-finite {name} ({', '.join(bad[:3])}); it cannot be "
+                                      "resumed. Start a new run with --out.")
+        try:
+            self.model.load_params(ckpt.params)
+            self.opt.load_state_dict(ckpt.optimizer)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path} does not fit this run's model: {exc}") from None
+        state.check_fits(self.steps_per_epoch, self.s["batch_size"], len(self.x_train), self.opt.step_count, str(path))
+        self.state = state
+        self.last_good = f"{path} ({state.where()})"
+        self.say(f"resumed {self.folder.path} at epoch {state.epoch + 1}, step {state.global_step}")
+
+    # ---- checkpoints --------------------------------------------------------------------------------------
+    def host_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Parameters and AdamW state on the host, or NonFinite if any value is NaN or infinite."""
+        params = {k: to_numpy(v) for k, v in self.model.params.items()}
+        opt_state = self.opt.state_dict()
+        bad = [k for k, a in (*params.items(), *opt_state.items()) if a.dtype.kind == "f" and not np.isfinite(a).all()]
+        if bad:
+            raise NonFinite(f"the parameters or AdamW moments became non-finite ({', '.join(bad[:3])}) in an "
+                            f"update up to step {self.state.global_step}")
+        return params, opt_state
+
+    def save(self, paths: list[Path], arrays: tuple[dict, dict] | None = None) -> None:
+        """Write the current weights, AdamW state and RunState to ``paths`` (best.npz before last.npz).
+        ``arrays`` are host_arrays() when the caller has them already."""
+        params, opt_state = arrays or self.host_arrays()  # on every rank: they all stop if it fails
+        if not self.writer:
+            return
+        self.phase = "saving a checkpoint"
+        meta = dict(self.base_meta, state=self.state.to_dict())
+        for path in paths:
+            save_checkpoint(path, params, opt_state, meta)
+        self.last_good = f"{self.folder.last} ({self.state.where()})"
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+    def loop(self) -> int | None:
+        """Train until the epochs or --max-steps are done. Returns an exit status to stop with, or None to go
+        on to the final test."""
+        s, st, comm, xp = self.s, self.state, self.comm, self.backend.xp
+        step_settings = StepSettings(seed=s["seed"], label_smoothing=s["label_smoothing"])
+        schedule = ReadSchedule()
+        save_every = None if s["save_every"] is None else 60.0 * s["save_every"]
+        last_save = time.perf_counter()
+        bar_enabled = not s["quiet"] and self.writer and sys.stderr.isatty()
+        while st.epoch < s["epochs"] and st.global_step < self.total_steps:
+            epoch, part = st.epoch, st.partial
+            order = np.random.default_rng(stream_seed(s["seed"], SHUFFLE, epoch)).permutation(len(self.x_train))
+            # The resumed totals count once: on rank 0.
+            sums = RunningSums(xp, part.loss_sum, part.correct) if self.writer else RunningSums(xp)
+            self.bar = bar = ProgressBar(self.steps_per_epoch, f"epoch {epoch + 1}/{s['epochs']}",
+                                         enabled=bar_enabled, start=st.step_in_epoch)
+            start = time.perf_counter() - part.seconds
+            schedule.start(st.global_step)
+            last_read = (time.perf_counter(), st.global_step)
+            self.phase = "training"
+            while st.step_in_epoch < self.steps_per_epoch and st.global_step < self.total_steps:
+                i, step = st.step_in_epoch, st.global_step
+                batch = order[i * s["batch_size"]:(i + 1) * s["batch_size"]]
+                lr = learning_rate(step, s["learning_rate"], self.total_steps, s["warmup_steps"], s["lr_schedule"])
+                train_step(self.model, self.opt, self.augmenter, self.x_train, self.y_train, batch, step, lr,
+                           step_settings, sums, comm)
+                st.step_in_epoch += 1
+                st.global_step += 1
+                part.seen += len(batch)
+                part.seconds = time.perf_counter() - start
+                if self.on_step is not None:
+                    self.on_step(st.global_step)
+                save_due = save_every is not None and time.perf_counter() - last_save >= save_every
+                # One process answers a signal or a due save at once; several agree on them at read points.
+                if not (schedule.due(st.global_step)
+                        or (comm.size == 1 and (self.signals.received is not None or save_due))):
+                    continue
+                now = time.perf_counter()
+                stop_int, stop_term, save_due, mean_seconds = self.read(
+                    sums, save_due, (now - last_read[0]) / max(1, st.global_step - last_read[1]))
+                last_read = (now, st.global_step)
+                schedule.update(st.global_step, mean_seconds)
+                bar.update(st.step_in_epoch, loss=part.loss, acc=f"{100 * part.top1:.2f}%",
+                           img_s=f"{part.seen / max(part.seconds, 1e-9):.1f}")
+                if stop_int or stop_term:
+                    bar.close()
+                    self.save([self.folder.last])
+                    self.say(f"interrupted at epoch {epoch + 1}, step {st.global_step}: checkpoint saved to "
+                             f"{self.folder.last}. Continue with: python -m npvit.train --resume {self.folder.path}")
+                    return EXIT_SIGTERM if stop_term else EXIT_SIGINT
+                if save_due:
+                    self.save([self.folder.last])
+                    last_save = time.perf_counter()
+            bar.close()
+            self.read(sums, False, 0.0)  # the epoch's totals, and the last check for non-finite values
+            self.end_epoch(epoch)
+            last_save = time.perf_counter()
+            # A signal during validation or saving: last.npz is new, so stop here rather than a step later.
+            stop_int, stop_term = self.comm.allreduce_scalars([self.signals.received == signal.SIGINT,
+                                                               self.signals.received == signal.SIGTERM])
+            if stop_int or stop_term:
+                self.say(f"interrupted after epoch {epoch + 1}, step {st.global_step}: checkpoint saved to "
+                         f"{self.folder.last}. Continue with: python -m npvit.train --resume {self.folder.path}")
+                return EXIT_SIGTERM if stop_term else EXIT_SIGINT
+        return None
+
+    def read(self, sums: RunningSums, save_due: bool, seconds_per_step: float) -> tuple[bool, bool, bool, float]:
+        """Read the running sums into the RunState (one device-to-host transfer) and agree with the other ranks
+        on whether to stop or save. Raises NonFinite if a step since the epoch began was not finite.
+        Returns (SIGINT received, SIGTERM received, save due, mean seconds per step)."""
+        loss_sum, correct, nonfinite, first = sums.read()
+        received = self.signals.received
+        totals = self.comm.allreduce_scalars([
+            loss_sum, correct, nonfinite, received == signal.SIGINT, received == signal.SIGTERM, save_due,
+            seconds_per_step])
+        if totals[2]:
+            where = f"step {first + 1}" if first >= 0 else "a step"
+            raise NonFinite(f"the loss or the gradient became non-finite (NaN or infinite) at {where}")
+        self.state.partial.loss_sum, self.state.partial.correct = totals[0], int(totals[1])
+        return bool(totals[3]), bool(totals[4]), bool(totals[5]), totals[6] / self.comm.size
+
+    def end_epoch(self, epoch: int) -> None:
+        """Validate, log the epoch's row, keep the best weights, save last.npz."""
+        s, st = self.s, self.state
+        arrays = self.host_arrays()  # the last update's result is checked before anything is evaluated or logged
+        self.phase = "validating"
+        val = evaluate(self.model, self.augmenter, self.x_val, self.y_val, s["eval_batch_size"]) \
+            if len(self.x_val) else None
+        if val is not None and not math.isfinite(val.loss):
+            raise NonFinite(f"the validation loss became {val.loss} after step {st.global_step}")
+        part = st.partial
+        complete = st.step_in_epoch == self.steps_per_epoch
+        row = {"epoch": epoch + 1, "step": st.global_step, "partial": not complete,
+               "train_loss": part.loss, "train_top1": part.top1, "lr": self.opt.lr, "seconds": part.seconds,
+               "images_per_s": part.seen / max(part.seconds, 1e-9)}
+        if val is not None:
+            row.update(val_loss=val.loss, val_top1=val.top1, val_top5=val.top5)
+        if self.writer:
+            self.metrics.append(row)
+        self.say(format_row(row, s["epochs"]))
+        if complete:
+            st.epoch, st.step_in_epoch, st.partial = epoch + 1, 0, EpochTotals()
+        score = val.top1 if val is not None else -row["train_loss"]  # no validation: lowest train loss
+        paths = [self.folder.last]
+        if st.best_score is None or score > st.best_score:
+            st.best_score, st.best_epoch = score, epoch + 1
+            paths.insert(0, self.folder.best)
+        self.save(paths, arrays)
+
+    def final_test(self) -> int:
+        """Evaluate the best weights on the test split, as the example does, and write summary.json."""
+        s, st, data = self.s, self.state, self.data
+        self.phase = "testing"
+        if self.folder.best.exists():
+            best = load_checkpoint(self.folder.best)
+            try:
+                self.model.load_params(best.params)
+            except (ValueError, TypeError) as exc:
+                raise CheckpointError(f"{self.folder.best} does not fit this run's model: {exc}") from None
+        test: EvalResult = evaluate(self.model, self.augmenter, data.x_test, data.y_test, s["eval_batch_size"],
+                                    progress=not s["quiet"] and self.writer, label="test")
+        self.say(f"test ({len(data.y_test)} images, best epoch {st.best_epoch}): loss {test.loss:.4f}  "
+                 f"top-1 {100 * test.top1:.2f}%  top-5 {100 * test.top5:.2f}%")
+        if self.writer:
+            summary = {"best_epoch": st.best_epoch, "best_val_top1": st.best_score if len(self.x_val) else None,
+                       "steps": st.global_step,
+                       "test": {k: v if math.isfinite(v) else None for k, v in test.as_dict().items()}}
+            write_json(self.folder.summary, summary)
+        return EXIT_DONE
 
 
 def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
-          on_step: Callable[[int], None] | None = None) -> int:
-    """Run (or continue) training as ``settings`` say. Returns the process exit status."""
-    s = settings
-    out = Path(s["out"])
-    backend = get_backend(s["backend"])
-    data = load_run_dataset(s, s["data_dir"], s["cache_dir"], s["download"], progress=not s["quiet"])
-    cfg = model_config(s, data.num_classes)
-    mean, variance = channel_stats(data.x_train)  # Keras adapt(x_train): before the validation split
-    x_train, y_train, x_val, y_val = split_train_val(data.x_train, data.y_train, s["validation_split"])
-    if s["train_subset"] is not None:
-        x_train, y_train = x_train[: s["train_subset"]], y_train[: s["train_subset"]]
-    if len(x_train) == 0:
-        raise UsageError("no training images left: lower --validation-split or raise --train-subset")
+          on_step: Callable[[int], None] | None = None, comm: Communicator | None = None) -> int:
+    """Run (or continue) training as ``settings`` say. Returns the process exit status.
 
-    model = ViT(cfg, backend=backend, dtype=s["dtype"], seed=s["seed"], threads=s["threads"])
-    if backend.name == "numpy":
-        s["threads"] = model.threads  # record the value used, so that --resume reproduces the run
-    opt = AdamW(model.params, lr=s["learning_rate"], weight_decay=s["weight_decay"], epsilon=s["epsilon"],
-                decay_convention=s["decay_convention"], clip_norm=s["clip_norm"],
-                exclude_from_decay=model.no_decay_names() if s["exclude_from_decay"] else ())
-    augmenter = Augmenter(mean, variance, image_size=cfg.image_size, flip=s["flip"], rotation=s["rotation"],
-                          zoom=s["zoom"], dtype=s["dtype"])
-    steps_per_epoch = math.ceil(len(x_train) / s["batch_size"])  # the last, smaller batch counts (as Keras)
-    total_steps = s["epochs"] * steps_per_epoch
-    if s["max_steps"] is not None:
-        total_steps = min(total_steps, s["max_steps"])
-
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_val_top1": None, "best_epoch": None,
-             "partial": {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}}
-    base_meta = {"model": cfg.to_dict(), "dtype": s["dtype"], "class_names": data.class_names,
-                 "normalization": {"mean": mean.tolist(), "variance": variance.tolist()},
-                 "run": {k: v for k, v in s.items() if k != "out"}}
-    last_path, best_path, metrics_path = out / "last.npz", out / "best.npz", out / "metrics.jsonl"
-    if resumed is not None:
-        if not last_path.exists():
-            raise UsageError(f"{out} has no checkpoint yet (last.npz): the run stopped before its first one; "
-                             "start it again without --resume")
-        ckpt = load_checkpoint(last_path)
+    ``resumed`` is the run's config.json when continuing (resolve_settings returns both); ``on_step`` is
+    called with the global step after every optimizer step; ``comm`` connects the ranks of a data-parallel
+    run (default: this process alone).
+    """
+    run = Run(dict(settings), comm or SingleProcess(), StopSignals(), on_step)
+    with run.signals, run.folder:
         try:
-            model.load_params(ckpt.params)
-        except ValueError as exc:
-            raise CheckpointError(f"{last_path} does not fit this run's model: {exc}") from exc
-        opt.load_state_dict(ckpt.optimizer)
-        state = ckpt.meta["state"]
-        keep_metric_rows(metrics_path, state["global_step"])
-        log(f"resumed {out} at epoch {state['epoch'] + 1}, step {state['global_step']}")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        if last_path.exists():
-            raise UsageError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
-        leftovers = [p.name for p in (best_path, metrics_path, out / "summary.json") if p.exists()]
-        if leftovers:
-            raise UsageError(f"{out} holds files of an earlier run ({', '.join(leftovers)}) but no last.npz to "
-                             "resume from; choose another --out, or move those files away")
-    write_json(out / "config.json", base_meta)
+            run.setup(resumed is not None)
+            run.say(f"npvit: {run.data.name}, {len(run.x_train)} train / {len(run.x_val)} validation / "
+                    f"{len(run.data.x_test)} test images, {run.cfg.num_classes} classes; "
+                    f"{run.model.num_params():,} parameters; backend {run.backend.name} {run.s['dtype']}; "
+                    f"batch {run.s['batch_size']}, {run.steps_per_epoch} steps per epoch; run folder "
+                    f"{run.folder.path}")
+            with run.signals.deferred():
+                status = run.loop()
+            if status is not None:
+                return status
+        except NonFinite as exc:
+            if run.bar is not None:
+                run.bar.close()
+            last = f"the last good checkpoint is {run.last_good}" if run.last_good else \
+                "no checkpoint was written (the run stopped before its first one)"
+            if run.writer:
+                print(f"error: {exc}; stopping. Nothing non-finite was saved: {last}. Start a new run (--out) with "
+                      "a lower --learning-rate, --clip-norm, or --dtype float64.", file=sys.stderr, flush=True)
+            return EXIT_NONFINITE
+        except MemoryError:
+            raise UsageError(out_of_memory_advice(run)) from None
+        try:
+            return run.final_test()
+        except (KeyboardInterrupt, Terminated) as exc:
+            run.say(f"\nthe test evaluation was interrupted; training is complete and saved in {run.folder.path}. "
+                    f"Evaluate with: python -m npvit.train --resume {run.folder.path}")
+            return EXIT_SIGINT if isinstance(exc, KeyboardInterrupt) else EXIT_SIGTERM
+        except MemoryError:
+            raise UsageError(out_of_memory_advice(run)) from None
 
-    def save(path: Path) -> None:
-        save_checkpoint(path, model.params, opt.state_dict(), dict(base_meta, state=state))
 
-    log(f"npvit: {data.name}, {len(x_train)} train / {len(x_val)} validation / {len(data.x_test)} test images, "
-        f"{cfg.num_classes} classes; {model.num_params():,} parameters; backend {backend.name} {s['dtype']}; "
-        f"batch {s['batch_size']}, {steps_per_epoch} steps per epoch; run folder {out}")
-
-    with Interrupt() as interrupt:
-        while state["epoch"] < s["epochs"] and state["global_step"] < total_steps:
-            epoch = state["epoch"]
-            order = np.random.default_rng(stream_seed(s["seed"], SHUFFLE, epoch)).permutation(len(x_train))
-            part = state["partial"]
-            bar = ProgressBar(steps_per_epoch, f"epoch {epoch + 1}/{s['epochs']}",
-                              enabled=False if s["quiet"] else None)
-            start = time.perf_counter() - part["seconds"]
-            while state["step_in_epoch"] < steps_per_epoch and state["global_step"] < total_steps:
-                i, step = state["step_in_epoch"], state["global_step"]
-                idx = order[i * s["batch_size"]:(i + 1) * s["batch_size"]]
-                labels = backend.asarray(y_train[idx])
-                images = augmenter(backend.asarray(x_train[idx]), training=True,
-                                   rng=backend.rng(stream_seed(s["seed"], AUGMENT, step)))
-                logits = model.forward(images, training=True, dropout_seed=stream_seed(s["seed"], DROPOUT, step))
-                loss, cache = cross_entropy_forward(logits, labels, s["label_smoothing"])
-                loss = float(loss)
-                if not math.isfinite(loss):
-                    bar.close()
-                    log(f"error: the loss became {loss} at epoch {epoch + 1}, step {step + 1}; stopping. The last "
-                        f"good checkpoint ({last_path}) is unchanged. Try a lower --learning-rate, --clip-norm, "
-                        "or --dtype float64.")
-                    return 1
-                model.backward(cross_entropy_backward(cache))
-                opt.lr = learning_rate(step, s["learning_rate"], total_steps, s["warmup_steps"], s["lr_schedule"])
-                opt.step(model.grads)
-
-                part["loss_sum"] += loss * len(idx)
-                part["correct"] += int((backend.xp.argmax(logits, axis=1) == labels).sum())
-                part["seen"] += len(idx)
-                state["step_in_epoch"] += 1
-                state["global_step"] += 1
-                elapsed = time.perf_counter() - start
-                part["seconds"] = elapsed
-                bar.update(state["step_in_epoch"], loss=part["loss_sum"] / part["seen"],
-                           acc=f"{100 * part['correct'] / part['seen']:.2f}%",
-                           img_s=f"{part['seen'] / elapsed:.1f}")
-                if on_step is not None:
-                    on_step(state["global_step"])
-                if interrupt.requested:
-                    break
-            bar.close()
-            if interrupt.requested:
-                save(last_path)
-                log(f"interrupted at epoch {epoch + 1}, step {state['global_step']}: checkpoint saved to "
-                    f"{last_path}. Continue with: python -m npvit.train --resume {out}")
-                return 130
-
-            # end of the epoch (or of --max-steps): validate, log, keep the best weights
-            val = evaluate(model, augmenter, x_val, y_val, s["eval_batch_size"]) if len(x_val) else None
-            complete = state["step_in_epoch"] == steps_per_epoch
-            row = {"epoch": epoch + 1, "step": state["global_step"], "partial": not complete,
-                   "train_loss": part["loss_sum"] / part["seen"], "train_top1": part["correct"] / part["seen"],
-                   "lr": opt.lr, "seconds": part["seconds"], "images_per_s": part["seen"] / part["seconds"]}
-            if val is not None:
-                row.update(val_loss=val.loss, val_top1=val.top1, val_top5=val.top5)
-            append_metric_row(metrics_path, row)
-            log(format_row(row, s["epochs"]))
-            if complete:
-                state.update(epoch=epoch + 1, step_in_epoch=0,
-                             partial={"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0})
-            score = val.top1 if val is not None else -row["train_loss"]  # no validation: lowest train loss
-            if state["best_val_top1"] is None or score > state["best_val_top1"]:
-                state.update(best_val_top1=score, best_epoch=epoch + 1)
-                save(best_path)
-            save(last_path)
-
-    return final_test(model, augmenter, data, best_path, out, state, s)
+def out_of_memory_advice(run: Run) -> str:
+    """What ran out of memory, and what to change."""
+    s = run.s
+    where = f"out of memory while {run.phase}"
+    if run.phase in ("validating", "testing"):
+        return f"{where}; lower --eval-batch-size (now {s['eval_batch_size']})"
+    if run.phase != "training" or not hasattr(run, "cfg"):
+        return f"{where}; free memory or use a larger machine"
+    estimate = memory.training_step(run.cfg, np.dtype(s["dtype"]).itemsize,
+                                    getattr(run.model, "threads", 1) if hasattr(run, "model") else 1)
+    return (f"{where} (a step at batch {s['batch_size']} needs about "
+            f"{memory.describe(estimate.total(s['batch_size']))} by npvit's estimate); free memory, or start a "
+            f"new run with a lower --batch-size, e.g. {max(1, s['batch_size'] // 2)}. "
+            + (f"The last checkpoint is {run.last_good}." if run.last_good else "No checkpoint was written."))
 
 
 def format_row(row: dict[str, Any], epochs: int) -> str:
@@ -388,43 +537,6 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2).encode()))
 
 
-def read_metric_rows(path: Path) -> list[dict[str, Any]]:
-    """The metrics log: one JSON object per line, one line per epoch."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def append_metric_row(path: Path, row: dict[str, Any]) -> None:
-    """Rewrite the (small) log atomically with one more row, so a crash never leaves half a line."""
-    rows = read_metric_rows(path) + [row]
-    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
-
-
-def keep_metric_rows(path: Path, up_to_step: int) -> None:
-    """On resume, drop rows logged after the checkpoint we continue from (e.g. if a crash came between)."""
-    rows = read_metric_rows(path)
-    kept = [r for r in rows if r["step"] <= up_to_step]
-    if len(kept) != len(rows):
-        atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
-
-
-def final_test(model: ViT, augmenter: Augmenter, data: Any, best_path: Path, out: Path,
-               state: dict[str, Any], s: dict[str, Any]) -> int:
-    """Evaluate the best weights on the test split, as the example does, and write summary.json."""
-    if best_path.exists():
-        best = load_checkpoint(best_path)
-        model.load_params(best.params)
-    test: EvalResult = evaluate(model, augmenter, data.x_test, data.y_test, s["eval_batch_size"],
-                                progress=not s["quiet"], label="test")
-    log(f"test ({len(data.y_test)} images, best epoch {state['best_epoch']}): loss {test.loss:.4f}  "
-        f"top-1 {100 * test.top1:.2f}%  top-5 {100 * test.top5:.2f}%")
-    summary = {"best_epoch": state["best_epoch"], "best_val_top1": state["best_val_top1"],
-               "steps": state["global_step"], "test": test.as_dict()}
-    write_json(out / "summary.json", summary)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     given = vars(parser.parse_args(argv))
@@ -433,13 +545,19 @@ def main(argv: list[str] | None = None) -> int:
         return train(settings, resumed)
     except (UsageError, DataError, CheckpointError, BackendUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except OSError as exc:  # the run folder cannot be written, the disk is full, ...
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except MemoryError:
+        print("error: out of memory; free memory, or lower --batch-size", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         print("\ninterrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
+    except Terminated:
+        print("\nterminated (SIGTERM)", file=sys.stderr)
+        return EXIT_SIGTERM
 
 
 if __name__ == "__main__":

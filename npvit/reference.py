@@ -1,0 +1,647 @@
+"""The Vision Transformer written to be read: every forward and backward pass of npvit, and AdamW, in one file.
+
+This is the model of ``npvit.ViT`` (Dosovitskiy et al., 2020, laid out as the Keras example builds it) as
+plain functions on arrays, in the order the data flows. It reads the same ``params`` dict as ``npvit.ViT``
+(same names, same layouts) and computes the same numbers: the tests hold the two to 1e-12 in float64. The
+fast model gets its speed from tricks (thread shards, cache-sized pieces and chunks, transposed scores,
+exp2, a query scale folded into the weights, in-place buffers) that this file leaves out;
+docs/math.md ("How the fast path differs") lists them, and derives every backward pass written here.
+
+    python -m npvit.reference        # trains it on a tiny synthetic problem, printing the loss per step
+
+Conventions:
+
+- Activations are row vectors and weights are stored (in, out): a dense layer is y = x @ W + b.
+- Shapes: B batch, S image side, C channels, P patch side, N patches, T tokens (N, or N + 1 with a class
+  token), D token width, h heads, d key width, U a hidden width, K classes.
+- Every layer is a pair ``<name>_forward(...) -> (output, cache)`` and ``<name>_backward(doutput, cache,
+  ...) -> gradients``; the cache holds what the backward pass needs. ``dz`` is dLoss/dz, shaped like z.
+- Parameter names are timm's: ``patch_embed``, ``cls_token``, ``pos_embed``, ``blocks.{i}.norm1``,
+  ``blocks.{i}.attn`` (``qkv``, ``proj``), ``blocks.{i}.norm2``, ``blocks.{i}.mlp`` (``fc0``, ``fc1``), ``norm``,
+  ``head`` (``fc0`` ... and ``out``).
+- Dropout takes its keep masks from a function ``masks(site, shape, rate) -> boolean array`` (True = kept),
+  called with the name of the dropout site (``blocks.0.attn.attn_drop``, ``blocks.0.mlp.drop0``,
+  ``head_drop``, ``head.drop0``, ...); ``masks=None`` means no dropout (inference). ``keyed_masks(seed)``
+  draws the very masks ``npvit.ViT.forward(..., training=True, dropout_seed=seed)`` draws.
+
+Everything works through the array module of the inputs (NumPy or CuPy) and in their dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from .backend import erf as backend_erf
+from .backend import get_array_module
+from .config import ViTConfig
+from .kernels.dropout import DropoutKey, dropout_mask
+
+Array = Any
+Params = dict[str, Array]
+Masks = Callable[[str, tuple[int, ...], float], Array]  # (site, shape, rate) -> boolean keep mask
+
+
+# ---- dense ----------------------------------------------------------------------------------------------------
+def dense_forward(x: Array, w: Array, b: Array) -> tuple[Array, Array]:
+    """y = x W + b on the last axis.   x (..., I), W (I, O), b (O,) -> y (..., O)."""
+    y = x @ w + b  # (..., O)
+    return y, x
+
+
+# y = x W + b, every leading position r a row x_r:
+#   dx = dy W^T,   dW = sum_r x_r^T dy_r,   db = sum_r dy_r
+def dense_backward(dy: Array, cache: Array, w: Array) -> tuple[Array, Array, Array]:
+    """Gradients of dense_forward: (dx, dW, db)."""
+    x = cache  # (..., I)
+    x2 = x.reshape(-1, x.shape[-1])  # (R, I)  every leading position is a row
+    dy2 = dy.reshape(-1, dy.shape[-1])  # (R, O)
+    dw = x2.T @ dy2  # (I, O)
+    db = dy2.sum(axis=0)  # (O,)
+    dx = dy @ w.T  # (..., I)
+    return dx, dw, db
+
+
+# ---- patch embedding ------------------------------------------------------------------------------------------
+def patch_embed_forward(images: Array, w: Array, b: Array, patch_size: int) -> tuple[Array, tuple]:
+    """Cut the images into P x P patches and project each linearly to the token width.
+
+    images (B, S, S, C) -> patches (B, N, P*P*C) -> tokens = patches W + b (B, N, D). Patch n is row r,
+    column c of the grid (n = r * S/P + c), flattened in (row, column, channel) order, as
+    tf.image.extract_patches cuts them; pixels past the last whole patch are dropped.
+    """
+    batch, height, width, channels = images.shape
+    p = patch_size
+    gh, gw = height // p, width // p
+    x = images[:, : gh * p, : gw * p, :]  # (B, gh*P, gw*P, C)
+    x = x.reshape(batch, gh, p, gw, p, channels)  # (B, gh, P, gw, P, C)
+    x = x.transpose(0, 1, 3, 2, 4, 5)  # (B, gh, gw, P, P, C)  grid position first, then pixel in the patch
+    patches = x.reshape(batch, gh * gw, p * p * channels)  # (B, N, P*P*C)
+    tokens, c_proj = dense_forward(patches, w, b)  # (B, N, D)
+    return tokens, (c_proj, images.shape, p)
+
+
+# The patches are a re-indexing of the pixels, so their backward is the inverse re-indexing; pixels that
+# belong to no patch get zero gradient.
+def patch_embed_backward(dtokens: Array, cache: tuple, w: Array) -> tuple[Array, Array, Array]:
+    """Gradients of patch_embed_forward: (dimages, dW, db)."""
+    c_proj, (batch, height, width, channels), p = cache
+    gh, gw = height // p, width // p
+    xp = get_array_module(dtokens)
+    dpatches, dw, db = dense_backward(dtokens, c_proj, w)  # (B, N, P*P*C), (P*P*C, D), (D,)
+    dx = dpatches.reshape(batch, gh, gw, p, p, channels)  # (B, gh, gw, P, P, C)
+    dx = dx.transpose(0, 1, 3, 2, 4, 5)  # (B, gh, P, gw, P, C)
+    dimages = xp.zeros((batch, height, width, channels), dtype=dtokens.dtype)  # (B, S, S, C)
+    dimages[:, : gh * p, : gw * p, :] = dx.reshape(batch, gh * p, gw * p, channels)  # (B, gh*P, gw*P, C)
+    return dimages, dw, db
+
+
+# ---- layer normalization --------------------------------------------------------------------------------------
+def layernorm_forward(x: Array, gamma: Array, beta: Array, eps: float) -> tuple[Array, tuple]:
+    """Normalize each row of the last axis to zero mean and unit variance, then scale and shift.
+
+    mu = mean(x), var = mean((x - mu)^2), rstd = 1 / sqrt(var + eps), xhat = (x - mu) rstd,
+    y = gamma xhat + beta.   x (..., D), gamma, beta (D,) -> y (..., D).
+    """
+    xp = get_array_module(x)
+    mu = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    xc = x - mu  # (..., D)
+    var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1)  the biased variance, 1/D
+    rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
+    xhat = xc * rstd  # (..., D)
+    y = gamma * xhat + beta  # (..., D)
+    return y, (xhat, rstd)
+
+
+# y = gamma xhat + beta:  dgamma = sum_rows dy xhat,  dbeta = sum_rows dy,  g = dxhat = dy gamma;
+# through the mean and the variance (docs/math.md, section 3):
+#   dx = rstd (g - mean(g) - xhat mean(g xhat))      (means over the last axis)
+def layernorm_backward(dy: Array, cache: tuple, gamma: Array) -> tuple[Array, Array, Array]:
+    """Gradients of layernorm_forward: (dx, dgamma, dbeta)."""
+    xhat, rstd = cache  # (..., D), (..., 1)
+    rows = tuple(range(dy.ndim - 1))  # every leading axis
+    dgamma = (dy * xhat).sum(axis=rows)  # (D,)
+    dbeta = dy.sum(axis=rows)  # (D,)
+    g = dy * gamma  # (..., D)
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True)
+                 - xhat * (g * xhat).mean(axis=-1, keepdims=True))  # (..., D)
+    return dx, dgamma, dbeta
+
+
+# ---- GELU -----------------------------------------------------------------------------------------------------
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_TANH_C = 0.044715
+
+
+def erf(x: Array) -> Array:
+    """The error function, exact to the input's precision: the library's erf (SciPy or CuPy) in float64."""
+    xp = get_array_module(x)
+    return backend_erf(x.astype(xp.float64)).astype(x.dtype)
+
+
+def gelu_forward(x: Array, kind: str = "erf") -> tuple[Array, tuple]:
+    """Gaussian Error Linear Unit, elementwise.
+
+    "erf" (exact, the Keras example's):  y = x Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2
+    "tanh" (approximation):              y = x (1 + tanh(u)) / 2,  u = sqrt(2/pi) (x + 0.044715 x^3)
+    """
+    if kind == "erf":
+        y = x * 0.5 * (1.0 + erf(x / math.sqrt(2.0)))  # (...)
+    elif kind == "tanh":
+        xp = get_array_module(x)
+        y = 0.5 * x * (1.0 + xp.tanh(SQRT_2_OVER_PI * (x + GELU_TANH_C * x**3)))  # (...)
+    else:
+        raise ValueError(f"unknown GELU kind {kind!r}: expected 'erf' or 'tanh'")
+    return y, (x, kind)
+
+
+# Elementwise, so dx = dy y'(x):
+#   erf:   y' = Phi(x) + x phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)                 (product rule)
+#   tanh:  y' = (1 + t) / 2 + x (1 - t^2) u'(x) / 2,  t = tanh(u),  u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+def gelu_backward(dy: Array, cache: tuple) -> Array:
+    """Gradient of gelu_forward with respect to its input."""
+    x, kind = cache  # (...)
+    xp = get_array_module(x)
+    if kind == "erf":
+        cdf = 0.5 * (1.0 + erf(x / math.sqrt(2.0)))  # (...)  Phi(x)
+        pdf = xp.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)  # (...)  phi(x)
+        dydx = cdf + x * pdf  # (...)
+    else:
+        t = xp.tanh(SQRT_2_OVER_PI * (x + GELU_TANH_C * x**3))  # (...)
+        dudx = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x)  # (...)
+        dydx = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dudx  # (...)
+    return dy * dydx  # (...)
+
+
+# ---- dropout --------------------------------------------------------------------------------------------------
+def drop_probability(rate: float) -> float:
+    """The probability that a unit is dropped: ``rate`` rounded to a multiple of 1/65536.
+
+    npvit draws each keep decision as a 16-bit random integer compared with round(65536 rate), so that is
+    the probability the masks really have; scaling by 1 / (1 - it) keeps the expectation exact.
+    """
+    return round(rate * 65536) / 65536
+
+
+def dropout_forward(x: Array, keep: Array | None, rate: float) -> tuple[Array, tuple | None]:
+    """Inverted dropout: y = x keep / (1 - p), with ``keep`` a boolean mask shaped like x (None: y = x)."""
+    if keep is None:
+        return x, None
+    scale = 1.0 / (1.0 - drop_probability(rate))
+    y = x * keep * scale  # (...)
+    return y, (keep, scale)
+
+
+# y = x keep / (1 - p) is linear with a diagonal Jacobian:  dx = dy keep / (1 - p)
+def dropout_backward(dy: Array, cache: tuple | None) -> Array:
+    """Gradient of dropout_forward with respect to its input."""
+    if cache is None:
+        return dy
+    keep, scale = cache
+    return dy * keep * scale  # (...)
+
+
+def draw_keep(masks: Masks | None, site: str, shape: tuple[int, ...], rate: float) -> Array | None:
+    """The keep mask of one dropout site, or None when nothing is dropped (no masks, or rate 0)."""
+    if masks is None or rate == 0.0:
+        return None
+    return masks(site, tuple(shape), rate)
+
+
+def keyed_masks(seed: int, first_sample: int = 0, xp: Any = np) -> Masks:
+    """The keep masks of ``npvit.ViT.forward(images, training=True, dropout_seed=seed, first_sample=...)``.
+
+    npvit draws every mask as a pure function of (seed, site, global sample index) through
+    ``npvit.kernels.dropout.dropout_mask`` (axis 0 of ``shape`` runs over the samples, the first one being
+    ``first_sample``); ``xp`` is the array module of the data, whose generator the masks come from (NumPy's
+    and CuPy's differ).
+    """
+    def masks(site: str, shape: tuple[int, ...], rate: float) -> Array:
+        return dropout_mask(shape, rate, DropoutKey(seed, site, first_sample), xp)
+
+    return masks
+
+
+# ---- softmax --------------------------------------------------------------------------------------------------
+def softmax_forward(x: Array) -> Array:
+    """softmax over the last axis: y_i = exp(x_i - max x) / sum_j exp(x_j - max x) (the shift avoids overflow
+    and changes nothing else)."""
+    xp = get_array_module(x)
+    e = xp.exp(x - x.max(axis=-1, keepdims=True))  # (..., n)
+    return e / e.sum(axis=-1, keepdims=True)  # (..., n)
+
+
+# Jacobian dy_i/dx_j = y_i (delta_ij - y_j), symmetric, so dx = y (dy - sum_j dy_j y_j)
+def softmax_backward(dy: Array, y: Array) -> Array:
+    """Gradient of softmax_forward, from its output y."""
+    return y * (dy - (dy * y).sum(axis=-1, keepdims=True))  # (..., n)
+
+
+# ---- multi-head self-attention --------------------------------------------------------------------------------
+def attention_forward(
+    x: Array, w_qkv: Array, b_qkv: Array, w_proj: Array, b_proj: Array, num_heads: int,
+    keep: Array | None = None, rate: float = 0.0,
+) -> tuple[Array, tuple]:
+    """Multi-head self-attention (Keras ``MultiHeadAttention``) of tokens x (B, T, D).
+
+    [Q | K | V] = x W_qkv + b_qkv, with W_qkv (D, 3 h d) holding Keras' query, key and value kernels side
+    by side, each (D, h, d) flattened so that column (i h + j) d + c is projection i, head j, feature c.
+    Per head:  A = dropout(softmax(Q K^T / sqrt(d)))  (T, T),   O = A V  (T, d).
+    The heads' outputs side by side (T, h d) go through the output projection W_proj (h d, D) + b_proj.
+    ``keep`` (B, h, T, T) is the dropout mask of A, rows the queries and columns the keys.
+    """
+    batch, tokens, _ = x.shape
+    d = w_qkv.shape[1] // (3 * num_heads)
+    qkv, c_qkv = dense_forward(x, w_qkv, b_qkv)  # (B, T, 3*h*d)
+    qkv = qkv.reshape(batch, tokens, 3, num_heads, d)  # (B, T, 3, h, d)  Keras' column order
+    q = qkv[:, :, 0].transpose(0, 2, 1, 3)  # (B, h, T, d)
+    k = qkv[:, :, 1].transpose(0, 2, 1, 3)  # (B, h, T, d)
+    v = qkv[:, :, 2].transpose(0, 2, 1, 3)  # (B, h, T, d)
+    s = q @ k.swapaxes(-1, -2) / math.sqrt(d)  # (B, h, T, T)  scores: query row against key column
+    p = softmax_forward(s)  # (B, h, T, T)  over the keys
+    a, c_drop = dropout_forward(p, keep, rate)  # (B, h, T, T)
+    o = a @ v  # (B, h, T, d)
+    o = o.transpose(0, 2, 1, 3).reshape(batch, tokens, num_heads * d)  # (B, T, h*d)  heads side by side
+    y, c_proj = dense_forward(o, w_proj, b_proj)  # (B, T, D)
+    return y, (c_qkv, q, k, v, p, a, c_drop, c_proj)
+
+
+# y = O W_proj + b_proj (dense), then per head, with s = Q K^T / sqrt(d), P = softmax(s), A = dropout(P):
+#   O = A V:                    dA = dO V^T,   dV = A^T dO
+#   A = dropout(P):             dP = dropout_backward(dA)
+#   P = softmax(s):             ds = P (dP - rowsum(dP P))
+#   s = Q K^T / sqrt(d):        dQ = ds K / sqrt(d),   dK = ds^T Q / sqrt(d)
+# and dQ, dK, dV go back to the columns of [Q | K | V] they came from, for the dense backward of W_qkv.
+def attention_backward(
+    dy: Array, cache: tuple, w_qkv: Array, w_proj: Array
+) -> tuple[Array, Array, Array, Array, Array]:
+    """Gradients of attention_forward: (dx, dW_qkv, db_qkv, dW_proj, db_proj)."""
+    c_qkv, q, k, v, p, a, c_drop, c_proj = cache
+    xp = get_array_module(dy)
+    batch, num_heads, tokens, d = q.shape
+    do, dw_proj, db_proj = dense_backward(dy, c_proj, w_proj)  # (B, T, h*d), (h*d, D), (D,)
+    do = do.reshape(batch, tokens, num_heads, d).transpose(0, 2, 1, 3)  # (B, h, T, d)
+    da = do @ v.swapaxes(-1, -2)  # (B, h, T, T)
+    dv = a.swapaxes(-1, -2) @ do  # (B, h, T, d)
+    dp = dropout_backward(da, c_drop)  # (B, h, T, T)
+    ds = softmax_backward(dp, p)  # (B, h, T, T)
+    dq = ds @ k / math.sqrt(d)  # (B, h, T, d)
+    dk = ds.swapaxes(-1, -2) @ q / math.sqrt(d)  # (B, h, T, d)
+    dqkv = xp.stack([dq, dk, dv], axis=2)  # (B, h, 3, T, d)
+    dqkv = dqkv.transpose(0, 3, 2, 1, 4).reshape(batch, tokens, 3 * num_heads * d)  # (B, T, 3*h*d)
+    dx, dw_qkv, db_qkv = dense_backward(dqkv, c_qkv, w_qkv)  # (B, T, D), (D, 3*h*d), (3*h*d,)
+    return dx, dw_qkv, db_qkv, dw_proj, db_proj
+
+
+# ---- MLP ------------------------------------------------------------------------------------------------------
+def mlp_forward(
+    params: Mapping[str, Array], prefix: str, x: Array, layers: int, gelu: str, rate: float,
+    masks: Masks | None,
+) -> tuple[Array, list]:
+    """The Keras example's ``mlp``: for each layer i, Dense (``{prefix}.fc{i}``) -> GELU -> Dropout
+    (``{prefix}.drop{i}``), the last layer included.   x (..., I) -> (..., U_last)."""
+    caches = []
+    for i in range(layers):
+        name = f"{prefix}.fc{i}"
+        x, c_fc = dense_forward(x, params[f"{name}.w"], params[f"{name}.b"])  # (..., U_i)
+        x, c_gelu = gelu_forward(x, gelu)  # (..., U_i)
+        x, c_drop = dropout_forward(x, draw_keep(masks, f"{prefix}.drop{i}", x.shape, rate), rate)  # (..., U_i)
+        caches.append((c_fc, c_gelu, c_drop))
+    return x, caches
+
+
+# The layers in reverse, each one's three steps in reverse: dropout, GELU, dense.
+def mlp_backward(
+    dy: Array, cache: list, params: Mapping[str, Array], prefix: str, grads: Params
+) -> Array:
+    """Gradient of mlp_forward: returns dx and writes ``grads[{prefix}.fc{i}.w / .b]``."""
+    for i in reversed(range(len(cache))):
+        c_fc, c_gelu, c_drop = cache[i]
+        name = f"{prefix}.fc{i}"
+        dy = dropout_backward(dy, c_drop)  # (..., U_i)
+        dy = gelu_backward(dy, c_gelu)  # (..., U_i)
+        dy, grads[f"{name}.w"], grads[f"{name}.b"] = dense_backward(
+            dy, c_fc, params[f"{name}.w"])  # (..., U_i-1)
+    return dy
+
+
+# ---- transformer block ----------------------------------------------------------------------------------------
+def block_forward(
+    params: Mapping[str, Array], i: int, x: Array, cfg: ViTConfig, masks: Masks | None
+) -> tuple[Array, tuple]:
+    """Pre-norm encoder layer ``blocks.{i}``:  x = x + Attention(LayerNorm(x));  x = x + Mlp(LayerNorm(x)).
+    x (B, T, D) -> (B, T, D)."""
+    p = f"blocks.{i}"
+    batch, tokens, _ = x.shape
+    h, c_norm1 = layernorm_forward(
+        x, params[f"{p}.norm1.gamma"], params[f"{p}.norm1.beta"], cfg.ln_eps)  # (B, T, D)
+    # npvit draws an image's attention mask as (heads, keys, queries), so the reference asks for that layout
+    # and turns it around.
+    keep = draw_keep(masks, f"{p}.attn.attn_drop", (batch, cfg.num_heads, tokens, tokens), cfg.attention_dropout)
+    keep = None if keep is None else keep.swapaxes(-1, -2)  # (B, h, T, T)  rows the queries, columns the keys
+    h, c_attn = attention_forward(
+        h, params[f"{p}.attn.qkv.w"], params[f"{p}.attn.qkv.b"], params[f"{p}.attn.proj.w"],
+        params[f"{p}.attn.proj.b"], cfg.num_heads, keep, cfg.attention_dropout,
+    )  # (B, T, D)
+    x = x + h  # (B, T, D)  residual
+    h, c_norm2 = layernorm_forward(
+        x, params[f"{p}.norm2.gamma"], params[f"{p}.norm2.beta"], cfg.ln_eps)  # (B, T, D)
+    h, c_mlp = mlp_forward(params, f"{p}.mlp", h, len(cfg.mlp_units), cfg.gelu, cfg.dropout, masks)  # (B, T, D)
+    y = x + h  # (B, T, D)  residual
+    return y, (c_norm1, c_attn, c_norm2, c_mlp)
+
+
+# At a residual sum z = u + f(u) the gradient reaches u along both paths, so they add: du = dz + J_f^T dz.
+def block_backward(
+    dy: Array, cache: tuple, params: Mapping[str, Array], i: int, grads: Params
+) -> Array:
+    """Gradient of block_forward: returns dx and writes the gradients of ``blocks.{i}.*`` into ``grads``."""
+    c_norm1, c_attn, c_norm2, c_mlp = cache
+    p = f"blocks.{i}"
+    dh = mlp_backward(dy, c_mlp, params, f"{p}.mlp", grads)  # (B, T, D)
+    dh, grads[f"{p}.norm2.gamma"], grads[f"{p}.norm2.beta"] = layernorm_backward(
+        dh, c_norm2, params[f"{p}.norm2.gamma"])  # (B, T, D)
+    dx = dy + dh  # (B, T, D)  both paths of the second residual
+    a = f"{p}.attn"
+    dh, grads[f"{a}.qkv.w"], grads[f"{a}.qkv.b"], grads[f"{a}.proj.w"], grads[f"{a}.proj.b"] = (
+        attention_backward(dx, c_attn, params[f"{a}.qkv.w"], params[f"{a}.proj.w"]))  # (B, T, D)
+    dh, grads[f"{p}.norm1.gamma"], grads[f"{p}.norm1.beta"] = layernorm_backward(
+        dh, c_norm1, params[f"{p}.norm1.gamma"])  # (B, T, D)
+    return dx + dh  # (B, T, D)  both paths of the first residual
+
+
+# ---- pooling --------------------------------------------------------------------------------------------------
+def pool_forward(t: Array, pool: str) -> Array:
+    """Tokens (B, T, D) -> one vector per image: "flatten" (B, T*D), every token concatenated (Keras'
+    Flatten, row-major over (token, channel)); "cls" (B, D), the class token; "gap" (B, D), the token mean."""
+    if pool == "flatten":
+        return t.reshape(t.shape[0], -1)  # (B, T*D)
+    if pool == "cls":
+        return t[:, 0]  # (B, D)
+    if pool == "gap":
+        return t.mean(axis=1)  # (B, D)
+    raise ValueError(f"unknown pool {pool!r}: expected 'flatten', 'cls' or 'gap'")
+
+
+# flatten: the inverse reshape;  cls: token 0 gets the gradient, the others none (through the pool);
+# gap: each of the T tokens gets 1/T of it.
+def pool_backward(dpooled: Array, pool: str, shape: tuple[int, ...]) -> Array:
+    """Gradient of pool_forward with respect to the tokens of ``shape`` (B, T, D)."""
+    xp = get_array_module(dpooled)
+    if pool == "flatten":
+        return dpooled.reshape(shape)  # (B, T, D)
+    dt = xp.zeros(shape, dtype=dpooled.dtype)  # (B, T, D)
+    if pool == "cls":
+        dt[:, 0] = dpooled
+    else:
+        dt[...] = dpooled[:, None, :] / shape[1]
+    return dt
+
+
+# ---- classifier head ------------------------------------------------------------------------------------------
+def head_forward(
+    params: Mapping[str, Array], pooled: Array, cfg: ViTConfig, masks: Masks | None
+) -> tuple[Array, tuple]:
+    """The Keras example's classifier: Dropout (``head_drop``) -> Mlp ``head`` (Dense -> GELU -> Dropout per
+    hidden size) -> Dense ``head.out`` to the logits.   pooled (B, F) -> logits (B, K)."""
+    rate = cfg.head_dropout
+    h, c_drop = dropout_forward(pooled, draw_keep(masks, "head_drop", pooled.shape, rate), rate)  # (B, F)
+    h, c_mlp = mlp_forward(params, "head", h, len(cfg.head_units), cfg.gelu, rate, masks)  # (B, U_last)
+    logits, c_out = dense_forward(h, params["head.out.w"], params["head.out.b"])  # (B, K)
+    return logits, (c_drop, c_mlp, c_out)
+
+
+def head_backward(dlogits: Array, cache: tuple, params: Mapping[str, Array], grads: Params) -> Array:
+    """Gradient of head_forward: returns dpooled and writes the gradients of ``head.*``."""
+    c_drop, c_mlp, c_out = cache
+    dh, grads["head.out.w"], grads["head.out.b"] = dense_backward(
+        dlogits, c_out, params["head.out.w"])  # (B, U_last)
+    dh = mlp_backward(dh, c_mlp, params, "head", grads)  # (B, F)
+    return dropout_backward(dh, c_drop)  # (B, F)
+
+
+# ---- the whole model ------------------------------------------------------------------------------------------
+def vit_forward(
+    params: Mapping[str, Array], images: Array, cfg: ViTConfig, masks: Masks | None = None
+) -> tuple[Array, tuple]:
+    """Logits (B, K) of images (B, S, S, C). Returns (logits, cache); ``masks=None`` applies no dropout."""
+    xp = get_array_module(images)
+    batch = images.shape[0]
+    t, c_embed = patch_embed_forward(
+        images, params["patch_embed.proj.w"], params["patch_embed.proj.b"], cfg.patch_size)  # (B, N, D)
+    if cfg.pool == "cls":
+        cls = xp.broadcast_to(params["cls_token"], (batch, 1, cfg.dim))  # (B, 1, D)
+        t = xp.concatenate([cls, t], axis=1)  # (B, T, D)  T = N + 1
+    t = t + params["pos_embed"]  # (B, T, D)
+    c_blocks = []
+    for i in range(cfg.depth):
+        t, c = block_forward(params, i, t, cfg, masks)  # (B, T, D)
+        c_blocks.append(c)
+    t, c_norm = layernorm_forward(t, params["norm.gamma"], params["norm.beta"], cfg.ln_eps)  # (B, T, D)
+    pooled = pool_forward(t, cfg.pool)  # (B, T*D) for flatten, else (B, D)
+    logits, c_head = head_forward(params, pooled, cfg, masks)  # (B, K)
+    return logits, (c_embed, c_blocks, c_norm, t.shape, c_head)
+
+
+# The forward pass in reverse. pos_embed was added to every image: its gradient is the sum over the batch;
+# the class token was copied in front of every image: its gradient is the sum of token 0's over the batch.
+def vit_backward(
+    dlogits: Array, cache: tuple, params: Mapping[str, Array], cfg: ViTConfig
+) -> tuple[Params, Array]:
+    """Gradients of vit_forward: (grads, dimages), ``grads`` keyed like ``params``."""
+    c_embed, c_blocks, c_norm, t_shape, c_head = cache
+    grads: Params = {}
+    dpooled = head_backward(dlogits, c_head, params, grads)  # (B, F)
+    dt = pool_backward(dpooled, cfg.pool, t_shape)  # (B, T, D)
+    dt, grads["norm.gamma"], grads["norm.beta"] = layernorm_backward(
+        dt, c_norm, params["norm.gamma"])  # (B, T, D)
+    for i in reversed(range(cfg.depth)):
+        dt = block_backward(dt, c_blocks[i], params, i, grads)  # (B, T, D)
+    grads["pos_embed"] = dt.sum(axis=0)  # (T, D)
+    if cfg.pool == "cls":
+        grads["cls_token"] = dt[:, 0].sum(axis=0)  # (D,)
+        dt = dt[:, 1:]  # (B, N, D)
+    dimages, grads["patch_embed.proj.w"], grads["patch_embed.proj.b"] = patch_embed_backward(
+        dt, c_embed, params["patch_embed.proj.w"])  # (B, S, S, C)
+    return grads, dimages
+
+
+# ---- loss -----------------------------------------------------------------------------------------------------
+def cross_entropy_forward(logits: Array, labels: Array, label_smoothing: float = 0.0) -> tuple[Array, tuple]:
+    """Mean softmax cross-entropy of logits z (B, K) against integer labels (B,), with label smoothing s:
+
+    target q = (1 - s) onehot(label) + s / K,  log p = z - logsumexp(z),  loss = -(1/B) sum_b sum_k q log p.
+    """
+    xp = get_array_module(logits)
+    batch, k = logits.shape
+    shifted = logits - logits.max(axis=1, keepdims=True)  # (B, K)  so that no exp overflows
+    logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))  # (B, K)
+    q = xp.full((batch, k), label_smoothing / k, dtype=logits.dtype)  # (B, K)
+    q[xp.arange(batch), labels] += 1.0 - label_smoothing
+    loss = -(q * logp).sum() / batch  # ()
+    return loss, (xp.exp(logp), q)
+
+
+# d loss / dz = (p - q) / B   (times the incoming scalar gradient)
+def cross_entropy_backward(cache: tuple, dloss: float = 1.0) -> Array:
+    """Gradient of cross_entropy_forward with respect to the logits."""
+    p, q = cache  # (B, K), (B, K)
+    return (p - q) * (dloss / p.shape[0])  # (B, K)
+
+
+# ---- AdamW ----------------------------------------------------------------------------------------------------
+@dataclass
+class AdamWState:
+    """AdamW's state: the step count t and the moments m, v (keyed like the parameters)."""
+
+    t: int = 0
+    m: Params = field(default_factory=dict)
+    v: Params = field(default_factory=dict)
+
+
+def adamw_init(params: Mapping[str, Array]) -> AdamWState:
+    """Zero moments for every parameter, step 0."""
+    return AdamWState(0, {n: 0 * p for n, p in params.items()}, {n: 0 * p for n, p in params.items()})
+
+
+def adamw_step(
+    params: Params, grads: Mapping[str, Array], state: AdamWState, lr: float = 1e-3, weight_decay: float = 1e-4,
+    beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7, decay_convention: str = "keras",
+    epsilon_convention: str = "keras", exclude_from_decay: Iterable[str] = (), clip_norm: float | None = None,
+) -> float:
+    """One AdamW step (Loshchilov & Hutter, 2019), replacing the arrays of ``params``; returns the global
+    gradient norm before clipping. At step t, for each parameter p with gradient g:
+
+        g <- g min(1, clip_norm / ||G||)              ||G||: the L2 norm of every gradient together
+        p <- p - lr wd p  ("keras": Keras 3, PyTorch)   or   p <- p - wd p  ("tfa": TensorFlow Addons)
+        m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2
+        "keras":    p <- p - lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)
+        "pytorch":  p <- p - lr mhat / (sqrt(vhat) + eps),  mhat = m / (1 - b1^t),  vhat = v / (1 - b2^t)
+
+    The decay uses p before this step's Adam update, as all three libraries do. A step whose gradient norm is
+    not finite (an overflow, a NaN) changes nothing, neither the parameters nor the moments nor t: the
+    caller, who gets the norm back, must stop.
+    """
+    exclude = set(exclude_from_decay)
+    xp = get_array_module(*grads.values())
+    norm = math.sqrt(float(sum(float(xp.sum(g * g)) for g in grads.values())))
+    if not math.isfinite(norm):
+        return norm
+    clip = clip_norm / norm if clip_norm is not None and norm > clip_norm else 1.0
+    state.t += 1
+    t = state.t
+    for name, p in params.items():
+        g = grads[name] * clip
+        if name not in exclude:
+            p = p - (lr * weight_decay if decay_convention == "keras" else weight_decay) * p
+        m = beta1 * state.m[name] + (1.0 - beta1) * g
+        v = beta2 * state.v[name] + (1.0 - beta2) * g * g
+        if epsilon_convention == "keras":
+            p = p - lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t) * m / (xp.sqrt(v) + epsilon)
+        else:
+            m_hat, v_hat = m / (1.0 - beta1**t), v / (1.0 - beta2**t)
+            p = p - lr * m_hat / (xp.sqrt(v_hat) + epsilon)
+        params[name], state.m[name], state.v[name] = p, m, v
+    return norm
+
+
+# ---- initial parameters ---------------------------------------------------------------------------------------
+def init_params(cfg: ViTConfig, seed: int = 0, dtype: Any = "float64", xp: Any = np) -> Params:
+    """The initial parameters npvit.ViT(cfg, seed=seed) starts from, with Keras' initializers: Glorot uniform
+    kernels, zero biases, layer norms gamma 1 and beta 0, a zero class token, pos_embed U(-0.05, 0.05).
+
+    Drawn in float64 on the host from one seeded generator, in the model's parameter order. Glorot uniform is
+    U(-a, a), a = sqrt(6 / (fan_in + fan_out)), with the fans Keras computes from the kernel's own shape: the
+    query, key and value kernels are (D, h, d) each (fans h D and d D), the output kernel (h, d, D).
+    """
+    rng = np.random.default_rng(seed)
+    params: dict[str, np.ndarray] = {}
+
+    def glorot(shape: tuple[int, ...], keras_shape: tuple[int, ...] | None = None) -> np.ndarray:
+        s = keras_shape or shape
+        receptive = math.prod(s[:-2])
+        fan_in, fan_out = s[-2] * receptive, s[-1] * receptive
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, size=shape)
+
+    def dense(name: str, fan_in: int, fan_out: int) -> None:
+        params[f"{name}.w"], params[f"{name}.b"] = glorot((fan_in, fan_out)), np.zeros(fan_out)
+
+    def layernorm(name: str) -> None:
+        params[f"{name}.gamma"], params[f"{name}.beta"] = np.ones(cfg.dim), np.zeros(cfg.dim)
+
+    dim, h, d = cfg.dim, cfg.num_heads, cfg.key_dim
+    dense("patch_embed.proj", cfg.patch_dim, dim)
+    if cfg.pool == "cls":
+        params["cls_token"] = np.zeros(dim)
+    params["pos_embed"] = rng.uniform(-0.05, 0.05, size=(cfg.num_tokens, dim))
+    for i in range(cfg.depth):
+        p = f"blocks.{i}"
+        layernorm(f"{p}.norm1")
+        params[f"{p}.attn.qkv.w"] = np.concatenate([glorot((dim, h * d), (dim, h, d)) for _ in range(3)], axis=1)
+        params[f"{p}.attn.qkv.b"] = np.zeros(3 * h * d)
+        params[f"{p}.attn.proj.w"], params[f"{p}.attn.proj.b"] = glorot((h * d, dim), (h, d, dim)), np.zeros(dim)
+        layernorm(f"{p}.norm2")
+        sizes = (dim, *cfg.mlp_units)
+        for j in range(len(cfg.mlp_units)):
+            dense(f"{p}.mlp.fc{j}", sizes[j], sizes[j + 1])
+    layernorm("norm")
+    sizes = (cfg.pooled_dim, *cfg.head_units)
+    for j in range(len(cfg.head_units)):
+        dense(f"head.fc{j}", sizes[j], sizes[j + 1])
+    dense("head.out", sizes[-1], cfg.num_classes)
+    return {name: xp.asarray(a, dtype=dtype) for name, a in params.items()}
+
+
+# ---- a few training steps to step through -------------------------------------------------------------------
+def synthetic_problem(cfg: ViTConfig, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` noisy images of ``cfg.num_classes`` classes, each class a fixed random pattern (easy to
+    learn), and their labels."""
+    rng = np.random.default_rng(seed)
+    shape = (cfg.image_size, cfg.image_size, cfg.channels)
+    patterns = rng.standard_normal((cfg.num_classes, *shape))  # (K, S, S, C)
+    labels = rng.integers(0, cfg.num_classes, size=count)  # (B,)
+    images = patterns[labels] + 0.5 * rng.standard_normal((count, *shape))  # (B, S, S, C)
+    return images, labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m npvit.reference",
+        description="Train the reference Vision Transformer (npvit.reference) for a few full-batch AdamW steps "
+                    "on a tiny synthetic problem, printing the loss per step.")
+    parser.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
+    parser.add_argument("--batch", type=int, default=32, help="images in the batch (default 32)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default 3e-3)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.batch < 1:
+        parser.error("--steps and --batch must be positive")
+
+    cfg = ViTConfig.tiny(num_classes=4)
+    params = init_params(cfg, seed=args.seed)
+    images, labels = synthetic_problem(cfg, args.batch, args.seed)
+    state = adamw_init(params)
+    seeds = np.random.default_rng(args.seed + 1)  # one dropout seed per step
+    print(f"reference ViT: {sum(p.size for p in params.values()):,} parameters, {cfg.depth} blocks, "
+          f"batch of {args.batch} synthetic {cfg.image_size}x{cfg.image_size} images, {cfg.num_classes} classes")
+    for step in range(1, args.steps + 1):
+        masks = keyed_masks(int(seeds.integers(2**63)))
+        logits, cache = vit_forward(params, images, cfg, masks)  # dropout on: training
+        loss, c_loss = cross_entropy_forward(logits, labels)
+        grads, _ = vit_backward(cross_entropy_backward(c_loss), cache, params, cfg)
+        norm = adamw_step(params, grads, state, lr=args.lr)
+        print(f"step {step:3d}  loss {float(loss):.4f}  grad norm {norm:.3f}", flush=True)
+    logits, _ = vit_forward(params, images, cfg)  # inference: no dropout
+    accuracy = float((logits.argmax(axis=1) == labels).mean())
+    print(f"training-batch accuracy after {args.steps} steps: {accuracy:.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

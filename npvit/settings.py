@@ -1,0 +1,354 @@
+"""The settings of a training run: one table of every setting with its default, the command line built from
+it, and the checks that a value from the command line or from a run's config.json must pass.
+
+    settings = resolve_settings(vars(build_parser().parse_args(argv)))   # defaults < resumed run < flags
+    config = model_config(settings, num_classes)                         # the ViTConfig they describe
+
+Every setting is a row of ``SETTINGS``: its name (``--name-with-dashes`` on the command line), its default,
+what it means, and its argument type. The ``--help`` text and the ``(default ...)`` it shows are generated
+from the rows, and the same argument type that parses a flag checks the value a resumed run reads back from
+its config.json, so a file cannot hold a value the command line would refuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .backend import BACKEND_NAMES
+from .cli_types import (
+    fraction,
+    int_list,
+    non_negative,
+    non_negative_int,
+    positive,
+    positive_int,
+    unit_interval,
+)
+from .config import GELUS, POOLS, PRESETS, ViTConfig
+from .data import DATASETS, DataError, check_data_settings
+from .optim import DECAY_CONVENTIONS
+from .schedule import SCHEDULES
+
+PRESET_HELP = {"keras": "the 2021 example", "keras-wide": "its current revision", "small": "32x32 input",
+               "tiny": "for smoke tests"}
+SEED_LIMIT = 2**63  # seeds are stored in JSON and fed to 64-bit generators
+
+
+class UsageError(Exception):
+    """A bad combination of flags or a run folder that cannot be used; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a run.
+
+    Attributes:
+        name: the key in the settings dict and config.json; the flag is ``--`` + name with dashes.
+        default: the value when neither the flag nor a resumed run gives one. None for a model setting means
+            "from --preset".
+        help: what the setting does, without its default (generated).
+        group: the --help section.
+        kind: the JSON type of the value: "int", "float", "ints" (a list of positive ints), "bool", "str".
+        type: the argparse type; it also checks a value read back from a file.
+        choices: the allowed values of a "str" setting, when there is a fixed set.
+        switch: for a "bool": the flag that sets the opposite of the default (``--no-flip``).
+        preset_field: for a model setting, the ViTConfig field whose preset value stands in for the default.
+        metavar: what --help shows as the flag's argument.
+        nullable: None is an allowed value (the default, or "from the preset").
+    """
+
+    name: str
+    default: Any
+    help: str
+    group: str
+    kind: str
+    type: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    switch: str | None = None
+    preset_field: str | None = None
+    metavar: str | None = None
+    aliases: tuple[str, ...] = ()
+    nullable: bool = False
+
+    @property
+    def flag(self) -> str:
+        return self.switch or "--" + self.name.replace("_", "-")
+
+
+def _model(name: str, field: str, kind: str, type_: Callable[[str], Any] | None, help: str,
+           metavar: str | None = None, choices: tuple[str, ...] | None = None) -> Setting:
+    """A model setting: None (the default) takes the preset's value."""
+    return Setting(name, None, help, "model", kind, type_, choices=choices, preset_field=field, metavar=metavar,
+                   nullable=True)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # data
+    Setting("dataset", "cifar100", "the dataset", "data", "str", choices=DATASETS),
+    Setting("data_dir", None, "existing copy: the .tar.gz archive or its extracted folder, binary or python "
+            "layout (no download then)", "data", "str", metavar="PATH", nullable=True),
+    Setting("cache_dir", None, "download cache (default $NPVIT_CACHE or ~/.cache/npvit)", "data", "str",
+            metavar="DIR", nullable=True),
+    Setting("label_mode", "fine", "CIFAR-100 labels: fine (100 classes) or coarse (20)", "data", "str",
+            choices=("fine", "coarse")),
+    Setting("download", True, "fail instead of downloading", "data", "bool", switch="--no-download"),
+    Setting("synthetic_size", (1000, 200), "synthetic train,test image counts", "data", "ints", int_list,
+            metavar="TRAIN,TEST"),
+    Setting("synthetic_image_size", 32, "synthetic image side", "data", "int", positive_int, metavar="N"),
+    Setting("synthetic_classes", 10, "synthetic class count", "data", "int", positive_int, metavar="N"),
+    Setting("validation_split", 0.1, "last fraction of train held out", "data", "float", fraction, metavar="F"),
+    Setting("train_subset", None, "train on the first N training images only", "data", "int", positive_int,
+            metavar="N", nullable=True),
+    # model
+    Setting("preset", "keras", "the model: " + ", ".join(f"{k} ({v})" for k, v in PRESET_HELP.items()),
+            "model", "str", choices=tuple(sorted(PRESETS))),
+    _model("image_size", "image_size", "int", positive_int, "input side after resizing", "N"),
+    _model("patch_size", "patch_size", "int", positive_int, "patch side", "N"),
+    _model("projection_dim", "dim", "int", positive_int, "token width; key_dim and transformer units follow it "
+           "unless given", "N"),
+    _model("num_heads", "num_heads", "int", positive_int, "attention heads", "N"),
+    _model("key_dim", "key_dim", "int", positive_int, "width of each head", "N"),
+    _model("transformer_layers", "depth", "int", positive_int, "transformer blocks", "N"),
+    _model("transformer_units", "mlp_units", "ints", int_list, "block MLP sizes", "LIST"),
+    _model("mlp_head_units", "head_units", "ints", int_list, "classifier MLP sizes", "LIST"),
+    _model("dropout", "dropout", "float", fraction, "block MLP dropout", "F"),
+    _model("attention_dropout", "attention_dropout", "float", fraction, "attention dropout", "F"),
+    _model("head_dropout", "head_dropout", "float", fraction, "classifier dropout", "F"),
+    _model("pool", "pool", "str", None, "flatten (the example: all tokens), cls (the paper's class token) or gap",
+           choices=POOLS),
+    _model("gelu", "gelu", "str", None, "erf (exact) or tanh", choices=GELUS),
+    # augmentation
+    Setting("flip", True, "no random horizontal flips", "augmentation (training only)", "bool", switch="--no-flip"),
+    Setting("rotation", 0.02, "rotation factor, fraction of a turn", "augmentation (training only)", "float",
+            unit_interval, metavar="F"),
+    Setting("zoom", 0.2, "zoom factor for height and width", "augmentation (training only)", "float",
+            unit_interval, metavar="F"),
+    # optimisation
+    Setting("batch_size", 256, "images per optimizer step", "optimisation", "int", positive_int, metavar="N"),
+    Setting("epochs", 100, "epochs", "optimisation", "int", positive_int, metavar="N"),
+    Setting("max_steps", None, "stop after this many optimizer steps in all", "optimisation", "int",
+            positive_int, metavar="N", nullable=True),
+    Setting("learning_rate", 1e-3, "AdamW learning rate", "optimisation", "float", non_negative, metavar="X",
+            aliases=("--lr",)),
+    Setting("weight_decay", 1e-4, "decoupled weight decay", "optimisation", "float", non_negative, metavar="X"),
+    Setting("decay_convention", "keras", "keras: p -= lr*wd*p (Keras 3, PyTorch); tfa: p -= wd*p "
+            "(TensorFlow Addons)", "optimisation", "str", choices=DECAY_CONVENTIONS),
+    Setting("epsilon", 1e-7, "AdamW epsilon", "optimisation", "float", positive, metavar="X"),
+    Setting("exclude_from_decay", False, "no decay for biases, norms, embeddings", "optimisation", "bool"),
+    Setting("clip_norm", None, "clip gradients to this global norm", "optimisation", "float", positive,
+            metavar="X", nullable=True),
+    Setting("lr_schedule", "constant", "learning-rate schedule", "optimisation", "str", choices=SCHEDULES),
+    Setting("warmup_steps", 0, "linear warmup steps", "optimisation", "int", non_negative_int, metavar="N"),
+    Setting("label_smoothing", 0.0, "label smoothing", "optimisation", "float", fraction, metavar="F"),
+    # execution
+    Setting("backend", "numpy", "array library", "execution", "str", choices=BACKEND_NAMES),
+    Setting("dtype", "float32", "parameter and activation dtype", "execution", "str",
+            choices=("float32", "float64")),
+    Setting("seed", 0, "seeds weights, data order, dropout and augmentation", "execution", "int",
+            non_negative_int, metavar="N"),
+    Setting("threads", None, "NumPy: batch shards run side by side (default: one per core); a resumed run "
+            "keeps the value it started with", "execution", "int", positive_int, metavar="N", nullable=True),
+    Setting("eval_batch_size", 256, "images per validation and test batch", "execution", "int", positive_int,
+            metavar="N"),
+    Setting("save_every", None, "also save last.npz every this many minutes within an epoch, so that a crash "
+            "loses no more (default: at the end of each epoch only)", "execution", "float", positive,
+            metavar="MINUTES", nullable=True),
+    Setting("out", None, "run folder (default runs/<dataset>-<preset>)", "execution", "str", metavar="DIR",
+            nullable=True),
+    Setting("quiet", False, "no progress bar", "execution", "bool"),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+"""Every setting of a run with its default. Model settings left as None come from the preset."""
+RESUMABLE = frozenset({"data_dir", "cache_dir", "download", "backend", "eval_batch_size", "quiet", "epochs",
+                       "max_steps", "save_every"})
+"""What may differ when a run is resumed: where things are, how it runs, and how long it goes on."""
+
+
+# ---- command line -----------------------------------------------------------------------------------------
+def show(value: Any) -> str:
+    """A value as the command line spells it: (128, 64) -> '128,64', 0.001 -> '0.001'."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def help_text(setting: Setting) -> str:
+    """The --help line of a setting: what it does, then its default (or the keras preset's value)."""
+    if setting.preset_field is not None:
+        keras_value = getattr(ViTConfig.keras(), setting.preset_field)
+        return f"{setting.help} (default from --preset; keras: {show(keras_value)})"
+    if setting.kind == "bool" or setting.default is None:
+        return setting.help
+    return f"{setting.help} (default {show(setting.default)})"
+
+
+def build_parser(description: str = "", epilog: str = "") -> argparse.ArgumentParser:
+    """The command line: one flag per row of SETTINGS, plus --resume. Flags not given are absent from the
+    parsed namespace (argparse.SUPPRESS), so resolve_settings knows what was given."""
+    p = argparse.ArgumentParser(
+        prog="python -m npvit.train", description=description, usage="%(prog)s [options]",
+        formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS, epilog=epilog,
+    )
+    groups: dict[str, Any] = {}
+    for s in SETTINGS:
+        group = groups.get(s.group) or groups.setdefault(s.group, p.add_argument_group(s.group))
+        if s.kind == "bool":
+            action = "store_false" if s.default else "store_true"
+            group.add_argument(s.flag, dest=s.name, action=action, help=help_text(s))
+            continue
+        group.add_argument(s.flag, *s.aliases, dest=s.name, type=s.type, choices=s.choices, metavar=s.metavar,
+                           help=help_text(s))
+        if s.name == "out":
+            group.add_argument("--resume", metavar="DIR", help="continue the run in this folder from its last "
+                                                               "checkpoint")
+    return p
+
+
+# ---- checks -------------------------------------------------------------------------------------------------
+def check_value(setting: Setting, value: Any) -> Any:
+    """``value`` for ``setting`` in its canonical form (lists become tuples), or ValueError saying what is wrong.
+
+    The argument type that parses the flag checks the range, so a value read from a file obeys the same rules
+    as one typed on the command line; numbers must also be finite.
+    """
+    if value is None:
+        if setting.nullable:
+            return None
+        raise ValueError("must not be null")
+    kind = setting.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {value!r}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, got {value!r}")
+        if setting.choices is not None and value not in setting.choices:
+            raise ValueError(f"must be one of {', '.join(setting.choices)}, got {value!r}")
+        return value
+    if kind == "ints":
+        if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
+            raise ValueError(f"must be a list of integers, got {value!r}")
+        text = show(value)
+    elif kind == "int":
+        if not _is_int(value):
+            raise ValueError(f"must be an integer, got {value!r}")
+        text = str(value)
+    else:  # float
+        if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        text = repr(float(value))
+    try:
+        return setting.type(text) if setting.type is not None else value
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Every setting checked alone (check_value) and together. Returns the settings in canonical form;
+    raises ValueError naming the first setting that is wrong."""
+    checked = {}
+    for s in SETTINGS:
+        try:
+            checked[s.name] = check_value(s, settings[s.name])
+        except ValueError as exc:
+            raise ValueError(f"{s.flag} {exc}") from None
+    if checked["seed"] >= SEED_LIMIT:
+        raise ValueError(f"--seed must be below 2**63, got {checked['seed']}")
+    try:  # the data settings together (two synthetic counts, coarse labels only for CIFAR-100, size bounds)
+        check_data_settings(checked)
+    except DataError as exc:
+        raise ValueError(str(exc)) from None
+    return checked
+
+
+# ---- resolving ----------------------------------------------------------------------------------------------
+def resolve_settings(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Merge defaults, a resumed run's settings and the flags given. Returns (settings, resumed config doc).
+
+    Raises UsageError for flags that do not fit together, a resumed run's config.json that cannot be read,
+    or a value in it that the command line would refuse.
+    """
+    given = dict(given)
+    resume = given.pop("resume", None)
+    if resume is None:
+        settings = dict(DEFAULTS, **given)
+        if settings["out"] is None:
+            settings["out"] = str(Path("runs") / f"{settings['dataset']}-{settings['preset']}")
+        try:
+            return check_settings(settings), None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    doc, saved = read_run_config(Path(resume))
+    # Compare as JSON values: the saved file holds lists where the flags give tuples.
+    changed = sorted(k for k in given if k not in RESUMABLE and _as_json(given[k]) != _as_json(saved.get(k)))
+    if changed:
+        flags = ", ".join(BY_NAME[k].flag for k in changed)
+        resumable = ", ".join(BY_NAME[k].flag for k in sorted(RESUMABLE))
+        raise UsageError(f"cannot change {flags} when resuming; only {resumable} may differ. "
+                         "Start a new run (--out) to change them.")
+    settings = dict(DEFAULTS, **saved)
+    settings.update(given)
+    settings["out"] = str(Path(resume))
+    try:
+        return check_settings(settings), doc
+    except ValueError as exc:  # a flag given now, since the saved ones were checked on reading
+        raise UsageError(str(exc)) from None
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def read_run_config(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config.json of a run folder and its checked "run" settings. Raises UsageError if it is missing,
+    unreadable or holds a value the command line would refuse."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise UsageError(f"--resume {folder}: no run there (expected {path}); pass the folder that --out named "
+                         "when the run started")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"--resume {folder}: cannot read {path} ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("run"), dict):
+        raise UsageError(f"{path} is not an npvit run config (a JSON object with the run's settings under "
+                         "\"run\"); it was changed or damaged. Start a new run with --out.")
+    saved = {k: v for k, v in doc["run"].items() if k in BY_NAME}
+    for name, value in saved.items():
+        try:
+            saved[name] = check_value(BY_NAME[name], value)
+        except ValueError as exc:
+            raise UsageError(f"{path}: setting {name!r} {exc}; the file was changed or damaged. Restore it, or "
+                             "start a new run with --out.") from None
+    return doc, saved
+
+
+def model_config(s: dict[str, Any], num_classes: int) -> ViTConfig:
+    """The ViTConfig of a run: the preset, then every model flag that was given."""
+    cfg = PRESETS[s["preset"]](num_classes=num_classes)
+    dim = s["projection_dim"]
+    if dim is not None and s["preset"] != "keras-wide":
+        # As in the 2021 example: key_dim = projection_dim, transformer_units = [2 * dim, dim].
+        cfg = dataclasses.replace(cfg, dim=dim, key_dim=dim, mlp_units=(2 * dim, dim))
+    elif dim is not None:
+        cfg = dataclasses.replace(cfg, dim=dim, mlp_units=(2 * dim, dim))
+    changes = {s_.preset_field: s[s_.name] for s_ in SETTINGS
+               if s_.preset_field is not None and s_.preset_field != "dim" and s[s_.name] is not None}
+    try:
+        return dataclasses.replace(cfg, **changes)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("ViTConfig.", "model setting ")) from exc

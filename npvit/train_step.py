@@ -1,0 +1,145 @@
+"""One optimizer step of training, and the running sums it leaves on the device.
+
+    images = augment(x[batch])                      the rank's slice of the global batch, flip/rotate/zoom
+    logits = model.forward(images, training=True)   dropout keyed by the step
+    loss   = cross_entropy(logits, labels)          the mean over the slice
+    model.backward(dloss * (slice / batch))         so that the ranks' gradients add up to the batch mean's
+    comm.allreduce_sum(gradients)                   the identity with one process
+    AdamW step at the schedule's learning rate      skipped, and flagged, if the gradient is not finite
+
+Nothing in a step reads a value back from the device: the loss, the correct predictions and a flag for
+non-finite values are added to device scalars (``RunningSums``) that the loop reads only now and then
+(``RunningSums.read``). On a GPU every such read waits for the queued work, so reading once per step would
+keep Python from running ahead of the GPU.
+
+Every random stream is a pure function of (seed, stream, step): a resumed run draws what the uninterrupted
+run drew.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .augment import Augmenter
+from .backend import to_numpy
+from .communicator import Communicator, SingleProcess, rank_slice
+from .kernels import cross_entropy_backward, cross_entropy_forward
+from .model import ViT
+from .optim import AdamW
+
+Array = Any
+SHUFFLE, DROPOUT, AUGMENT = 0, 1, 2  # the random streams of a run
+
+
+def stream_seed(seed: int, stream: int, index: int, *more: int) -> int:
+    """A seed for random stream ``stream`` at step or epoch ``index``: pure, so resuming reproduces it."""
+    return int(np.random.SeedSequence([seed, stream, index, *more]).generate_state(1)[0])
+
+
+class RunningSums:
+    """The current epoch's loss sum, correct count and non-finite steps, kept as device scalars.
+
+    ``add`` queues a few scalar operations and never waits; ``read`` brings all of them to the host in one
+    transfer. The loss is summed in float64, one loss x images term per step, as a Python float would be:
+    the totals do not depend on when they are read.
+    """
+
+    def __init__(self, xp: Any, loss_sum: float = 0.0, correct: int = 0) -> None:
+        self.xp = xp
+        self.loss_sum = xp.asarray(loss_sum, dtype=xp.float64)
+        self.correct = xp.asarray(correct, dtype=xp.int64)
+        self.nonfinite = xp.asarray(0, dtype=xp.int64)  # steps whose loss or gradient norm was not finite
+        self.first_nonfinite = xp.asarray(-1, dtype=xp.int64)  # the first such step, or -1
+
+    def add(self, step: int, loss: Array, images: int, correct: Array, finite: Array) -> None:
+        """Count one step: its mean ``loss`` over ``images``, its ``correct`` predictions, and whether it was
+        ``finite``, all device scalars."""
+        xp = self.xp
+        self.loss_sum = self.loss_sum + loss.astype(xp.float64) * images
+        self.correct = self.correct + correct
+        bad = ~finite
+        self.nonfinite = self.nonfinite + bad
+        self.first_nonfinite = xp.where(bad & (self.first_nonfinite < 0), step, self.first_nonfinite)
+
+    def read(self) -> tuple[float, int, int, int]:
+        """(loss_sum, correct, nonfinite steps, first non-finite step or -1) on the host: one transfer."""
+        xp = self.xp
+        values = to_numpy(xp.stack([self.loss_sum, self.correct.astype(xp.float64),
+                                    self.nonfinite.astype(xp.float64), self.first_nonfinite.astype(xp.float64)]))
+        return float(values[0]), int(values[1]), int(values[2]), int(values[3])
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """The settings a step needs besides the model, the optimizer and the data."""
+
+    seed: int
+    label_smoothing: float = 0.0
+
+
+def train_step(
+    model: ViT,
+    opt: AdamW,
+    augmenter: Augmenter,
+    x: Any,
+    y: Any,
+    batch: np.ndarray,
+    step: int,
+    lr: float,
+    settings: StepSettings,
+    sums: RunningSums,
+    comm: Communicator | None = None,
+) -> None:
+    """One optimizer step on the global batch ``batch`` (indices into ``x``, ``y``, in single-process order).
+
+    Args:
+        model, opt, augmenter: what is trained, how, and the training-time preprocessing.
+        x, y: the training images (uint8, (N, H, W, C)) and labels (int64, (N,)), host or device arrays.
+            Labels must have been checked (``kernels.cross_entropy.check_labels``) once, beforehand.
+        batch: the global batch's indices; this rank takes ``rank_slice(len(batch), comm.rank, comm.size)``.
+        step: the 0-based global step: keys the dropout and augmentation streams.
+        lr: the learning rate of this step (``schedule.learning_rate``).
+        settings: the seed and label smoothing.
+        sums: device running sums the step adds its loss, correct predictions and finiteness to.
+        comm: the ranks training together (default: this process alone).
+
+    With several ranks, the loss is the mean over the rank's slice, and its gradient is scaled by
+    slice / batch, so that the sum over ranks is the gradient of the mean over the global batch.
+    """
+    comm = comm or SingleProcess()
+    backend, xp = model.backend, model.backend.xp
+    part = rank_slice(len(batch), comm.rank, comm.size)
+    local = batch[part]
+    if len(local) == 0:  # fewer images than ranks: this rank adds nothing but still takes part in the sum
+        for g in gradient_buffers(model):
+            g[...] = 0
+        loss = xp.zeros((), dtype=model.dtype)
+        correct = xp.zeros((), dtype=xp.int64)
+    else:
+        labels = backend.asarray(y[local])
+        # Augmentation draws per image, in order: one process draws exactly what it always did; a rank
+        # other than the first gets a stream of its own (the draws then depend on the number of ranks).
+        aug_seed = stream_seed(settings.seed, AUGMENT, step) if part.start == 0 else \
+            stream_seed(settings.seed, AUGMENT, step, part.start)
+        images = augmenter(backend.asarray(x[local]), training=True, rng=backend.rng(aug_seed))
+        # Dropout masks are keyed by (seed, layer, global image index): the same whatever the number of ranks.
+        logits = model.forward(images, training=True, dropout_seed=stream_seed(settings.seed, DROPOUT, step),
+                               first_sample=part.start)
+        loss, cache = cross_entropy_forward(logits, labels, settings.label_smoothing)
+        model.backward(cross_entropy_backward(cache, len(local) / len(batch)))
+        correct = (xp.argmax(logits, axis=1) == labels).sum()
+    for g in gradient_buffers(model):
+        comm.allreduce_sum(g)
+    opt.lr = lr
+    norm = opt.step(model.grads)
+    finite = xp.isfinite(loss) & xp.isfinite(norm)  # AdamW skipped the update if the norm is not finite
+    sums.add(step, loss, len(local), correct, finite)
+
+
+def gradient_buffers(model: ViT) -> list[Array]:
+    """The arrays that hold the model's gradients: the one flat buffer (a FlatDict's), else every array."""
+    flat = getattr(model.grads, "flat", None)
+    return [flat] if flat is not None else list(model.grads.values())
