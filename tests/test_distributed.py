@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -30,8 +31,6 @@ from npvit.distributed import (
     check_batch_size,
     connect,
     detect_launch,
-    gradient_weight,
-    rank_slice,
     stop_all_on_error,
 )
 from npvit.distributed.nccl import NCCLCommunicator, select_device
@@ -106,25 +105,7 @@ def test_several_processes_without_mpi4py_is_a_clear_error(monkeypatch) -> None:
 
 
 # ---- splitting batches ----------------------------------------------------------------------------------------
-def test_rank_slices_cut_every_batch_in_order() -> None:
-    for size in range(1, 9):
-        for count in range(0, 40):
-            parts = [rank_slice(count, r, size) for r in range(size)]
-            assert parts[0].start == 0 and parts[-1].stop == count
-            assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))  # contiguous, disjoint, in order
-            lengths = [p.stop - p.start for p in parts]
-            assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
-            assert (min(lengths) == 0) == (count < size)
-            if count:
-                assert sum(gradient_weight(p, count) for p in parts) == pytest.approx(1.0, abs=1e-15)
-    assert rank_slice(10, 2, 4) == slice(6, 8) and rank_slice(10, 0, 4) == slice(0, 3)
-
-
-def test_rank_slice_and_batch_size_errors() -> None:
-    with pytest.raises(ValueError, match="rank 2 of 2"):
-        rank_slice(10, 2, 2)
-    with pytest.raises(ValueError, match="cannot split -1"):
-        rank_slice(-1, 0, 2)
+def test_the_global_batch_needs_an_image_per_process() -> None:
     check_batch_size(2, 2)
     with pytest.raises(DistributedError, match="--batch-size 3 is smaller than the 4 processes.*--batch-size 4"):
         check_batch_size(3, 4)
@@ -135,30 +116,6 @@ def tiny_float64_model():
 
     cfg = dataclasses.replace(ViTConfig.tiny(), dropout=0.0, attention_dropout=0.0, head_dropout=0.0)
     return ViT(cfg, dtype="float64", seed=3)
-
-
-def test_weighted_part_gradients_add_up_to_the_global_batch_gradient() -> None:
-    """What every rank computes on its part, weighted by b_r / B and summed, is one process's gradient."""
-    from npvit import cross_entropy_backward, cross_entropy_forward
-
-    model = tiny_float64_model()
-    data = np.random.default_rng(0)
-    images, labels = data.standard_normal((11, 8, 8, 3)), data.integers(0, 5, 11)
-
-    def gradients(x, y, weight=1.0):
-        _, cache = cross_entropy_forward(model.forward(x, training=True), y)
-        model.backward(cross_entropy_backward(cache) * weight)
-        return {k: g.copy() for k, g in model.grads.items()}
-
-    full = gradients(images, labels)
-    for size in (2, 3, 4):
-        total = {k: np.zeros_like(g) for k, g in full.items()}
-        for rank in range(size):
-            part = rank_slice(len(images), rank, size)
-            for k, g in gradients(images[part], labels[part], gradient_weight(part, len(images))).items():
-                total[k] += g
-        for k in full:
-            np.testing.assert_allclose(total[k], full[k], rtol=0, atol=1e-13, err_msg=k)
 
 
 # ---- the single process and the pieces that need no second process ----------------------------------------------
@@ -176,22 +133,6 @@ def test_single_process_communicator() -> None:
     with pytest.raises(RuntimeError, match="boom"):  # one process: exceptions pass through unchanged
         with stop_all_on_error(comm):
             raise RuntimeError("boom")
-
-
-def test_evaluation_split_on_one_process_equals_evaluate() -> None:
-    from npvit.augment import Augmenter
-    from npvit.distributed.evaluation import evaluate_split
-    from npvit.evaluate import evaluate
-
-    model = tiny_float64_model()
-    augmenter = Augmenter(np.full(3, 120.0), np.full(3, 3000.0), image_size=8, dtype="float64")
-    data = np.random.default_rng(1)
-    images, labels = data.integers(0, 256, (23, 8, 8, 3), dtype=np.uint8), data.integers(0, 5, 23)
-    one, split = evaluate(model, augmenter, images, labels, 7), evaluate_split(SingleProcess(), model, augmenter,
-                                                                               images, labels, 7)
-    assert split.loss == pytest.approx(one.loss, rel=1e-14)
-    assert (split.top1, split.top5) == (one.top1, one.top5)
-    np.testing.assert_array_equal(split.per_class, one.per_class)
 
 
 def test_watchdog_names_the_rank_and_leaves_quick_waits_alone() -> None:
@@ -390,29 +331,6 @@ def scenario_collectives() -> None:
     print(f"rank {r}: collectives ok", flush=True)
 
 
-def scenario_raise() -> None:
-    """Rank 1 raises while rank 0 waits in the gradient sum."""
-    comm = connect()
-    with stop_all_on_error(comm):
-        comm.allreduce_sum(np.ones(10))
-        if comm.rank == 1:
-            time.sleep(0.3)
-            raise RuntimeError("a disk full on this rank only")
-        comm.allreduce_sum(np.ones(10))  # never completes: rank 1 is gone
-    print("rank 0 went on: the failure did not stop it", flush=True)
-
-
-def scenario_kill() -> None:
-    """Rank 1 is killed (SIGKILL) while rank 0 waits in the gradient sum."""
-    comm = connect()
-    comm.allreduce_sum(np.ones(10))
-    if comm.rank == 1:
-        time.sleep(0.3)
-        os.kill(os.getpid(), signal.SIGKILL)
-    comm.allreduce_sum(np.ones(10))
-    print("rank 0 went on: the kill did not stop it", flush=True)
-
-
 def scenario_hang() -> None:
     """Rank 1 stops answering without dying (SIGSTOP): rank 0's watchdog ends the wait."""
     comm = connect()
@@ -423,30 +341,33 @@ def scenario_hang() -> None:
     print("rank 0 went on: nothing stopped it", flush=True)
 
 
-def scenario_sigterm() -> None:
-    """SIGTERM to mpiexec: each rank notes it, the note travels with the step's sums, all stop at one step."""
-    comm = connect()
-    requested = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: requested.append(signum))
-    for step in range(600):
-        if step == 3:
-            print(f"rank {comm.rank}: running", flush=True)
-        loss_sum, stop = comm.allreduce_scalars([1.0, float(bool(requested))])
-        assert loss_sum == 2.0
-        if stop:
-            print(f"rank {comm.rank}: stopped after step {step}", flush=True)
-            return
-        time.sleep(0.02)
-    print(f"rank {comm.rank}: never stopped", flush=True)
+def scenario_train() -> None:
+    """``python -m npvit.train ARGS`` on every rank, for the tests that need to reach a rank: each rank writes
+    its process id to $NPVIT_TEST_PIDS/rank<R>; with $NPVIT_TEST_RAISE_AT=S, rank 1 raises after step S."""
+    from npvit import train as train_cli
+
+    rank = detect_launch().rank
+    Path(os.environ["NPVIT_TEST_PIDS"], f"rank{rank}").write_text(str(os.getpid()))
+    raise_at = int(os.environ.get("NPVIT_TEST_RAISE_AT", "0"))
+    if raise_at and rank == 1:
+        real_train = train_cli.train
+
+        def failing_train(settings, resumed=None, on_step=None, comm=None):
+            def on_step(step: int) -> None:
+                if step == raise_at:
+                    raise RuntimeError(f"a failure injected after step {step}")
+            return real_train(settings, resumed, on_step=on_step, comm=comm)
+
+        train_cli.train = failing_train
+    sys.exit(train_cli.main(sys.argv[2:]))
 
 
-SCENARIOS = {f.__name__[len("scenario_"):]: f for f in (scenario_collectives, scenario_raise, scenario_kill,
-                                                         scenario_hang, scenario_sigterm)}
+SCENARIOS = {f.__name__[len("scenario_"):]: f for f in (scenario_collectives, scenario_hang, scenario_train)}
 
 
 # ---- two processes: the tests that start them -------------------------------------------------------------------
-def mpiexec(scenario: str) -> list[str]:
-    return [MPIEXEC or "mpiexec", "-n", "2", sys.executable, str(HERE), scenario]
+def mpiexec(scenario: str, *args: str) -> list[str]:
+    return [MPIEXEC or "mpiexec", "-n", "2", sys.executable, str(HERE), scenario, *args]
 
 
 def run_two(scenario: str, timeout: float = 60, **env: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -466,23 +387,6 @@ def test_two_ranks_collectives() -> None:
 
 
 @needs_mpi
-def test_an_exception_on_one_rank_stops_the_job_naming_the_rank() -> None:
-    done, seconds = run_two("raise")
-    assert done.returncode != 0
-    assert seconds < 15, f"the job took {seconds:.1f} s to stop"
-    assert "rank 1 of 2: failed" in done.stderr and "a disk full on this rank only" in done.stderr
-    assert "went on" not in done.stdout
-
-
-@needs_mpi
-def test_a_killed_rank_stops_the_job() -> None:
-    done, seconds = run_two("kill")
-    assert done.returncode != 0
-    assert seconds < 15, f"the job took {seconds:.1f} s to stop"
-    assert "went on" not in done.stdout
-
-
-@needs_mpi
 def test_a_silent_peer_stops_the_job_through_the_watchdog() -> None:
     done, seconds = run_two("hang", NPVIT_COLLECTIVE_TIMEOUT="2")
     assert done.returncode != 0
@@ -491,26 +395,170 @@ def test_a_silent_peer_stops_the_job_through_the_watchdog() -> None:
     assert "went on" not in done.stdout
 
 
+# ---- the training program on two processes -------------------------------------------------------------------
+# The tiny model on 8x8 synthetic images, float64: 117 training images in batches of 25 (5 steps per epoch, the
+# last of 17 images), split 13 + 12 and 9 + 8 between two ranks; 13 validation and 40 test images.
+TRAIN = ["--dataset", "synthetic", "--synthetic-size", "130,40", "--synthetic-image-size", "8",
+         "--synthetic-classes", "4", "--preset", "tiny", "--batch-size", "25", "--learning-rate", "3e-3",
+         "--dtype", "float64", "--quiet"]
+NO_RANDOMNESS = ["--dropout", "0", "--attention-dropout", "0", "--head-dropout", "0", "--no-flip", "--rotation",
+                 "0", "--zoom", "0"]
+DROPOUT = ["--dropout", "0.2", "--attention-dropout", "0.2", "--head-dropout", "0.3", "--no-flip", "--rotation",
+           "0", "--zoom", "0"]
+AUGMENTATION = ["--dropout", "0.2", "--attention-dropout", "0.2", "--head-dropout", "0.3"]  # and flip, rotation, zoom
+
+
+def train_one(out: Path, *flags: str) -> int:
+    """The training program in this process (no launcher: one process)."""
+    from npvit import train as train_cli
+
+    return train_cli.main([*flags, "--out", str(out)] if "--resume" not in flags else list(flags))
+
+
+def train_two(out: Path, *flags: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The training program on two processes under mpiexec."""
+    args = [*flags, "--out", str(out)] if "--resume" not in flags else list(flags)
+    return subprocess.run([MPIEXEC or "mpiexec", "-n", "2", sys.executable, "-m", "npvit.train", *args],
+                          env=clean_environment(), capture_output=True, text=True, timeout=timeout)
+
+
+def assert_same_run(a: Path, b: Path, tolerance: float) -> None:
+    """Weights, AdamW state and the logged numbers of two run folders agree to ``tolerance``."""
+    from npvit.checkpoint import load_checkpoint
+
+    x, y = load_checkpoint(a / "last.npz"), load_checkpoint(b / "last.npz")
+    assert x.meta["state"] == y.meta["state"] or tolerance > 0
+    for name in x.params:
+        np.testing.assert_allclose(y.params[name], x.params[name], rtol=0, atol=tolerance, err_msg=name)
+    for name in x.optimizer:
+        np.testing.assert_allclose(y.optimizer[name], x.optimizer[name], rtol=0, atol=tolerance, err_msg=name)
+    rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (a, b)]
+    assert len(rows[0]) == len(rows[1])
+    for r, s in zip(*rows):
+        assert (r["epoch"], r["step"], r["partial"]) == (s["epoch"], s["step"], s["partial"])
+        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"):
+            assert abs(r[key] - s[key]) <= max(tolerance, 1e-13), (key, r[key], s[key])
+
+
 @needs_mpi
-def test_sigterm_to_the_launcher_stops_every_rank_at_the_same_step() -> None:
-    proc = subprocess.Popen(mpiexec("sigterm"), env=clean_environment(), stdout=subprocess.PIPE,
+def test_two_ranks_train_the_model_one_process_trains(tmp_path) -> None:
+    """No random stream: 2 ranks x 2 epochs end with the weights, AdamW state, losses and test numbers of one
+    process to 1e-10 (float64; only the order of float additions differs)."""
+    assert train_one(tmp_path / "one", *TRAIN, *NO_RANDOMNESS, "--epochs", "2") == 0
+    done = train_two(tmp_path / "two", *TRAIN, *NO_RANDOMNESS, "--epochs", "2")
+    assert done.returncode == 0, done.stderr
+    assert_same_run(tmp_path / "one", tmp_path / "two", 1e-10)
+    one, two = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("one", "two"))
+    assert two["best_epoch"] == one["best_epoch"] and two["steps"] == one["steps"] == 10
+    assert abs(two["test"]["loss"] - one["test"]["loss"]) < 1e-10 and two["test"]["top1"] == one["test"]["top1"]
+    # Rank 0 alone prints: one line per epoch, one test line.
+    assert done.stdout.count("epoch 2/2") == 1 and done.stdout.count("test (40 images") == 1, done.stdout
+    assert "2 processes (MPI (" in done.stdout
+
+
+@needs_mpi
+def test_random_streams_are_reproducible_on_two_ranks(tmp_path) -> None:
+    """Dropout, flips, rotations and zooms on: two runs on 2 ranks give the same bits."""
+    for run in ("a", "b"):
+        done = train_two(tmp_path / run, *TRAIN, *AUGMENTATION, "--epochs", "2")
+        assert done.returncode == 0, done.stderr
+    assert_same_run(tmp_path / "a", tmp_path / "b", 0.0)
+
+
+@pytest.fixture(scope="module")
+def dropout_run(tmp_path_factory) -> Path:
+    """One process, dropout on, 2 epochs: what the resumed runs must reproduce."""
+    out = tmp_path_factory.mktemp("dropout") / "one"
+    assert train_one(out, *TRAIN, *DROPOUT, "--epochs", "2") == 0
+    return out
+
+
+@needs_mpi
+def test_dropout_is_keyed_by_image_so_two_ranks_equal_one_process(tmp_path, dropout_run) -> None:
+    done = train_two(tmp_path / "two", *TRAIN, *DROPOUT, "--epochs", "2")
+    assert done.returncode == 0, done.stderr
+    assert_same_run(dropout_run, tmp_path / "two", 1e-10)
+
+
+@needs_mpi
+def test_resume_on_another_number_of_processes(tmp_path, dropout_run) -> None:
+    """A 1-process checkpoint continued on 2 ranks, and a 2-rank checkpoint continued on 1 process, end where
+    one process going straight through ends."""
+    assert train_one(tmp_path / "1then2", *TRAIN, *DROPOUT, "--epochs", "1") == 0
+    done = train_two(tmp_path / "1then2", "--resume", str(tmp_path / "1then2"), "--epochs", "2")
+    assert done.returncode == 0, done.stderr
+    assert "resumed" in done.stdout
+    assert_same_run(dropout_run, tmp_path / "1then2", 1e-10)
+
+    done = train_two(tmp_path / "2then1", *TRAIN, *DROPOUT, "--epochs", "1")
+    assert done.returncode == 0, done.stderr
+    assert train_one(tmp_path / "2then1", "--resume", str(tmp_path / "2then1"), "--epochs", "2") == 0
+    assert_same_run(dropout_run, tmp_path / "2then1", 1e-10)
+
+
+def start_long_run(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, dict[str, int]]:
+    """2 ranks on a run too long to end by itself; returns once rank 0 has logged its first epoch."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    proc = subprocess.Popen(mpiexec("train", *TRAIN, *DROPOUT, "--epochs", "100000", "--out", str(tmp_path / "run")),
+                            env=clean_environment(NPVIT_TEST_PIDS=str(pids), **env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    while True:
+        line = proc.stdout.readline()
+        if not line:  # ended before its first epoch: show why
+            proc.wait()
+            raise AssertionError(f"the run ended with status {proc.returncode}: {proc.stderr.read()}")
+        if line.startswith("epoch 1/"):
+            break
+    return proc, {name: int((pids / name).read_text()) for name in ("rank0", "rank1")}
+
+
+def finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[str, str, float]:
+    start = time.monotonic()
     try:
-        running = 0
-        while running < 2:  # both ranks are in the loop
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read()
-            running += line.count("running")  # lines of two ranks may run together
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
-    steps = dict(re.findall(r"rank (\d): stopped after step (\d+)", out))
-    assert set(steps) == {"0", "1"} and len(set(steps.values())) == 1, out
+            proc.communicate()
+    return out, err, time.monotonic() - start
+
+
+@needs_mpi
+def test_a_rank_killed_mid_run_stops_the_job(tmp_path) -> None:
+    proc, pids = start_long_run(tmp_path)
+    os.kill(pids["rank1"], signal.SIGKILL)
+    _, _, seconds = finish(proc)
+    assert proc.returncode != 0
+    assert seconds < 10, f"the job took {seconds:.1f} s to stop after a rank was killed"
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@needs_mpi
+def test_an_exception_on_one_rank_stops_the_job_naming_the_rank(tmp_path) -> None:
+    proc, _ = start_long_run(tmp_path, NPVIT_TEST_RAISE_AT="8")
+    _, err, seconds = finish(proc)
+    assert proc.returncode != 0
+    assert seconds < 10, f"the job took {seconds:.1f} s to stop after a rank failed"
+    assert "rank 1 of 2: failed" in err and "a failure injected after step 8" in err
+
+
+@needs_mpi
+def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_exactly(tmp_path) -> None:
+    """SIGTERM to mpiexec reaches both ranks; they agree on the step, rank 0 saves last.npz once, and the
+    run continued on 1 process ends where an uninterrupted one does."""
+    from npvit.checkpoint import load_checkpoint
+
+    proc, _ = start_long_run(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    out, err, seconds = finish(proc)
+    assert proc.returncode == 143, err
+    assert seconds < 10 and out.count("interrupted") == 1, out
+    step = load_checkpoint(tmp_path / "run" / "last.npz").meta["state"]["global_step"]
+    assert train_one(tmp_path / "run", "--resume", str(tmp_path / "run"), "--max-steps", str(step + 3)) == 0
+    assert train_one(tmp_path / "straight", *TRAIN, *DROPOUT, "--epochs", "100000", "--max-steps",
+                     str(step + 3)) == 0
+    assert_same_run(tmp_path / "straight", tmp_path / "run", 1e-10)
 
 
 if __name__ == "__main__":

@@ -19,38 +19,25 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, NoReturn, Protocol, Sequence, runtime_checkable
+from typing import Any, NoReturn, Protocol, runtime_checkable
+
+from .. import communicator as base
 
 
 @runtime_checkable
-class Communicator(Protocol):
-    """What the training program asks of the processes it runs on.
+class Communicator(base.Communicator, Protocol):
+    """:class:`npvit.communicator.Communicator` (``rank``, ``size``, ``allreduce_sum``, ``allreduce_scalars``,
+    ``barrier``: what the training step needs), and what starting and stopping a run of many processes needs.
 
     Attributes:
-        rank: this process's index, 0 <= rank < size; rank 0 alone prints and writes files.
-        size: the number of processes.
         local_rank, local_size: this process's index among the processes of its node, and their number
-            (picks the GPU).
-        name: what carries the messages, for the log (``"single process"``, ``"MPI (MPICH 5.0.2)"``...).
+            (picks the GPU, shares the cores, orders downloads).
+        name: what carries the messages, for the log (``"single process"``, ``"MPI (MPICH Version: 5.0.2)"``...).
     """
 
-    rank: int
-    size: int
     local_rank: int
     local_size: int
     name: str
-
-    def allreduce_sum(self, array: Any) -> None:
-        """Replace ``array`` (one contiguous NumPy or CuPy array) on every rank by its sum over the ranks."""
-
-    def allreduce_scalars(self, values: Sequence[float]) -> list[float]:
-        """The sums over the ranks of a few numbers, in one message, as Python floats in the same order.
-
-        The sum is taken in float64, so counts below 2**53 add exactly.
-        """
-
-    def barrier(self) -> None:
-        """Return once every rank has called it."""
 
     def broadcast(self, obj: Any, root: int = 0) -> Any:
         """Rank ``root``'s ``obj`` (a small JSON-able value) on every rank; other ranks' ``obj`` is ignored."""
@@ -64,20 +51,11 @@ def json_copy(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-class SingleProcess:
+class SingleProcess(base.SingleProcess):
     """The communicator of a run on one process: the sums are the values themselves."""
 
-    rank, size, local_rank, local_size = 0, 1, 0, 1
+    local_rank, local_size = 0, 1
     name = "single process"
-
-    def allreduce_sum(self, array: Any) -> None:
-        return None  # a sum over one rank: the array already holds it
-
-    def allreduce_scalars(self, values: Sequence[float]) -> list[float]:
-        return [float(v) for v in values]
-
-    def barrier(self) -> None:
-        return None
 
     def broadcast(self, obj: Any, root: int = 0) -> Any:
         if root != 0:

@@ -12,7 +12,7 @@ the loss sum differs from one process's only in the order of float64 additions.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,9 +22,13 @@ from .split import rank_slice
 
 
 def evaluate_split(comm: Communicator, model: Any, augmenter: Any, images: np.ndarray, labels: np.ndarray,
-                   batch_size: int = 256, progress: bool = False, label: str = "eval") -> EvalResult:
-    """:func:`npvit.evaluate.evaluate` over ``images``/``labels`` (the whole split, on every rank), each rank
-    taking its part; every rank gets the result for the whole split. Rank 0 alone shows progress."""
+                   batch_size: int = 256, progress: bool = False, label: str = "eval",
+                   evaluate: Callable[..., EvalResult] = evaluate) -> EvalResult:
+    """``evaluate`` (:func:`npvit.evaluate.evaluate`) over ``images``/``labels`` (the whole split, on every
+    rank), each rank taking its part; every rank gets the result for the whole split. Rank 0 alone shows
+    progress. One process gets ``evaluate``'s own result."""
+    if comm.size == 1:
+        return evaluate(model, augmenter, images, labels, batch_size, progress=progress, label=label)
     n, k = len(images), model.config.num_classes
     if n == 0:
         raise ValueError("nothing to evaluate: the split is empty")

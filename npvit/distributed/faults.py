@@ -25,8 +25,6 @@ def rank_prefix(comm: Communicator) -> str:
 def fail(comm: Communicator, message: str, status: int = 2) -> NoReturn:
     """Print ``message`` naming this rank, then stop every process of the run with ``status``."""
     print(f"{rank_prefix(comm)}{message}", file=sys.stderr, flush=True)
-    if comm.size > 1:
-        print(f"{rank_prefix(comm)}stopping all {comm.size} processes", file=sys.stderr, flush=True)
     comm.abort(status)
 
 

@@ -4,9 +4,9 @@ With N ranks and a global batch of B images (``--batch-size`` stays the global b
 
     part_r = batch[start_r : start_r + b_r],   b_r = B // N + (1 if r < B % N else 0),   sum_r b_r = B
 
-so the parts, in rank order, are the batch one process would take. Each rank's loss is the mean over its own
-b_r images; its output gradient (dlogits) scaled by ``weight_r = b_r / B`` makes the sum over ranks of the
-parameter gradients
+so the parts, in rank order, are the batch one process would take (``rank_slice``). Each rank's loss is the
+mean over its own b_r images; its output gradient (dlogits) scaled by b_r / B (``npvit.train_step``) makes the
+sum over ranks of the parameter gradients
 
     sum_r (b_r / B) * (1 / b_r) * sum_{i in part_r} dL_i/dtheta = (1 / B) * sum_{i in batch} dL_i/dtheta,
 
@@ -20,23 +20,10 @@ no image contributes zero to every sum.
 
 from __future__ import annotations
 
+from ..communicator import rank_slice  # one definition, shared with the training step
 from .errors import DistributedError
 
-
-def rank_slice(count: int, rank: int, size: int) -> slice:
-    """Rank ``rank``'s part of ``range(count)`` when ``size`` ranks share it (see the module docstring)."""
-    if size < 1 or not 0 <= rank < size:
-        raise ValueError(f"rank {rank} of {size} processes does not exist")
-    if count < 0:
-        raise ValueError(f"cannot split {count} items")
-    base, extra = divmod(count, size)
-    start = rank * base + min(rank, extra)
-    return slice(start, start + base + (1 if rank < extra else 0))
-
-
-def gradient_weight(part: slice, total: int) -> float:
-    """b_r / B: what a rank's mean-loss gradient is multiplied by so that the ranks' sum is the global mean's."""
-    return (part.stop - part.start) / total
+__all__ = ["check_batch_size", "rank_slice"]
 
 
 def check_batch_size(batch_size: int, size: int) -> None:
