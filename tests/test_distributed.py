@@ -85,13 +85,24 @@ def test_detect_launch_refuses_nonsense(environ, message) -> None:
         detect_launch(environ)
 
 
-def test_single_process_never_imports_mpi4py() -> None:
-    code = ("import sys, npvit.distributed as d, npvit.train; c = d.connect(); "
-            "assert type(c).__name__ == 'SingleProcess', c; "
-            "assert 'mpi4py' not in sys.modules, 'mpi4py was imported'; print('ok')")
-    for env in (clean_environment(), clean_environment(PMI_RANK="0", PMI_SIZE="1")):  # alone, or mpiexec -n 1
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+def test_single_process_never_imports_mpi4py(tmp_path) -> None:
+    """A whole training run alone (and one started by mpiexec -n 1) never imports mpi4py."""
+    code = ("import sys, npvit.train as t; status = t.main(sys.argv[1:]); "
+            "assert 'mpi4py' not in sys.modules, 'mpi4py was imported'; print('status', status)")
+    for name, env in (("alone", clean_environment()), ("one", clean_environment(PMI_RANK="0", PMI_SIZE="1"))):
+        done = subprocess.run([sys.executable, "-c", code, *TRAIN, "--max-steps", "2", "--out", str(tmp_path / name)],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "status 0" in done.stdout, done.stderr
+
+
+@pytest.mark.skipif(not HAS_MPI4PY, reason="needs mpi4py (pip install -e '.[mpi]')")
+def test_launcher_and_mpi_disagreeing_is_a_clear_error() -> None:
+    """The launcher says 2 processes, MPI sees 1: what mpi4py built against another MPI than mpiexec's does."""
+    code = "import npvit.distributed as d; d.connect()"
+    done = subprocess.run([sys.executable, "-c", code], env=clean_environment(PMI_RANK="0", PMI_SIZE="2"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "mpiexec (MPICH Hydra) started 2 processes, but MPI counts 1" in done.stderr, done.stderr
 
 
 def test_several_processes_without_mpi4py_is_a_clear_error(monkeypatch) -> None:

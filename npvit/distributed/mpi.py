@@ -12,6 +12,7 @@ the MPI 4.1 info key ``mpi_memory_alloc_kinds`` (``cuda`` among the kinds it lis
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import nullcontext
 from typing import Any, NoReturn, Sequence
@@ -112,4 +113,6 @@ class MPICommunicator:
         sys.stdout.flush()
         sys.stderr.flush()
         self._comm.Abort(status)
-        raise SystemExit(status)  # not reached: MPI_Abort ends the process
+        # MPICH's MPI_Abort may return once it has told mpiexec, which then ends every process: end this one
+        # now, without Python's exit handlers (mpi4py's would call MPI_Finalize and wait for the others).
+        os._exit(status)
