@@ -16,7 +16,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -24,7 +23,10 @@ import npvit
 from npvit.demo import PRESETS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from flops import matmul_flops_per_image  # noqa: E402  (benchmarks/flops.py, shared with run.py)
+# The suite's FLOP counts and phase timer; both import nothing of npvit beyond ViTConfig, so that ab.py can run
+# this file against older checkouts.
+from suite.flops import matmul_flops_per_image  # noqa: E402
+from suite.timing import time_phases  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,23 +49,21 @@ def main(argv: list[str] | None = None) -> int:
                              dtype=args.dtype)
     labels = backend.asarray(rng.integers(0, cfg.num_classes, args.batch))
 
-    def timed(fn):
-        backend.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        backend.synchronize()
-        return out, time.perf_counter() - start
+    def loss_backward(logits):
+        return model.backward(npvit.cross_entropy_backward(npvit.cross_entropy_forward(logits, labels)[1]))
 
     rows: dict[str, list[float]] = {"forward (eval)": [], "forward (train)": [], "backward": [], "AdamW": []}
     for i in range(args.repeats + 1):
-        _, t_eval = timed(lambda: model.forward(images))
-        logits, t_fwd = timed(lambda: model.forward(images, training=True))
-        _, t_bwd = timed(lambda: model.backward(npvit.cross_entropy_backward(
-            npvit.cross_entropy_forward(logits, labels)[1])))
-        _, t_opt = timed(lambda: opt.step(model.grads))
+        times = time_phases(backend.synchronize, [("forward (eval)", lambda _: model.forward(images))],
+                            breakdown=True)
+        times.update(time_phases(backend.synchronize, [
+            ("forward (train)", lambda _: model.forward(images, training=True)),
+            ("backward", loss_backward),
+            ("AdamW", lambda _: opt.step(model.grads)),
+        ], breakdown=True))
         if i:  # the first round warms up allocators and caches
-            for key, t in zip(rows, (t_eval, t_fwd, t_bwd, t_opt)):
-                rows[key].append(t)
+            for key in rows:
+                rows[key].append(times[key])
 
     med = {k: statistics.median(v) for k, v in rows.items()}
     step = med["forward (train)"] + med["backward"] + med["AdamW"]

@@ -44,7 +44,8 @@ Keras 3 semantics reproduced (sources in keras-team/keras, ``keras/src/...``):
   above is sampled with ``map_coordinates(order=1)`` (bilinear between the four integer neighbours
   floor(.), floor(.) + 1), the channel index unchanged. ``fill_mode="reflect"`` is ``(d c b a | a b c d |
   d c b a)``: neighbour index -1 reads pixel 0, -2 reads pixel 1, n reads n - 1 (SciPy/JAX ``mode="reflect"``;
-  the NumPy backend gets the same values by ``np.pad(mode="symmetric")`` before SciPy). :func:`affine_resample`.
+  the NumPy backend gets the same values by ``np.pad(mode="symmetric")`` before SciPy). :func:`affine_resample`
+  implements that mode, the only one the example uses.
 * Rotation and zoom are separate layers, hence two separate bilinear resamplings (flip, rotate, zoom), each
   with its own random draw per image.
 
@@ -58,16 +59,16 @@ example sets ``KERAS_BACKEND="jax"``).
 from __future__ import annotations
 
 import math
+import numbers
 from functools import lru_cache
 from typing import Any
 
 import numpy
 
-from .backend import get_array_module, to_numpy
+from .backend import cached_constant, get_array_module, make_rng, to_numpy
 
 Array = Any
 EPSILON = 1e-7  # keras.config.epsilon(): the floor of sqrt(variance) in Normalization
-FILL_MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -159,45 +160,57 @@ def normalize(x: Array, mean: Array, variance: Array, epsilon: float = EPSILON) 
 
 # --------------------------------------------------------------------------------------------- resizing
 @lru_cache(maxsize=64)
-def resize_weights(in_size: int, out_size: int) -> numpy.ndarray:
-    """(out_size, in_size) host float64 matrix of 1-D bilinear resizing, half-pixel centres, no antialias.
+def resize_taps(in_size: int, out_size: int) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    """The two input pixels and the weight of the second, (j0, j1, f), for each of ``out_size`` outputs of a
+    1-D bilinear resize with half-pixel centres and no antialiasing (host arrays, read-only: cached):
 
-        u_i = clip((i + 1/2) in_size / out_size - 1/2, 0, in_size - 1),   j = floor(u_i),   f = u_i - j
-        W[i, j] += 1 - f,   W[i, min(j + 1, in_size - 1)] += f
-
-    Rows sum to 1. (Read-only: cached.)
+        u_i = clip((i + 1/2) in_size / out_size - 1/2, 0, in_size - 1),   j0 = floor(u_i),
+        j1 = min(j0 + 1, in_size - 1),   f = u_i - j0,   out_i = in_j0 + f (in_j1 - in_j0)
     """
     u = numpy.clip((numpy.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0, in_size - 1)
     j0 = numpy.floor(u).astype(numpy.intp)
     j1 = numpy.minimum(j0 + 1, in_size - 1)
     f = u - j0
-    w = numpy.zeros((out_size, in_size))
-    rows = numpy.arange(out_size)
-    numpy.add.at(w, (rows, j0), 1.0 - f)
-    numpy.add.at(w, (rows, j1), f)
-    w.flags.writeable = False
-    return w
+    for a in (j0, j1, f):
+        a.flags.writeable = False
+    return j0, j1, f
+
+
+def _resize_axis(x: Array, axis: int, out_size: int) -> Array:
+    """resize_taps along one axis of ``x``: two gathers and a linear interpolation, pixel by pixel."""
+    xp = get_array_module(x)
+    in_size = x.shape[axis]
+
+    def tap(k: int, dtype: Any) -> Array:  # made once per size and dtype, and on a GPU moved there once
+        return cached_constant(xp, ("resize_taps", in_size, out_size, k), lambda: resize_taps(in_size, out_size)[k],
+                               dtype)
+
+    j0, j1, f = tap(0, xp.intp), tap(1, xp.intp), tap(2, x.dtype)
+    f = f.reshape((-1,) + (1,) * (x.ndim - 1 - axis % x.ndim))  # broadcasts along ``axis``
+    lo = xp.take(x, j0, axis=axis)
+    out = xp.take(x, j1, axis=axis)
+    out -= lo
+    out *= f
+    out += lo
+    return out
 
 
 def resize_bilinear(x: Array, size: int | tuple[int, int]) -> Array:
     """Keras ``Resizing(h, w)`` (``jax.image.resize`` "bilinear", antialias off) of images (B, H, W, C).
 
-    Separable: ``y[b, i, j, c] = sum_{p, q} Wh[i, p] Ww[j, q] x[b, p, q, c]`` with ``Wh = resize_weights(H, h)``
-    and ``Ww = resize_weights(W, w)``: two matrix products over the whole batch. Output dtype: ``x``'s float
-    dtype (integer images become float32).
+    Separable: along the width, then along the height, each output pixel is ``in_j0 + f (in_j1 - in_j0)``
+    with (j0, j1, f) from :func:`resize_taps` -- the same arithmetic for every pixel whatever the batch, so a
+    slice of a batch is resized exactly as it is within the batch (a matrix product would let the BLAS or
+    cuBLAS kernel, chosen by the batch size, change the rounding), and no TF32 on a GPU. Output dtype:
+    ``x``'s float dtype (integer images become float32).
     """
     x = _float(x)
     _check_images(x)
-    xp = get_array_module(x)
     oh, ow = (size, size) if isinstance(size, int) else size
     _, h, w, _ = x.shape
     if (oh, ow) == (h, w):
         return x.copy()
-    wh = _on(xp, resize_weights(h, oh), dtype=x.dtype)
-    ww = _on(xp, resize_weights(w, ow), dtype=x.dtype)
-    t = xp.tensordot(x, ww, axes=([2], [1]))  # (B, H, C, ow)
-    t = xp.tensordot(wh, t, axes=([1], [1]))  # (oh, B, C, ow)
-    return xp.ascontiguousarray(t.transpose(1, 0, 3, 2))
+    return _resize_axis(_resize_axis(x, 2, ow), 1, oh)
 
 
 # ----------------------------------------------------------------------------------------------- flips
@@ -256,53 +269,47 @@ def zoom_matrices(height_zoom: Array, width_zoom: Array, height: int, width: int
     return m
 
 
-def _fix_index(i: Array, n: int, mode: str) -> Array:
-    """Map integer indices ``i`` (any range) into [0, n) by the fill mode; for "constant", indices outside
-    [0, n) become n (the extra row/column holding the fill value)."""
-    xp = get_array_module(i)
-    if mode == "reflect":  # (d c b a | a b c d | d c b a): period 2n
-        m = i % (2 * n)
-        return xp.where(m >= n, 2 * n - 1 - m, m)
-    if mode == "mirror":  # (d c b | a b c d | c b a): period 2n - 2
-        if n == 1:
-            return xp.zeros_like(i)
-        m = i % (2 * n - 2)
-        return xp.where(m >= n, 2 * n - 2 - m, m)
-    if mode == "wrap":  # (a b c d | a b c d | a b c d)
-        return i % n
-    if mode == "constant":  # (k k k k | a b c d | k k k k)
-        return xp.where((i >= 0) & (i < n), i, n)
-    return xp.clip(i, 0, n - 1)  # "nearest": (a a a a | a b c d | d d d d)
+def _reflect_index(i: Array, n: int) -> Array:
+    """Map integer indices ``i`` (any range) into [0, n) as "reflect" does: (d c b a | a b c d | d c b a),
+    period 2n."""
+    m = i % (2 * n)
+    return get_array_module(i).where(m >= n, 2 * n - 1 - m, m)
 
 
-def _fold(u: Array, n: int, mode: str) -> Array:
-    """Coordinates moved into about [-2, 2n + 1] without changing the bilinear value under ``mode`` (the
-    extension of the samples by the mode is periodic or constant far out)."""
+def _node_range(u: Array, n: int, reach: float | None) -> tuple[Array, Array, int, int]:
+    """(u, floor(u), lowest node, highest node) of the sample coordinates ``u`` along an axis of ``n`` pixels,
+    with u folded into [-1/2, 2n - 1/2) first if it may stray beyond [-n, 2n] (the reflected extension of the
+    samples has period 2n, so folding keeps every bilinear value, up to rounding).
+
+    ``reach``, a host-side bound on |u - (n - 1)/2|, decides the folding when given: then it is the same for
+    every batch and every slice of one, whatever the images' draws. Without it, NumPy reads the range from the
+    coordinates and a device folds always (reading them would be a blocking copy to the host). The padding
+    is then the exact range on NumPy (free on the host), and on a device the range the bound or the folding
+    guarantees.
+    """
     xp = get_array_module(u)
-    if mode == "reflect":
-        return (u + 0.5) % (2 * n) - 0.5
-    if mode == "mirror":
-        return u % (2 * n - 2) if n > 1 else xp.zeros_like(u)
-    if mode == "wrap":
-        return u % n
-    return xp.clip(u, -2, n + 1)
-
-
-def _node_range(u: Array, n: int, mode: str) -> tuple[Array, Array, int, int]:
-    """(u, floor(u) as integers, lowest node, highest node) with u folded first if it strays far."""
-    u0 = get_array_module(u).floor(u)
-    lo, hi = int(u0.min()), int(u0.max()) + 1
-    if lo < -n or hi > 2 * n:
-        u = _fold(u, n, mode)
-        u0 = get_array_module(u).floor(u)
+    if reach is not None:
+        centre = (n - 1) / 2.0
+        lo, hi = math.floor(centre - reach) - 1, math.floor(centre + reach) + 2  # a node of margin for rounding
+    elif xp is numpy:
+        u0 = xp.floor(u)
         lo, hi = int(u0.min()), int(u0.max()) + 1
+    else:
+        lo, hi = -n - 1, 2 * n + 1
+    fold = lo < -n or hi > 2 * n
+    if fold:
+        u = (u + 0.5) % (2 * n) - 0.5
+    u0 = xp.floor(u)
+    if xp is numpy:
+        lo, hi = int(u0.min()), int(u0.max()) + 1
+    elif fold:
+        lo, hi = -1, 2 * n
     return u, u0, lo, hi
 
 
-def affine_resample(
-    x: Array, matrices: Array, fill_mode: str = "reflect", fill_value: float = 0.0
-) -> Array:
-    """Bilinear resampling of each image by its own affine transform (Keras ``ops.image.affine_transform``).
+def affine_resample(x: Array, matrices: Array, reach: tuple[float, float] | None = None) -> Array:
+    """Bilinear resampling of each image by its own affine transform (Keras ``ops.image.affine_transform``
+    with ``interpolation="bilinear"`` and ``fill_mode="reflect"``, the two the Keras example uses).
 
     ``matrices`` (B, 2, 3) or (B, 3, 3) (last row ignored: affine only), or one (2, 3)/(3, 3) for all,
     maps each output pixel (x, y) to the input point
@@ -313,19 +320,22 @@ def affine_resample(
 
         out = (1-fy) [(1-fx) I(y0, x0) + fx I(y0, x0+1)] + fy [(1-fx) I(y0+1, x0) + fx I(y0+1, x0+1)]
 
-    where I(r, c) reads neighbours outside the image by ``fill_mode``: "reflect" (d c b a | a b c d),
-    "mirror" (d c b | a b c d), "nearest" (a a | a b c d), "wrap" (a b c d | a b c d), or "constant"
-    (``fill_value``) -- the modes of SciPy/JAX ``map_coordinates`` with order=1 ("wrap" and "constant" as
-    SciPy's "grid-wrap" and "grid-constant").
+    where I(r, c) reads neighbours outside the image by reflection, (d c b a | a b c d | d c b a): SciPy's and
+    JAX's ``map_coordinates`` mode "reflect" with order=1.
+
+    ``reach`` = (ry, rx), optional: host-side bounds on |y_in - (H-1)/2| and |x_in - (W-1)/2| over all output
+    pixels (random_rotation, random_zoom and the Augmenter know them from their factors). They decide whether
+    coordinates need folding into one period of the reflection, the same way for a batch and for any slice of
+    it, and on a GPU they size the padding below without reading the coordinates back to the host. Without
+    them NumPy decides from the coordinates, and a GPU folds always (correct, but it pads more).
 
     All images at once: the coordinates are computed for the whole batch in ``x``'s float dtype; the batch
-    is padded by the fill mode just enough to hold every neighbour (two small gathers along the height and
+    is padded by reflection just enough to hold every neighbour (two small gathers along the height and
     width axes, as Keras' NumPy backend pads before ``map_coordinates``), after which the four neighbours
     of every output pixel are plain gathers at fixed offsets, one channel plane at a time, with no
-    per-pixel boundary logic.
+    per-pixel boundary logic. (Two to 2.5 times faster than ``scipy.ndimage``, which cannot take one transform
+    per image in a call: benchmarks/NOTES.md, "Augmentation: the hand-written resampler against scipy.ndimage".)
     """
-    if fill_mode not in FILL_MODES:
-        raise ValueError(f"fill_mode must be one of {FILL_MODES}, got {fill_mode!r}")
     x = _float(x)
     _check_images(x)
     xp = get_array_module(x)
@@ -340,18 +350,16 @@ def affine_resample(
     xs = xp.arange(w, dtype=x.dtype)[None, :]
     x_in = xp.broadcast_to(m[:, 0, 0] * xs + m[:, 0, 1] * ys + m[:, 0, 2], (b, h, w))
     y_in = xp.broadcast_to(m[:, 1, 0] * xs + m[:, 1, 1] * ys + m[:, 1, 2], (b, h, w))
-    x_in, x0, lo_x, hi_x = _node_range(x_in, w, fill_mode)
-    y_in, y0, lo_y, hi_y = _node_range(y_in, h, fill_mode)
+    reach_y, reach_x = (None, None) if reach is None else reach
+    x_in, x0, lo_x, hi_x = _node_range(x_in, w, reach_x)
+    y_in, y0, lo_y, hi_y = _node_range(y_in, h, reach_y)
     fx = x_in - x0
     fy = y_in - y0
 
     # Padded planes P[c, :, r, s] = I(lo_y + r, lo_x + s, c) for every node the samples touch, channels
     # first: gathering single floats from each plane is several times faster than gathering pixels.
-    if fill_mode == "constant":  # one extra row and column of fill_value, where outside indices point
-        x = xp.concatenate([x, xp.full((b, 1, w, c), fill_value, dtype=x.dtype)], axis=1)
-        x = xp.concatenate([x, xp.full((b, h + 1, 1, c), fill_value, dtype=x.dtype)], axis=2)
-    rows = _fix_index(xp.arange(lo_y, hi_y + 1), h, fill_mode)
-    cols = _fix_index(xp.arange(lo_x, hi_x + 1), w, fill_mode)
+    rows = _reflect_index(xp.arange(lo_y, hi_y + 1), h)
+    cols = _reflect_index(xp.arange(lo_x, hi_x + 1), w)
     planes = xp.take(xp.take(x.transpose(3, 0, 1, 2), rows, axis=2), cols, axis=3)  # (C, B, Hp, Wp)
     hp, wp = planes.shape[2:]
     planes = planes.reshape(c, b * hp * wp)
@@ -379,6 +387,31 @@ def affine_resample(
     return out
 
 
+def rotation_reach(factor: float | tuple[float, float], height: int, width: int) -> tuple[float, float]:
+    """Bounds (ry, rx) on how far a rotation by U(lo, hi) * 2 pi turns (see draw_angles) moves any output
+    pixel's input point from the centre, per axis: with s = max |sin theta| <= min(1, max |theta|) and
+    |cos theta| <= 1, |y_in - cy| <= s cx + cy and |x_in - cx| <= cx + s cy. For affine_resample's ``reach``."""
+    lo, hi = _bounds(factor, "factor")
+    s = min(1.0, 2.0 * math.pi * max(abs(lo), abs(hi)))
+    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
+    return s * cx + cy, cx + s * cy
+
+
+def zoom_reach(
+    height_factor: float | tuple[float, float], width_factor: float | tuple[float, float] | None,
+    height: int, width: int,
+) -> tuple[float, float]:
+    """Bounds (ry, rx) for a zoom by 1 + U(lo, hi) per axis (see draw_zooms): |y_in - cy| = zy |y - cy| <=
+    max |zy| cy, and the same across. For affine_resample's ``reach``."""
+    def largest(factor: float | tuple[float, float], name: str) -> float:
+        lo, hi = _bounds(factor, name)
+        return max(abs(1.0 + lo), abs(1.0 + hi))
+
+    zy = largest(height_factor, "height_factor")
+    zx = zy if width_factor is None else largest(width_factor, "width_factor")
+    return zy * (height - 1) / 2.0, zx * (width - 1) / 2.0
+
+
 # -------------------------------------------------------------------------------------- rotation, zoom
 def draw_angles(batch: int, factor: float | tuple[float, float], rng: Any, xp: Any = numpy) -> Array:
     """(batch,) float64 angles in radians, U(lo, hi) * 2 pi with (lo, hi) the bounds of Keras ``factor``."""
@@ -403,15 +436,13 @@ def draw_zooms(
     return zy, _uniform(rng, 1.0 + lo, 1.0 + hi, batch, xp)
 
 
-def random_rotation(
-    x: Array, factor: float | tuple[float, float], rng: Any, fill_mode: str = "reflect"
-) -> Array:
+def random_rotation(x: Array, factor: float | tuple[float, float], rng: Any) -> Array:
     """Keras ``RandomRotation(factor)`` in training: each image turned by its own angle
-    theta ~ U(-factor, factor) * 2 pi about its centre, bilinear, ``fill_mode`` outside."""
+    theta ~ U(-factor, factor) * 2 pi about its centre, bilinear, reflected outside."""
     _check_images(x)
     _, h, w, _ = x.shape
     angles = draw_angles(x.shape[0], factor, rng, get_array_module(x))
-    return affine_resample(x, rotation_matrices(angles, h, w), fill_mode)
+    return affine_resample(x, rotation_matrices(angles, h, w), rotation_reach(factor, h, w))
 
 
 def random_zoom(
@@ -419,15 +450,14 @@ def random_zoom(
     height_factor: float | tuple[float, float],
     width_factor: float | tuple[float, float] | None,
     rng: Any,
-    fill_mode: str = "reflect",
 ) -> Array:
     """Keras ``RandomZoom(height_factor, width_factor)`` in training: each image scaled about its centre by
     zy = 1 + U(-height_factor, height_factor) vertically and zx = 1 + U(-width_factor, width_factor)
-    horizontally (z > 1 zooms out), bilinear, ``fill_mode`` outside."""
+    horizontally (z > 1 zooms out), bilinear, reflected outside."""
     _check_images(x)
     _, h, w, _ = x.shape
     zy, zx = draw_zooms(x.shape[0], height_factor, width_factor, rng, get_array_module(x))
-    return affine_resample(x, zoom_matrices(zy, zx, h, w), fill_mode)
+    return affine_resample(x, zoom_matrices(zy, zx, h, w), zoom_reach(height_factor, width_factor, h, w))
 
 
 # ------------------------------------------------------------------------------------------- pipeline
@@ -439,6 +469,12 @@ class Augmenter:
     backend. ``training=True`` adds the random steps; ``flip=False``, ``rotation=0`` or ``zoom=0`` drop one.
     ``rng`` is a NumPy or CuPy ``Generator`` (e.g. ``Backend.rng(seed)``); without one, training draws from
     a generator per backend seeded with ``seed``, kept across calls.
+
+    Keyed per sample: the random parameters are drawn for a whole global batch of ``total`` images (default:
+    this batch) and ``images`` receives rows [first, first + len(images)) of them. Processes that each take
+    a disjoint slice of one global batch, with generators seeded alike, therefore augment exactly as a single
+    process augmenting the whole batch does. The draws per step are (flips, angles, height zooms, width
+    zooms), ``total`` values each, in that order.
     """
 
     def __init__(
@@ -477,25 +513,38 @@ class Augmenter:
 
     def _default_rng(self, xp: Any) -> Any:
         if xp.__name__ not in self._rngs:
-            self._rngs[xp.__name__] = xp.random.default_rng(self.seed)
+            self._rngs[xp.__name__] = make_rng(xp, self.seed)
         return self._rngs[xp.__name__]
 
-    def __call__(self, images: Array, training: bool, rng: Any = None) -> Array:
+    def __call__(
+        self, images: Array, training: bool, rng: Any = None, first: int = 0, total: int | None = None
+    ) -> Array:
         xp = get_array_module(images)
         _check_images(images)
         if images.shape[-1] != self.mean.shape[0]:
             raise ValueError(f"images have {images.shape[-1]} channels, the statistics {self.mean.shape[0]}")
+        batch = images.shape[0]
+        total = batch if total is None else total
+        if not (isinstance(first, numbers.Integral) and isinstance(total, numbers.Integral)
+                and 0 <= first and first + batch <= total):
+            raise ValueError(f"images must be rows [first, first + {batch}) of a global batch of total images, "
+                             f"got first={first!r}, total={total!r}")
         x = normalize(images.astype(self.dtype, copy=False), *self._moments(xp))
         x = resize_bilinear(x, self.image_size)
         if not training:
             return x
         rng = self._default_rng(xp) if rng is None else rng
+        rows = slice(first, first + batch)
+        size = self.image_size
         if self.flip:
-            x = random_flip(x, rng)
+            x = flip_horizontal(x, draw_flips(total, rng, xp)[rows])
         if _bounds(self.rotation, "rotation") != (0.0, 0.0):
-            x = random_rotation(x, self.rotation, rng)
+            angles = draw_angles(total, self.rotation, rng, xp)[rows]
+            x = affine_resample(x, rotation_matrices(angles, size, size), rotation_reach(self.rotation, size, size))
         if _bounds(self.zoom, "zoom") != (0.0, 0.0):
-            x = random_zoom(x, self.zoom, self.zoom, rng)
+            zy, zx = draw_zooms(total, self.zoom, self.zoom, rng, xp)
+            x = affine_resample(x, zoom_matrices(zy[rows], zx[rows], size, size),
+                                zoom_reach(self.zoom, self.zoom, size, size))
         return x
 
     def __repr__(self) -> str:

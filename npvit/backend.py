@@ -5,14 +5,25 @@ array module from their inputs with :func:`get_array_module` (as Chainer does), 
 libraries spell differently -- the error function, random generators, host/device copies, waiting for the
 device -- are reached through a :class:`Backend` object or the helpers below.
 
-CuPy is imported lazily, only when asked for, so a CPU-only install never touches it.
+CuPy is imported lazily, only when asked for, so a CPU-only install never touches it. Where the fastest way to
+compute something differs between the two (the attention scores' layout, row means), the choice is made by a
+small function here and the kernels keep one formula.
+
+Reproducibility on CuPy: every generator is a Philox4x32-10 with a fixed number of states (PHILOX_STATES), so
+its draws depend on the seed alone -- the same on every GPU model for a given CuPy version. CuPy's default sizes
+the state by the GPU's multiprocessor count, which made the draws differ between GPU models. The arithmetic
+does not travel as well: cuBLAS picks its kernels by GPU architecture (and CUB tunes its reductions by it), so
+two runs give bit-identical numbers only on the same GPU model with the same driver, CUDA and CuPy versions;
+across models a run sees the same random draws and arithmetic that agrees to rounding.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import sys
+from collections.abc import Hashable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
@@ -195,6 +206,55 @@ def batch_chunks(xp: ModuleType, batch: int, bytes_per_item: int, cache: str = "
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
+def scores_transposed(xp: ModuleType) -> bool:
+    """Whether the attention core keeps its scores transposed, keys along axis -2 (True on NumPy only).
+
+    NumPy: reductions across rows (axis -2) are several times faster than along 144-long rows, and BLAS reads
+    every transposed operand through its transpose flags, so the transposed layout costs no copies. CuPy: a
+    batched matmul (ndim > 2) copies every operand that is not C-contiguous (``ascontiguousarray``) and writes
+    a strided ``out=`` through a temporary, so the scores stay (..., N_query, N_key) with the softmax over the
+    last axis, and the products are arranged so that no (N, N) matrix is ever transposed.
+    """
+    return xp is numpy
+
+
+def row_dot(a: Any, w: Any) -> Any:
+    """Per-row weighted sums ``a @ w`` of a (rows, D) array and a (D,) vector, as a (rows,) array.
+
+    NumPy: a BLAS matrix-vector product, several times faster than NumPy's reduction over short rows. CuPy: an
+    elementwise product and a reduction over the last axis -- never cuBLAS, whose products round their inputs
+    to TF32 when TF32 is on (npvit's layer norm statistics, like PyTorch's, stay in float32).
+    """
+    if get_array_module(a) is numpy:
+        return a @ w
+    return (a * w).sum(axis=-1)
+
+
+_CONSTANTS: dict[tuple, Any] = {}
+_CONSTANTS_MAX = 64  # distinct constants kept (the resize: three per input size, output size and dtype)
+
+
+def cached_constant(xp: ModuleType, key: Hashable, make: Callable[[], numpy.ndarray], dtype: Any) -> Any:
+    """The host array ``make()`` as a ``dtype`` array of module ``xp``, built and moved there once per
+    (module, key, dtype) and reused afterwards; ``key`` must identify what ``make`` returns.
+
+    The result is shared: never write to it (on NumPy it is read-only). Saves a host-to-device copy per call on
+    CuPy for constants such as the resize's interpolation taps.
+    """
+    cache_key = (xp, key, numpy.dtype(dtype).str)
+    value = _CONSTANTS.get(cache_key)
+    if value is None:
+        if len(_CONSTANTS) >= _CONSTANTS_MAX:
+            _CONSTANTS.pop(next(iter(_CONSTANTS)))  # oldest first
+        if xp is numpy:
+            value = numpy.array(make(), dtype=dtype)  # a copy of its own, made read-only
+            value.flags.writeable = False
+        else:
+            value = xp.asarray(numpy.asarray(make(), dtype=dtype))
+        _CONSTANTS[cache_key] = value
+    return value
+
+
 def to_numpy(x: Any) -> numpy.ndarray:
     """Copy an array (or scalar) to a host NumPy array; NumPy inputs are returned as they are."""
     if get_array_module(x) is numpy:
@@ -229,39 +289,174 @@ class Backend:
     def rng(self, seed: int | None = None) -> Any:
         """A seeded random generator of this backend (use ``random(size, dtype)`` and ``uniform``).
 
-        On CuPy it is a Philox generator: the default XORWOW sets up a quarter-million states per generator,
-        too slow for the fresh generator the training program makes at every step.
+        See :func:`make_rng`.
         """
-        if self.name == "cupy":
-            return self.xp.random.Generator(self.xp.random.Philox4x3210(seed))
-        return self.xp.random.default_rng(seed)
+        return make_rng(self.xp, seed)
 
     def synchronize(self) -> None:
         """Wait until queued device work is done (a no-op on NumPy); call before reading a timer."""
         if self.name == "cupy":
             self.xp.cuda.get_current_stream().synchronize()
 
+    def set_tf32(self, enabled: bool) -> bool:
+        """Allow (True) or forbid (False) TF32 tensor cores in float32 matrix products. Returns whether TF32
+        is now in use: False on NumPy, and on GPUs older than compute capability 8.0 (Ampere), which lack it.
+
+        On CuPy, TF32 on means: every float32 matrix product npvit makes -- the dense layers (patch embedding,
+        query/key/value and output projections, MLPs, head; forward and backward) and the attention's batched
+        products (Q K^T, A V and their gradients) -- multiplies inputs rounded to TF32 (10-bit mantissa),
+        accumulating in float32. Nothing else changes: layer norm statistics, softmax, GELU, dropout, the loss,
+        AdamW and the preprocessing (its resize interpolates, it multiplies no matrices) are elementwise or
+        reduction kernels in full float32. This is
+        what PyTorch's ``torch.backends.cuda.matmul.allow_tf32 = True`` does to its matmuls; PyTorch's layer
+        norm never uses TF32. Two switches do it, both needed: CuPy's compute type for float32, which its 2-D
+        products (``cublasGemmEx``) read, and the cuBLAS handle's math mode, which its batched products
+        (``cublasGemmStridedBatchedEx``, given no compute type of its own) follow; the environment variable
+        ``CUPY_TF32`` reaches only the first. The setting holds for the current device and thread; the CuPy
+        backend applies ``CUPY_TF32`` (1 on, else off) this way when it loads.
+        """
+        if self.name != "cupy":
+            return False
+        return _set_cupy_tf32(self.xp, enabled)
+
+
+# PHILOX_STATES: the number of Philox states of a CuPy generator. A multiple of 256 because CuPy's random kernels
+# run ceil(size / 256) blocks of 256 threads and every thread reads and writes its state without a bounds check;
+# 65,536 (4 MiB of state) fill a mid-size GPU for large draws, while a small draw (a batch of augmentation
+# parameters) touches 4 MiB instead of the 17 MiB that CuPy's default (8 x 256 x the SM count) gives an H100.
+# Fixed, it also makes the draws independent of the GPU model: element i of a draw comes from state i % size.
+PHILOX_STATES = 1 << 16
+
+
+def make_rng(xp: ModuleType, seed: int | None = None) -> Any:
+    """A seeded generator of array module ``xp`` with ``random(size, dtype)``, ``uniform`` and ``integers``.
+
+    NumPy: ``numpy.random.default_rng(seed)`` (PCG64). CuPy: a Philox4x32-10 generator of PHILOX_STATES states
+    -- cheap to set up (the default XORWOW initialises a quarter-million states, too slow for the fresh
+    generator the training program makes at every step) and the same draws on every GPU model.
+    """
+    if xp is numpy:
+        return numpy.random.default_rng(seed)
+    return xp.random.Generator(xp.random.Philox4x3210(seed, size=PHILOX_STATES))
+
+
+class DeviceDataset:
+    """Images and labels moved to a backend once, and batches gathered there.
+
+    ``DeviceDataset(backend, x_train, y_train, num_classes)`` uploads the uint8 images (CIFAR's 50,000 are
+    150 MB) and the labels once, after checking the labels on the host (npvit.kernels.cross_entropy.check_labels,
+    when ``num_classes`` is given); ``batch(indices)`` then returns ``(images, labels)`` for host integer
+    indices, gathered on the device: only the indices (8 bytes per image) cross the bus at each step. On NumPy
+    the arrays stay where they are and ``batch`` is plain fancy indexing, the same arrays as ``x[indices]``,
+    ``y[indices]``.
+    """
+
+    def __init__(self, backend: "Backend | str", images: numpy.ndarray, labels: numpy.ndarray,
+                 num_classes: int | None = None) -> None:
+        backend = get_backend(backend)
+        images, labels = numpy.asarray(images), numpy.asarray(labels)
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if num_classes is not None:
+            from .kernels.cross_entropy import check_labels  # the kernels import this module: import late
+
+            check_labels(labels, num_classes)
+        self.backend = backend
+        self.images = backend.asarray(images)
+        self.labels = backend.asarray(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, indices: Any) -> tuple[Any, Any]:
+        """(images, labels) at the host integer ``indices``, as arrays of the backend."""
+        xp = self.backend.xp
+        if xp is numpy:
+            return self.images[indices], self.labels[indices]
+        idx = xp.asarray(numpy.asarray(indices, dtype=numpy.int64))
+        return xp.take(self.images, idx, axis=0), xp.take(self.labels, idx, axis=0)
+
+
+# cublasMath_t values (cublas_api.h); CuPy names only the first two of them.
+_CUBLAS_DEFAULT_MATH = 0
+_CUBLAS_TF32_TENSOR_OP_MATH = 3
+
+
+def _set_cupy_tf32(cupy: ModuleType, enabled: bool) -> bool:
+    """Backend.set_tf32 on CuPy (see there). Returns whether TF32 is in use."""
+    if cupy.cuda.runtime.is_hip:  # ROCm: no TF32, and cuBLAS' math modes do not exist
+        return False
+    from cupy._core import _routines_linalg  # CuPy's own matmul tests set the compute type the same way
+
+    enabled = bool(enabled) and int(cupy.cuda.Device().compute_capability) >= 80
+    compute_type = _routines_linalg.COMPUTE_TYPE_TF32 if enabled else _routines_linalg.COMPUTE_TYPE_DEFAULT
+    cupy._core.set_compute_type(numpy.float32, compute_type)
+    cupy.cuda.cublas.setMathMode(cupy.cuda.device.get_cublas_handle(),
+                                 _CUBLAS_TF32_TENSOR_OP_MATH if enabled else _CUBLAS_DEFAULT_MATH)
+    return enabled
+
+
+def _env_tf32() -> bool:
+    """CUPY_TF32 as CuPy reads it: an integer, on when above 0."""
+    try:
+        return int(os.environ.get("CUPY_TF32", "0")) > 0
+    except ValueError:
+        return False
+
+
+def _smoke_test(cupy: ModuleType) -> None:
+    """Run one kernel of each kind training needs -- elementwise (compiled at run time by NVRTC), a cuBLAS
+    product, a cuRAND draw, a reduction -- and check their values with one copy to the host.
+
+    Counting devices is not enough: on a machine with the NVIDIA driver but no CUDA toolkit (and a CuPy
+    installed without its ``[ctk]`` components) every device is visible and the first kernel compile fails.
+    """
+    x = cupy.arange(64, dtype=cupy.float32).reshape(8, 8)
+    y = cupy.exp2(x * cupy.float32(1.0 / 64))  # elementwise: compiled at first use
+    r = make_rng(cupy, 0).random(256, dtype="float32")
+    got = cupy.concatenate([(y @ y).reshape(-1), (r * r).sum(keepdims=True)]).get()
+    host = numpy.exp2(numpy.arange(64, dtype=numpy.float64).reshape(8, 8) / 64)
+    if not numpy.allclose(got[:64], (host @ host).reshape(-1), rtol=1e-2) or not 0.0 < got[64] < 256.0:
+        raise RuntimeError(f"the GPU computed wrong values in a smoke test (matrix product {got[:3]} instead of "
+                           f"{(host @ host).reshape(-1)[:3]}, random sum of squares {got[64]})")
+
 
 def _load_cupy() -> ModuleType:
+    install = ("pip install 'npvit[cuda12]' (CUDA 12.x driver) or pip install 'npvit[cuda13]' (CUDA 13.x "
+               "driver), which bring CuPy with the CUDA components it needs (cupy-cudaXXx[ctk])")
     try:
         import cupy
     except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "cupy":
+            raise BackendUnavailableError(
+                f"The 'cupy' backend needs CuPy, which is not installed. Install it: {install}; "
+                "or use backend='numpy'."
+            ) from exc
         raise BackendUnavailableError(
-            "The 'cupy' backend needs CuPy, which is not installed. Install the build matching your CUDA "
-            "toolkit: pip install 'npvit[cuda12]' (CUDA 12.x) or pip install 'npvit[cuda13]' (CUDA 13.x); "
+            f"CuPy is installed but failed to import: {type(exc).__name__}: {exc}. Reinstall it: {install}; "
             "or use backend='numpy'."
         ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDA driver missing or broken: CuPy raises its own runtime errors
         raise BackendUnavailableError(
-            f"CuPy is installed but no CUDA device can be used ({exc}). Check the NVIDIA driver "
-            "(nvidia-smi) and that the cupy-cudaXXx wheel matches your CUDA version, or use backend='numpy'."
+            f"CuPy is installed but no CUDA device can be used ({type(exc).__name__}: {exc}). Check the NVIDIA "
+            "driver (nvidia-smi) and that the cupy-cudaXXx wheel matches the CUDA version it reports, or use "
+            "backend='numpy'."
         ) from exc
     if count == 0:
         raise BackendUnavailableError(
             "CuPy is installed but no CUDA device was found; use backend='numpy'."
         )
+    try:
+        _set_cupy_tf32(cupy, _env_tf32())
+        _smoke_test(cupy)
+    except Exception as exc:
+        raise BackendUnavailableError(
+            f"CuPy found {count} CUDA device(s) but could not run a kernel on them: {type(exc).__name__}: {exc}. "
+            f"This usually means the CUDA libraries CuPy compiles and links with are missing: {install}; "
+            "or use backend='numpy'."
+        ) from exc
     return cupy
 
 

@@ -257,7 +257,7 @@ class Run:
             s, s["data_dir"], s["cache_dir"], s["download"], progress=not s["quiet"] and self.writer))
         self.data = data
         self.cfg = cfg = model_config(s, data.num_classes)
-        check_labels(data.y_train, len(data.y_train), data.num_classes)  # once, on the host
+        check_labels(data.y_train, data.num_classes)  # once, on the host
         mean, variance = channel_stats(data.x_train)  # Keras adapt(x_train): before the validation split
         x_train, y_train, x_val, y_val = split_train_val(data.x_train, data.y_train, s["validation_split"])
         if s["train_subset"] is not None:

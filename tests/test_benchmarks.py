@@ -1,9 +1,12 @@
-"""Smoke tests of the benchmark suite (benchmarks/run.py) and of the PyTorch reference model.
+"""Smoke tests of the benchmark suite (benchmarks/run.py and its package benchmarks/suite/), of the scaling
+script (benchmarks/scaling.py) and of the PyTorch reference model.
 
 Benchmarks are never timed here: each section of the suite runs once on the tiny config with the smallest
-settings, so the code paths cannot rot, and only the shape of the results is checked. The PyTorch reference
-(npvit.torch_reference), which the suite times against npvit, must compute the same logits as npvit in
-float32, with either attention implementation, and honour train/eval mode.
+settings, so the code paths cannot rot, and only the shape of the results is checked. The scaling script's
+cost model is checked against its formula worked by hand, and its data-parallel step against one process on
+the whole batch. The PyTorch reference (npvit.torch_reference), which the suite times against npvit, must
+compute the same logits as npvit in float32, with either attention implementation, and honour train/eval
+mode.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +25,7 @@ import pytest
 import npvit
 
 RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+SCALING_PY = RUN_PY.parent / "scaling.py"
 
 try:
     import torch
@@ -29,15 +35,26 @@ except ImportError:
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed: pip install 'npvit[torch]'")
 
 
-@pytest.fixture(scope="module")
-def run():
-    """benchmarks/run.py imported as a module (its thread set-up only happens when run as a script)."""
-    spec = importlib.util.spec_from_file_location("npvit_benchmarks_run", RUN_PY)
+def load_script(path: Path, name: str):
+    """A benchmarks/ script imported as a module (its thread set-up only happens when run as a script)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run():
+    """benchmarks/run.py, whose names are the suite's public helpers."""
+    yield load_script(RUN_PY, "npvit_benchmarks_run")
+    sys.modules.pop("npvit_benchmarks_run", None)
+
+
+@pytest.fixture(scope="module")
+def scaling():
+    yield load_script(SCALING_PY, "npvit_benchmarks_scaling")
+    sys.modules.pop("npvit_benchmarks_scaling", None)
 
 
 @pytest.fixture
@@ -186,8 +203,6 @@ def test_torch_reference_round_trips_npvit_parameters() -> None:
 
 
 def test_ab_script_times_two_checkouts_and_refuses_a_folder_without_npvit(tmp_path) -> None:
-    import subprocess
-
     ab = RUN_PY.parent / "ab.py"
     root = str(RUN_PY.parents[1])
     proc = subprocess.run([sys.executable, str(ab), root, root, "--preset", "tiny", "--batch", "2",
@@ -205,3 +220,123 @@ def test_e2e_rows_option(run) -> None:
     for bad in ("keras", "keras:0", "nope:8", " , "):
         with pytest.raises(argparse.ArgumentTypeError, match="PRESET:BATCH"):
             run.e2e_rows(bad)
+
+
+def test_run_py_keeps_its_public_helpers_and_command_line(run) -> None:
+    from suite import cli, timing
+
+    for name in run.__all__:
+        assert getattr(run, name) is not None, name
+    assert run.alternate is timing.alternate and run.main is cli.main and run.Ctx.__module__ == "suite.context"
+    proc = subprocess.run([sys.executable, str(RUN_PY), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("usage: run.py")
+    for flag in ("--backend", "--quick", "--threads", "--json", "--sections", "--repeats", "--e2e", "--tf32",
+                 "--sdpa", "--no-torch", "--torch-thp", "--no-memory"):
+        assert flag in proc.stdout
+    assert "--memory-probe" not in proc.stdout
+    proc = subprocess.run([sys.executable, str(RUN_PY), "--sections", "peak,nope"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "unknown section(s) ['nope']" in proc.stderr
+
+
+# ---- the scaling script ------------------------------------------------------------------------------------
+def test_ring_allreduce_cost_and_projection_follow_the_formula(scaling) -> None:
+    gbit = 10.0
+    # 2 (N - 1) / N x bytes / bandwidth: 87 MB at 10 Gbit/s is 69.6 ms for 2 nodes, 0 for one, 2x bytes / bw
+    # in the limit.
+    assert scaling.ring_allreduce_s(87e6, 1, gbit) == 0.0
+    assert math.isclose(scaling.ring_allreduce_s(87e6, 2, gbit), 87e6 * 8 / 10e9, rel_tol=1e-12)
+    assert math.isclose(scaling.ring_allreduce_s(87e6, 64, gbit), 2 * 63 / 64 * 87e6 * 8 / 10e9, rel_tol=1e-12)
+    assert math.isclose(scaling.ring_allreduce_s(87e6, 1 << 30, 100.0), 2 * 87e6 * 8 / 100e9, rel_tol=1e-8)
+
+    cost = scaling.StepCost(batch=256, compute_s=2.8, backward_s=2.0, optimizer_s=0.2, gradient_bytes=87e6,
+                            overlap_share=0.9)
+    one = scaling.project(cost, 1, gbit, 256)
+    assert one["step_s"] == pytest.approx(3.0) and one["efficiency"] == pytest.approx(1.0)
+    # 4 nodes, the global batch split: 64 images each -> compute 0.7 s, AdamW 0.2 s, allreduce 1.5 x 69.6 ms
+    ar = 2 * 3 / 4 * 87e6 * 8 / 10e9
+    p = scaling.project(cost, 4, gbit, 64)
+    assert p["allreduce_s"] == pytest.approx(ar) and p["step_s"] == pytest.approx(0.9 + ar)
+    assert p["images_per_s"] == pytest.approx(256 / (0.9 + ar))
+    assert p["efficiency"] == pytest.approx(3.0 / (4 * (0.9 + ar)))
+    # levers: the overlap window (0.9 x 2.0 s x 64/256 = 0.45 s) hides the whole allreduce; float16 halves it;
+    # a sharded AdamW costs a quarter
+    assert scaling.project(cost, 4, gbit, 64, overlap=True)["step_s"] == pytest.approx(0.9)
+    assert scaling.project(cost, 4, gbit, 64, gradient_scale=0.5)["step_s"] == pytest.approx(0.9 + ar / 2)
+    assert scaling.project(cost, 4, gbit, 64, shard_optimizer=True)["step_s"] == pytest.approx(0.75 + ar)
+    # the batch per node held: efficiency = 3 / (3 + allreduce)
+    weak = scaling.project(cost, 64, gbit, 256)
+    assert weak["efficiency"] == pytest.approx(3.0 / (3.0 + 2 * 63 / 64 * 87e6 * 8 / 10e9))
+    # split batch: efficiency = 3 / (2.8 + N (0.2 + allreduce(N))): 8 nodes 0.59, 16 nodes 0.37
+    assert scaling.stop_point(cost, gbit, 256) == 8
+    assert scaling.ceiling_images_per_s(cost, gbit, 256) == pytest.approx(256 / (0.2 + 2 * 87e6 * 8 / 10e9),
+                                                                          rel=1e-6)
+
+
+def test_data_parallel_step_sums_to_the_whole_batch_step(scaling) -> None:
+    """Two ranks' steps on the halves of a batch, their flat gradients summed, make the one-process step on
+    the whole batch (float64, dropout on: its masks are keyed by each image's global index)."""
+    cfg = npvit.ViTConfig.tiny()
+    assert cfg.dropout and cfg.attention_dropout and cfg.head_dropout
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 8, 8, 3))
+    y = rng.integers(0, cfg.num_classes, 6)
+
+    def rank(comm, part: slice):
+        model = npvit.ViT(cfg, dtype="float64", seed=0, threads=1)
+        opt = npvit.AdamW(model.params, lr=1e-2)
+        times = scaling.data_parallel_step(model, opt, comm, x[part], y[part], part.start, 6, dropout_seed=7)
+        assert set(times) == {"forward", "backward", "allreduce", "optimizer", "step"}
+        return model
+
+    class Keep(scaling.SingleProcess):  # rank 1 of 2: keeps its gradient for rank 0
+        size = 2
+
+        def allreduce_sum(self, buffer):
+            self.buffer = buffer.copy()
+
+    class AddOther(scaling.SingleProcess):  # rank 0 of 2: adds rank 1's gradient to its own
+        size = 2
+
+        def allreduce_sum(self, buffer):
+            buffer += other.buffer
+
+    other = Keep()
+    rank(other, slice(3, 6))
+    model = rank(AddOther(), slice(0, 3))
+
+    whole = npvit.ViT(cfg, dtype="float64", seed=0, threads=1)  # a plain training step on the whole batch
+    logits = whole.forward(x, training=True, dropout_seed=7)
+    whole.backward(npvit.cross_entropy_backward(npvit.cross_entropy_forward(logits, y)[1]))
+    npvit.AdamW(whole.params, lr=1e-2).step(whole.grads)
+    np.testing.assert_allclose(model.grads.flat, whole.grads.flat, rtol=1e-12, atol=1e-14)
+    # AdamW's first step moves each weight by about lr = 1e-2; a gradient that is zero up to rounding moves it
+    # by ~1e-15 either way
+    np.testing.assert_allclose(model.params.flat, whole.params.flat, rtol=1e-10, atol=1e-12)
+    assert not np.allclose(model.params.flat, npvit.ViT(cfg, dtype="float64", seed=0).params.flat)
+
+
+needs_mpi = pytest.mark.skipif(shutil.which("mpiexec") is None or importlib.util.find_spec("mpi4py") is None,
+                               reason="mpiexec or mpi4py missing: pip install -e '.[mpi]'")
+
+
+@needs_mpi
+def test_scaling_script_measures_both_layouts_and_reprints_from_json(tmp_path) -> None:
+    out = tmp_path / "scaling.json"
+    proc = subprocess.run([sys.executable, str(SCALING_PY), "--preset", "tiny", "--batch", "4", "--steps", "1",
+                           "--allreduce-repeats", "1", "--layouts", "1x2,2x1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    one, two = results["layouts"]["1 process x 2 threads"][0], results["layouts"]["2 processes x 1 thread"][0]
+    params = npvit.ViT(npvit.ViTConfig.tiny()).num_params()
+    assert one["ranks"] == 1 and two["ranks"] == 2 and one["gradient_bytes"] == two["gradient_bytes"] == 4 * params
+    assert one["median_s"]["step"] > 0 and two["allreduce_alone_s"] > 0
+    # the two ranks held different images: equal weights after the step mean the gradients were summed
+    assert two["ranks_agree"] is True and len(two["samples"]) == 2
+    for title in ("## Measured on this machine", "## Projection", "### Where the split batch stops scaling"):
+        assert title in proc.stdout
+    again = subprocess.run([sys.executable, str(SCALING_PY), "--from", str(out)], capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and again.stdout == proc.stdout.replace(f"Results written to {out}\n", "")

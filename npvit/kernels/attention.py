@@ -25,13 +25,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..backend import batch_chunks, get_array_module
+from ..backend import batch_chunks, get_array_module, scores_transposed
 from .dense import DenseCache, dense_backward, dense_forward
 from .dropout import DropoutCache, DropoutKey, dropout_mask, dropout_scale
 from .softmax import LOG2_E, softmax_backward, softmax_forward
 
 Array = Any
-# (q, k, v, P^T, dropout mask and factor, the factor q arrived multiplied by)
+# (q, k, v, P in the backend's layout (see scores_transposed), dropout mask and factor, the factor q arrived
+# multiplied by)
 AttentionCoreCache = tuple[Array, Array, Array, Array, DropoutCache, float]
 AttentionCache = tuple[DenseCache, AttentionCoreCache, DenseCache]
 
@@ -58,35 +59,56 @@ def attention_core_forward(
     P nor the cache, and returns None for both. ``q_scale`` says that ``q`` arrives already multiplied by
     that factor (mha_forward folds query_scale(d) into the projection's weights, which spares a pass over Q); the
     core applies what remains, and the backward pass returns the gradient with respect to the ``q`` given.
+    P is returned as a (B, H, N_query, N_key) array or view.
 
-    The scores are computed and kept transposed, S^T = K (Q / sqrt(d))^T with keys along axis -2, because
-    NumPy's max and sum across rows are several times faster than along 144-long rows; every product below
-    reads the transposed matrices through BLAS' transpose flags, without copies. The batch is processed in
-    chunks whose scores fit in a core's cache (npvit.backend.batch_chunks), so that the softmax and dropout
-    passes read the cache instead of memory. P is returned as a (B, H, N_query, N_key) view.
+    The backend chooses the layout of the scores (npvit.backend.scores_transposed); the formulas are the same.
+    NumPy keeps them transposed, S^T = K (Q / sqrt(d))^T with keys along axis -2, because its max and sum
+    across rows are several times faster than along 144-long rows; every product reads the transposed
+    matrices through BLAS' transpose flags, without copies; and the batch is processed in chunks whose scores
+    fit in a core's cache (npvit.backend.batch_chunks), so that the softmax and dropout passes read the cache
+    instead of memory. A GPU keeps S (..., N_query, N_key) with the softmax over the last axis, takes Q, K
+    and V contiguous, and computes the whole batch at once: its batched products copy every operand that is
+    not contiguous, and this way no (N, N) matrix is ever one of those.
+
+    The dropout mask is drawn (B, H, N_key, N_query) in both layouts (each image's part keyed by its sample
+    index, npvit.kernels.dropout); the GPU layout reads it transposed.
     """
     xp = get_array_module(q)
+    transposed = scores_transposed(xp)
+    if not transposed:
+        q, k, v = xp.ascontiguousarray(q), xp.ascontiguousarray(k), xp.ascontiguousarray(v)
     b, h, n, d = q.shape
+    n_key = k.shape[2]
     remaining = query_scale(d) / q_scale
     scale = None if remaining == 1.0 else q.dtype.type(remaining)
     o = xp.empty((b, h, n, v.shape[-1]), dtype=q.dtype) if out is None else out
-    pt = xp.empty((b, h, k.shape[2], n), dtype=q.dtype) if keep else None  # P^T for all chunks
+    score_shape = (b, h, n_key, n) if transposed else (b, h, n, n_key)
+    ps = xp.empty(score_shape, dtype=q.dtype) if keep else None  # P (P^T on NumPy) for all chunks
     # The dropout mask of image i is drawn as (H, N_key, N_query), the layout of the transposed scores.
-    mask = dropout_mask((b, h, k.shape[2], n), dropout_rate, key, xp) if dropout_rate > 0.0 else None
+    mask = dropout_mask((b, h, n_key, n), dropout_rate, key, xp) if dropout_rate > 0.0 else None
     keep_scale = dropout_scale(dropout_rate)
     for sl in _score_chunks(q, k):
         qs = q[sl] if scale is None else q[sl] * scale
-        st = xp.matmul(k[sl], qs.swapaxes(-1, -2), out=None if pt is None else pt[sl])  # S^T log2(e): (c,H,Nk,Nq)
-        softmax_forward(st, axis=-2, out=st, base2=True)  # over the keys; in place: the scores are not needed again
-        if mask is None:
-            xp.matmul(st.swapaxes(-1, -2), v[sl], out=o[sl])  # O = P V
-        else:  # O = (P * mask / (1 - p)) V: the factor goes on O, (N, d), rather than on the (N, N) matrix
-            xp.matmul((st * mask[sl]).swapaxes(-1, -2), v[sl], out=o[sl])
+        s = None if ps is None else ps[sl]
+        if transposed:
+            s = xp.matmul(k[sl], qs.swapaxes(-1, -2), out=s)  # S^T log2(e): (c, H, Nk, Nq)
+            softmax_forward(s, axis=-2, out=s, base2=True)  # over the keys; in place: the scores are not needed again
+            a = s if mask is None else s * mask[sl]  # O = (P * mask / (1 - p)) V: the factor goes on O, (N, d),
+            xp.matmul(a.swapaxes(-1, -2), v[sl], out=o[sl])  # rather than on the (N, N) matrix
+        else:
+            s = xp.matmul(qs, k[sl].swapaxes(-1, -2), out=s)  # S log2(e): (c, H, Nq, Nk)
+            softmax_forward(s, axis=-1, out=s, base2=True)
+            a = s if mask is None else s * mask[sl].swapaxes(-1, -2)
+            if o.flags.c_contiguous:
+                xp.matmul(a, v[sl], out=o[sl])
+            else:  # a strided out= would be written through a temporary anyway: copy once, in the open
+                o[sl] = xp.matmul(a, v[sl])
+        if mask is not None:
             o[sl] *= o.dtype.type(keep_scale)
     if not keep:
         return o, None, None
     drop = None if mask is None else (mask, keep_scale)
-    return o, pt.swapaxes(-1, -2), (q, k, v, pt, drop, q_scale)
+    return o, (ps.swapaxes(-1, -2) if transposed else ps), (q, k, v, ps, drop, q_scale)
 
 
 def attention_core_backward(
@@ -94,28 +116,45 @@ def attention_core_backward(
 ) -> tuple[Array, Array, Array]:
     """Gradients of attention_core_forward: returns (dq, dk, dv), written into ``out`` when given.
 
-    Works on the transposed matrices, chunk by chunk like the forward pass. With dropout, A = P * m / (1 - p)
-    for the keep mask m; the factor 1 / (1 - p) is left out of the (N, N) products and applied to the (N, d)
-    results instead (dV directly; dQ and dK through dS, which is linear in dP).
+    Works in the forward pass's layout, chunk by chunk like it. With dropout, A = P * m / (1 - p) for the keep
+    mask m; the factor 1 / (1 - p) is left out of the (N, N) products and applied to the (N, d) results
+    instead (dV directly; dQ and dK through dS, which is linear in dP). On a GPU the products that would read
+    an (N, N) matrix transposed are computed transposed instead, dV^T = dO^T A and dK^T = Q^T dS, so that
+    only (N, d) operands are ever copied; the results go to ``out`` through one scaling pass each.
     """
-    q, k, v, pt, drop, q_scale = cache
+    q, k, v, ps, drop, q_scale = cache
     xp = get_array_module(do)
+    transposed = scores_transposed(xp)
+    if not transposed:
+        do = xp.ascontiguousarray(do)
     scale = q.dtype.type(1.0 / (math.sqrt(q.shape[-1]) * q_scale))  # S = q K^T / (sqrt(d) q_scale)
     keep_scale = q.dtype.type(1.0 if drop is None else drop[1])
     dq, dk, dv = out if out is not None else (xp.empty_like(q), xp.empty_like(k), xp.empty_like(v))
     for sl in _score_chunks(q, k):
-        p_c = pt[sl]
+        p_c = ps[sl]
         mask = None if drop is None else drop[0][sl]
-        xp.matmul(p_c if mask is None else p_c * mask, do[sl], out=dv[sl])  # dV = A^T dO, but for the factor
-        dpt = v[sl] @ do[sl].swapaxes(-1, -2)  # dA^T = V dO^T
+        if transposed:
+            xp.matmul(p_c if mask is None else p_c * mask, do[sl], out=dv[sl])  # dV = A^T dO, but for the factor
+            dpt = v[sl] @ do[sl].swapaxes(-1, -2)  # dA^T = V dO^T
+            if mask is not None:
+                dv[sl] *= keep_scale
+                xp.multiply(dpt, mask, out=dpt)  # dropout's backward, but for the factor
+            dst = softmax_backward(dpt, p_c, axis=-2, out=dpt)  # dS^T, in place: dP^T is not needed again
+            xp.matmul(dst, q[sl], out=dk[sl])  # dK = dS^T (Q / sqrt(d))
+            dk[sl] *= scale * keep_scale
+            xp.matmul(dst.swapaxes(-1, -2), k[sl], out=dq[sl])  # dQ = dS K / sqrt(d)
+            dq[sl] *= scale * keep_scale
+            continue
+        mask = None if mask is None else mask.swapaxes(-1, -2)  # (c, H, Nq, Nk), as P
+        dvt = xp.matmul(do[sl].swapaxes(-1, -2), p_c if mask is None else p_c * mask)  # dV^T = dO^T A
+        xp.multiply(dvt.swapaxes(-1, -2), keep_scale, out=dv[sl])
+        dp = xp.matmul(do[sl], v[sl].swapaxes(-1, -2))  # dA = dO V^T
         if mask is not None:
-            dv[sl] *= keep_scale
-            xp.multiply(dpt, mask, out=dpt)  # dropout's backward, but for the factor
-        dst = softmax_backward(dpt, p_c, axis=-2, out=dpt)  # dS^T, in place: dP^T is not needed again
-        xp.matmul(dst, q[sl], out=dk[sl])  # dK = dS^T (Q / sqrt(d))
-        dk[sl] *= scale * keep_scale
-        xp.matmul(dst.swapaxes(-1, -2), k[sl], out=dq[sl])  # dQ = dS K / sqrt(d)
-        dq[sl] *= scale * keep_scale
+            xp.multiply(dp, mask, out=dp)
+        ds = softmax_backward(dp, p_c, axis=-1, out=dp)  # dS, in place
+        xp.multiply(xp.matmul(ds, k[sl]), scale * keep_scale, out=dq[sl])  # dQ = dS K / sqrt(d)
+        dkt = xp.matmul(q[sl].swapaxes(-1, -2), ds)  # dK^T = (Q / sqrt(d))^T dS
+        xp.multiply(dkt.swapaxes(-1, -2), scale * keep_scale, out=dk[sl])
     return dq, dk, dv
 
 
@@ -137,15 +176,22 @@ def mha_forward(
     xp = get_array_module(x)
     b, n, _ = x.shape
     hd = w_qkv.shape[1] // 3
-    q_scale = query_scale(hd // num_heads)
+    d = hd // num_heads
+    q_scale = query_scale(d)
     w_scaled, b_scaled = _query_scaled(w_qkv, hd, q_scale), _query_scaled(b_qkv, hd, q_scale)
     qkv, c_qkv = dense_forward(x, w_scaled, b_scaled)  # [Q q_scale | K | V]: the GEMM applies the scale
     # (B, N, 3, H, d) -> (3, B, H, N, d): heads become a batch axis of the matmuls below
-    qkv = qkv.reshape(b, n, 3, num_heads, hd // num_heads).transpose(2, 0, 3, 1, 4)
-    o = xp.empty((b, n, num_heads, hd // num_heads), dtype=x.dtype)  # heads side by side, as the projection reads
-    _, p, c_core = attention_core_forward(
-        qkv[0], qkv[1], qkv[2], dropout_rate, key, out=o.transpose(0, 2, 1, 3), keep=keep, q_scale=q_scale
-    )
+    qkv = qkv.reshape(b, n, 3, num_heads, d).transpose(2, 0, 3, 1, 4)
+    if scores_transposed(xp):  # NumPy: views; O written straight into the layout the projection reads
+        o = xp.empty((b, n, num_heads, d), dtype=x.dtype)  # heads side by side
+        _, p, c_core = attention_core_forward(
+            qkv[0], qkv[1], qkv[2], dropout_rate, key, out=o.transpose(0, 2, 1, 3), keep=keep, q_scale=q_scale
+        )
+    else:  # GPU: Q, K and V made contiguous in one pass; O contiguous, its heads put side by side in one copy
+        qkv = xp.ascontiguousarray(qkv)
+        o, p, c_core = attention_core_forward(qkv[0], qkv[1], qkv[2], dropout_rate, key, keep=keep,
+                                              q_scale=q_scale)
+        o = o.transpose(0, 2, 1, 3)
     y, c_out = dense_forward(o.reshape(b, n, hd), w_out, b_out)
     return y, ((c_qkv, c_core, c_out) if keep else None), p
 
@@ -171,7 +217,8 @@ def mha_backward(
     # dQ, dK and dV go straight into the (B, N, 3, H, d) layout the fused projection produced, undoing the
     # split of mha_forward without a copy.
     dqkv = get_array_module(do).empty((b, n, 3, num_heads, hd // num_heads), dtype=do.dtype)
-    attention_core_backward(do, c_core, out=tuple(dqkv.transpose(2, 0, 3, 1, 4)))
+    split = dqkv.transpose(2, 0, 3, 1, 4)
+    attention_core_backward(do, c_core, out=(split[0], split[1], split[2]))
     q_scale = c_core[5]
     dx, dw_qkv, db_qkv = dense_backward(dqkv.reshape(b, n, 3 * hd), c_qkv, _query_scaled(w_qkv, hd, q_scale))
     dw_qkv[:, :hd] *= dw_qkv.dtype.type(q_scale)  # the forward pass multiplied W's query columns by q_scale

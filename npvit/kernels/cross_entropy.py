@@ -11,37 +11,55 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy
+
 from ..backend import get_array_module
 
 Array = Any
 CrossEntropyCache = tuple[Array, Array, float]  # (p, labels, smoothing)
 
 
-def check_labels(labels: Array, batch: int, num_classes: int) -> None:
-    """Raise ValueError unless ``labels`` is a (batch,) integer array with values in [0, num_classes)."""
-    xp = get_array_module(labels)
-    if labels.ndim != 1 or labels.shape[0] != batch:
-        raise ValueError(f"labels must have shape ({batch},) to match the logits, got {tuple(labels.shape)}")
-    if not xp.issubdtype(labels.dtype, xp.integer):
+def check_labels(labels: Any, num_classes: int) -> None:
+    """Raise ValueError unless host ``labels`` are integers in [0, num_classes). Reads every value: call it once
+    per dataset, on the host, before training or evaluating (cross_entropy_forward cannot check values on a
+    GPU without a blocking copy to the host at every step)."""
+    labels = numpy.asarray(labels)
+    if not numpy.issubdtype(labels.dtype, numpy.integer):
         raise ValueError(f"labels must be integers (class indices), got dtype {labels.dtype}")
-    if batch and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(
             f"labels must be in [0, {num_classes}) for {num_classes} classes, "
             f"got values from {int(labels.min())} to {int(labels.max())}"
         )
 
 
+def _check_label_array(labels: Array, batch: int, num_classes: int) -> None:
+    """Shape and dtype of ``labels`` for a batch of logits; their values too where that is free (NumPy)."""
+    xp = get_array_module(labels)
+    if labels.ndim != 1 or labels.shape[0] != batch:
+        raise ValueError(f"labels must have shape ({batch},) to match the logits, got {tuple(labels.shape)}")
+    if xp is numpy:
+        check_labels(labels, num_classes)
+    elif not xp.issubdtype(labels.dtype, xp.integer):
+        raise ValueError(f"labels must be integers (class indices), got dtype {labels.dtype}")
+
+
 def cross_entropy_forward(
     logits: Array, labels: Array, label_smoothing: float = 0.0
 ) -> tuple[Array, CrossEntropyCache]:
-    """Mean cross-entropy of ``logits`` (B, K) against integer ``labels`` (B,). Returns (loss, cache)."""
+    """Mean cross-entropy of ``logits`` (B, K) against integer ``labels`` (B,). Returns (loss, cache).
+
+    The loss is a 0-d array of the logits' backend. Label values are checked here on NumPy only; on a GPU the
+    caller checks them once on the host with :func:`check_labels` (CuPy wraps an out-of-range index around
+    instead of raising).
+    """
     xp = get_array_module(logits)
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (batch, classes), got {tuple(logits.shape)}")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     batch, k = logits.shape
-    check_labels(labels, batch, k)
+    _check_label_array(labels, batch, k)
     shifted = logits - logits.max(axis=1, keepdims=True)
     logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
     nll = -logp[xp.arange(batch), labels]

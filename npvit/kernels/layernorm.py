@@ -6,14 +6,15 @@
                g = dy * gamma
                dx = rstd * (g - mean(g) - xhat * mean(g * xhat))       (means over the last axis)
 
-The backward formula is derived step by step in docs/math.md ("Layer normalization").
+The backward formula is derived step by step in docs/math.md ("Layer normalization"). The four per-row means
+are weighted row sums (npvit.backend.row_dot): matrix-vector products on NumPy, reductions on a GPU.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..backend import get_array_module
+from ..backend import get_array_module, row_dot
 
 Array = Any
 LayerNormCache = tuple[Array, Array]  # (xhat as (rows, D), rstd as (rows,))
@@ -26,9 +27,8 @@ def layernorm_forward(
     d = x.shape[-1]
     x2 = x.reshape(-1, d)
     row_mean = get_array_module(x).full(d, 1.0 / d, dtype=x.dtype)
-    # Row means as matrix-vector products: BLAS does them several times faster than NumPy reduces 64-long rows.
-    xc = x2 - (x2 @ row_mean)[:, None]
-    rstd = 1.0 / ((xc * xc) @ row_mean + x.dtype.type(eps)) ** 0.5
+    xc = x2 - row_dot(x2, row_mean)[:, None]
+    rstd = 1.0 / (row_dot(xc * xc, row_mean) + x.dtype.type(eps)) ** 0.5
     xhat = xc
     xhat *= rstd[:, None]  # reuse the centred buffer: xc is not needed again
     y = xhat * gamma
@@ -47,8 +47,8 @@ def layernorm_backward(
     dgamma = dyx.sum(axis=0)
     dbeta = dy2.sum(axis=0)
     g_mean = gamma * gamma.dtype.type(1.0 / d)
-    mean_g = dy2 @ g_mean  # mean(g) with g = dy * gamma, per row
-    mean_gx = dyx @ g_mean  # mean(g * xhat), per row
+    mean_g = row_dot(dy2, g_mean)  # mean(g) with g = dy * gamma, per row
+    mean_gx = row_dot(dyx, g_mean)  # mean(g * xhat), per row
     dx = dy2 * gamma
     dx -= mean_g[:, None]
     dx -= get_array_module(dx).multiply(xhat, mean_gx[:, None], out=dyx)  # dyx's buffer is free again

@@ -5,7 +5,8 @@
 
 Only the output is cached: the Jacobian diag(y) - y y^T is written in terms of y alone (docs/math.md).
 ``axis`` exists for speed: NumPy reduces across rows (axis -2) several times faster than along short rows
-(axis -1), so the attention core keeps its scores transposed and normalises over axis -2.
+(axis -1), so on NumPy the attention core keeps its scores transposed and normalises over axis -2 (on a GPU,
+over the last axis: npvit.backend.scores_transposed).
 """
 
 from __future__ import annotations

@@ -1,0 +1,734 @@
+"""A stand-in for CuPy that runs on the CPU and makes every host synchronisation visible.
+
+``install()`` (or the ``fake_cupy`` fixture) puts a module object in ``sys.modules["cupy"]`` (with ``cupyx``,
+``cupyx.scipy.special`` and ``cupyx.scipy.ndimage``), so that ``npvit.get_backend("cupy")``,
+``get_array_module`` and every ``xp is not numpy`` branch take npvit's GPU code path on the CPU. Its
+``ndarray`` holds a NumPy array and behaves as a device array does:
+
+* Converting it to a host value -- ``float()``, ``int()``, ``bool()``, ``operator.index``, ``complex()``,
+  ``item()``, ``tolist()``, iterating over it, indexing it with a boolean mask (the result's size depends on
+  the data) -- is a blocking device-to-host synchronisation on a GPU. Here it raises :class:`HostSyncError`
+  (strict mode, the default) or, inside ``syncs.recording()``, is recorded with the line of npvit that did it.
+  ``HostSyncError`` derives from BaseException, so ``except Exception`` in the code under test cannot hide it.
+* ``numpy.asarray(device_array)`` (``__array__``) always raises, as CuPy does ("implicit conversion to a NumPy
+  array is not allowed"); NumPy ufuncs and binary operators with a NumPy array operand raise ``TypeError``.
+* ``.get()`` and ``cupy.asnumpy`` -- explicit copies to the host -- work and are counted (``syncs.gets``);
+  host data turned into device arrays (``asarray`` of a NumPy array, list or scalar) is counted too
+  (``syncs.uploads``), as are stream synchronisations (``syncs.synchronizes``).
+
+Only names CuPy 14 has are offered (each checked against CuPy 14.2's namespace), with CuPy's semantics where
+they differ from NumPy's: reductions return 0-d arrays, not scalars; ``random.Generator`` draws are device
+arrays; ``random.Philox4x3210(seed, size=...)`` refuses a size that is not a multiple of 256 (CuPy's kernels
+would read and write states past the end); NumPy 2 type promotion (CuPy 14 follows NEP 50). Generators draw
+from NumPy's Philox, so the numbers differ from a GPU's (tests compare paths, never hard-coded draws).
+
+Use in a test module::
+
+    from fakecupy import fake_cupy, host_syncs, to_fake, from_fake   # the fixtures, and setup/check helpers
+
+    def test_steps_without_a_sync(fake_cupy, host_syncs):
+        backend = npvit.get_backend("cupy")             # the fake; its smoke test reads back once
+        host_syncs.reset()
+        ...                                             # any implicit host read raises HostSyncError
+        assert host_syncs.gets == 0                     # and no explicit copy either
+
+``with host_syncs.recording():`` records instead of raising; ``host_syncs.sites`` then names each line that
+synchronised. ``to_fake``/``from_fake`` move test data in and out without being counted.
+
+``cupy.fuse`` is an identity decorator (the function runs op by op). ``cupy.ElementwiseKernel`` cannot run
+CUDA C: call ``emulate_kernel(name, function)`` to give the kernel of that name a NumPy implementation.
+TF32 switches (``cupy._core.set_compute_type``, ``cupy.cuda.cublas.setMathMode``) are recorded in
+``fake.tf32_calls`` and modelled: float32 matrix products round their inputs to TF32 where CuPy's would --
+2-D products when the compute type is TF32, batched (ndim > 2) ones when the cuBLAS math mode is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import sys
+import traceback
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy
+import pytest
+import scipy.ndimage
+import scipy.special
+
+THIS_FILE = __file__.rsplit(".", 1)[0]
+
+
+class HostSyncError(BaseException):
+    """A device array was turned into a host value: on a GPU this drains the stream and blocks."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where an implicit host synchronisation happened: the innermost frame outside this file."""
+
+    what: str
+    filename: str
+    lineno: int
+    function: str
+
+    def __str__(self) -> str:
+        return f"{self.what} at {self.filename}:{self.lineno} in {self.function}()"
+
+
+@dataclass
+class HostSyncs:
+    """What crossed between the fake device and the host since the last ``reset()``."""
+
+    strict: bool = True
+    sites: list[Site] = field(default_factory=list)  # implicit syncs, recorded when not strict
+    gets: int = 0  # explicit copies to the host (.get(), cupy.asnumpy)
+    uploads: int = 0  # host data made into device arrays
+    synchronizes: int = 0  # stream / device synchronisations
+
+    def reset(self) -> None:
+        self.sites.clear()
+        self.gets = self.uploads = self.synchronizes = 0
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator["HostSyncs"]:
+        """Record implicit syncs in ``sites`` instead of raising, inside the block."""
+        previous, self.strict = self.strict, False
+        try:
+            yield self
+        finally:
+            self.strict = previous
+
+    def sync(self, what: str) -> None:
+        if self.strict:
+            raise HostSyncError(f"{what} of a device array: a blocking device-to-host synchronisation")
+        frame = next(f for f in reversed(traceback.extract_stack()[:-1]) if not f.filename.startswith(THIS_FILE))
+        self.sites.append(Site(what, frame.filename, frame.lineno or 0, frame.name))
+
+    def functions(self) -> set[str]:
+        """Names of the functions where the recorded syncs happened."""
+        return {site.function for site in self.sites}
+
+
+SYNCS = HostSyncs()
+_SCALARS = (bool, int, float, complex, numpy.generic)
+
+
+# ------------------------------------------------------------------------------------------------ arrays
+def _unwrap(value: Any) -> Any:
+    """Fake arrays (also inside lists and tuples) -> their NumPy arrays; NumPy arrays are refused."""
+    if isinstance(value, ndarray):
+        return value._a
+    if isinstance(value, numpy.ndarray):
+        raise TypeError(f"Unsupported type {type(value)}: a host array given to a device operation "
+                        "(move it with cupy.asarray first)")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unwrap(v) for v in value)
+    return value
+
+
+def _wrap(value: Any) -> Any:
+    """NumPy results -> fake arrays (NumPy scalars become 0-d arrays, as CuPy returns)."""
+    if isinstance(value, numpy.ndarray):
+        return ndarray._of(value)
+    if isinstance(value, numpy.generic):
+        return ndarray._of(numpy.asarray(value))
+    if isinstance(value, tuple):
+        return tuple(_wrap(v) for v in value)
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value
+
+
+def _operand(value: Any) -> Any:
+    if isinstance(value, ndarray):
+        return value._a
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, numpy.ndarray):
+        raise TypeError(f"Unsupported type {type(value)}: operands must be device arrays or scalars")
+    return NotImplemented
+
+
+def _tf32(a: Any) -> Any:
+    """float32 values rounded to TF32 (10-bit mantissa, round to nearest), as tensor cores read them."""
+    if not isinstance(a, numpy.ndarray) or a.dtype != numpy.float32:
+        return a
+    bits = a.view(numpy.uint32)
+    return ((bits + numpy.uint32(0x1000)) & numpy.uint32(0xFFFFE000)).view(numpy.float32)
+
+
+def _product(fn: Callable, batched: bool | None = None) -> Callable:
+    """A matrix product that rounds float32 inputs to TF32 where CuPy would: 2-D products (cublasGemmEx)
+    when the float32 compute type is TF32, batched ones (ndim > 2: cublasGemmStridedBatchedEx, given no
+    compute type) when the cuBLAS math mode is TF32; on compute capability 8.0 or later only."""
+    def product(a: Any, b: Any, *args: Any, **kwargs: Any) -> Any:
+        is_batched = batched if batched is not None else max(numpy.ndim(a), numpy.ndim(b)) > 2
+        on = (FAKE.math_mode == 3) if is_batched else (FAKE.compute_type == 7)
+        if on and int(FAKE.compute_capability) >= 80:
+            a, b = _tf32(a), _tf32(b)
+        return fn(a, b, *args, **kwargs)
+    return product
+
+
+def _binary(op: Callable, reflected: bool = False) -> Callable:
+    def method(self: "ndarray", other: Any) -> Any:
+        b = _operand(other)
+        if b is NotImplemented:
+            return NotImplemented
+        return _wrap(op(b, self._a) if reflected else op(self._a, b))
+    return method
+
+
+def _inplace(op: Callable) -> Callable:
+    def method(self: "ndarray", other: Any) -> "ndarray":
+        b = _operand(other)
+        if b is NotImplemented:
+            return NotImplemented
+        op(self._a, b, out=self._a, casting="same_kind")
+        return self
+    return method
+
+
+def _index(key: Any) -> Any:
+    """An index with fake arrays unwrapped; host integer arrays (which CuPy uploads) counted as uploads."""
+    items = key if isinstance(key, tuple) else (key,)
+    out = []
+    for k in items:
+        if isinstance(k, ndarray):
+            out.append(k._a)
+        elif isinstance(k, (numpy.ndarray, list)):
+            SYNCS.uploads += 1
+            out.append(numpy.asarray(k))
+        else:
+            out.append(k)
+    return tuple(out) if isinstance(key, tuple) else out[0]
+
+
+class ndarray:  # noqa: N801 -- CuPy's name
+    """A device array of the fake CuPy (see the module docstring)."""
+
+    __slots__ = ("_a", "__weakref__")
+    __array_ufunc__ = None  # NumPy ufuncs and operators defer to us, and we refuse host operands
+    __array_priority__ = 1000
+
+    def __init__(self, shape: Any, dtype: Any = float, order: str = "C") -> None:
+        self._a = numpy.empty(shape, dtype=dtype, order=order)
+
+    @classmethod
+    def _of(cls, a: numpy.ndarray) -> "ndarray":
+        obj = cls.__new__(cls)
+        obj._a = a
+        return obj
+
+    # -- attributes
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    strides = property(lambda self: self._a.strides)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: ndarray._of(self._a.T))
+    base = property(lambda self: None if self._a.base is None else ndarray._of(self._a.base))
+
+    def __len__(self) -> int:
+        return len(self._a)
+
+    # -- host conversions: synchronisations
+    def __float__(self) -> float:
+        SYNCS.sync("float()")
+        return float(self._a)
+
+    def __int__(self) -> int:
+        SYNCS.sync("int()")
+        return int(self._a)
+
+    def __index__(self) -> int:
+        SYNCS.sync("operator.index()")
+        return operator.index(self._a)
+
+    def __bool__(self) -> bool:
+        SYNCS.sync("bool()")
+        return bool(self._a)
+
+    def __complex__(self) -> complex:
+        SYNCS.sync("complex()")
+        return complex(self._a)
+
+    def item(self) -> Any:
+        SYNCS.sync("item()")
+        return self._a.item()
+
+    def tolist(self) -> Any:
+        SYNCS.sync("tolist()")
+        return self._a.tolist()
+
+    def __iter__(self) -> Iterator["ndarray"]:
+        SYNCS.sync("iteration")
+        return iter([ndarray._of(self._a[i, ...]) for i in range(len(self._a))])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> numpy.ndarray:
+        raise HostSyncError("numpy.asarray() of a device array: CuPy refuses implicit conversion to a NumPy "
+                            "array (TypeError); copy explicitly with .get()")
+
+    def get(self, stream: Any = None, order: str = "C", out: Any = None, blocking: bool = True) -> numpy.ndarray:
+        """Explicit copy to the host: allowed, counted."""
+        SYNCS.gets += 1
+        return numpy.array(self._a, order=order)
+
+    def __repr__(self) -> str:  # reading the values would sync: show what is known on the host
+        return f"fakecupy.ndarray(shape={self.shape}, dtype={self.dtype})"
+
+    __str__ = __repr__
+
+    # -- indexing
+    def __getitem__(self, key: Any) -> "ndarray":
+        idx = _index(key)
+        for k in idx if isinstance(idx, tuple) else (idx,):
+            if isinstance(k, numpy.ndarray) and k.dtype == bool:
+                SYNCS.sync("boolean-mask indexing (a data-dependent size)")
+        result = self._a[idx]
+        if isinstance(result, numpy.generic):  # a full integer index: CuPy gives a 0-d view
+            result = self._a[(idx if isinstance(idx, tuple) else (idx,)) + (Ellipsis,)]
+        return ndarray._of(result)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(value, numpy.ndarray) or isinstance(value, (list, tuple)):
+            raise TypeError("CuPy refuses assignment from host arrays (cupy gh-2079): cupy.asarray() it first")
+        self._a[_index(key)] = _operand(value)
+
+    # -- methods (CuPy's ndarray has each of these; results are device arrays)
+    def reshape(self, *shape: Any, order: str = "C") -> "ndarray":
+        return ndarray._of(self._a.reshape(*shape, order=order))
+
+    def transpose(self, *axes: Any) -> "ndarray":
+        return ndarray._of(self._a.transpose(*axes))
+
+    def swapaxes(self, a: int, b: int) -> "ndarray":
+        return ndarray._of(self._a.swapaxes(a, b))
+
+    def astype(self, dtype: Any, order: str = "K", casting: Any = None, subok: Any = None,
+               copy: bool = True) -> "ndarray":
+        return ndarray._of(self._a.astype(dtype, order=order, copy=copy))
+
+    def copy(self, order: str = "C") -> "ndarray":
+        return ndarray._of(self._a.copy(order=order))
+
+    def view(self, dtype: Any = None) -> "ndarray":
+        return ndarray._of(self._a.view() if dtype is None else self._a.view(dtype))
+
+    def ravel(self, order: str = "C") -> "ndarray":
+        return ndarray._of(self._a.ravel(order=order))
+
+    def fill(self, value: Any) -> None:
+        self._a.fill(_operand(value))
+
+    def squeeze(self, axis: Any = None) -> "ndarray":
+        return ndarray._of(self._a.squeeze(axis=axis))
+
+    def __matmul__(self, other: Any) -> Any:
+        return _binary(_product(numpy.matmul))(self, other)
+
+    def __rmatmul__(self, other: Any) -> Any:
+        return _binary(_product(numpy.matmul), reflected=True)(self, other)
+
+    def __neg__(self) -> "ndarray":
+        return ndarray._of(-self._a)
+
+    def __pos__(self) -> "ndarray":
+        return ndarray._of(+self._a)
+
+    def __abs__(self) -> "ndarray":
+        return ndarray._of(abs(self._a))
+
+    def __invert__(self) -> "ndarray":
+        return ndarray._of(~self._a)
+
+
+def _reduction(name: str) -> Callable:
+    def method(self: ndarray, *args: Any, **kwargs: Any) -> Any:
+        kwargs = {k: _unwrap(v) for k, v in kwargs.items()}
+        return _wrap(getattr(self._a, name)(*_unwrap(args), **kwargs))
+    method.__name__ = name
+    return method
+
+
+for _name in ("sum", "mean", "max", "min", "argmax", "argmin", "all", "any", "prod", "var", "std", "cumsum",
+              "clip", "take", "repeat", "round"):
+    setattr(ndarray, _name, _reduction(_name))
+ndarray.dot = lambda self, b, out=None: _device_function(_product(numpy.dot, batched=False), "dot")(self, b, out=out)
+
+for _op, _fn in (("add", operator.add), ("sub", operator.sub), ("mul", operator.mul),
+                 ("truediv", operator.truediv), ("floordiv", operator.floordiv), ("mod", operator.mod),
+                 ("pow", operator.pow), ("and", operator.and_), ("or", operator.or_), ("xor", operator.xor),
+                 ("lshift", operator.lshift), ("rshift", operator.rshift)):
+    setattr(ndarray, f"__{_op}__", _binary(_fn))
+    setattr(ndarray, f"__r{_op}__", _binary(_fn, reflected=True))
+for _op, _ufunc in (("iadd", numpy.add), ("isub", numpy.subtract), ("imul", numpy.multiply),
+                    ("itruediv", numpy.true_divide), ("ifloordiv", numpy.floor_divide), ("imod", numpy.mod),
+                    ("ipow", numpy.power), ("iand", numpy.bitwise_and), ("ior", numpy.bitwise_or),
+                    ("ixor", numpy.bitwise_xor)):
+    setattr(ndarray, f"__{_op}__", _inplace(_ufunc))
+for _op, _fn in (("lt", operator.lt), ("le", operator.le), ("gt", operator.gt), ("ge", operator.ge),
+                 ("eq", operator.eq), ("ne", operator.ne)):
+    setattr(ndarray, f"__{_op}__", _binary(_fn))
+ndarray.__hash__ = None  # type: ignore[assignment]  # arrays with __eq__ are unhashable, as NumPy's and CuPy's
+
+
+# --------------------------------------------------------------------------------------------- functions
+def _device_function(fn: Callable, name: str) -> Callable:
+    """``fn`` (a NumPy function) taking and returning device arrays; ``out=`` (a device array) is honoured."""
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        out = kwargs.get("out")
+        kwargs = {k: _unwrap(v) for k, v in kwargs.items()}
+        result = fn(*_unwrap(args), **kwargs)
+        if isinstance(out, ndarray) and result is out._a:
+            return out
+        return _wrap(result)
+    wrapper.__name__ = wrapper.__qualname__ = name
+    return wrapper
+
+
+def _asarray(a: Any, dtype: Any = None, order: Any = None, *, blocking: bool = False) -> ndarray:
+    if isinstance(a, ndarray):
+        return a if dtype is None or numpy.dtype(dtype) == a.dtype else a.astype(dtype)
+    SYNCS.uploads += 1
+    return ndarray._of(numpy.array(a, dtype=dtype, order=order or "K"))
+
+
+def _array(a: Any, dtype: Any = None, copy: bool = True, order: str = "K", ndmin: int = 0) -> ndarray:
+    if isinstance(a, ndarray):
+        return ndarray._of(numpy.array(a._a, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
+    SYNCS.uploads += 1
+    return ndarray._of(numpy.array(a, dtype=dtype, order=order, ndmin=ndmin))
+
+
+def _asnumpy(a: Any, stream: Any = None, order: str = "C", out: Any = None, blocking: bool = True) -> numpy.ndarray:
+    if isinstance(a, ndarray):
+        return a.get(order=order)
+    return numpy.asarray(a, order=order)
+
+
+def _get_array_module(*args: Any) -> types.ModuleType:
+    module = sys.modules.get("cupy")
+    return module if any(isinstance(a, ndarray) for a in args) else numpy
+
+
+def _fuse(*args: Any, **kwargs: Any) -> Callable:
+    """cupy.fuse as a decorator with or without arguments; here the function runs op by op."""
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        return args[0]
+    return lambda fn: fn
+
+
+_EMULATIONS: dict[str, Callable] = {}
+
+
+def emulate_kernel(name: str, function: Callable) -> None:
+    """Give the ElementwiseKernel called ``name`` a NumPy implementation: ``function(*numpy_args)`` must write
+    the outputs into the NumPy arrays passed for them (as a kernel does) or return them."""
+    _EMULATIONS[name] = function
+
+
+class ElementwiseKernel:
+    """CuPy's ElementwiseKernel: runs the NumPy emulation registered under its name (see emulate_kernel)."""
+
+    def __init__(self, in_params: str, out_params: str, operation: str, name: str = "kernel", **kwargs: Any):
+        self.in_params, self.out_params, self.operation, self.name = in_params, out_params, operation, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.name not in _EMULATIONS:
+            raise NotImplementedError(f"fakecupy cannot run the CUDA C of ElementwiseKernel {self.name!r}; "
+                                      "register a NumPy emulation with fakecupy.emulate_kernel()")
+        return _wrap(_EMULATIONS[self.name](*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+
+
+# NumPy functions CuPy 14 offers under the same name and semantics (each checked against CuPy 14.2's namespace).
+FUNCTIONS = (
+    "abs", "absolute", "add", "all", "any", "arange", "argmax", "argmin", "argsort", "ascontiguousarray",
+    "bincount", "broadcast_to", "ceil", "clip", "concatenate", "copyto", "cos", "count_nonzero", "cumsum",
+    "divide", "dot", "einsum", "empty", "empty_like", "equal", "exp", "exp2", "expand_dims", "floor",
+    "floor_divide", "full", "full_like", "greater", "greater_equal", "isfinite", "isinf", "isnan", "less",
+    "less_equal", "linspace", "log", "log1p", "log2", "logical_and", "logical_not", "logical_or", "matmul",
+    "max", "maximum", "mean", "min", "minimum", "mod", "moveaxis", "multiply", "negative", "not_equal", "ones",
+    "ones_like", "outer", "pad", "power", "prod", "ravel", "reciprocal", "remainder", "repeat", "reshape",
+    "rint", "round", "sign", "sin", "sort", "sqrt", "square", "stack", "std", "subtract",
+    "sum", "swapaxes", "take", "take_along_axis", "tanh", "tensordot", "tile", "transpose", "true_divide",
+    "var", "where", "zeros", "zeros_like", "flip", "squeeze", "isclose", "allclose", "array_equal",
+)
+# NumPy objects CuPy re-exports as they are (dtypes, dtype helpers, constants).
+NUMPY_NAMES = (
+    "bool_", "int8", "int16", "int32", "int64", "intp", "uint8", "uint16", "uint32", "uint64", "float16",
+    "float32", "float64", "complex64", "complex128", "integer", "floating", "signedinteger", "unsignedinteger",
+    "number", "inexact", "dtype", "issubdtype", "iinfo", "finfo", "promote_types",
+    "newaxis", "pi", "e", "inf", "nan",
+)
+
+
+class _Stream:
+    def synchronize(self) -> None:
+        SYNCS.synchronizes += 1
+
+
+class _Device:
+    def __init__(self, device: int = 0) -> None:
+        self.id = device
+
+    compute_capability = property(lambda self: FAKE.compute_capability)
+
+    def synchronize(self) -> None:
+        SYNCS.synchronizes += 1
+
+    def use(self) -> None:
+        pass
+
+    def __enter__(self) -> "_Device":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    mem_info = property(lambda self: (64 << 30, 80 << 30))
+
+
+class _MemoryPool:
+    def used_bytes(self) -> int:
+        return 0
+
+    def total_bytes(self) -> int:
+        return 0
+
+    def free_all_blocks(self) -> None:
+        pass
+
+
+class _Generator:
+    """cupy.random.Generator over a fake bit generator: draws are device arrays."""
+
+    def __init__(self, bit_generator: "_Philox") -> None:
+        self.bit_generator = bit_generator
+        self._numpy = numpy.random.Generator(numpy.random.Philox(bit_generator.seed))
+
+    def random(self, size: Any = None, dtype: Any = numpy.float64, out: Any = None) -> ndarray:
+        dtype = numpy.dtype(dtype)
+        values = self._numpy.random(() if size is None else size, dtype=numpy.float64 if dtype.char == "d"
+                                    else numpy.float32)
+        result = ndarray._of(numpy.asarray(values).astype(dtype, copy=False))
+        if out is not None:
+            out[...] = result
+            return out
+        return result
+
+    def uniform(self, low: Any = 0.0, high: Any = 1.0, size: Any = None, dtype: Any = numpy.float64) -> ndarray:
+        low, high = _operand(low), _operand(high)
+        if size is None:
+            size = numpy.broadcast(numpy.asarray(low), numpy.asarray(high)).shape
+        y = self.random(size, dtype=numpy.float64 if numpy.dtype(dtype).char == "d" else numpy.float32)._a
+        return ndarray._of(numpy.asarray(low + (high - low) * y).astype(dtype, copy=False))
+
+    def integers(self, low: int, high: int | None = None, size: Any = None, dtype: Any = numpy.int64,
+                 endpoint: bool = False) -> ndarray:
+        values = self._numpy.integers(low, high, size=size, dtype=dtype, endpoint=endpoint)
+        return ndarray._of(numpy.asarray(values))
+
+    def standard_normal(self, size: Any = None, dtype: Any = numpy.float64) -> ndarray:
+        return ndarray._of(numpy.asarray(self._numpy.standard_normal(size, dtype=dtype)))
+
+
+class _Philox:
+    """cupy.random.Philox4x3210(seed=None, *, size=-1): ``size`` states (default: 8 x 256 x the SM count)."""
+
+    DEFAULT_SIZE = 8 * 256 * 132  # what CuPy chooses on an H100 (132 SMs)
+
+    def __init__(self, seed: Any = None, *, size: int = -1) -> None:
+        if isinstance(seed, ndarray):
+            seed = seed.get()
+        self.seed = numpy.random.SeedSequence(seed)
+        self.size = self.DEFAULT_SIZE if size < 0 else int(size)
+        if self.size % 256:
+            raise ValueError(f"fakecupy: Philox4x3210 size {self.size} is not a multiple of 256; CuPy's random "
+                             "kernels would read and write states past the end of the allocation")
+        FAKE.generators.append(self)
+
+
+@dataclass
+class FakeCupy:
+    """Settings and records of the installed fake (``fake.syncs``, ``fake.tf32_calls``, ...)."""
+
+    syncs: HostSyncs = field(default_factory=lambda: SYNCS)
+    device_count: int = 1
+    compute_capability: str = "90"
+    tf32_calls: list[tuple[str, Any]] = field(default_factory=list)
+    compute_type: int = 0  # CuPy's float32 compute type (0: not chosen yet, 1: default, 7: TF32)
+    math_mode: int = 0  # the cuBLAS handle's math mode (0: default, 3: TF32 tensor op math)
+    generators: list[_Philox] = field(default_factory=list)
+    modules: dict[str, types.ModuleType] = field(default_factory=dict)
+
+    @property
+    def cupy(self) -> types.ModuleType:
+        return self.modules["cupy"]
+
+
+FAKE = FakeCupy()
+
+
+def _build_modules() -> dict[str, types.ModuleType]:
+    cp = types.ModuleType("cupy")
+    cp.__version__ = "14.2.0+fake"
+    cp.ndarray = ndarray
+    for name in FUNCTIONS:
+        setattr(cp, name, _device_function(getattr(numpy, name), name))
+    cp.matmul = _device_function(_product(numpy.matmul), "matmul")
+    cp.dot = _device_function(_product(numpy.dot, batched=False), "dot")
+    cp.tensordot = _device_function(_product(numpy.tensordot, batched=False), "tensordot")
+    for name in NUMPY_NAMES:
+        setattr(cp, name, getattr(numpy, name))
+    cp.asarray, cp.array, cp.asnumpy = _asarray, _array, _asnumpy
+    cp.get_array_module = _get_array_module
+    cp.fuse = _fuse
+    cp.ElementwiseKernel = ElementwiseKernel
+    cp.get_default_memory_pool = lambda: _MemoryPool()
+    cp.get_default_pinned_memory_pool = lambda: _MemoryPool()
+
+    random = types.ModuleType("cupy.random")
+    random.Generator = _Generator
+    random.Philox4x3210 = _Philox
+    random.default_rng = lambda seed=None: _Generator(_Philox(seed))  # CuPy's default is XORWOW; same API
+    cp.random = random
+
+    cuda = types.ModuleType("cupy.cuda")
+    cuda.get_current_stream = lambda device=None: _Stream()
+    cuda.Stream = _Stream
+    cuda.Device = _Device
+    cuda.get_device_id = lambda: 0
+    cuda.is_available = lambda: FAKE.device_count > 0
+    runtime = types.ModuleType("cupy.cuda.runtime")
+    runtime.getDeviceCount = lambda: FAKE.device_count
+    runtime.runtimeGetVersion = lambda: 12080
+    runtime.driverGetVersion = lambda: 12080
+    runtime.getDeviceProperties = lambda device: {
+        "name": b"fakecupy CPU device", "totalGlobalMem": 80 << 30, "multiProcessorCount": 132,
+        "major": int(FAKE.compute_capability[:-1]), "minor": int(FAKE.compute_capability[-1])}
+    runtime.is_hip = False
+    cuda.runtime = runtime
+    device = types.ModuleType("cupy.cuda.device")
+    device.get_cublas_handle = lambda: 1
+    device.Device = _Device
+    cuda.device = device
+    cublas = types.ModuleType("cupy.cuda.cublas")
+    cublas.CUBLAS_DEFAULT_MATH, cublas.CUBLAS_TENSOR_OP_MATH = 0, 1
+
+    def set_math_mode(handle: int, mode: int) -> None:
+        FAKE.tf32_calls.append(("setMathMode", mode))
+        FAKE.math_mode = mode
+
+    cublas.setMathMode = set_math_mode
+    cuda.cublas = cublas
+    cp.cuda = cuda
+
+    core = types.ModuleType("cupy._core")
+    linalg = types.ModuleType("cupy._core._routines_linalg")
+    linalg.COMPUTE_TYPE_DEFAULT, linalg.COMPUTE_TYPE_TF32 = 1, 7  # _routines_linalg.pxd
+    core._routines_linalg = linalg
+
+    def set_compute_type(dtype: Any, compute_type: int) -> None:
+        FAKE.tf32_calls.append((f"set_compute_type({numpy.dtype(dtype).name})", compute_type))
+        if numpy.dtype(dtype) == numpy.float32:
+            FAKE.compute_type = compute_type
+
+    core.set_compute_type = set_compute_type
+    cp._core = core
+
+    cupyx = types.ModuleType("cupyx")
+    scipy_mod = types.ModuleType("cupyx.scipy")
+    special = types.ModuleType("cupyx.scipy.special")
+    for name in ("erf", "erfc", "ndtr", "log_ndtr"):
+        setattr(special, name, _device_function(getattr(scipy.special, name), name))
+    ndimage = types.ModuleType("cupyx.scipy.ndimage")
+    for name in ("map_coordinates", "affine_transform"):
+        setattr(ndimage, name, _device_function(getattr(scipy.ndimage, name), name))
+    scipy_mod.special, scipy_mod.ndimage = special, ndimage
+    cupyx.scipy = scipy_mod
+    modules = (cp, random, cuda, runtime, device, cublas, core, linalg, cupyx, scipy_mod, special, ndimage)
+    return dict(zip(_module_names(), modules))
+
+
+_SAVED: list[tuple[dict[str, Any], Any, dict[str, types.ModuleType], bool]] = []
+
+
+def _module_names() -> list[str]:
+    return ["cupy", "cupy.random", "cupy.cuda", "cupy.cuda.runtime", "cupy.cuda.device", "cupy.cuda.cublas",
+            "cupy._core", "cupy._core._routines_linalg", "cupyx", "cupyx.scipy", "cupyx.scipy.special",
+            "cupyx.scipy.ndimage"]
+
+
+def install() -> FakeCupy:
+    """Put a fresh fake in sys.modules (see the module docstring), strict, with its records cleared;
+    ``uninstall()`` restores what was there before (installs nest)."""
+    import npvit.backend as backend
+
+    _SAVED.append(({name: sys.modules.get(name) for name in _module_names()}, backend._BACKENDS.pop("cupy", None),
+                   FAKE.modules, SYNCS.strict))
+    FAKE.modules = _build_modules()
+    FAKE.tf32_calls.clear()
+    FAKE.generators.clear()
+    FAKE.device_count, FAKE.compute_capability, FAKE.compute_type, FAKE.math_mode = 1, "90", 0, 0
+    SYNCS.strict = True
+    SYNCS.reset()
+    sys.modules.update(FAKE.modules)
+    return FAKE
+
+
+def uninstall() -> None:
+    """Undo the last install()."""
+    import npvit.backend as backend
+
+    fake_module = FAKE.modules.get("cupy")
+    for key in [k for k in backend._CONSTANTS if k[0] is fake_module]:
+        del backend._CONSTANTS[key]
+    saved_modules, saved_backend, FAKE.modules, SYNCS.strict = _SAVED.pop()
+    for name, module in saved_modules.items():
+        if module is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = module
+    backend._BACKENDS.pop("cupy", None)
+    if saved_backend is not None:
+        backend._BACKENDS["cupy"] = saved_backend
+
+
+@pytest.fixture
+def fake_cupy() -> Iterator[FakeCupy]:
+    """The fake CuPy, installed for one test (strict: any implicit host sync raises HostSyncError)."""
+    fake = install()
+    try:
+        yield fake
+    finally:
+        uninstall()
+
+
+@pytest.fixture
+def host_syncs(fake_cupy: FakeCupy) -> HostSyncs:
+    """The counters of the installed fake CuPy, reset: ``gets``, ``uploads``, ``synchronizes``, ``sites``
+    (with ``recording()``) -- what a test of a training step asserts on."""
+    fake_cupy.syncs.reset()
+    return fake_cupy.syncs
+
+
+def to_fake(a: Any, dtype: Any = None) -> ndarray:
+    """A host array as a fake device array, without counting an upload (test setup)."""
+    return ndarray._of(numpy.array(a, dtype=dtype))
+
+
+def from_fake(a: Any) -> Any:
+    """A fake device array's values on the host, without counting a copy (test checks)."""
+    if isinstance(a, ndarray):
+        return a._a.copy()
+    if isinstance(a, (tuple, list)):
+        return type(a)(from_fake(v) for v in a)
+    if isinstance(a, dict):
+        return {k: from_fake(v) for k, v in a.items()}
+    return a
