@@ -414,9 +414,7 @@ TRAIN = ["--dataset", "synthetic", "--synthetic-size", "130,40", "--synthetic-im
          "--dtype", "float64", "--quiet"]
 NO_RANDOMNESS = ["--dropout", "0", "--attention-dropout", "0", "--head-dropout", "0", "--no-flip", "--rotation",
                  "0", "--zoom", "0"]
-DROPOUT = ["--dropout", "0.2", "--attention-dropout", "0.2", "--head-dropout", "0.3", "--no-flip", "--rotation",
-           "0", "--zoom", "0"]
-AUGMENTATION = ["--dropout", "0.2", "--attention-dropout", "0.2", "--head-dropout", "0.3"]  # and flip, rotation, zoom
+RANDOM = ["--dropout", "0.2", "--attention-dropout", "0.2", "--head-dropout", "0.3"]  # and flip, rotation, zoom
 
 
 def train_one(out: Path, *flags: str) -> int:
@@ -467,51 +465,46 @@ def test_two_ranks_train_the_model_one_process_trains(tmp_path) -> None:
     assert "2 processes (MPI (" in done.stdout
 
 
-@needs_mpi
-def test_random_streams_are_reproducible_on_two_ranks(tmp_path) -> None:
-    """Dropout, flips, rotations and zooms on: two runs on 2 ranks give the same bits."""
-    for run in ("a", "b"):
-        done = train_two(tmp_path / run, *TRAIN, *AUGMENTATION, "--epochs", "2")
-        assert done.returncode == 0, done.stderr
-    assert_same_run(tmp_path / "a", tmp_path / "b", 0.0)
-
-
 @pytest.fixture(scope="module")
-def dropout_run(tmp_path_factory) -> Path:
-    """One process, dropout on, 2 epochs: what the resumed runs must reproduce."""
-    out = tmp_path_factory.mktemp("dropout") / "one"
-    assert train_one(out, *TRAIN, *DROPOUT, "--epochs", "2") == 0
+def keyed_run(tmp_path_factory) -> Path:
+    """One process, dropout and augmentation on, 2 epochs: what the runs on 2 ranks must reproduce."""
+    out = tmp_path_factory.mktemp("keyed") / "one"
+    assert train_one(out, *TRAIN, *RANDOM, "--epochs", "2") == 0
     return out
 
 
 @needs_mpi
-def test_dropout_is_keyed_by_image_so_two_ranks_equal_one_process(tmp_path, dropout_run) -> None:
-    done = train_two(tmp_path / "two", *TRAIN, *DROPOUT, "--epochs", "2")
-    assert done.returncode == 0, done.stderr
-    assert_same_run(dropout_run, tmp_path / "two", 1e-10)
+def test_random_streams_are_keyed_by_image_so_two_ranks_equal_one_process(tmp_path, keyed_run) -> None:
+    """Dropout, flips, rotations and zooms on: two runs on 2 ranks give the same bits, and the numbers of one
+    process to 1e-10 (every stream is keyed by the step and the global image index)."""
+    for run in ("a", "b"):
+        done = train_two(tmp_path / run, *TRAIN, *RANDOM, "--epochs", "2")
+        assert done.returncode == 0, done.stderr
+    assert_same_run(tmp_path / "a", tmp_path / "b", 0.0)
+    assert_same_run(keyed_run, tmp_path / "a", 1e-10)
 
 
 @needs_mpi
-def test_resume_on_another_number_of_processes(tmp_path, dropout_run) -> None:
+def test_resume_on_another_number_of_processes(tmp_path, keyed_run) -> None:
     """A 1-process checkpoint continued on 2 ranks, and a 2-rank checkpoint continued on 1 process, end where
     one process going straight through ends."""
-    assert train_one(tmp_path / "1then2", *TRAIN, *DROPOUT, "--epochs", "1") == 0
+    assert train_one(tmp_path / "1then2", *TRAIN, *RANDOM, "--epochs", "1") == 0
     done = train_two(tmp_path / "1then2", "--resume", str(tmp_path / "1then2"), "--epochs", "2")
     assert done.returncode == 0, done.stderr
     assert "resumed" in done.stdout
-    assert_same_run(dropout_run, tmp_path / "1then2", 1e-10)
+    assert_same_run(keyed_run, tmp_path / "1then2", 1e-10)
 
-    done = train_two(tmp_path / "2then1", *TRAIN, *DROPOUT, "--epochs", "1")
+    done = train_two(tmp_path / "2then1", *TRAIN, *RANDOM, "--epochs", "1")
     assert done.returncode == 0, done.stderr
     assert train_one(tmp_path / "2then1", "--resume", str(tmp_path / "2then1"), "--epochs", "2") == 0
-    assert_same_run(dropout_run, tmp_path / "2then1", 1e-10)
+    assert_same_run(keyed_run, tmp_path / "2then1", 1e-10)
 
 
 def start_long_run(tmp_path: Path, **env: str) -> tuple[subprocess.Popen, dict[str, int]]:
     """2 ranks on a run too long to end by itself; returns once rank 0 has logged its first epoch."""
     pids = tmp_path / "pids"
     pids.mkdir()
-    proc = subprocess.Popen(mpiexec("train", *TRAIN, *DROPOUT, "--epochs", "100000", "--out", str(tmp_path / "run")),
+    proc = subprocess.Popen(mpiexec("train", *TRAIN, *RANDOM, "--epochs", "100000", "--out", str(tmp_path / "run")),
                             env=clean_environment(NPVIT_TEST_PIDS=str(pids), **env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     while True:
@@ -567,7 +560,7 @@ def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes_exactly(tmp_pa
     assert seconds < 10 and out.count("interrupted") == 1, out
     step = load_checkpoint(tmp_path / "run" / "last.npz").meta["state"]["global_step"]
     assert train_one(tmp_path / "run", "--resume", str(tmp_path / "run"), "--max-steps", str(step + 3)) == 0
-    assert train_one(tmp_path / "straight", *TRAIN, *DROPOUT, "--epochs", "100000", "--max-steps",
+    assert train_one(tmp_path / "straight", *TRAIN, *RANDOM, "--epochs", "100000", "--max-steps",
                      str(step + 3)) == 0
     assert_same_run(tmp_path / "straight", tmp_path / "run", 1e-10)
 
