@@ -217,6 +217,26 @@ def test_select_device_refuses_more_processes_than_gpus() -> None:
         select_device(0, 1, types.SimpleNamespace(cuda=FakeCuda(0)))
 
 
+def test_for_backend_picks_this_ranks_gpu_then_nccl() -> None:
+    """On CuPy with several processes: the node-local rank's GPU is made current, then NCCL is started with the
+    id rank 0 broadcast; NumPy, or one process, keeps the communicator it has."""
+    from npvit.distributed import for_backend
+
+    class SecondOfTwo:
+        rank, size, local_rank, local_size, name = 1, 2, 1, 2, "MPI (test)"
+
+        def broadcast(self, obj, root=0):
+            assert obj is None and root == 0  # rank 1 sends nothing: the id comes from rank 0
+            return list(range(-64, 64))
+
+    host, cupy, nccl = SecondOfTwo(), types.SimpleNamespace(cuda=FakeCuda(2)), FakeNccl(rank=1)
+    assert for_backend(host, "numpy", cupy=cupy, nccl=nccl) is host and cupy.cuda.used == []
+    assert for_backend(SingleProcess(), "cupy", cupy=cupy, nccl=nccl).size == 1 and cupy.cuda.used == []
+    gpu = for_backend(host, "cupy", cupy=cupy, nccl=nccl)
+    assert isinstance(gpu, NCCLCommunicator) and (gpu.rank, gpu.size) == (1, 2)
+    assert cupy.cuda.used == [1] and nccl.made == [(2, tuple(range(-64, 64)), 1)]
+
+
 # ---- two processes: the program each rank runs --------------------------------------------------------------
 class FakeDeviceArray(np.ndarray):
     """A host array dressed as a CuPy array: ``data.ptr``, ``set``; the fake ``cupy`` module claims it."""
