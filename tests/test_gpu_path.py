@@ -495,3 +495,99 @@ def test_gpu_check_keeps_the_benchmark_tables(gpu_check) -> None:
             "| 1 | 2 |\n\nnpvit: kernels add up\n\nLoad average at the end: 0.1\nResults written to x.json\n")
     assert gpu_check._benchmark_sections(text) == [
         "#### Kernels: Keras preset", "", "| a | b |", "|---|---|", "| 1 | 2 |", "", "npvit: kernels add up", ""]
+
+
+# ------------------------------------------------------------------------------------ the training step
+def _train_step_run(backend_name: str, steps: int, cfg: npvit.ViTConfig, augment: bool, dtype: str):
+    """``steps`` steps of npvit.train_step on one backend, from a DeviceDataset, with clipping and decay
+    exclusion; returns (model, sums, (gets, uploads) counted during the steps)."""
+    from fakecupy import SYNCS  # the counters of the installed fake
+
+    from npvit.train_step import RunningSums, StepSettings, train_step
+
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 256, (12, cfg.image_size, cfg.image_size, cfg.channels), dtype=np.uint8)
+    y = rng.integers(0, cfg.num_classes, 12)
+    backend = npvit.get_backend(backend_name)
+    model = npvit.ViT(cfg, backend=backend, dtype=dtype, seed=5, threads=1)
+    opt = npvit.AdamW(model.params, clip_norm=0.5, exclude_from_decay=model.no_decay_names())
+    aug = Augmenter(np.full(3, 120.0), np.full(3, 3600.0), image_size=cfg.image_size, flip=augment,
+                    rotation=0.05 if augment else 0.0, zoom=0.2 if augment else 0.0, dtype=dtype)
+    data = DeviceDataset(backend, x, y, cfg.num_classes)
+    sums = RunningSums(backend.xp)
+    SYNCS.reset()
+    for step in range(steps):
+        batch = np.arange(4 * step, 4 * step + 4) % len(x)
+        train_step(model, opt, aug, data.images, data.labels, batch, step, 1e-3, StepSettings(seed=3), sums)
+    return model, sums, (SYNCS.gets, SYNCS.uploads)
+
+
+def test_training_steps_read_nothing_from_the_device(fake_cupy, host_syncs) -> None:
+    """npvit.train_step itself (augmentation, forward with dropout, loss, backward, clipping, AdamW, the running
+    sums) N times on the GPU path, strict: any implicit read raises. What goes up is small and never waits:
+    the batch's indices (for the images and for the labels) and, once, augmentation's constant tables."""
+    cfg = npvit.ViTConfig.tiny()
+    steps = 4
+    model, sums, (gets, uploads) = _train_step_run("cupy", steps, cfg, augment=True, dtype="float32")
+    assert gets == 0
+    assert uploads <= 2 * steps + 2
+    loss_sum, correct, nonfinite, first_nonfinite = sums.read()  # the loop's one read, now and then
+    assert host_syncs.gets == 1
+    assert np.isfinite(loss_sum) and loss_sum > 0 and 0 <= correct <= 4 * steps
+    assert nonfinite == 0 and first_nonfinite == -1
+
+
+def test_training_steps_on_the_gpu_path_compute_what_numpy_computes(fake_cupy) -> None:
+    """Without dropout and augmentation (whose random streams differ by backend) the GPU path's steps give the
+    NumPy path's weights and sums, float64."""
+    cfg = dataclasses.replace(npvit.ViTConfig.tiny(), dropout=0.0, attention_dropout=0.0, head_dropout=0.0)
+    cpu, cpu_sums, _ = _train_step_run("numpy", 3, cfg, augment=False, dtype="float64")
+    gpu, gpu_sums, _ = _train_step_run("cupy", 3, cfg, augment=False, dtype="float64")
+    np.testing.assert_allclose(gpu_sums.read()[0], cpu_sums.read()[0], rtol=1e-12)
+    assert gpu_sums.read()[1:] == cpu_sums.read()[1:]
+    np.testing.assert_allclose(from_fake(gpu.params.flat), cpu.params.flat, rtol=1e-10, atol=1e-13)
+
+
+def test_adamw_operations_do_not_grow_with_the_number_of_parameters(fake_cupy, monkeypatch) -> None:
+    """A launch-count proxy: the array operations of one AdamW step on the GPU path (each would be at least one
+    kernel) are the same in number for a model of 1 block and of 6 blocks (73 against 283 parameters)."""
+    import fakecupy
+
+    import npvit.optim as optim
+
+    made, kernels, inside = [], [], []
+    real_wrap = fakecupy._wrap
+    monkeypatch.setattr(fakecupy, "_wrap", lambda value: (None if inside else made.append(1)) or real_wrap(value))
+    real_fuse = fake_cupy.modules["cupy"].fuse
+
+    def counting_fuse(*args, **kwargs):  # a fused function is one kernel: count it once, not its operations
+        def decorate(fn):
+            fused = real_fuse(*args, **kwargs)(fn)
+
+            def run(*a):
+                kernels.append(kwargs.get("kernel_name"))
+                inside.append(1)
+                try:
+                    return fused(*a)
+                finally:
+                    inside.pop()
+            return run
+        return decorate
+
+    monkeypatch.setattr(fake_cupy.modules["cupy"], "fuse", counting_fuse)
+    monkeypatch.setattr(optim, "_FUSED", {})
+    monkeypatch.setattr(optim, "_FUSED_SQUARES", {})
+    counts = {}
+    for depth in (1, 6):
+        model = npvit.ViT(dataclasses.replace(npvit.ViTConfig.tiny(), depth=depth), backend="cupy")
+        model.grads.flat[...] = to_fake(np.random.default_rng(0).standard_normal(model.grads.flat.shape), "float32")
+        opt = npvit.AdamW(model.params, clip_norm=1.0, exclude_from_decay=model.no_decay_names())
+        opt.step(model.grads)  # the first step builds the fused kernels and the decay mask
+        made.clear()
+        kernels.clear()
+        opt.step(model.grads)
+        counts[depth] = (len(made), sorted(kernels), len(model.params))
+    assert counts[1][2] < counts[6][2]
+    assert counts[1][:2] == counts[6][:2]
+    assert counts[1][1] == ["npvit_adamw", "npvit_sum_of_squares"]
+    assert counts[1][0] <= 8  # outside the two kernels: sqrt, isfinite, the clip factor's divide and min

@@ -25,3 +25,18 @@ def test_readme_opens_with_two_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert readme_commands()[1] in ci
+
+
+def test_every_guarantee_names_tests_that_exist() -> None:
+    """The Guarantees table names the tests that prove each promise; a renamed or deleted test breaks it."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Guarantees"):]
+    section = section[:section.index("\n### ", 1)]
+    named, current = [], None
+    for path, name in re.findall(r"`(tests/[\w/]+\.py)?::(\w+)`", section):
+        current = path or current
+        named.append((current, name))
+    assert len(named) >= 20
+    missing = [f"{path}::{name}" for path, name in named
+               if not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M)]
+    assert not missing, f"README's Guarantees names tests that do not exist: {missing}"
