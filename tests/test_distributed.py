@@ -363,8 +363,22 @@ def scenario_collectives() -> None:
 
 
 def scenario_hang() -> None:
-    """Rank 1 stops answering without dying (SIGSTOP): rank 0's watchdog ends the wait."""
+    """Loading in waves waits as long as rank 0 takes (a download); then rank 1 stops answering without dying
+    (SIGSTOP), and rank 0's watchdog ends the wait."""
+    from npvit.distributed import in_waves
+
     comm = connect()
+    marker = Path(os.environ["NPVIT_TEST_PIDS"], "loaded")
+
+    def load() -> int:
+        if comm.rank == 0:
+            time.sleep(3.0)  # longer than the limit on one collective wait
+            marker.write_text("rank 0")
+        else:
+            assert marker.exists(), "rank 1 loaded before rank 0 had finished"
+        return comm.rank
+
+    assert in_waves(comm, load) == comm.rank
     comm.allreduce_sum(np.ones(10))
     if comm.rank == 1:
         os.kill(os.getpid(), signal.SIGSTOP)
@@ -418,9 +432,10 @@ def test_two_ranks_collectives() -> None:
 
 
 @needs_mpi
-def test_a_silent_peer_stops_the_job_through_the_watchdog() -> None:
-    done, seconds = run_two("hang", NPVIT_COLLECTIVE_TIMEOUT="2")
+def test_a_silent_peer_stops_the_job_through_the_watchdog(tmp_path) -> None:
+    done, seconds = run_two("hang", NPVIT_COLLECTIVE_TIMEOUT="2", NPVIT_TEST_PIDS=str(tmp_path))
     assert done.returncode != 0
+    assert "rank 1 loaded before rank 0" not in done.stderr and (tmp_path / "loaded").exists(), done.stderr
     assert seconds < 20, f"the job took {seconds:.1f} s to stop"
     assert "rank 0 of 2: no answer from the other processes after 2 s in the gradient sum" in done.stderr
     assert "went on" not in done.stdout

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import nullcontext
-from typing import Any, NoReturn, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator, NoReturn, Sequence
 
 import numpy
 
@@ -64,9 +64,21 @@ class MPICommunicator:
         self.device_buffers = device_buffers
         self.name = f"MPI ({library_name()})"
         self._watchdog = Watchdog(timeout, self.rank, self.size) if timeout else None
+        self._unlimited = False
 
     def _guard(self, what: str) -> Any:
-        return self._watchdog.guard(what) if self._watchdog is not None else nullcontext()
+        if self._watchdog is None or self._unlimited:
+            return nullcontext()
+        return self._watchdog.guard(what)
+
+    @contextmanager
+    def without_time_limit(self) -> Iterator[None]:
+        """Collectives inside wait as long as it takes: for waits of unknown length, such as a download."""
+        self._unlimited = True
+        try:
+            yield
+        finally:
+            self._unlimited = False
 
     def allreduce_sum(self, array: Any) -> None:
         xp = get_array_module(array)

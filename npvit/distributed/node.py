@@ -13,6 +13,7 @@ cache), then all the others, which find it there.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import Any, Callable, TypeVar
 
 from ..parallel import available_cores
@@ -42,8 +43,10 @@ def in_waves(comm: Any, load: Callable[[], T]) -> T:
     """
     wave = 0 if comm.rank == 0 else 1 if getattr(comm, "local_rank", 0) == 0 else 2
     result: Any = None
-    for turn in range(3):
-        if turn == wave:
-            result = load()
-        comm.barrier()
+    # A download may take longer than the watchdog allows a collective (see npvit.distributed.watchdog).
+    with getattr(comm, "without_time_limit", nullcontext)():
+        for turn in range(3):
+            if turn == wave:
+                result = load()
+            comm.barrier()
     return result

@@ -4,8 +4,10 @@ When one process of an MPI job dies, ``mpiexec`` (MPICH's Hydra, Open MPI) ends 
 a second. Not every launcher does: ``srun`` waits for the remaining tasks unless started with
 ``--kill-on-bad-exit=1`` (or the cluster sets ``KillOnBadExit``), and they would wait in their next collective
 operation for ever. The watchdog is the bound: a thread that ends this process, naming its rank, when one
-collective operation has waited longer than ``timeout`` seconds. No legitimate wait comes near that: ranks
-meet once per training step, and the longest a rank waits is while rank 0 writes a checkpoint.
+collective operation has waited longer than ``timeout`` seconds. No legitimate wait in training comes near
+that: ranks meet once per training step, and the longest a rank waits is while rank 0 writes a checkpoint.
+Waits of unknown length (the others waiting while rank 0 downloads the dataset) are made without the limit
+(``MPICommunicator.without_time_limit``).
 
 The process ends by ``os._exit``, the only way out of a thread while the main thread is blocked inside MPI;
 the launcher then sees a rank fail, which is what it needs to end (or report) the job.
