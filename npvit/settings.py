@@ -152,8 +152,9 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("float32", "float64")),
     Setting("seed", 0, "seeds weights, data order, dropout and augmentation", "execution", "int",
             non_negative_int, metavar="N"),
-    Setting("threads", None, "NumPy: batch shards run side by side (default: one per core); a resumed run "
-            "keeps the value it started with", "execution", "int", positive_int, metavar="N", nullable=True),
+    Setting("threads", None, "NumPy: batch shards run side by side (default: one per core, shared among the "
+            "processes of a node); results do not depend on it", "execution", "int", positive_int, metavar="N",
+            nullable=True),
     Setting("eval_batch_size", 256, "images per validation and test batch", "execution", "int", positive_int,
             metavar="N"),
     Setting("save_every", None, "also save last.npz every this many minutes within an epoch, so that a crash "
@@ -166,8 +167,8 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 DEFAULTS: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
 """Every setting of a run with its default. Model settings left as None come from the preset."""
-RESUMABLE = frozenset({"data_dir", "cache_dir", "download", "backend", "eval_batch_size", "quiet", "epochs",
-                       "max_steps", "save_every"})
+RESUMABLE = frozenset({"data_dir", "cache_dir", "download", "backend", "threads", "eval_batch_size", "quiet",
+                       "epochs", "max_steps", "save_every"})
 """What may differ when a run is resumed: where things are, how it runs, and how long it goes on."""
 
 

@@ -29,12 +29,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import memory
+from . import distributed, memory
 from .augment import Augmenter, channel_stats
 from .backend import BackendUnavailableError, get_backend, to_numpy
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .communicator import Communicator, SingleProcess
 from .data import DataError, load_run_dataset
+from .distributed.evaluation import evaluate_split
 from .evaluate import EvalResult, evaluate
 from .io import atomic_write
 from .kernels.cross_entropy import check_labels
@@ -251,7 +252,9 @@ class Run:
         self.backend = get_backend(s["backend"])
         self.check_dataset_fits()
         self.phase = "loading the dataset"
-        data = load_run_dataset(s, s["data_dir"], s["cache_dir"], s["download"], progress=not s["quiet"])
+        # One process per cache folder at a time: rank 0 first (it may download), then the others.
+        data = distributed.in_waves(comm, lambda: load_run_dataset(
+            s, s["data_dir"], s["cache_dir"], s["download"], progress=not s["quiet"] and self.writer))
         self.data = data
         self.cfg = cfg = model_config(s, data.num_classes)
         check_labels(data.y_train, data.num_classes)  # once, on the host
@@ -265,9 +268,10 @@ class Run:
         self.check_step_fits(resuming and has_checkpoint)
 
         self.phase = "building the model"
-        self.model = model = ViT(cfg, backend=self.backend, dtype=s["dtype"], seed=s["seed"], threads=s["threads"])
-        if self.backend.name == "numpy":
-            s["threads"] = model.threads  # record the value used, so that --resume reproduces the run
+        # Threads change nothing in the results (dropout is keyed by image): a run resumed on another number of
+        # processes takes its own share of the cores.
+        self.model = model = ViT(cfg, backend=self.backend, dtype=s["dtype"], seed=s["seed"],
+                                 threads=s["threads"] or distributed.threads_per_process(comm))
         self.opt = AdamW(model.params, lr=s["learning_rate"], weight_decay=s["weight_decay"], epsilon=s["epsilon"],
                          decay_convention=s["decay_convention"], clip_norm=s["clip_norm"],
                          exclude_from_decay=model.no_decay_names() if s["exclude_from_decay"] else ())
@@ -420,8 +424,8 @@ class Run:
         s, st = self.s, self.state
         arrays = self.host_arrays()  # the last update's result is checked before anything is evaluated or logged
         self.phase = "validating"
-        val = evaluate(self.model, self.augmenter, self.x_val, self.y_val, s["eval_batch_size"]) \
-            if len(self.x_val) else None
+        val = evaluate_split(self.comm, self.model, self.augmenter, self.x_val, self.y_val, s["eval_batch_size"],
+                             evaluate=evaluate) if len(self.x_val) else None
         if val is not None and not math.isfinite(val.loss):
             raise NonFinite(f"the validation loss became {val.loss} after step {st.global_step}")
         part = st.partial
@@ -447,14 +451,16 @@ class Run:
         """Evaluate the best weights on the test split, as the example does, and write summary.json."""
         s, st, data = self.s, self.state, self.data
         self.phase = "testing"
+        self.comm.barrier()  # rank 0 has written best.npz
         if self.folder.best.exists():
             best = load_checkpoint(self.folder.best)
             try:
                 self.model.load_params(best.params)
             except (ValueError, TypeError) as exc:
                 raise CheckpointError(f"{self.folder.best} does not fit this run's model: {exc}") from None
-        test: EvalResult = evaluate(self.model, self.augmenter, data.x_test, data.y_test, s["eval_batch_size"],
-                                    progress=not s["quiet"] and self.writer, label="test")
+        test: EvalResult = evaluate_split(self.comm, self.model, self.augmenter, data.x_test, data.y_test,
+                                          s["eval_batch_size"], progress=not s["quiet"] and self.writer,
+                                          label="test", evaluate=evaluate)
         self.say(f"test ({len(data.y_test)} images, best epoch {st.best_epoch}): loss {test.loss:.4f}  "
                  f"top-1 {100 * test.top1:.2f}%  top-5 {100 * test.top5:.2f}%")
         if self.writer:
@@ -480,8 +486,10 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
             run.say(f"npvit: {run.data.name}, {len(run.x_train)} train / {len(run.x_val)} validation / "
                     f"{len(run.data.x_test)} test images, {run.cfg.num_classes} classes; "
                     f"{run.model.num_params():,} parameters; backend {run.backend.name} {run.s['dtype']}; "
-                    f"batch {run.s['batch_size']}, {run.steps_per_epoch} steps per epoch; run folder "
-                    f"{run.folder.path}")
+                    f"batch {run.s['batch_size']}, {run.steps_per_epoch} steps per epoch; "
+                    + (f"{run.comm.size} processes ({getattr(run.comm, 'name', 'data parallel')}); "
+                       if run.comm.size > 1 else "")
+                    + f"run folder {run.folder.path}")
             with run.signals.deferred():
                 status = run.loop()
             if status is not None:
@@ -541,23 +549,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     given = vars(parser.parse_args(argv))
     try:
+        comm = distributed.connect()  # this process alone, unless mpiexec or srun started several
+    except distributed.DistributedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with distributed.stop_all_on_error(comm):
+        status, message = run_command(given, comm)
+        if message is not None and comm.size > 1:
+            distributed.fail(comm, message.strip(), status)  # it may have happened on this rank alone
+        if message is not None:
+            print(message, file=sys.stderr)
+        return status
+
+
+def run_command(given: dict[str, Any], comm: distributed.Communicator) -> tuple[int, str | None]:
+    """Resolve the settings and train. Returns the exit status and, for an expected error, its message."""
+    try:
         settings, resumed = resolve_settings(given)
-        return train(settings, resumed)
-    except (UsageError, DataError, CheckpointError, BackendUnavailableError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        distributed.check_batch_size(settings["batch_size"], comm.size)
+        comm = distributed.for_backend(comm, settings["backend"])  # GPUs: this rank's device, before any use
+        if comm.size == 1:
+            return train(settings, resumed), None  # one process: the call it always was
+        return train(settings, resumed, comm=comm), None
+    except (UsageError, DataError, CheckpointError, BackendUnavailableError, distributed.DistributedError) as exc:
+        return EXIT_USAGE, f"error: {exc}"
     except OSError as exc:  # the run folder cannot be written, the disk is full, ...
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_USAGE, f"error: {exc}"
     except MemoryError:
-        print("error: out of memory; free memory, or lower --batch-size", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_USAGE, "error: out of memory; free memory, or lower --batch-size"
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
-        print("\ninterrupted", file=sys.stderr)
-        return EXIT_SIGINT
+        return EXIT_SIGINT, "\ninterrupted"
     except Terminated:
-        print("\nterminated (SIGTERM)", file=sys.stderr)
-        return EXIT_SIGTERM
+        return EXIT_SIGTERM, "\nterminated (SIGTERM)"
 
 
 if __name__ == "__main__":

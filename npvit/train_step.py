@@ -120,12 +120,11 @@ def train_step(
         correct = xp.zeros((), dtype=xp.int64)
     else:
         labels = backend.asarray(y[local])
-        # Augmentation draws per image, in order: one process draws exactly what it always did; a rank
-        # other than the first gets a stream of its own (the draws then depend on the number of ranks).
-        aug_seed = stream_seed(settings.seed, AUGMENT, step) if part.start == 0 else \
-            stream_seed(settings.seed, AUGMENT, step, part.start)
-        images = augmenter(backend.asarray(x[local]), training=True, rng=backend.rng(aug_seed))
-        # Dropout masks are keyed by (seed, layer, global image index): the same whatever the number of ranks.
+        # Augmentation and dropout are keyed by the step and the global image index: every rank draws the
+        # global batch's parameters and takes its rows, so the images do not depend on the number of ranks.
+        images = augmenter(backend.asarray(x[local]), training=True,
+                           rng=backend.rng(stream_seed(settings.seed, AUGMENT, step)), first=part.start,
+                           total=len(batch))
         logits = model.forward(images, training=True, dropout_seed=stream_seed(settings.seed, DROPOUT, step),
                                first_sample=part.start)
         loss, cache = cross_entropy_forward(logits, labels, settings.label_smoothing)
