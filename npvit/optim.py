@@ -236,22 +236,33 @@ def adamw_update(xp: Any, p: Array, g: Array, m: Array, v: Array, decay_factor: 
         p  = decay_factor p - step_size m / (sqrt(v) + eps)
 
     Scalars come as scalars of the parameters' dtype, c1 and c2 rounded from the exact 1 - b (``decay_factor``
-    may also be an array of factors, ``grad_scale`` a 0-d array; None for either means 1). Written with
-    arithmetic and ufuncs only, so that ``cupy.fuse`` compiles it into one kernel; NumPy runs it as it reads.
-    ``ok`` (a 0-d boolean, CuPy) keeps every array unchanged when False; NumPy callers check the norm on the
-    host instead and pass None.
+    may also be an array of factors, ``grad_scale`` a 0-d array; None for either means 1).
+
+    NumPy callers check the norm on the host and pass ``ok=None``: the arithmetic then runs in place on
+    cache-sized pieces with one temporary. On CuPy ``ok`` (a 0-d boolean) keeps every array unchanged when
+    False, and the same arithmetic is written with operators, ufuncs and ``copyto`` only, so that
+    ``cupy.fuse`` compiles it into one kernel. Both forms round alike, operation for operation.
     """
     gs = g if grad_scale is None else g * grad_scale
+    if ok is None:  # NumPy: the same arithmetic in place, with one temporary (a third fewer passes)
+        if decay_factor is not None:
+            p *= decay_factor
+        m *= b1
+        tmp = gs * c1
+        m += tmp  # m = b1 m + c1 g'
+        v *= b2
+        xp.multiply(gs, gs, out=tmp)
+        tmp *= c2
+        v += tmp  # v = b2 v + c2 g'^2
+        xp.sqrt(v, out=tmp)
+        tmp += eps
+        xp.divide(m, tmp, out=tmp)
+        tmp *= step_size
+        p -= tmp  # p = decay_factor p - step_size m / (sqrt(v) + eps)
+        return
     m_new = m * b1 + gs * c1
     v_new = v * b2 + (gs * gs) * c2
     update = m_new / (xp.sqrt(v_new) + eps) * step_size
-    if ok is None:
-        if decay_factor is not None:
-            p *= decay_factor
-        p -= update
-        m[...] = m_new
-        v[...] = v_new
-        return
     xp.copyto(p, (p if decay_factor is None else p * decay_factor) - update, where=ok)
     xp.copyto(m, m_new, where=ok)
     xp.copyto(v, v_new, where=ok)
