@@ -9,7 +9,7 @@
 **Measured on this machine.** Each layout runs in fresh processes with its thread variables set before NumPy
 loads: one process with ``threads`` shards (npvit's own threads), or ``mpiexec -n P`` processes of one
 thread each. Every process builds the same model (same seed) and the same global batch, takes its disjoint
-slice of the batch (``npvit.communicator.rank_slice``, as the trainer's step does; its dropout masks keyed
+slice of the batch (``npvit.distributed.rank_slice``, as the trainer's step does; its dropout masks keyed
 by the global index of its first image, so the masks are the single process's), and times steps of forward,
 loss, backward, a sum of the flat float32 gradient buffer (``model.grads.flat``) over the processes (one MPI
 Allreduce in place, the loss gradient scaled by local / global batch so that the sum is the gradient of the
@@ -209,7 +209,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any] | None:
 
     import npvit
     from npvit.demo import PRESETS
-    from npvit.communicator import rank_slice
+    from npvit.distributed import rank_slice
     from suite.batch import make_batch
 
     comm: Any = Mpi() if spec["ranks"] > 1 else SingleProcess()

@@ -292,6 +292,13 @@ class Backend:
         if self.name == "cupy":
             self.xp.cuda.get_current_stream().synchronize()
 
+    def device_free_bytes(self) -> int | None:
+        """Free memory of the current GPU, counting what CuPy's pool holds unused; None on NumPy."""
+        if self.name != "cupy":
+            return None
+        free, _ = self.xp.cuda.runtime.memGetInfo()
+        return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
+
     def set_tf32(self, enabled: bool) -> bool:
         """Allow (True) or forbid (False) TF32 tensor cores in float32 matrix products. Returns whether TF32
         is now in use: False on NumPy, and on GPUs older than compute capability 8.0 (Ampere), which lack it.

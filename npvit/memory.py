@@ -23,7 +23,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backend import Backend
 from .config import ViTConfig
 
 # The backward pass holds activation gradients and a block's temporaries beside the forward caches.
@@ -71,14 +70,6 @@ def available_bytes() -> int | None:
     limits = [_meminfo_available(), _cgroup_headroom(), _address_space_headroom()]
     known = [v for v in limits if v is not None]
     return min(known) if known else None
-
-
-def device_available_bytes(backend: Backend) -> int | None:
-    """Free memory of the current GPU, counting what CuPy's pool holds unused; None on NumPy."""
-    if backend.name != "cupy":
-        return None
-    free, _ = backend.xp.cuda.runtime.memGetInfo()
-    return int(free) + int(backend.xp.get_default_memory_pool().free_bytes())
 
 
 def _meminfo_available() -> int | None:

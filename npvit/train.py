@@ -33,7 +33,7 @@ from . import distributed, memory
 from .augment import Augmenter, channel_stats
 from .backend import BackendUnavailableError, get_backend, to_numpy
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .communicator import Communicator, SingleProcess
+from .distributed.communicator import Communicator, SingleProcess
 from .data import DataError, load_run_dataset
 from .distributed.evaluation import evaluate_split
 from .evaluate import EvalResult, evaluate
@@ -215,7 +215,7 @@ class Run:
         """Refuse a step that cannot fit in memory, saying what batch size would."""
         s, cfg = self.s, self.cfg
         if self.backend.name != "numpy":
-            available = memory.device_available_bytes(self.backend)
+            available = self.backend.device_free_bytes()
             threads = 1
         else:
             available = memory.available_bytes()
@@ -525,8 +525,10 @@ def out_of_memory_advice(run: Run) -> str:
         return f"{where}; free memory or use a larger machine"
     estimate = memory.training_step(run.cfg, np.dtype(s["dtype"]).itemsize,
                                     getattr(run.model, "threads", 1) if hasattr(run, "model") else 1)
-    return (f"{where} (a step at batch {s['batch_size']} needs about "
-            f"{memory.describe(estimate.total(s['batch_size']))} by npvit's estimate); free memory, or start a "
+    size = run.comm.size if hasattr(run, "comm") else 1
+    local = -(-s["batch_size"] // size)  # the images of the largest slice a process takes
+    return (f"{where} (a step at batch {s['batch_size']} needs about {memory.describe(estimate.total(local))}"
+            f"{' per process' if size > 1 else ''} by npvit's estimate); free memory, or start a "
             f"new run with a lower --batch-size, e.g. {max(1, s['batch_size'] // 2)}. "
             + (f"The last checkpoint is {run.last_good}." if run.last_good else "No checkpoint was written."))
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from .augment import Augmenter
 from .backend import to_numpy
-from .communicator import Communicator, SingleProcess, rank_slice
+from .distributed.communicator import Communicator, SingleProcess
+from .distributed.split import rank_slice
 from .kernels import cross_entropy_backward, cross_entropy_forward
 from .model import ViT
 from .optim import AdamW

@@ -22,7 +22,7 @@ from npvit import memory
 from npvit import settings as settings_module
 from npvit import train_step as step_module
 from npvit.augment import Augmenter
-from npvit.communicator import Communicator, SingleProcess, rank_slice
+from npvit.distributed import Communicator, SingleProcess, rank_slice
 from npvit.config import ViTConfig
 from npvit.model import ViT
 from npvit.optim import AdamW
@@ -295,8 +295,19 @@ class ThreadGroup:
 
 
 class ThreadComm:
+    """A rank of a ThreadGroup, as a Communicator (the collectives a training step uses are real)."""
+
+    name = "threads"
+
     def __init__(self, group: ThreadGroup, rank: int) -> None:
         self.group, self.rank, self.size = group, rank, group.size
+        self.local_rank, self.local_size = rank, group.size
+
+    def broadcast(self, obj, root: int = 0):
+        return self.group.reduce(self.rank, [obj] if self.rank == root else [])[0]
+
+    def abort(self, status: int = 1):
+        raise SystemExit(status)
 
     def allreduce_sum(self, array) -> None:
         array[...] = self.group.reduce(self.rank, array.copy())
@@ -311,8 +322,8 @@ class ThreadComm:
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_train_step_data_parallel_equals_one_process(dropout) -> None:
     """Two ranks, each with its slice of every global batch and its gradients summed, end with the weights and
-    loss sums of one process on the whole batch (float64; dropout masks are keyed by the global image index,
-    so they are the same either way; augmentation is off: its draws depend on the number of ranks)."""
+    loss sums of one process on the whole batch (float64; dropout masks and augmentation are keyed by the
+    global image index, so they are the same either way)."""
     assert isinstance(SingleProcess(), Communicator) and isinstance(ThreadComm(ThreadGroup(1), 0), Communicator)
     cfg = dataclasses.replace(ViTConfig.tiny(num_classes=4), dropout=dropout, attention_dropout=dropout,
                               head_dropout=dropout)
@@ -325,8 +336,9 @@ def test_train_step_data_parallel_equals_one_process(dropout) -> None:
     def run(comm: Communicator) -> tuple[dict, tuple]:
         model = ViT(cfg, dtype="float64", seed=3, threads=1)
         opt = AdamW(model.params, lr=1e-2)
-        augmenter = Augmenter(np.full(3, 120.0), np.full(3, 3000.0), image_size=8, flip=False, rotation=0.0,
-                              zoom=0.0, dtype="float64")
+        randomness = dropout > 0  # augmentation on together with dropout
+        augmenter = Augmenter(np.full(3, 120.0), np.full(3, 3000.0), image_size=8, flip=randomness,
+                              rotation=0.05 if randomness else 0.0, zoom=0.2 if randomness else 0.0, dtype="float64")
         sums = RunningSums(np)
         for step, batch in enumerate(batches):
             train_step(model, opt, augmenter, x, y, batch, step, 1e-2, settings, sums, comm)

@@ -19,25 +19,35 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, NoReturn, Protocol, runtime_checkable
+from typing import Any, NoReturn, Protocol, Sequence, runtime_checkable
 
-from .. import communicator as base
+Array = Any
 
 
 @runtime_checkable
-class Communicator(base.Communicator, Protocol):
-    """:class:`npvit.communicator.Communicator` (``rank``, ``size``, ``allreduce_sum``, ``allreduce_scalars``,
-    ``barrier``: what the training step needs), and what starting and stopping a run of many processes needs.
+class Communicator(Protocol):
+    """The collective operations of a run; every rank must call them in the same order.
 
-    Attributes:
-        local_rank, local_size: this process's index among the processes of its node, and their number
-            (picks the GPU, shares the cores, orders downloads).
-        name: what carries the messages, for the log (``"single process"``, ``"MPI (MPICH Version: 5.0.2)"``...).
+    What a training step needs: ``rank``, ``size``, ``allreduce_sum``, ``allreduce_scalars``, ``barrier``.
+    What starting and stopping a run of many processes needs besides: ``local_rank`` and ``local_size`` (this
+    process's index among the processes of its node, and their number: they pick the GPU, share the cores,
+    order downloads), ``name`` (what carries the messages, for the log), ``broadcast`` and ``abort``.
     """
 
+    rank: int  # this process, 0 .. size - 1; rank 0 alone writes files and prints
+    size: int  # processes training the model
     local_rank: int
     local_size: int
     name: str
+
+    def allreduce_sum(self, array: Array) -> None:
+        """Replace ``array`` (a contiguous backend array, host or device) with its sum over all ranks, in place."""
+
+    def allreduce_scalars(self, values: Sequence[float]) -> list[float]:
+        """The element-wise sum over all ranks of a few host numbers (float64)."""
+
+    def barrier(self) -> None:
+        """Return once every rank has called it."""
 
     def broadcast(self, obj: Any, root: int = 0) -> Any:
         """Rank ``root``'s ``obj`` (a small JSON-able value) on every rank; other ranks' ``obj`` is ignored."""
@@ -51,11 +61,21 @@ def json_copy(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-class SingleProcess(base.SingleProcess):
-    """The communicator of a run on one process: the sums are the values themselves."""
+class SingleProcess:
+    """The communicator of a run on one process: every collective is the identity."""
 
+    rank, size = 0, 1
     local_rank, local_size = 0, 1
     name = "single process"
+
+    def allreduce_sum(self, array: Array) -> None:
+        return None
+
+    def allreduce_scalars(self, values: Sequence[float]) -> list[float]:
+        return [float(v) for v in values]
+
+    def barrier(self) -> None:
+        return None
 
     def broadcast(self, obj: Any, root: int = 0) -> Any:
         if root != 0:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..evaluate import EvalResult, evaluate
-from ..communicator import Communicator
+from .communicator import Communicator
 from .split import rank_slice
 
 

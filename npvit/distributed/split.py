@@ -20,7 +20,7 @@ no image contributes zero to every sum.
 
 from __future__ import annotations
 
-from ..communicator import rank_slice  # one definition, shared with the training step
+from ..parallel import shard_slices  # the one helper that cuts a range into near-equal slices
 from .errors import DistributedError
 
 __all__ = ["check_batch_size", "rank_slice"]
@@ -33,3 +33,11 @@ def check_batch_size(batch_size: int, size: int) -> None:
             f"--batch-size {batch_size} is smaller than the {size} processes: each process takes a part of every "
             f"batch, so the batch needs at least one image per process. Use --batch-size {size} or more, or "
             "fewer processes")
+
+
+def rank_slice(batch: int, rank: int, size: int) -> slice:
+    """The part of a global batch of ``batch`` images that ``rank`` of ``size`` takes: contiguous, disjoint,
+    sizes differing by at most one (the first ``batch % size`` ranks take one more); empty when the batch
+    has fewer images than there are ranks."""
+    parts = shard_slices(batch, size)  # min(batch, size) non-empty parts
+    return parts[rank] if rank < len(parts) else slice(batch, batch)
