@@ -31,7 +31,7 @@ import numpy as np
 
 from . import distributed, memory
 from .augment import Augmenter, channel_stats
-from .backend import BackendUnavailableError, get_backend, to_numpy
+from .backend import BackendUnavailableError, DeviceDataset, get_backend, to_numpy
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed.communicator import Communicator, SingleProcess
 from .data import DataError, load_run_dataset
@@ -277,6 +277,9 @@ class Run:
                          exclude_from_decay=model.no_decay_names() if s["exclude_from_decay"] else ())
         self.augmenter = Augmenter(mean, variance, image_size=cfg.image_size, flip=s["flip"], rotation=s["rotation"],
                                    zoom=s["zoom"], dtype=s["dtype"])
+        # The training images on the device once (CIFAR's 50,000 are 150 MB of uint8), each batch gathered
+        # there; on NumPy the same host arrays.
+        self.train_data = DeviceDataset(self.backend, x_train, y_train)
         self.steps_per_epoch = math.ceil(len(x_train) / s["batch_size"])  # the last, smaller batch counts (Keras)
         self.total_steps = s["epochs"] * self.steps_per_epoch
         if s["max_steps"] is not None:
@@ -362,8 +365,8 @@ class Run:
                 i, step = st.step_in_epoch, st.global_step
                 batch = order[i * s["batch_size"]:(i + 1) * s["batch_size"]]
                 lr = learning_rate(step, s["learning_rate"], self.total_steps, s["warmup_steps"], s["lr_schedule"])
-                train_step(self.model, self.opt, self.augmenter, self.x_train, self.y_train, batch, step, lr,
-                           step_settings, sums, comm)
+                train_step(self.model, self.opt, self.augmenter, self.train_data.images, self.train_data.labels,
+                           batch, step, lr, step_settings, sums, comm)
                 st.step_in_epoch += 1
                 st.global_step += 1
                 part.seen += len(batch)
