@@ -33,6 +33,9 @@ class ViTConfig:
         dropout: dropout rate after each block-MLP layer.
         attention_dropout: dropout rate on the attention probabilities.
         head_dropout: dropout rate before and inside the classifier MLP.
+        drop_path: stochastic depth (drop path) rate of the last block's residual branches; block i of depth
+            uses drop_path * i / (depth - 1) (timm's linear rule: none in the first block; depth 1: the rate
+            itself). 0 (every preset) draws nothing.
         ln_eps: layer-norm epsilon.
         pool: how tokens become one vector: "flatten" (the Keras example: all tokens concatenated),
             "cls" (the paper: a learned class token, prepended), "gap" (mean over tokens).
@@ -52,6 +55,7 @@ class ViTConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.1
     head_dropout: float = 0.5
+    drop_path: float = 0.0
     ln_eps: float = 1e-6
     pool: str = "flatten"
     gelu: str = "erf"
@@ -88,6 +92,13 @@ class ViTConfig:
         """Width of the vector the classifier head receives."""
         return self.num_tokens * self.dim if self.pool == "flatten" else self.dim
 
+    def drop_path_rate(self, block: int) -> float:
+        """The drop path rate of block ``block`` (0-based): drop_path * block / (depth - 1), rising linearly from
+        0 in the first block to drop_path in the last (timm's rule); with one block, drop_path."""
+        if self.depth == 1:
+            return self.drop_path
+        return self.drop_path * block / (self.depth - 1)
+
     def num_params(self) -> int:
         """Trainable scalars of a ViT with this config, counted without building it (the same number as
         ``ViT(config).num_params()``): what a checkpoint must store, and what a training step keeps."""
@@ -122,7 +133,7 @@ class ViTConfig:
             )
         if any(u < 1 for u in self.head_units):
             raise ValueError(f"ViTConfig.head_units must be positive sizes, got {self.head_units!r}")
-        for name in ("dropout", "attention_dropout", "head_dropout"):
+        for name in ("dropout", "attention_dropout", "head_dropout", "drop_path"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"ViTConfig.{name} must be in [0, 1), got {value!r}")

@@ -21,7 +21,9 @@ Conventions:
   ``head`` (``fc0`` ... and ``out``).
 - Dropout takes its keep masks from a function ``masks(site, shape, rate) -> boolean array`` (True = kept),
   called with the name of the dropout site (``blocks.0.attn.attn_drop``, ``blocks.0.mlp.drop0``,
-  ``head_drop``, ``head.drop0``, ...); ``masks=None`` means no dropout (inference). ``keyed_masks(seed)``
+  ``head_drop``, ``head.drop0``, ...); ``masks=None`` means no dropout (inference). Drop path (stochastic
+  depth) takes its masks the same way, one per sample: shape (B, 1, 1) at sites ``blocks.{i}.drop_path1``
+  (attention branch) and ``blocks.{i}.drop_path2`` (MLP branch). ``keyed_masks(seed)``
   draws the very masks ``npvit.ViT.forward(..., training=True, dropout_seed=seed)`` draws.
 
 Everything works through the array module of the inputs (NumPy or CuPy) and in their dtype.
@@ -227,6 +229,31 @@ def keyed_masks(seed: int, first_sample: int = 0, xp: Any = np) -> Masks:
     return masks
 
 
+# ---- drop path (stochastic depth) ----------------------------------------------------------------------------
+def drop_path_forward(x: Array, keep: Array | None, rate: float) -> tuple[Array, tuple | None]:
+    """Drop path: y[b] = x[b] keep_b / (1 - p), a whole sample's branch kept or dropped. x (B, ...), ``keep``
+    (B, 1, ..., 1) booleans broadcast over the other axes (None: y = x)."""
+    if keep is None:
+        return x, None
+    scale = 1.0 / (1.0 - drop_probability(rate))
+    y = x * keep * scale  # (B, ...)
+    return y, (keep, scale)
+
+
+# Linear in x, every entry of sample b multiplied by keep_b / (1 - p):  dx[b] = dy[b] keep_b / (1 - p)
+def drop_path_backward(dy: Array, cache: tuple | None) -> Array:
+    """Gradient of drop_path_forward with respect to its input."""
+    if cache is None:
+        return dy
+    keep, scale = cache
+    return dy * keep * scale  # (B, ...)
+
+
+def drop_path_rate(cfg: ViTConfig, i: int) -> float:
+    """Block i's drop path rate: cfg.drop_path i / (depth - 1) (timm's linear rule; depth 1: cfg.drop_path)."""
+    return cfg.drop_path if cfg.depth == 1 else cfg.drop_path * i / (cfg.depth - 1)
+
+
 # ---- softmax --------------------------------------------------------------------------------------------------
 def softmax_forward(x: Array) -> Array:
     """softmax over the last axis: y_i = exp(x_i - max x) / sum_j exp(x_j - max x) (the shift avoids overflow
@@ -334,10 +361,11 @@ def mlp_backward(
 def block_forward(
     params: Mapping[str, Array], i: int, x: Array, cfg: ViTConfig, masks: Masks | None
 ) -> tuple[Array, tuple]:
-    """Pre-norm encoder layer ``blocks.{i}``:  x = x + Attention(LayerNorm(x));  x = x + Mlp(LayerNorm(x)).
-    x (B, T, D) -> (B, T, D)."""
+    """Pre-norm encoder layer ``blocks.{i}``:  x = x + DropPath(Attention(LayerNorm(x)));
+    x = x + DropPath(Mlp(LayerNorm(x))).   x (B, T, D) -> (B, T, D)."""
     p = f"blocks.{i}"
     batch, tokens, _ = x.shape
+    rate = drop_path_rate(cfg, i)
     h, c_norm1 = layernorm_forward(
         x, params[f"{p}.norm1.gamma"], params[f"{p}.norm1.beta"], cfg.ln_eps)  # (B, T, D)
     # npvit draws an image's attention mask as (heads, keys, queries), so the reference asks for that layout
@@ -348,12 +376,14 @@ def block_forward(
         h, params[f"{p}.attn.qkv.w"], params[f"{p}.attn.qkv.b"], params[f"{p}.attn.proj.w"],
         params[f"{p}.attn.proj.b"], cfg.num_heads, keep, cfg.attention_dropout,
     )  # (B, T, D)
+    h, c_dp1 = drop_path_forward(h, draw_keep(masks, f"{p}.drop_path1", (batch, 1, 1), rate), rate)  # (B, T, D)
     x = x + h  # (B, T, D)  residual
     h, c_norm2 = layernorm_forward(
         x, params[f"{p}.norm2.gamma"], params[f"{p}.norm2.beta"], cfg.ln_eps)  # (B, T, D)
     h, c_mlp = mlp_forward(params, f"{p}.mlp", h, len(cfg.mlp_units), cfg.gelu, cfg.dropout, masks)  # (B, T, D)
+    h, c_dp2 = drop_path_forward(h, draw_keep(masks, f"{p}.drop_path2", (batch, 1, 1), rate), rate)  # (B, T, D)
     y = x + h  # (B, T, D)  residual
-    return y, (c_norm1, c_attn, c_norm2, c_mlp)
+    return y, (c_norm1, c_attn, c_dp1, c_norm2, c_mlp, c_dp2)
 
 
 # At a residual sum z = u + f(u) the gradient reaches u along both paths, so they add: du = dz + J_f^T dz.
@@ -361,15 +391,17 @@ def block_backward(
     dy: Array, cache: tuple, params: Mapping[str, Array], i: int, grads: Params
 ) -> Array:
     """Gradient of block_forward: returns dx and writes the gradients of ``blocks.{i}.*`` into ``grads``."""
-    c_norm1, c_attn, c_norm2, c_mlp = cache
+    c_norm1, c_attn, c_dp1, c_norm2, c_mlp, c_dp2 = cache
     p = f"blocks.{i}"
-    dh = mlp_backward(dy, c_mlp, params, f"{p}.mlp", grads)  # (B, T, D)
+    dh = drop_path_backward(dy, c_dp2)  # (B, T, D)
+    dh = mlp_backward(dh, c_mlp, params, f"{p}.mlp", grads)  # (B, T, D)
     dh, grads[f"{p}.norm2.gamma"], grads[f"{p}.norm2.beta"] = layernorm_backward(
         dh, c_norm2, params[f"{p}.norm2.gamma"])  # (B, T, D)
     dx = dy + dh  # (B, T, D)  both paths of the second residual
     a = f"{p}.attn"
+    dh = drop_path_backward(dx, c_dp1)  # (B, T, D)
     dh, grads[f"{a}.qkv.w"], grads[f"{a}.qkv.b"], grads[f"{a}.proj.w"], grads[f"{a}.proj.b"] = (
-        attention_backward(dx, c_attn, params[f"{a}.qkv.w"], params[f"{a}.proj.w"]))  # (B, T, D)
+        attention_backward(dh, c_attn, params[f"{a}.qkv.w"], params[f"{a}.proj.w"]))  # (B, T, D)
     dh, grads[f"{p}.norm1.gamma"], grads[f"{p}.norm1.beta"] = layernorm_backward(
         dh, c_norm1, params[f"{p}.norm1.gamma"])  # (B, T, D)
     return dx + dh  # (B, T, D)  both paths of the first residual

@@ -120,6 +120,8 @@ SETTINGS: tuple[Setting, ...] = (
     _model("dropout", "dropout", "float", fraction, "block MLP dropout", "F"),
     _model("attention_dropout", "attention_dropout", "float", fraction, "attention dropout", "F"),
     _model("head_dropout", "head_dropout", "float", fraction, "classifier dropout", "F"),
+    _model("drop_path", "drop_path", "float", fraction, "stochastic depth: drop path rate of the last block, "
+           "rising linearly from 0 in the first", "F"),
     _model("pool", "pool", "str", None, "flatten (the example: all tokens), cls (the paper's class token) or gap",
            choices=POOLS),
     _model("gelu", "gelu", "str", None, "erf (exact) or tanh", choices=GELUS),

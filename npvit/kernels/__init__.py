@@ -13,6 +13,7 @@ from .attention import (
 )
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .dense import dense_backward, dense_forward
+from .drop_path import drop_path_backward, drop_path_forward
 from .dropout import DropoutKey, dropout_backward, dropout_forward, dropout_mask
 from .gelu import GELU_KINDS, gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
@@ -28,6 +29,8 @@ __all__ = [
     "cross_entropy_forward",
     "dense_backward",
     "dense_forward",
+    "drop_path_backward",
+    "drop_path_forward",
     "dropout_backward",
     "dropout_forward",
     "dropout_mask",

@@ -1,7 +1,10 @@
 """Block: one pre-norm transformer encoder layer.
 
-    x = x + Attention(LayerNorm(x))
-    x = x + Mlp(LayerNorm(x))
+    x = x + DropPath(Attention(LayerNorm(x)))
+    x = x + DropPath(Mlp(LayerNorm(x)))
+
+DropPath (stochastic depth) drops a sample's whole branch with the block's rate ``cfg.drop_path_rate(i)``
+when training; at rate 0 (the presets) it is absent and draws nothing.
 
 Backward runs the same two residual steps in reverse: the gradient reaching a residual sum flows both
 through the branch and straight past it, so the two are added.
@@ -12,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ViTConfig
+from ..kernels import drop_path_backward
 from .attention import Attention
 from .mlp import Mlp
 from .module import Context, LayerNorm, ParamSpecs
@@ -22,12 +26,14 @@ Array = Any
 class Block:
     """LayerNorm -> Attention -> residual, LayerNorm -> Mlp -> residual."""
 
-    def __init__(self, prefix: str, cfg: ViTConfig) -> None:
+    def __init__(self, prefix: str, cfg: ViTConfig, drop_path: float = 0.0) -> None:
         self.norm1 = LayerNorm(f"{prefix}.norm1", cfg.dim, cfg.ln_eps)
         self.attn = Attention(f"{prefix}.attn", cfg.dim, cfg.num_heads, cfg.key_dim, cfg.attention_dropout)
         self.norm2 = LayerNorm(f"{prefix}.norm2", cfg.dim, cfg.ln_eps)
         self.mlp = Mlp(f"{prefix}.mlp", cfg.dim, cfg.mlp_units, cfg.dropout, cfg.gelu)
         self.parts = (self.norm1, self.attn, self.norm2, self.mlp)
+        self.drop_path = drop_path  # this block's stochastic depth rate
+        self.drop_sites = (f"{prefix}.drop_path1", f"{prefix}.drop_path2")  # attention branch, MLP branch
 
     def param_specs(self) -> ParamSpecs:
         return {k: v for part in self.parts for k, v in part.param_specs().items()}
@@ -35,17 +41,19 @@ class Block:
     def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, tuple]:
         h, c_n1 = self.norm1.forward(params, x, ctx)
         h, c_attn = self.attn.forward(params, h, ctx)
-        h += x  # the attention output is a fresh array, and no cache holds the block input x
+        h, c_dp1 = ctx.drop_path(h, self.drop_path, self.drop_sites[0])
+        h += x  # the branch output is a fresh array, and no cache holds the block input x
         x = h
         h, c_n2 = self.norm2.forward(params, x, ctx)
         h, c_mlp = self.mlp.forward(params, h, ctx)
-        h += x  # the MLP output is a fresh array: add the residual in place
-        return h, (c_n1, c_attn, c_n2, c_mlp)
+        h, c_dp2 = ctx.drop_path(h, self.drop_path, self.drop_sites[1])
+        h += x  # the branch output is a fresh array: add the residual in place
+        return h, (c_n1, c_attn, c_dp1, c_n2, c_mlp, c_dp2)
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: tuple) -> Array:
-        c_n1, c_attn, c_n2, c_mlp = cache
-        dh = self.norm2.backward(params, grads, self.mlp.backward(params, grads, dy, c_mlp), c_n2)
-        dx = dy + dh
-        dh = self.norm1.backward(params, grads, self.attn.backward(params, grads, dx, c_attn), c_n1)
-        dx += dh
+        c_n1, c_attn, c_dp1, c_n2, c_mlp, c_dp2 = cache
+        dh = self.mlp.backward(params, grads, drop_path_backward(dy, c_dp2), c_mlp)
+        dx = dy + self.norm2.backward(params, grads, dh, c_n2)
+        dh = self.attn.backward(params, grads, drop_path_backward(dx, c_dp1), c_attn)
+        dx += self.norm1.backward(params, grads, dh, c_n1)
         return dx

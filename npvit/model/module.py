@@ -18,6 +18,7 @@ from ..kernels import (
     DropoutKey,
     dense_backward,
     dense_forward,
+    drop_path_forward,
     dropout_forward,
     layernorm_backward,
     layernorm_forward,
@@ -53,6 +54,12 @@ class Context:
         if not self.training or rate == 0.0:
             return x, None
         return dropout_forward(x, rate, self.dropout_key_for(site))
+
+    def drop_path(self, x: Array, rate: float, site: str) -> tuple[Array, Any]:
+        """Drop path (whole samples of a residual branch) of site ``site`` when training, identity otherwise."""
+        if not self.training or rate == 0.0:
+            return x, None
+        return drop_path_forward(x, rate, self.dropout_key_for(site))
 
     def shifted(self, offset: int) -> "Context":
         """The context of the images from ``offset`` on (a piece ``x[offset:]`` of this pass's batch), sharing

@@ -62,7 +62,7 @@ class VisionTransformer:
         self.threads = 1 if self.backend.name != "numpy" else (threads or available_cores())
         cfg = config
         self.patch_embed = PatchEmbed("patch_embed", cfg)
-        self.blocks = [Block(f"blocks.{i}", cfg) for i in range(cfg.depth)]
+        self.blocks = [Block(f"blocks.{i}", cfg, cfg.drop_path_rate(i)) for i in range(cfg.depth)]
         self.norm = LayerNorm("norm", cfg.dim, cfg.ln_eps)
         self.head = Mlp("head", cfg.pooled_dim, cfg.head_units, cfg.head_dropout, cfg.gelu)
         self.head_out = Dense("head.out", (cfg.head_units or (cfg.pooled_dim,))[-1], cfg.num_classes)
