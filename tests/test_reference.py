@@ -91,6 +91,16 @@ def test_gelu_gradients(rng, kind) -> None:
                    lambda x, dy: [ref.gelu_backward(dy, ref.gelu_forward(x, kind)[1])], [x], rtol=RTOL)
 
 
+def test_drop_path_gradients(rng) -> None:
+    x, keep = arr(rng, 5, 3, 4), np.array([True, False, True, False, True]).reshape(5, 1, 1)
+    check_backward(lambda x: ref.drop_path_forward(x, keep, 0.3)[0],
+                   lambda x, dy: [ref.drop_path_backward(dy, ref.drop_path_forward(x, keep, 0.3)[1])],
+                   [x], rtol=RTOL)
+    y, _ = ref.drop_path_forward(x, keep, 0.3)
+    assert np.all(y[1] == 0) and np.all(y[3] == 0)
+    np.testing.assert_allclose(y[0], x[0] / (1 - ref.drop_probability(0.3)), rtol=1e-15)
+
+
 def test_dropout_gradients(rng) -> None:
     x, keep = arr(rng, 5, 6), rng.random((5, 6)) >= 0.3
     check_backward(lambda x: ref.dropout_forward(x, keep, 0.3)[0],
@@ -156,11 +166,13 @@ def test_mlp_gradients(rng, gelu) -> None:
     check_params_function(lambda x: run(x)[0], backward, params, names, x)
 
 
-def test_block_gradients(rng) -> None:
-    cfg = tiny(dropout=True)
+@pytest.mark.parametrize("drop_path", [0.0, 0.5])
+def test_block_gradients(rng, drop_path) -> None:
+    cfg = tiny(dropout=True, drop_path=drop_path)
     params = random_params(cfg)
     names = [n for n in params if n.startswith("blocks.1.")]
-    masks = fixed_masks(0)
+    store: dict = {}
+    masks = fixed_masks(0, store)
     x = arr(rng, 2, cfg.num_tokens, cfg.dim)
 
     def backward(x, dy):
@@ -169,6 +181,8 @@ def test_block_gradients(rng) -> None:
         return dx, grads
 
     check_params_function(lambda x: ref.block_forward(params, 1, x, cfg, masks)[0], backward, params, names, x)
+    if drop_path:  # block 1 has the whole rate; its two branches' masks were drawn per sample
+        assert all(store[f"blocks.1.drop_path{j}"].shape == (2, 1, 1) for j in (1, 2))
 
 
 @pytest.mark.parametrize("pool", ["flatten", "cls", "gap"])
@@ -194,11 +208,12 @@ def test_head_gradients(rng) -> None:
 
 @pytest.mark.parametrize("pool", ["flatten", "cls", "gap"])
 def test_whole_model_gradients_with_dropout(rng, pool) -> None:
-    """vit_forward -> cross-entropy: every parameter and the images, dropout on with fixed masks."""
-    cfg = tiny(pool=pool, gelu="tanh" if pool == "gap" else "erf", dropout=True)
+    """vit_forward -> cross-entropy: every parameter and the images, dropout and drop path on with fixed masks."""
+    cfg = tiny(pool=pool, gelu="tanh" if pool == "gap" else "erf", dropout=True, depth=3, drop_path=0.5)
     params = random_params(cfg)
     names = list(params)
-    masks = fixed_masks(0)
+    store: dict = {}
+    masks = fixed_masks(0, store)
     images, labels = arr(rng, 3, 8, 8, 3), np.array([0, 1, 4])
 
     def loss(x):
@@ -213,6 +228,8 @@ def test_whole_model_gradients_with_dropout(rng, pool) -> None:
 
     # 24 elements of every input (seeded, plus its largest gradient): the parts are checked whole above.
     check_params_function(lambda x: loss(x)[0][0], backward, params, names, images, max_checks=24)
+    drop_path_masks = np.concatenate([m.ravel() for site, m in store.items() if "drop_path" in site])
+    assert drop_path_masks.any() and not drop_path_masks.all()  # some branches dropped, some kept
 
 
 # ---- the same numbers as the fast model -----------------------------------------------------------------------
@@ -272,18 +289,22 @@ def test_same_logits_loss_and_gradients_as_the_fast_model(backend, pool, gelu) -
 
 
 def mask_sites(cfg: ViTConfig) -> list[str]:
-    """Every dropout site of the model, in forward order."""
+    """Every dropout and drop path site of the model, in forward order (a block of drop path rate 0 has none)."""
     sites = []
     for i in range(cfg.depth):
-        sites += [f"blocks.{i}.attn.attn_drop"] + [f"blocks.{i}.mlp.drop{j}" for j in range(len(cfg.mlp_units))]
+        drop_path = [f"blocks.{i}.drop_path1", f"blocks.{i}.drop_path2"] if cfg.drop_path_rate(i) > 0 else ["", ""]
+        sites += [f"blocks.{i}.attn.attn_drop", drop_path[0]]
+        sites += [f"blocks.{i}.mlp.drop{j}" for j in range(len(cfg.mlp_units))] + [drop_path[1]]
+    sites = [site for site in sites if site]
     return sites + ["head_drop"] + [f"head.drop{j}" for j in range(len(cfg.head_units))]
 
 
 @pytest.mark.parametrize("pool", ["flatten", "cls", "gap"])
-def test_same_numbers_as_the_fast_model_with_dropout(backend, pool) -> None:
-    """Dropout on: the reference draws its masks through npvit's keyed mask function, the fast model splits
-    the batch over two threads; the masks, and so every number, are the same."""
-    cfg = tiny(pool=pool, gelu="tanh" if pool == "cls" else "erf", dropout=True)
+@pytest.mark.parametrize("drop_path", [0.0, 0.4])
+def test_same_numbers_as_the_fast_model_with_dropout(backend, pool, drop_path) -> None:
+    """Dropout (and drop path) on: the reference draws its masks through npvit's keyed mask function, the fast
+    model splits the batch over two threads; the masks, and so every number, are the same."""
+    cfg = tiny(pool=pool, gelu="tanh" if pool == "cls" else "erf", dropout=True, depth=3, drop_path=drop_path)
     model, params = fast_and_reference(cfg, threads=2, backend=backend)
     images, labels = batch(cfg, size=6)
     asked: list[str] = []
@@ -398,6 +419,11 @@ def test_dropout_sites_and_keep_probability() -> None:
     assert sorted(store) == sorted(mask_sites(cfg))
     assert store["blocks.0.attn.attn_drop"].shape == (2, cfg.num_heads, cfg.num_tokens, cfg.num_tokens)
     assert ref.drop_probability(0.1) == 6554 / 65536
+    cfg = tiny(dropout=True, drop_path=0.2)
+    store.clear()
+    ref.vit_forward(params, np.zeros((2, 8, 8, 3)), cfg, fixed_masks(0, store))
+    assert sorted(store) == sorted(mask_sites(cfg))
+    assert store["blocks.1.drop_path1"].shape == store["blocks.1.drop_path2"].shape == (2, 1, 1)
     y, _ = ref.dropout_forward(np.ones(4), np.array([True, False, True, True]), 0.1)
     assert np.array_equal(y, np.array([1, 0, 1, 1]) / (1 - 6554 / 65536))
     keep = ref.keyed_masks(0)("x", (200, 1000), 0.25)
