@@ -4,6 +4,7 @@ masks, the per-block rates, and the model with it on (gradients) and off (bit-id
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -153,3 +154,21 @@ def test_rate_zero_draws_nothing_and_changes_nothing(monkeypatch) -> None:
         np.testing.assert_array_equal(on[2][name], g, err_msg=name)
     dropped = _step(dataclasses.replace(cfg, drop_path=0.5), images, labels)
     assert not np.allclose(dropped[0], off[0])  # a real rate changes the numbers
+
+
+def test_the_training_flag_reaches_the_model_and_the_saved_run(tmp_path, capsys) -> None:
+    from npvit import train as train_cli
+
+    flags = ["--dataset", "synthetic", "--synthetic-size", "64,16", "--synthetic-image-size", "8",
+             "--synthetic-classes", "4", "--preset", "tiny", "--batch-size", "16", "--max-steps", "2",
+             "--threads", "1", "--quiet"]
+    assert train_cli.main([*flags, "--drop-path", "0.3", "--out", str(tmp_path / "run")]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["drop_path"] == 0.3
+    assert train_cli.model_config(dict(train_cli.DEFAULTS), 10).drop_path == 0.0  # the Keras recipe: none
+    try:
+        status = train_cli.main([*flags, "--drop-path", "1.5", "--out", str(tmp_path / "bad")])
+    except SystemExit as exc:  # argparse's own errors
+        status = exc.code
+    assert status == 2 and "--drop-path" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

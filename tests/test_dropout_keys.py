@@ -53,7 +53,8 @@ def _run(model: ViT, images: np.ndarray, labels: np.ndarray, first: int = 0):
 
 @pytest.mark.parametrize("pool", ["flatten", "cls"])
 def test_threads_and_pieces_draw_the_same_masks(monkeypatch, pool) -> None:
-    cfg = dataclasses.replace(ViTConfig.tiny(), pool=pool, dropout=0.3, attention_dropout=0.3, head_dropout=0.4)
+    cfg = dataclasses.replace(ViTConfig.tiny(), pool=pool, dropout=0.3, attention_dropout=0.3, head_dropout=0.4,
+                              drop_path=0.4)
     data = np.random.default_rng(0)
     images, labels = data.standard_normal((7, 8, 8, 3)), data.integers(0, cfg.num_classes, 7)
     base = _run(ViT(cfg, dtype="float64", seed=4, threads=1), images, labels)
@@ -67,7 +68,8 @@ def test_threads_and_pieces_draw_the_same_masks(monkeypatch, pool) -> None:
 
 
 def test_a_slice_of_the_batch_with_its_first_index_matches_the_whole() -> None:
-    cfg = dataclasses.replace(ViTConfig.tiny(), dropout=0.3, attention_dropout=0.3, head_dropout=0.4)
+    cfg = dataclasses.replace(ViTConfig.tiny(), dropout=0.3, attention_dropout=0.3, head_dropout=0.4,
+                              drop_path=0.4)
     images = np.random.default_rng(0).standard_normal((6, 8, 8, 3))
     model = ViT(cfg, dtype="float64", seed=4, threads=1)
     whole = model.forward(images, training=True, dropout_seed=5)

@@ -118,18 +118,19 @@ def class_attribute(class_name: str, attrs: list[str]) -> bool:
 
 @lru_cache(maxsize=None)
 def model_names() -> frozenset[str]:
-    """Every parameter name and dropout site name of the model, and every dotted prefix of one, as the
+    """Every parameter name and dropout (and drop path) site name of the model, and every dotted prefix of one, as the
     reference uses them (flatten and cls pooling, two head layers)."""
     names: set[str] = set()
     for pool in ("flatten", "cls"):
         cfg = dataclasses.replace(ViTConfig.tiny(), pool=pool, head_units=(6, 5), dropout=0.1,
-                                  attention_dropout=0.1, head_dropout=0.1)
+                                  attention_dropout=0.1, head_dropout=0.1, drop_path=0.1)
         params = ref.init_params(cfg)
         sites: list[str] = []
         ref.vit_forward(params, np.zeros((1, cfg.image_size, cfg.image_size, cfg.channels)), cfg,
                         lambda site, shape, rate: sites.append(site) or np.ones(shape, dtype=bool))
         for name in [*params, *sites]:
-            parts = name.split(".")
+            # Names are looked up as block 0's; drop path sites exist only from block 1 on (block 0's rate is 0).
+            parts = re.sub(r"^blocks\.[0-9]+(?=\.)", "blocks.0", name).split(".")
             names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     return frozenset(names)
 
