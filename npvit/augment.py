@@ -49,6 +49,22 @@ Keras 3 semantics reproduced (sources in keras-team/keras, ``keras/src/...``):
 * Rotation and zoom are separate layers, hence two separate bilinear resamplings (flip, rotate, zoom), each
   with its own random draw per image.
 
+Beyond the example, an optional random crop with padding (``Augmenter(crop_padding=P)``, off by default), the
+standard CIFAR augmentation of torchvision's and timm's recipes, ``RandomCrop(32, padding=4)``: each image is
+padded by P pixels on every side and an H x W window at a random offset (dy, dx), each uniform over 0..2P, is
+kept. :func:`draw_crops`, :func:`crop_padded`, :func:`random_crop`. Where and with what it fills:
+
+* It runs first of the random steps, on the raw images at the dataset's native resolution, before
+  normalisation and the resize: a shift of P pixels of the 32x32 image, as those recipes have it (after the
+  resize it would be a shift of P/32 of the 72x72 input, a different augmentation), and cheapest there
+  (one-byte pixels, a quarter of the 72x72 area).
+* The padding is zeros of the raw image -- black -- which the normalisation then maps to (0 - mean) / std
+  per channel: torchvision's ``RandomCrop(padding=4)`` pads with ``fill=0`` before ``Normalize``, so the
+  accuracies those recipes report were reached with this fill. (Zeros after normalisation would be the
+  mean colour; "reflect" would invent content at the border.)
+* Crop and flip commute in distribution (the offsets are symmetric), so the order against flip changes
+  nothing; rotation and zoom then act on the cropped, resized image.
+
 Deliberate differences: random numbers come from a NumPy/CuPy ``Generator`` (``rng.random``), not Keras'
 seed generators, so the draws differ from Keras' for the same seed (the distributions are the same);
 matrices are built in float64 and sampling coordinates are computed in the image dtype (Keras builds float32
@@ -229,6 +245,54 @@ def random_flip(x: Array, rng: Any) -> Array:
     """Keras ``RandomFlip("horizontal")`` in training: mirror each image left-right with probability 1/2."""
     _check_images(x)
     return flip_horizontal(x, draw_flips(x.shape[0], rng, get_array_module(x)))
+
+
+# ------------------------------------------------------------------------------------------ random crop
+def draw_crops(batch: int, padding: int, rng: Any, xp: Any = numpy) -> tuple[Array, Array]:
+    """(dy, dx), each (batch,) integer offsets uniform over 0..2P (P = ``padding``), rows drawn before
+    columns: ``d = min(floor(u (2P + 1)), 2P)`` with u in [0, 1) from ``rng.random``, on module ``xp``
+    without a host read. (For u just below 1 the float64 product stays below the odd 2P + 1; the min keeps
+    the offset in range whatever a generator's rounding.)"""
+    n = 2 * padding + 1
+
+    def offsets() -> Array:
+        d = xp.floor(_on(xp, rng.random(batch), dtype=xp.float64) * n)
+        return xp.minimum(d, n - 1).astype(xp.intp)
+
+    dy = offsets()
+    return dy, offsets()
+
+
+def crop_padded(x: Array, padding: int, dy: Array, dx: Array) -> Array:
+    """Each image of ``x`` (B, H, W, C) padded with P zeros on all four sides and cropped back to H x W at
+    its own offset (dy[b], dx[b]) in 0..2P:
+
+        y[b, i, j, c] = xpad[b, dy_b + i, dx_b + j, c],   xpad[b, r, s, c] = x[b, r - P, s - P, c] inside, 0 outside
+
+    so (dy, dx) = (P, P) gives the image back. Any dtype, kept (uint8 stays uint8). One gather of pixels for the
+    whole batch from the padded batch seen as (B (H+2P) (W+2P), C) rows, at the flat indices
+    ``b (H+2P)(W+2P) + (dy_b + i)(W+2P) + dx_b + j``: no loop over images, nothing read back from a device.
+    """
+    _check_images(x)
+    xp = get_array_module(x)
+    b, h, w, c = x.shape
+    hp, wp = h + 2 * padding, w + 2 * padding
+    padded = xp.zeros((b, hp, wp, c), dtype=x.dtype)
+    padded[:, padding : padding + h, padding : padding + w] = x
+    dy, dx = _on(xp, dy, dtype=xp.intp).reshape(-1), _on(xp, dx, dtype=xp.intp).reshape(-1)
+    if dy.shape != (b,) or dx.shape != (b,):
+        raise ValueError(f"need one row and one column offset per image ({b}), got {dy.shape} and {dx.shape}")
+    corner = xp.arange(b, dtype=xp.intp) * (hp * wp) + dy * wp + dx  # (B,): flat index of each crop's (0, 0)
+    grid = xp.arange(h, dtype=xp.intp)[:, None] * wp + xp.arange(w, dtype=xp.intp)  # (H, W): offsets in a crop
+    return xp.take(padded.reshape(b * hp * wp, c), corner[:, None, None] + grid, axis=0)
+
+
+def random_crop(x: Array, padding: int, rng: Any) -> Array:
+    """torchvision ``RandomCrop((H, W), padding=P)`` (fill 0) on every image: pad by P zeros, keep the H x W
+    window at offsets drawn by :func:`draw_crops`."""
+    _check_images(x)
+    dy, dx = draw_crops(x.shape[0], padding, rng, get_array_module(x))
+    return crop_padded(x, padding, dy, dx)
 
 
 # ------------------------------------------------------------------------------------ affine resampling
@@ -462,7 +526,8 @@ def random_zoom(
 
 # ------------------------------------------------------------------------------------------- pipeline
 class Augmenter:
-    """The Keras example's ``data_augmentation`` model: normalize -> resize -> [flip -> rotate -> zoom].
+    """The Keras example's ``data_augmentation`` model: normalize -> resize -> [flip -> rotate -> zoom],
+    with an optional [crop] of the raw images first (``crop_padding`` > 0; see the module's docstring).
 
     ``Augmenter(*channel_stats(x_train))`` reproduces it. Call it on a batch of uint8 or float images
     (B, h, w, C) of either backend: it returns ``dtype`` images (B, image_size, image_size, C) on the same
@@ -473,8 +538,9 @@ class Augmenter:
     Keyed per sample: the random parameters are drawn for a whole global batch of ``total`` images (default:
     this batch) and ``images`` receives rows [first, first + len(images)) of them. Processes that each take
     a disjoint slice of one global batch, with generators seeded alike, therefore augment exactly as a single
-    process augmenting the whole batch does. The draws per step are (flips, angles, height zooms, width
-    zooms), ``total`` values each, in that order.
+    process augmenting the whole batch does. The draws per step are (crop rows, crop columns) when
+    ``crop_padding`` > 0, then (flips, angles, height zooms, width zooms), ``total`` values each, in that
+    order; ``crop_padding=0`` draws and changes nothing, so the Keras pipeline is the same bit for bit.
     """
 
     def __init__(
@@ -487,6 +553,7 @@ class Augmenter:
         zoom: float = 0.2,
         dtype: str = "float32",
         seed: int | None = None,
+        crop_padding: int = 0,
     ) -> None:
         self.mean = numpy.asarray(to_numpy(mean), dtype=numpy.float64).reshape(-1)
         self.variance = numpy.asarray(to_numpy(variance), dtype=numpy.float64).reshape(-1)
@@ -502,6 +569,9 @@ class Augmenter:
         self.seed = seed
         _bounds(rotation, "rotation")
         _bounds(zoom, "zoom")
+        if isinstance(crop_padding, bool) or not isinstance(crop_padding, numbers.Integral) or crop_padding < 0:
+            raise ValueError(f"crop_padding must be a non-negative integer (pixels), got {crop_padding!r}")
+        self.crop_padding = int(crop_padding)
         self._stats: dict[str, tuple[Array, Array]] = {}
         self._rngs: dict[str, Any] = {}
 
@@ -529,12 +599,16 @@ class Augmenter:
                 and 0 <= first and first + batch <= total):
             raise ValueError(f"images must be rows [first, first + {batch}) of a global batch of total images, "
                              f"got first={first!r}, total={total!r}")
+        rows = slice(first, first + batch)
+        if training:
+            rng = self._default_rng(xp) if rng is None else rng
+            if self.crop_padding:  # on the raw images: zeros are black, as torchvision pads
+                dy, dx = draw_crops(total, self.crop_padding, rng, xp)
+                images = crop_padded(images, self.crop_padding, dy[rows], dx[rows])
         x = normalize(images.astype(self.dtype, copy=False), *self._moments(xp))
         x = resize_bilinear(x, self.image_size)
         if not training:
             return x
-        rng = self._default_rng(xp) if rng is None else rng
-        rows = slice(first, first + batch)
         size = self.image_size
         if self.flip:
             x = flip_horizontal(x, draw_flips(total, rng, xp)[rows])
@@ -550,5 +624,6 @@ class Augmenter:
     def __repr__(self) -> str:
         return (
             f"Augmenter(image_size={self.image_size}, flip={self.flip}, rotation={self.rotation}, "
-            f"zoom={self.zoom}, dtype={self.dtype.name!r}, channels={self.mean.shape[0]})"
+            f"zoom={self.zoom}, crop_padding={self.crop_padding}, dtype={self.dtype.name!r}, "
+            f"channels={self.mean.shape[0]})"
         )

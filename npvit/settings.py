@@ -131,6 +131,8 @@ SETTINGS: tuple[Setting, ...] = (
             unit_interval, metavar="F"),
     Setting("zoom", 0.2, "zoom factor for height and width", "augmentation (training only)", "float",
             unit_interval, metavar="F"),
+    Setting("crop_padding", 0, "random crop: pad each side by N black pixels, crop back to the native size "
+            "(0: off)", "augmentation (training only)", "int", non_negative_int, metavar="N"),
     # optimisation
     Setting("batch_size", 256, "images per optimizer step", "optimisation", "int", positive_int, metavar="N"),
     Setting("epochs", 100, "epochs", "optimisation", "int", positive_int, metavar="N"),

@@ -276,7 +276,7 @@ class Run:
                          decay_convention=s["decay_convention"], clip_norm=s["clip_norm"],
                          exclude_from_decay=model.no_decay_names() if s["exclude_from_decay"] else ())
         self.augmenter = Augmenter(mean, variance, image_size=cfg.image_size, flip=s["flip"], rotation=s["rotation"],
-                                   zoom=s["zoom"], dtype=s["dtype"])
+                                   zoom=s["zoom"], crop_padding=s["crop_padding"], dtype=s["dtype"])
         # The training images on the device once (CIFAR's 50,000 are 150 MB of uint8), each batch gathered
         # there; on NumPy the same host arrays.
         self.train_data = DeviceDataset(self.backend, x_train, y_train)

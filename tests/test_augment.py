@@ -14,10 +14,13 @@ from npvit.augment import (
     Augmenter,
     affine_resample,
     channel_stats,
+    crop_padded,
     draw_angles,
+    draw_crops,
     draw_flips,
     draw_zooms,
     normalize,
+    random_crop,
     random_flip,
     random_rotation,
     random_zoom,
@@ -264,6 +267,106 @@ def test_random_flip_flips_where_draw_at_most_half(backend, rng) -> None:
     y = to_numpy(random_flip(backend.asarray(x), FixedRng([0.2, 0.7, 0.5, 0.51])))
     for i, flipped in enumerate([True, False, True, False]):
         np.testing.assert_array_equal(y[i], x[i, :, ::-1] if flipped else x[i])
+
+
+# ----------------------------------------------------------------------------------------------- crop
+def crop_reference(x: np.ndarray, padding: int, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """Image by image: numpy.pad with zeros, then a slice."""
+    h, w = x.shape[1:3]
+    return np.stack([np.pad(x[b], ((padding, padding), (padding, padding), (0, 0)))[dy[b] : dy[b] + h,
+                                                                                     dx[b] : dx[b] + w]
+                     for b in range(len(x))])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_crop_matches_pad_and_slice(backend, rng, dtype) -> None:
+    padding = 3
+    x = rng.integers(1, 256, (40, 7, 9, 2)).astype(dtype)  # 1..255: every padded zero is visible
+    dy, dx = rng.integers(0, 2 * padding + 1, (2, 40))
+    dy[:2], dx[:2] = (0, 2 * padding), (2 * padding, 0)  # the extreme corners
+    y = crop_padded(backend.asarray(x), padding, backend.asarray(dy), backend.asarray(dx))
+    assert y.dtype == dtype and y.shape == x.shape
+    np.testing.assert_array_equal(to_numpy(y), crop_reference(x, padding, dy, dx))
+    centre = np.full(40, padding)
+    np.testing.assert_array_equal(to_numpy(crop_padded(backend.asarray(x), padding, centre, centre)), x)
+    gen = backend.rng(3)
+    dy, dx = (to_numpy(d) for d in draw_crops(40, padding, backend.rng(3), backend.xp))
+    np.testing.assert_array_equal(to_numpy(random_crop(backend.asarray(x), padding, gen)),
+                                  crop_reference(x, padding, dy, dx))
+    with pytest.raises(ValueError, match="offset per image"):
+        crop_padded(backend.asarray(x), padding, dy[:3], dx)
+
+
+def test_crop_offsets_are_uniform(backend) -> None:
+    n, padding = 45000, 4
+    dy, dx = (to_numpy(d) for d in draw_crops(n, padding, backend.rng(0), backend.xp))
+    k = 2 * padding + 1
+    for d in (dy, dx):
+        assert np.issubdtype(d.dtype, np.integer) and d.min() == 0 and d.max() == k - 1
+        counts = np.bincount(d, minlength=k)
+        # Each count is Binomial(n, 1/k): n/k = 5000 with sd 66.7; 5 sd either side, for each of 18 counts.
+        assert np.abs(counts - n / k).max() < 5 * np.sqrt(n / k * (1 - 1 / k)), counts
+    assert abs(np.corrcoef(dy, dx)[0, 1]) < 0.03  # rows and columns drawn independently (about 6 sd)
+    # u just below 1 never makes the offset 2P + 1; u = 0 is offset 0.
+    edge = FixedRng([0.0, np.nextafter(1.0, 0.0), 0.5], [1 / 9 - 1e-12, 1 / 9, 8 / 9])
+    dy, dx = (to_numpy(d) for d in draw_crops(3, padding, edge, backend.xp))
+    np.testing.assert_array_equal(dy, [0, 8, 4])
+    np.testing.assert_array_equal(dx, [0, 1, 8])
+
+
+def test_augmenter_crop_is_first_on_raw_images_with_black_padding(backend, rng) -> None:
+    images, aug = _cifar_like(rng)
+    x = backend.asarray(images)
+    crop = Augmenter(aug.mean, aug.variance, image_size=12, crop_padding=2)
+    out = to_numpy(crop(x, training=True, rng=backend.rng(11)))
+    gen = backend.rng(11)
+    y = random_crop(x, 2, gen)  # raw uint8: the padding is black, then normalised
+    y = resize_bilinear(normalize(y.astype(np.float32), aug.mean, aug.variance), 12)
+    y = random_zoom(random_rotation(random_flip(y, gen), 0.02, gen), 0.2, 0.2, gen)
+    np.testing.assert_array_equal(out, to_numpy(y))
+    only = Augmenter(aug.mean, aug.variance, image_size=8, flip=False, rotation=0, zoom=0, crop_padding=2)
+    dy, dx = (to_numpy(d) for d in draw_crops(6, 2, backend.rng(4), backend.xp))
+    cropped = crop_reference(images, 2, dy, dx)
+    expected = ((cropped - aug.mean) / np.sqrt(aug.variance)).astype(np.float32)
+    np.testing.assert_allclose(to_numpy(only(x, True, backend.rng(4))), expected, rtol=1e-5, atol=1e-5)
+    assert (cropped == 0).all(axis=-1).any()  # some padding shows, and above it came out as black
+    # Inference never crops and draws nothing.
+    gen = np.random.default_rng(0)
+    state = gen.bit_generator.state
+    np.testing.assert_array_equal(to_numpy(crop(x, False, gen)), to_numpy(aug(x, False)))
+    assert gen.bit_generator.state == state
+
+
+def test_crop_padding_zero_is_the_keras_pipeline_bit_for_bit(backend, rng) -> None:
+    images, aug = _cifar_like(rng)
+    x = backend.asarray(images)
+    zero = Augmenter(aug.mean, aug.variance, image_size=12, crop_padding=0)
+    np.testing.assert_array_equal(to_numpy(zero(x, True, backend.rng(9))), to_numpy(aug(x, True, backend.rng(9))))
+    gen = np.random.default_rng(5)
+    aug(images, True, gen)
+    after_keras = gen.bit_generator.state
+    gen = np.random.default_rng(5)
+    zero(images, True, gen)
+    assert gen.bit_generator.state == after_keras  # no draw consumed for the crop
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="crop_padding"):
+            Augmenter(aug.mean, aug.variance, crop_padding=bad)
+
+
+def test_crop_slices_of_a_global_batch_equal_the_whole_batch(backend, rng) -> None:
+    images = rng.integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
+    aug = Augmenter(*channel_stats(images), image_size=12, crop_padding=3)
+    x = backend.asarray(images)
+    whole = to_numpy(aug(x, training=True, rng=backend.rng(21)))
+    bounds = [0, 2, 3, 7, 9]
+    parts = [to_numpy(aug(x[a:b], training=True, rng=backend.rng(21), first=a, total=len(images)))
+             for a, b in zip(bounds, bounds[1:])]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    crop_only = Augmenter(aug.mean, aug.variance, image_size=8, flip=False, rotation=0, zoom=0, crop_padding=3)
+    whole = to_numpy(crop_only(x, True, backend.rng(2)))
+    part = to_numpy(crop_only(x[4:6], True, backend.rng(2), first=4, total=9))
+    np.testing.assert_array_equal(part, whole[4:6])
+    assert not np.array_equal(part, to_numpy(crop_only(x[4:6], True, backend.rng(2))))  # keyed by the row
 
 
 # ----------------------------------------------------------------------------------------- randomness

@@ -23,7 +23,7 @@ import pytest
 import npvit
 import npvit.backend as backend_module
 from fakecupy import HostSyncError, fake_cupy, from_fake, host_syncs, to_fake  # noqa: F401 (fixtures)
-from npvit.augment import Augmenter, affine_resample, resize_bilinear, rotation_matrices
+from npvit.augment import Augmenter, affine_resample, draw_crops, resize_bilinear, rotation_matrices
 from npvit.backend import PHILOX_STATES, BackendUnavailableError, DeviceDataset, cached_constant, make_rng, row_dot
 from npvit.kernels.dropout import DropoutKey
 from npvit.kernels import (
@@ -409,6 +409,30 @@ def test_augmenter_gpu_path_has_no_sync_and_equals_numpy(fake_cupy, host_syncs) 
     for seed in range(3):
         out = wild(to_fake(images), training=True, rng=backend.rng(seed))
     assert host_syncs.gets == 0 and out.shape == (5, 12, 12, 3)
+
+
+def test_crop_gpu_path_has_no_sync_and_equals_numpy(fake_cupy, host_syncs) -> None:
+    rng = np.random.default_rng(9)
+    images = rng.integers(0, 256, (7, 9, 9, 3), dtype=np.uint8)
+    aug = Augmenter(rng.random(3) * 100, rng.random(3) * 900 + 10, image_size=12, dtype="float64", crop_padding=4)
+    expected = aug(images, training=True, rng=np.random.default_rng(3))
+    host_syncs.reset()
+    got = aug(to_fake(images), training=True, rng=np.random.default_rng(3), first=0, total=7)
+    assert host_syncs.gets == 0
+    assert_same(expected, from_fake(got), rtol=1e-11, atol=1e-11)
+    part = aug(to_fake(images[2:5]), training=True, rng=np.random.default_rng(3), first=2, total=7)
+    assert_same(expected[2:5], from_fake(part), rtol=1e-11, atol=1e-11)
+    # Device generators: offsets drawn, floored and used on the device, nothing read back.
+    backend = npvit.get_backend("cupy")
+    crop_only = Augmenter(np.zeros(3), np.ones(3), image_size=9, flip=False, rotation=0, zoom=0, crop_padding=4)
+    host_syncs.reset()
+    out = crop_only(to_fake(images), training=True, rng=backend.rng(1))
+    assert host_syncs.gets == 0 and out.shape == (7, 9, 9, 3)
+    dy, dx = draw_crops(7, 4, backend.rng(1), fake_cupy.cupy)
+    assert host_syncs.gets == 0
+    reference = np.stack([np.pad(images[b], ((4, 4), (4, 4), (0, 0)))[i : i + 9, j : j + 9]
+                          for b, (i, j) in enumerate(zip(from_fake(dy), from_fake(dx)))])
+    np.testing.assert_array_equal(from_fake(out), reference.astype(np.float32))
 
 
 @pytest.mark.parametrize("angle", [-0.02 * 2 * np.pi, 0.02 * 2 * np.pi, 2.5, -3.1])
