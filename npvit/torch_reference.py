@@ -150,7 +150,8 @@ class TorchViT(nn.Module):
     """The Keras-example ViT in PyTorch: patches, pre-norm blocks, final LayerNorm, pool, MLP head.
 
     Args:
-        config: the architecture (every field of ViTConfig is honoured, dropout rates included).
+        config: the architecture (every field of ViTConfig is honoured, dropout rates included, except
+            drop_path, which this peer does not implement: a config with drop_path > 0 is refused).
         dtype: ``torch.float32`` / ``torch.float64`` or "float32" / "float64".
         device: where the parameters live ("cpu", "cuda", ...).
         attention: "eager" (matmul + softmax + dropout + matmul) or "sdpa" (F.scaled_dot_product_attention).
@@ -163,6 +164,9 @@ class TorchViT(nn.Module):
         self, config: ViTConfig, dtype: Any = torch.float32, device: Any = None, attention: str = "eager"
     ) -> None:
         super().__init__()
+        if config.drop_path > 0:
+            raise ValueError(f"TorchViT has no drop path (stochastic depth); got drop_path={config.drop_path}: "
+                             "compare with drop_path=0")
         cfg = self.config = config
         self.patch_embed = PatchEmbed(cfg)
         if cfg.pool == "cls":

@@ -255,3 +255,10 @@ def test_adamw_training_matches_torch(variant: str) -> None:
         assert 0 < clipped < STEPS, f"clipping in {clipped} of {STEPS} steps: a branch went untested"
     if exclude:
         assert no_decay and len(no_decay) < len(P), "both parameter groups should be non-empty"
+
+
+def test_the_peer_refuses_drop_path() -> None:
+    """The PyTorch peer has no drop path: a config with it is refused rather than compared wrongly."""
+    cfg = replace(npvit.ViTConfig.tiny(), drop_path=0.1)
+    with pytest.raises(ValueError, match="drop path"):
+        TorchViT(cfg)
