@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import get_array_module
-from .dropout import DropoutKey, drop_threshold, dropout_mask, dropout_scale
+from .dropout import DropoutKey, drop_threshold, dropout_backward, dropout_forward, dropout_mask
 
 Array = Any
 DropPathCache = tuple[Array, float] | None  # (keep mask (B, 1, ..., 1) as booleans, 1 / (1 - rate)); None: identity
@@ -33,7 +33,10 @@ def drop_path_forward(
 ) -> tuple[Array, DropPathCache]:
     """Drop whole samples of ``x`` (B, ...) with probability ``rate`` (0 <= rate < 1), scaling the others by
     1 / (1 - rate). ``mask`` (B, 1, ..., 1) fixes the keep decisions instead of drawing them from ``key``.
-    Returns (y, cache)."""
+    Returns (y, cache).
+
+    This is dropout (``dropout_forward``) with a mask of one entry per sample, broadcast over the rest.
+    """
     if not 0.0 <= rate < 1.0 or drop_threshold(rate) == 1 << 16:
         raise ValueError(f"drop path rate must be in [0, 1) (and below 1 - 2**-17), got {rate}")
     if rate == 0.0 and mask is None:
@@ -45,17 +48,9 @@ def drop_path_forward(
     elif tuple(mask.shape) != drop_path_mask_shape(x.shape):
         raise ValueError(f"drop path mask must have shape {drop_path_mask_shape(x.shape)} (one entry per sample), "
                          f"got {tuple(mask.shape)}")
-    scale = dropout_scale(rate)
-    y = x * x.dtype.type(scale)
-    y *= mask
-    return y, (mask, scale)
+    return dropout_forward(x, rate, mask=mask)
 
 
 def drop_path_backward(dy: Array, cache: DropPathCache) -> Array:
-    """Gradient of drop_path_forward with respect to its input: the same per-sample mask and scale."""
-    if cache is None:
-        return dy
-    mask, scale = cache
-    dx = dy * dy.dtype.type(scale)
-    dx *= mask
-    return dx
+    """Gradient of drop_path_forward with respect to its input: dropout's, with the per-sample mask."""
+    return dropout_backward(dy, cache)
