@@ -33,10 +33,11 @@ from .config import GELUS, POOLS, PRESETS, ViTConfig
 from .data import DATASETS, DataError, check_data_settings
 from .io import is_finite_number, is_int
 from .optim import DECAY_CONVENTIONS
+from .recipes import RECIPE_HELP, RECIPES
 from .schedule import SCHEDULES
 
 PRESET_HELP = {"keras": "the 2021 example", "keras-wide": "its current revision", "small": "32x32 input",
-               "tiny": "for smoke tests"}
+               "fast": "the fast recipe's", "tiny": "for smoke tests"}
 SEED_LIMIT = 2**63  # seeds are stored in JSON and fed to 64-bit generators
 
 
@@ -106,6 +107,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("train_subset", None, "train on the first N training images only", "data", "int", positive_int,
             metavar="N", nullable=True),
     # model
+    Setting("recipe", "keras", "defaults for every other setting: " + ", ".join(
+        f"{k} ({v})" for k, v in RECIPE_HELP.items()) + "; flags given win", "model", "str",
+        choices=tuple(RECIPES)),
     Setting("preset", "keras", "the model: " + ", ".join(f"{k} ({v})" for k, v in PRESET_HELP.items()),
             "model", "str", choices=tuple(sorted(PRESETS))),
     _model("image_size", "image_size", "int", positive_int, "input side after resizing", "N"),
@@ -286,7 +290,8 @@ def resolve_settings(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     given = dict(given)
     resume = given.pop("resume", None)
     if resume is None:
-        settings = dict(DEFAULTS, **given)
+        settings = dict(DEFAULTS, **RECIPES.get(given.get("recipe", DEFAULTS["recipe"]), {}))
+        settings.update(given)
         if settings["out"] is None:
             settings["out"] = str(Path("runs") / f"{settings['dataset']}-{settings['preset']}")
         try:

@@ -1,0 +1,52 @@
+"""Named training recipes: a recipe is a set of defaults for the settings of a run (``npvit.settings``).
+
+    python -m npvit.train                                        # --recipe keras: the Keras example
+    python -m npvit.train --dataset cifar10 --recipe fast        # 80% on CIFAR-10 is the aim, 2 h, 2 cores
+
+A flag given on the command line always wins over the recipe, so ``--recipe fast --epochs 60`` is the fast
+recipe trained longer. The resolved settings, not the recipe's name alone, are what a run folder records, so
+a run resumes exactly even if a recipe's table changes later.
+
+keras
+    The Keras example "Image classification with Vision Transformer": the settings table's own defaults.
+fast
+    What a user who wants accuracy on CIFAR at the native 32x32 should run. The choices, each measured in
+    ``benchmarks/NOTES.md`` ("Recipe fast"):
+
+    * model (``ViTConfig.fast``): 4x4 patches at 32x32 give 64 tokens instead of the Keras model's 144 at
+      72x72, and mean pooling into one linear layer replaces the 8.4M-parameter flatten head; width 96 and
+      6 blocks are what 2 hours of 2 cores afford for about 30 epochs (0.46M parameters, 91 MFLOP forward);
+      tanh GELU is 10% faster than erf at equal accuracy;
+    * optimisation: AdamW at 1e-3 with batch 128, linear warmup over the first 2 epochs then cosine decay to
+      0, weight decay 0.05 kept off biases, norms and embeddings, gradients clipped to norm 1, label
+      smoothing 0.1;
+    * augmentation: random crop of the 4-pixel zero-padded image and horizontal flip, the standard CIFAR
+      pair, instead of the Keras example's resize, rotation and zoom.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "keras": {},
+    "fast": {
+        "preset": "fast",
+        "epochs": 30,
+        "batch_size": 128,
+        "learning_rate": 1e-3,
+        "weight_decay": 0.05,
+        "exclude_from_decay": True,
+        "clip_norm": 1.0,
+        "lr_schedule": "cosine",
+        "warmup_steps": 700,  # 2 epochs of 45,000 training images at batch 128
+        "label_smoothing": 0.1,
+        "rotation": 0.0,
+        "zoom": 0.0,
+        "crop_padding": 4,
+        "flip": True,
+    },
+}
+"""Recipe name -> the settings it changes from the table's defaults (which are the Keras example's)."""
+
+RECIPE_HELP = {"keras": "the Keras example", "fast": "CIFAR at 32x32 in about 2 hours on 2 cores"}
