@@ -137,6 +137,12 @@ SETTINGS: tuple[Setting, ...] = (
             unit_interval, metavar="F"),
     Setting("crop_padding", 0, "random crop: pad each side by N black pixels, crop back to the native size "
             "(0: off)", "augmentation (training only)", "int", non_negative_int, metavar="N"),
+    Setting("mixup", 0.0, "Mixup: blend each image with a partner by lam ~ Beta(A, A), and the targets alike "
+            "(0: off; with --cutmix, each image takes one of the two at random); training top-1 then counts "
+            "the image's own label", "augmentation (training only)", "float", non_negative, metavar="A"),
+    Setting("cutmix", 0.0, "CutMix: paste a box of a partner image, of area 1 - lam with lam ~ Beta(A, A), "
+            "targets mixed by area (0: off)", "augmentation (training only)", "float", non_negative,
+            metavar="A"),
     # optimisation
     Setting("batch_size", 256, "images per optimizer step", "optimisation", "int", positive_int, metavar="N"),
     Setting("epochs", 100, "epochs", "optimisation", "int", positive_int, metavar="N"),

@@ -345,7 +345,8 @@ class Run:
         """Train until the epochs or --max-steps are done. Returns an exit status to stop with, or None to go
         on to the final test."""
         s, st, comm, xp = self.s, self.state, self.comm, self.backend.xp
-        step_settings = StepSettings(seed=s["seed"], label_smoothing=s["label_smoothing"])
+        step_settings = StepSettings(seed=s["seed"], label_smoothing=s["label_smoothing"], mixup=s["mixup"],
+                                     cutmix=s["cutmix"])
         schedule = ReadSchedule()
         save_every = None if s["save_every"] is None else 60.0 * s["save_every"]
         last_save = time.perf_counter()

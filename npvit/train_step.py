@@ -1,8 +1,9 @@
 """One optimizer step of training, and the running sums it leaves on the device.
 
     images = augment(x[batch])                      the rank's slice of the global batch, flip/rotate/zoom
+    images, targets = mix(images, partners)         optional Mixup/CutMix with the rows T - 1 - i (npvit.mix)
     logits = model.forward(images, training=True)   dropout keyed by the step
-    loss   = cross_entropy(logits, labels)          the mean over the slice
+    loss   = cross_entropy(logits, labels)          the mean over the slice (against targets when mixing)
     model.backward(dloss * (slice / batch))         so that the ranks' gradients add up to the batch mean's
     comm.allreduce_sum(gradients)                   the identity with one process
     AdamW step at the schedule's learning rate      skipped, and flagged, if the gradient is not finite
@@ -24,15 +25,21 @@ from typing import Any
 import numpy as np
 
 from .augment import Augmenter
-from .backend import to_numpy
+from .backend import Backend, to_numpy
 from .distributed.communicator import Communicator, SingleProcess
 from .distributed.split import rank_slice
-from .kernels import cross_entropy_backward, cross_entropy_forward
+from .kernels import (
+    cross_entropy_backward,
+    cross_entropy_forward,
+    soft_cross_entropy_backward,
+    soft_cross_entropy_forward,
+)
+from .mix import check_alphas, draw_mix, mix_images, mix_targets
 from .model import ViT
 from .optim import AdamW
 
 Array = Any
-SHUFFLE, DROPOUT, AUGMENT = 0, 1, 2  # the random streams of a run
+SHUFFLE, DROPOUT, AUGMENT, MIX = 0, 1, 2, 3  # the random streams of a run
 
 
 def stream_seed(seed: int, stream: int, index: int, *more: int) -> int:
@@ -79,6 +86,16 @@ class StepSettings:
 
     seed: int
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # Mixup's Beta alpha; 0: off
+    cutmix: float = 0.0  # CutMix's Beta alpha; 0: off
+
+    def __post_init__(self) -> None:
+        check_alphas(self.mixup, self.cutmix)
+
+    @property
+    def mixing(self) -> bool:
+        """Whether images and targets are mixed (npvit.mix)."""
+        return self.mixup > 0 or self.cutmix > 0
 
 
 def train_step(
@@ -101,9 +118,9 @@ def train_step(
         x, y: the training images (uint8, (N, H, W, C)) and labels (int64, (N,)), host or device arrays.
             Labels must have been checked (``kernels.cross_entropy.check_labels``) once, beforehand.
         batch: the global batch's indices; this rank takes ``rank_slice(len(batch), comm.rank, comm.size)``.
-        step: the 0-based global step: keys the dropout and augmentation streams.
+        step: the 0-based global step: keys the dropout, augmentation and mixing streams.
         lr: the learning rate of this step (``schedule.learning_rate``).
-        settings: the seed and label smoothing.
+        settings: the seed, label smoothing and mixing alphas.
         sums: device running sums the step adds its loss, correct predictions and finiteness to.
         comm: the ranks training together (default: this process alone).
 
@@ -126,17 +143,61 @@ def train_step(
         images = augmenter(backend.asarray(x[local]), training=True,
                            rng=backend.rng(stream_seed(settings.seed, AUGMENT, step)), first=part.start,
                            total=len(batch))
+        if settings.mixing:
+            images, targets = mix_slice(augmenter, x, y, batch, part, images, labels, step, settings,
+                                        model.config.num_classes, backend)
         logits = model.forward(images, training=True, dropout_seed=stream_seed(settings.seed, DROPOUT, step),
                                first_sample=part.start)
-        loss, cache = cross_entropy_forward(logits, labels, settings.label_smoothing)
-        model.backward(cross_entropy_backward(cache, len(local) / len(batch)))
-        correct = (xp.argmax(logits, axis=1) == labels).sum()
+        if settings.mixing:
+            loss, soft_cache = soft_cross_entropy_forward(logits, targets)
+            model.backward(soft_cross_entropy_backward(soft_cache, len(local) / len(batch)))
+        else:
+            loss, cache = cross_entropy_forward(logits, labels, settings.label_smoothing)
+            model.backward(cross_entropy_backward(cache, len(local) / len(batch)))
+        correct = (xp.argmax(logits, axis=1) == labels).sum()  # with mixing: the image's own label
     for g in gradient_buffers(model):
         comm.allreduce_sum(g)
     opt.lr = lr
     norm = opt.step(model.grads)
     finite = xp.isfinite(loss) & xp.isfinite(norm)  # AdamW skipped the update if the norm is not finite
     sums.add(step, loss, len(local), correct, finite)
+
+
+def mix_slice(
+    augmenter: Augmenter,
+    x: Any,
+    y: Any,
+    batch: np.ndarray,
+    part: slice,
+    images: Array,
+    labels: Array,
+    step: int,
+    settings: StepSettings,
+    num_classes: int,
+    backend: Backend,
+) -> tuple[Array, Array]:
+    """Mixup/CutMix (npvit.mix) of a rank's augmented ``images`` and ``labels``, rows ``part`` of the global
+    ``batch``: returns (mixed images, soft targets in the images' dtype), what one process holding the whole
+    batch computes for these rows.
+
+    The partners of rows [a, b) of a batch of T are the rows T - b .. T - 1 - a in reverse. When that is the
+    slice itself (one process, or the middle rank), they are ``images[::-1]``; otherwise this rank gathers and
+    augments them itself, with the augmentation's own keyed draws, as their rank does.
+    """
+    total = len(batch)
+    first, last = total - part.stop, total - part.start  # the partners' rows, [first, last), reversed
+    if (first, last) == (part.start, part.stop):
+        partners, partner_labels = images[::-1], labels[::-1]
+    else:
+        partners = augmenter(backend.asarray(x[batch[first:last]]), training=True,
+                             rng=backend.rng(stream_seed(settings.seed, AUGMENT, step)), first=first,
+                             total=total)[::-1]
+        partner_labels = backend.asarray(y[batch[first:last]])[::-1]
+    _, height, width, _ = images.shape
+    draws = draw_mix(total, height, width, settings.mixup, settings.cutmix,
+                     backend.rng(stream_seed(settings.seed, MIX, step)), backend.xp).rows(part)
+    targets = mix_targets(labels, partner_labels, draws.lam, num_classes, settings.label_smoothing, images.dtype)
+    return mix_images(images, partners, draws), targets
 
 
 def gradient_buffers(model: ViT) -> list[Array]:

@@ -537,6 +537,11 @@ class _Generator:
     def standard_normal(self, size: Any = None, dtype: Any = numpy.float64) -> ndarray:
         return ndarray._of(numpy.asarray(self._numpy.standard_normal(size, dtype=dtype)))
 
+    def beta(self, a: float, b: float, size: Any = None, dtype: Any = numpy.float64) -> ndarray:
+        if isinstance(a, ndarray) or isinstance(b, ndarray):
+            raise TypeError("fakecupy: Generator.beta takes host scalars a and b here")
+        return ndarray._of(numpy.asarray(self._numpy.beta(a, b, size)).astype(dtype, copy=False))
+
 
 class _Philox:
     """cupy.random.Philox4x3210(seed=None, *, size=-1): ``size`` states (default: 8 x 256 x the SM count)."""

@@ -522,9 +522,10 @@ def test_gpu_check_keeps_the_benchmark_tables(gpu_check) -> None:
 
 
 # ------------------------------------------------------------------------------------ the training step
-def _train_step_run(backend_name: str, steps: int, cfg: npvit.ViTConfig, augment: bool, dtype: str):
+def _train_step_run(backend_name: str, steps: int, cfg: npvit.ViTConfig, augment: bool, dtype: str,
+                    mix: tuple[float, float] = (0.0, 0.0)):
     """``steps`` steps of npvit.train_step on one backend, from a DeviceDataset, with clipping and decay
-    exclusion; returns (model, sums, (gets, uploads) counted during the steps)."""
+    exclusion, and Mixup/CutMix alphas ``mix``; returns (model, sums, (gets, uploads) counted during the steps)."""
     from fakecupy import SYNCS  # the counters of the installed fake
 
     from npvit.train_step import RunningSums, StepSettings, train_step
@@ -542,7 +543,8 @@ def _train_step_run(backend_name: str, steps: int, cfg: npvit.ViTConfig, augment
     SYNCS.reset()
     for step in range(steps):
         batch = np.arange(4 * step, 4 * step + 4) % len(x)
-        train_step(model, opt, aug, data.images, data.labels, batch, step, 1e-3, StepSettings(seed=3), sums)
+        train_step(model, opt, aug, data.images, data.labels, batch, step, 1e-3,
+                   StepSettings(seed=3, mixup=mix[0], cutmix=mix[1]), sums)
     return model, sums, (SYNCS.gets, SYNCS.uploads)
 
 
@@ -559,6 +561,61 @@ def test_training_steps_read_nothing_from_the_device(fake_cupy, host_syncs) -> N
     assert host_syncs.gets == 1
     assert np.isfinite(loss_sum) and loss_sum > 0 and 0 <= correct <= 4 * steps
     assert nonfinite == 0 and first_nonfinite == -1
+
+
+def test_training_steps_with_mixing_read_nothing_from_the_device(fake_cupy, host_syncs) -> None:
+    """The same with Mixup and CutMix on: draws, boxes, mixed images, soft targets and their loss stay on the
+    device; nothing more goes up than without mixing."""
+    cfg = npvit.ViTConfig.tiny()
+    steps = 4
+    _, sums, (gets, uploads) = _train_step_run("cupy", steps, cfg, augment=True, dtype="float32", mix=(0.8, 1.0))
+    assert gets == 0
+    assert uploads <= 2 * steps + 2
+    loss_sum, correct, nonfinite, _ = sums.read()
+    assert np.isfinite(loss_sum) and loss_sum > 0 and 0 <= correct <= 4 * steps and nonfinite == 0
+
+
+def test_mixing_gpu_path_has_no_sync_and_equals_numpy(fake_cupy, host_syncs) -> None:
+    from npvit.kernels import soft_cross_entropy_backward, soft_cross_entropy_forward
+    from npvit.mix import draw_mix, mix_images, mix_targets
+    from npvit.train_step import StepSettings, mix_slice
+
+    cp = fake_cupy.cupy
+    rng = np.random.default_rng(12)
+    images, labels, logits = rng.standard_normal((7, 6, 9, 3)), rng.integers(0, 5, 7), rng.standard_normal((7, 5))
+
+    def run(xp, convert):  # a host generator: the same draws on both paths, uploaded on the GPU path
+        draws = draw_mix(7, 6, 9, 0.8, 1.0, np.random.default_rng(2), xp)
+        mixed = mix_images(convert(images), convert(images[::-1]), draws)
+        targets = mix_targets(convert(labels), convert(labels[::-1]), draws.lam, 5, 0.1, "float64")
+        loss, cache = soft_cross_entropy_forward(convert(logits), targets)
+        return [draws.lam, mixed, targets, loss, soft_cross_entropy_backward(cache, 0.5)]
+
+    expected = run(np, np.asarray)
+    host_syncs.reset()
+    got = run(cp, to_fake)
+    assert host_syncs.gets == 0
+    assert_same(expected, from_fake(got), rtol=1e-13, atol=1e-15)
+    # A device generator: drawn, boxed and mixed on the device, nothing read back or uploaded.
+    backend = npvit.get_backend("cupy")
+    device_images = to_fake(images)
+    host_syncs.reset()
+    for seed in range(3):
+        draws = draw_mix(7, 6, 9, 0.8, 1.0, backend.rng(seed), cp)
+        mixed = mix_images(device_images, device_images[::-1], draws)
+    assert host_syncs.gets == 0 and host_syncs.uploads == 0 and mixed.shape == images.shape
+    # A rank's slice whose partners are another rank's rows: gathered and augmented on the device.
+    x = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 4, 12)
+    aug = Augmenter(np.full(3, 120.0), np.full(3, 3600.0), image_size=8, crop_padding=2, dtype="float32")
+    data = DeviceDataset(backend, x, y, 4)
+    batch, part = np.arange(9), slice(0, 5)
+    settings = StepSettings(seed=1, mixup=0.8, cutmix=1.0)
+    host_syncs.reset()
+    own = aug(data.images[batch[part]], training=True, rng=backend.rng(0), first=0, total=9)
+    mixed, targets = mix_slice(aug, data.images, data.labels, batch, part, own, data.labels[batch[part]], 0,
+                               settings, 4, backend)
+    assert host_syncs.gets == 0 and mixed.shape == (5, 8, 8, 3) and targets.shape == (5, 4)
 
 
 def test_training_steps_on_the_gpu_path_compute_what_numpy_computes(fake_cupy) -> None:

@@ -18,6 +18,7 @@ from .dropout import DropoutKey, dropout_backward, dropout_forward, dropout_mask
 from .gelu import GELU_KINDS, gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .patches import patches_backward, patches_forward
+from .soft_cross_entropy import soft_cross_entropy_backward, soft_cross_entropy_forward
 from .softmax import softmax_backward, softmax_forward
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "mha_forward",
     "patches_backward",
     "patches_forward",
+    "soft_cross_entropy_backward",
+    "soft_cross_entropy_forward",
     "softmax_backward",
     "softmax_forward",
 ]
