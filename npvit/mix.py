@@ -26,8 +26,13 @@ images from one generator, in a fixed order, T values per draw:
 
 and :meth:`MixDraws.rows` takes any rows of them. A process holding rows [a, b) of the batch therefore mixes
 exactly as one process holding the whole batch; the partners of its rows, T - b .. T - 1 - a, may be another
-process's, whose images it augments itself (``npvit.train_step``). Every step runs in the images' dtype on their
-backend, without a loop over images and without reading anything back from a device.
+process's, whose images it augments itself (``npvit.train_step``).
+
+Mixing acts on the model's inputs, after the Augmenter (normalised and resized: timm mixes the normalised
+batch too; both are affine per pixel, so a Mixup blend commutes with them). Boxes and lam are computed in
+float64 (timm rounds lam to float32 first), images are blended in their own dtype, targets are formed in
+float64. No loop over images, and nothing read back from a device; on CuPy the two Beta draws upload their
+shape parameters (two scalars each), as ``Generator.beta`` takes them.
 
 Training accuracy with mixing counts an image as right when the model's top class is the image's own label.
 """

@@ -537,10 +537,16 @@ class _Generator:
     def standard_normal(self, size: Any = None, dtype: Any = numpy.float64) -> ndarray:
         return ndarray._of(numpy.asarray(self._numpy.standard_normal(size, dtype=dtype)))
 
-    def beta(self, a: float, b: float, size: Any = None, dtype: Any = numpy.float64) -> ndarray:
-        if isinstance(a, ndarray) or isinstance(b, ndarray):
-            raise TypeError("fakecupy: Generator.beta takes host scalars a and b here")
-        return ndarray._of(numpy.asarray(self._numpy.beta(a, b, size)).astype(dtype, copy=False))
+    def beta(self, a: Any, b: Any, size: Any = None, dtype: Any = numpy.float64) -> ndarray:
+        # CuPy 14: a and b are device arrays or Python floats and ints (uploaded, as cupy.asarray does:
+        # counted here), nothing else -- a NumPy float64 is refused.
+        shapes = []
+        for value in (a, b):
+            if not isinstance(value, ndarray) and type(value) not in (float, int):
+                raise TypeError("a is required to be a cupy.ndarray or a scalar")
+            shapes.append(_asarray(value, numpy.float64)._a)
+        values = self._numpy.beta(*shapes, size=size)
+        return ndarray._of(numpy.asarray(values).astype(dtype, copy=False))
 
 
 class _Philox:
