@@ -43,6 +43,8 @@ def test_fast_recipe_sets_its_values_and_flags_given_win() -> None:
                      "--projection-dim", "128")
     assert longer["epochs"] == 60 and longer["crop_padding"] == 2 and longer["batch_size"] == 128
     assert model_config(longer, 10).dim == 128 and model_config(longer, 10).pool == "gap"
+    hundred = resolve("--dataset", "cifar100", "--recipe", "fast")  # the CIFAR-100 variant: 100 outputs
+    assert model_config(hundred, 100) == ViTConfig.fast(100) and hundred["out"].endswith("cifar100-fast")
 
 
 def test_unknown_recipe_is_refused(capsys) -> None:
