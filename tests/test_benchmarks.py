@@ -340,3 +340,20 @@ def test_scaling_script_measures_both_layouts_and_reprints_from_json(tmp_path) -
     again = subprocess.run([sys.executable, str(SCALING_PY), "--from", str(out)], capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0 and again.stdout == proc.stdout.replace(f"Results written to {out}\n", "")
+
+
+def test_ablation_script_runs_its_variants_and_reprints_its_table(tmp_path) -> None:
+    ablation = RUN_PY.parent / "ablation.py"
+    proc = subprocess.run([sys.executable, str(ablation), "--smoke", "--only", "fast,subset-no-crop",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["name"] for r in doc["results"]] == ["fast", "subset-no-crop"]
+    assert all(r["steps"] == 1 and 0 <= r["test_top1"] <= 1 for r in doc["results"])
+    assert "| subset-no-crop | ... without the random crop |" in proc.stdout
+    again = subprocess.run([sys.executable, str(ablation), "--from", str(tmp_path / "ablation.json")],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.splitlines()[2].startswith("| fast | the fast recipe")
+    bad = subprocess.run([sys.executable, str(ablation), "--smoke", "--only", "fastest"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "unknown variant(s) fastest" in bad.stderr

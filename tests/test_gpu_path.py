@@ -523,7 +523,7 @@ def test_gpu_check_keeps_the_benchmark_tables(gpu_check) -> None:
 
 # ------------------------------------------------------------------------------------ the training step
 def _train_step_run(backend_name: str, steps: int, cfg: npvit.ViTConfig, augment: bool, dtype: str,
-                    mix: tuple[float, float] = (0.0, 0.0)):
+                    crop_padding: int = 0, mix: tuple[float, float] = (0.0, 0.0)):
     """``steps`` steps of npvit.train_step on one backend, from a DeviceDataset, with clipping and decay
     exclusion, and Mixup/CutMix alphas ``mix``; returns (model, sums, (gets, uploads) counted during the steps)."""
     from fakecupy import SYNCS  # the counters of the installed fake
@@ -537,7 +537,8 @@ def _train_step_run(backend_name: str, steps: int, cfg: npvit.ViTConfig, augment
     model = npvit.ViT(cfg, backend=backend, dtype=dtype, seed=5, threads=1)
     opt = npvit.AdamW(model.params, clip_norm=0.5, exclude_from_decay=model.no_decay_names())
     aug = Augmenter(np.full(3, 120.0), np.full(3, 3600.0), image_size=cfg.image_size, flip=augment,
-                    rotation=0.05 if augment else 0.0, zoom=0.2 if augment else 0.0, dtype=dtype)
+                    rotation=0.05 if augment else 0.0, zoom=0.2 if augment else 0.0, dtype=dtype,
+                    crop_padding=crop_padding)
     data = DeviceDataset(backend, x, y, cfg.num_classes)
     sums = RunningSums(backend.xp)
     SYNCS.reset()
@@ -628,6 +629,19 @@ def test_training_steps_on_the_gpu_path_compute_what_numpy_computes(fake_cupy) -
     gpu, gpu_sums, _ = _train_step_run("cupy", 3, cfg, augment=False, dtype="float64")
     np.testing.assert_allclose(gpu_sums.read()[0], cpu_sums.read()[0], rtol=1e-12)
     assert gpu_sums.read()[1:] == cpu_sums.read()[1:]
+    np.testing.assert_allclose(from_fake(gpu.params.flat), cpu.params.flat, rtol=1e-10, atol=1e-13)
+
+
+def test_the_fast_recipes_model_and_crop_run_on_the_gpu_path(fake_cupy, host_syncs) -> None:
+    """What --recipe fast adds to the Keras recipe (mean pooling into one linear layer, tanh GELU, random crop
+    instead of rotation and zoom) reads nothing from the device, and without the crop computes NumPy's."""
+    cfg = dataclasses.replace(npvit.ViTConfig.tiny(), pool="gap", gelu="tanh", head_units=(), dropout=0.0,
+                              attention_dropout=0.0, head_dropout=0.0)
+    _, sums, (gets, _) = _train_step_run("cupy", 3, cfg, augment=False, dtype="float32", crop_padding=2)
+    assert gets == 0 and sums.read()[2] == 0
+    cpu, cpu_sums, _ = _train_step_run("numpy", 3, cfg, augment=False, dtype="float64")
+    gpu, gpu_sums, _ = _train_step_run("cupy", 3, cfg, augment=False, dtype="float64")
+    np.testing.assert_allclose(gpu_sums.read()[0], cpu_sums.read()[0], rtol=1e-12)
     np.testing.assert_allclose(from_fake(gpu.params.flat), cpu.params.flat, rtol=1e-10, atol=1e-13)
 
 
