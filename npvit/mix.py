@@ -34,7 +34,9 @@ float64 (timm rounds lam to float32 first), images are blended in their own dtyp
 float64. No loop over images, and nothing read back from a device; on CuPy the two Beta draws upload their
 shape parameters (two scalars each), as ``Generator.beta`` takes them.
 
-Training accuracy with mixing counts an image as right when the model's top class is the image's own label.
+With mixing, the training loss a run reports is the cross-entropy against the mixed targets, and its training
+top-1 counts an image as right when the model's top class is the image's own label. Validation and test
+images are never mixed.
 """
 
 from __future__ import annotations

@@ -274,6 +274,16 @@ def test_mixup_and_cutmix_flags_train(tmp_path, capsys) -> None:
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_mixing_run_resumes_exactly(tmp_path) -> None:
+    flags = [flag for flag in FLAGS if flag not in ("--max-steps", "2")] + ["--mixup", "0.8", "--cutmix", "1.0"]
+    assert train_cli.main([*flags, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
+    assert train_cli.main([*flags, "--epochs", "1", "--out", str(tmp_path / "split")]) == 0
+    assert train_cli.main(["--resume", str(tmp_path / "split"), "--epochs", "2", "--quiet"]) == 0
+    a, b = (load_checkpoint(tmp_path / name / "last.npz") for name in ("straight", "split"))
+    assert a.meta["state"]["global_step"] == b.meta["state"]["global_step"] == 8
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+
+
 def test_help_describes_the_mixing_flags(capsys) -> None:
     with pytest.raises(SystemExit):
         train_cli.main(["--help"])
