@@ -35,7 +35,7 @@ def test_parameter_names_follow_timm() -> None:
 
 
 def test_initialisation_follows_keras_defaults() -> None:
-    m = ViT(ViTConfig.keras(), dtype="float64", seed=3)
+    m = ViT(dataclasses.replace(ViTConfig.keras(), attention_fans="axes"), dtype="float64", seed=3)
     p = m.params
     assert np.all(p["blocks.0.attn.qkv.b"] == 0) and np.all(p["head.out.b"] == 0)
     assert np.all(p["norm.gamma"] == 1) and np.all(p["norm.beta"] == 0)
@@ -52,7 +52,7 @@ def test_initialisation_follows_keras_defaults() -> None:
 def test_receptive_field_fans_are_older_keras() -> None:
     """attention_fans="receptive": TensorFlow Keras and Keras <= 3.14 count the leading axis of a 3-D kernel as
     a receptive field: query/key/value (64, 4, 64) -> fans (4*64, 64*64), output (4, 64, 64) -> (64*4, 64*4)."""
-    cfg = dataclasses.replace(ViTConfig.keras(num_classes=10), depth=1, head_units=(8,), attention_fans="receptive")
+    cfg = dataclasses.replace(ViTConfig.keras(num_classes=10), depth=1, head_units=(8,))  # the default rule
     p = ViT(cfg, dtype="float64", seed=4).params
     for w, limit in ((p["blocks.0.attn.qkv.w"][:, 256:512], np.sqrt(6 / (4 * 64 + 64 * 64))),
                      (p["blocks.0.attn.proj.w"], np.sqrt(6 / (64 * 4 + 64 * 4)))):
