@@ -68,8 +68,8 @@ kept. :func:`draw_crops`, :func:`crop_padded`, :func:`random_crop`. Where and wi
 Deliberate differences: random numbers come from a NumPy/CuPy ``Generator`` (``rng.random``), not Keras'
 seed generators, so the draws differ from Keras' for the same seed (the distributions are the same);
 matrices are built in float64 and sampling coordinates are computed in the image dtype (Keras builds float32
-matrices); Keras' torch backend turns "reflect" into "mirror" -- we follow the JAX and NumPy backends (the
-example sets ``KERAS_BACKEND="jax"``).
+matrices). Keras' torch backend (``backend/torch/image.py``, ``_reflect_index_fixer``) reads neighbours past
+the edge with the same (d c b a | a b c d | d c b a) indices as the JAX and NumPy backends, so all three agree.
 """
 
 from __future__ import annotations

@@ -588,16 +588,16 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype: Any = "float64", xp: Any =
     kernels, zero biases, layer norms gamma 1 and beta 0, a zero class token, pos_embed U(-0.05, 0.05).
 
     Drawn in float64 on the host from one seeded generator, in the model's parameter order. Glorot uniform is
-    U(-a, a), a = sqrt(6 / (fan_in + fan_out)), with the fans Keras computes from the kernel's own shape: the
-    query, key and value kernels are (D, h, d) each (fans h D and d D), the output kernel (h, d, D).
+    U(-a, a), a = sqrt(6 / (fan_in + fan_out)). The query, key and value kernels are (D, h, d) each in Keras,
+    the output kernel (h, d, D); their fans depend on ``cfg.attention_fans``: "axes" (Keras 3.15+: the input
+    and output axes, (D, h d) and (h d, D)) or "receptive" (older Keras: leading axes as a receptive field,
+    (h D, d D) and (h d, h D)).
     """
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
 
-    def glorot(shape: tuple[int, ...], keras_shape: tuple[int, ...] | None = None) -> np.ndarray:
-        s = keras_shape or shape
-        receptive = math.prod(s[:-2])
-        fan_in, fan_out = s[-2] * receptive, s[-1] * receptive
+    def glorot(shape: tuple[int, ...], fans: tuple[int, int] | None = None) -> np.ndarray:
+        fan_in, fan_out = fans or shape
         limit = math.sqrt(6.0 / (fan_in + fan_out))
         return rng.uniform(-limit, limit, size=shape)
 
@@ -615,9 +615,11 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype: Any = "float64", xp: Any =
     for i in range(cfg.depth):
         p = f"blocks.{i}"
         layernorm(f"{p}.norm1")
-        params[f"{p}.attn.qkv.w"] = np.concatenate([glorot((dim, h * d), (dim, h, d)) for _ in range(3)], axis=1)
+        qkv_fans, out_fans = ((dim, h * d), (h * d, dim)) if cfg.attention_fans == "axes" else (
+            (h * dim, d * dim), (h * d, h * dim))
+        params[f"{p}.attn.qkv.w"] = np.concatenate([glorot((dim, h * d), qkv_fans) for _ in range(3)], axis=1)
         params[f"{p}.attn.qkv.b"] = np.zeros(3 * h * d)
-        params[f"{p}.attn.proj.w"], params[f"{p}.attn.proj.b"] = glorot((h * d, dim), (h, d, dim)), np.zeros(dim)
+        params[f"{p}.attn.proj.w"], params[f"{p}.attn.proj.b"] = glorot((h * d, dim), out_fans), np.zeros(dim)
         layernorm(f"{p}.norm2")
         sizes = (dim, *cfg.mlp_units)
         for j in range(len(cfg.mlp_units)):

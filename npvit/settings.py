@@ -29,7 +29,7 @@ from .cli_types import (
     positive_int,
     unit_interval,
 )
-from .config import GELUS, POOLS, PRESETS, ViTConfig
+from .config import ATTENTION_FANS, GELUS, POOLS, PRESETS, ViTConfig
 from .data import DATASETS, DataError, check_data_settings
 from .io import is_finite_number, is_int
 from .optim import DECAY_CONVENTIONS
@@ -129,6 +129,8 @@ SETTINGS: tuple[Setting, ...] = (
     _model("pool", "pool", "str", None, "flatten (the example: all tokens), cls (the paper's class token) or gap",
            choices=POOLS),
     _model("gelu", "gelu", "str", None, "erf (exact) or tanh", choices=GELUS),
+    _model("attention_fans", "attention_fans", "str", None, "Glorot fans of the attention kernels: axes "
+           "(Keras 3.15 and later) or receptive (older Keras, TensorFlow Keras)", choices=ATTENTION_FANS),
     # augmentation
     Setting("flip", True, "no random horizontal flips", "augmentation (training only)", "bool", switch="--no-flip"),
     Setting("rotation", 0.02, "rotation factor, fraction of a turn", "augmentation (training only)", "float",

@@ -18,6 +18,7 @@ def test_keras_preset_is_the_2021_example() -> None:
     assert (c.dropout, c.attention_dropout, c.head_dropout, c.ln_eps) == (0.1, 0.1, 0.5, 1e-6)
     assert (c.pool, c.gelu, c.num_classes) == ("flatten", "erf", 100)
     assert c.pooled_dim == 144 * 64
+    assert c.attention_fans == "receptive"  # the 2021 example's Keras; "axes" is Keras 3.15 and later
 
 
 def test_other_presets() -> None:
@@ -48,6 +49,7 @@ def test_dict_round_trip_through_json() -> None:
         ({"head_dropout": -0.1}, r"head_dropout must be in \[0, 1\)"),
         ({"pool": "max"}, "pool must be one of"),
         ({"gelu": "relu"}, "gelu must be one of"),
+        ({"attention_fans": "fan_avg"}, "attention_fans must be one of"),
         ({"ln_eps": 0.0}, "ln_eps must be positive"),
     ],
 )

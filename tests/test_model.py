@@ -11,6 +11,7 @@ import pytest
 import npvit
 from npvit import ViT, ViTConfig, check_backward, cross_entropy_backward, cross_entropy_forward
 from npvit.backend import to_numpy
+from npvit.model.init import keras_fans
 from npvit.parallel import token_bytes_per_image
 
 
@@ -34,16 +35,43 @@ def test_parameter_names_follow_timm() -> None:
 
 
 def test_initialisation_follows_keras_defaults() -> None:
-    m = ViT(ViTConfig.keras(), dtype="float64", seed=3)
+    m = ViT(dataclasses.replace(ViTConfig.keras(), attention_fans="axes"), dtype="float64", seed=3)
     p = m.params
     assert np.all(p["blocks.0.attn.qkv.b"] == 0) and np.all(p["head.out.b"] == 0)
     assert np.all(p["norm.gamma"] == 1) and np.all(p["norm.beta"] == 0)
     assert np.abs(p["pos_embed"]).max() <= 0.05 and p["pos_embed"].std() > 0.02
-    # Glorot uniform: limit sqrt(6 / (fan_in + fan_out)); the query kernel has Keras' 3-D fans (64*4, 64*64).
+    # Glorot uniform: limit sqrt(6 / (fan_in + fan_out)). Keras 3.15+ reads the fans of the attention kernels
+    # from their einsum axes: query/key/value (D, H, d) = (64, 4, 64) -> (64, 256), output (4, 64, 64) -> (256, 64).
     assert np.abs(p["head.fc0.w"]).max() <= np.sqrt(6 / (144 * 64 + 2048))
-    q = p["blocks.0.attn.qkv.w"][:, :256]
-    limit = np.sqrt(6 / (4 * 64 + 64 * 64))
-    assert np.abs(q).max() <= limit and np.abs(q).max() > 0.95 * limit
+    qkv = p["blocks.0.attn.qkv.w"]
+    limit = np.sqrt(6 / (64 + 4 * 64))
+    for w in (qkv[:, :256], qkv[:, 256:512], qkv[:, 512:], p["blocks.7.attn.proj.w"]):
+        assert np.abs(w).max() <= limit and np.abs(w).max() > 0.95 * limit
+
+
+def test_receptive_field_fans_are_older_keras() -> None:
+    """attention_fans="receptive": TensorFlow Keras and Keras <= 3.14 count the leading axis of a 3-D kernel as
+    a receptive field: query/key/value (64, 4, 64) -> fans (4*64, 64*64), output (4, 64, 64) -> (64*4, 64*4)."""
+    cfg = dataclasses.replace(ViTConfig.keras(num_classes=10), depth=1, head_units=(8,))  # the default rule
+    p = ViT(cfg, dtype="float64", seed=4).params
+    for w, limit in ((p["blocks.0.attn.qkv.w"][:, 256:512], np.sqrt(6 / (4 * 64 + 64 * 64))),
+                     (p["blocks.0.attn.proj.w"], np.sqrt(6 / (64 * 4 + 64 * 4)))):
+        assert np.abs(w).max() <= limit and np.abs(w).max() > 0.95 * limit
+    # The rule changes only the attention kernels: the rest is drawn alike from the same seed.
+    axes = ViT(dataclasses.replace(cfg, attention_fans="axes"), dtype="float64", seed=4).params
+    for name in ("patch_embed.proj.w", "pos_embed", "blocks.0.mlp.fc0.w", "head.out.w"):  # before and after
+        assert np.array_equal(axes[name], p[name]), name
+    assert not np.array_equal(axes["blocks.0.attn.qkv.w"], p["blocks.0.attn.qkv.w"])
+
+
+def test_keras_fans() -> None:
+    # With axes: Keras' own cases (keras/src/initializers/random_initializers_test.py, test_compute_fans_with_axes).
+    assert keras_fans((512, 8, 64), (0,), (1, 2)) == (512, 512)
+    assert keras_fans((512, 8, 64), (0, 1), (2,)) == (4096, 64)
+    # Without: the receptive-field rule, and plain fans for vectors and matrices.
+    assert keras_fans((64, 4, 64)) == (256, 4096) and keras_fans((4, 64, 64)) == (256, 256)
+    assert keras_fans((3, 3, 16, 32)) == (144, 288)
+    assert keras_fans((108, 64)) == (108, 64) and keras_fans((7,)) == (7, 7) and keras_fans(()) == (1, 1)
 
 
 @pytest.mark.parametrize("pool", ["flatten", "cls", "gap"])

@@ -58,6 +58,7 @@ def test_fast_model_is_what_its_docstring_says() -> None:
     assert PRESETS["fast"] == ViTConfig.fast
     assert (cfg.image_size, cfg.patch_size, cfg.num_tokens, cfg.dim, cfg.depth, cfg.num_heads) == (32, 4, 64, 96, 6, 3)
     assert cfg.pool == "gap" and cfg.head_units == () and cfg.gelu == "tanh"
+    assert cfg.attention_fans == "receptive" and "receptive-field fans" in ViTConfig.fast.__doc__
     count = sum(p.size for p in ViT(cfg, dtype="float64").params.values())
     assert count == cfg.num_params() == 460_714
     assert f"{count:,} trainable parameters" in ViTConfig.fast.__doc__

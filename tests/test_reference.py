@@ -233,9 +233,10 @@ def test_whole_model_gradients_with_dropout(rng, pool) -> None:
 
 
 # ---- the same numbers as the fast model -----------------------------------------------------------------------
-def test_init_params_are_the_fast_models() -> None:
+@pytest.mark.parametrize("attention_fans", ["axes", "receptive"])
+def test_init_params_are_the_fast_models(attention_fans) -> None:
     for pool in ("flatten", "cls"):
-        cfg = tiny(pool=pool)
+        cfg = tiny(pool=pool, attention_fans=attention_fans)
         fast = ViT(cfg, dtype="float64", seed=5).params
         params = ref.init_params(cfg, seed=5)
         assert list(params) == list(fast)

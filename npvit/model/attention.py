@@ -19,19 +19,25 @@ Array = Any
 class Attention:
     """Multi-head self-attention with ``num_heads`` heads of width ``key_dim`` and dropout on the weights."""
 
-    def __init__(self, prefix: str, dim: int, num_heads: int, key_dim: int, attention_dropout: float) -> None:
+    def __init__(self, prefix: str, dim: int, num_heads: int, key_dim: int, attention_dropout: float,
+                 fans: str = "axes") -> None:
         self.prefix, self.dim, self.num_heads, self.key_dim = prefix, dim, num_heads, key_dim
         self.attention_dropout = attention_dropout
+        self.fans = fans  # ViTConfig.attention_fans: how Keras counts the fans of its 3-D kernels
 
     def param_specs(self) -> ParamSpecs:
         p, d, h, k = self.prefix, self.dim, self.num_heads, self.key_dim
-        # Keras initialises each of query/key/value as an EinsumDense kernel (D, H, d), with the fans of that
-        # 3-D shape, and the output kernel as (H, d, D).
-        qkv_init = concat_columns(*[(glorot_uniform((d, h, k)), h * k)] * 3)
+        # Keras initialises each of query/key/value as an EinsumDense kernel (D, H, d), the output kernel as
+        # (H, d, D). Keras 3.15+ gives Glorot their input and output axes ("axes"); older Keras counted every
+        # axis but the last two as a receptive field ("receptive").
+        if self.fans == "axes":  # fans (D, H d) and (H d, D)
+            q_init, out_init = glorot_uniform((d, h, k), (0,), (1, 2)), glorot_uniform((h, k, d), (0, 1), (2,))
+        else:  # fans (H D, d D) and (H d, H D)
+            q_init, out_init = glorot_uniform((d, h, k)), glorot_uniform((h, k, d))
         return {
-            f"{p}.qkv.w": ((d, 3 * h * k), qkv_init),
+            f"{p}.qkv.w": ((d, 3 * h * k), concat_columns(*[(q_init, h * k)] * 3)),
             f"{p}.qkv.b": ((3 * h * k,), zeros),
-            f"{p}.proj.w": ((h * k, d), glorot_uniform((h, k, d))),
+            f"{p}.proj.w": ((h * k, d), out_init),
             f"{p}.proj.b": ((d,), zeros),
         }
 

@@ -28,7 +28,8 @@ class Block:
 
     def __init__(self, prefix: str, cfg: ViTConfig, drop_path: float = 0.0) -> None:
         self.norm1 = LayerNorm(f"{prefix}.norm1", cfg.dim, cfg.ln_eps)
-        self.attn = Attention(f"{prefix}.attn", cfg.dim, cfg.num_heads, cfg.key_dim, cfg.attention_dropout)
+        self.attn = Attention(f"{prefix}.attn", cfg.dim, cfg.num_heads, cfg.key_dim, cfg.attention_dropout,
+                              cfg.attention_fans)
         self.norm2 = LayerNorm(f"{prefix}.norm2", cfg.dim, cfg.ln_eps)
         self.mlp = Mlp(f"{prefix}.mlp", cfg.dim, cfg.mlp_units, cfg.dropout, cfg.gelu)
         self.parts = (self.norm1, self.attn, self.norm2, self.mlp)

@@ -14,12 +14,22 @@ import numpy as np
 Initializer = Callable[[np.random.Generator, tuple[int, ...]], np.ndarray]
 
 
-def keras_fans(shape: tuple[int, ...]) -> tuple[int, int]:
+def keras_fans(
+    shape: tuple[int, ...], input_axes: tuple[int, ...] | None = None, output_axes: tuple[int, ...] | None = None
+) -> tuple[int, int]:
     """Fan-in and fan-out as Keras computes them (``compute_fans``).
 
-    For a kernel of more than two axes, every axis but the last two counts as a receptive field: a Keras
-    ``MultiHeadAttention`` query kernel (D, H, d) has fan_in H * D and fan_out d * D.
+    With ``input_axes`` and ``output_axes`` (Keras 3.15 and later pass them for ``EinsumDense`` kernels,
+    deduced from the einsum equation): fan_in is the product of the input axes' sizes, fan_out that of the
+    output axes'. A ``MultiHeadAttention`` query kernel (D, H, d) has input axes (0,) and output axes (1, 2):
+    fans (D, H d); the output kernel (H, d, D) has (0, 1) and (2,): fans (H d, D).
+
+    Without them (TensorFlow Keras, Keras up to 3.14, and every 1-D or 2-D kernel), every axis but the last two
+    of a kernel of more than two axes counts as a receptive field: the query kernel (D, H, d) then has fan_in
+    H * D and fan_out d * D.
     """
+    if input_axes is not None and output_axes is not None:
+        return math.prod(shape[a] for a in input_axes), math.prod(shape[a] for a in output_axes)
     if len(shape) == 0:
         return 1, 1
     if len(shape) == 1:
@@ -28,15 +38,19 @@ def keras_fans(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[-2] * receptive, shape[-1] * receptive
 
 
-def glorot_uniform(fan_shape: tuple[int, ...] | None = None) -> Initializer:
-    """Glorot (Xavier) uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
+def glorot_uniform(
+    fan_shape: tuple[int, ...] | None = None, input_axes: tuple[int, ...] | None = None,
+    output_axes: tuple[int, ...] | None = None,
+) -> Initializer:
+    """Glorot (Xavier) uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)), fans from :func:`keras_fans`.
 
     ``fan_shape`` is the kernel shape as Keras declares it when that differs from the stored shape (npvit
-    stores every kernel as a 2-D matrix); by default the stored shape is used.
+    stores every kernel as a 2-D matrix), ``input_axes`` and ``output_axes`` its axes as Keras 3.15 and later
+    pass them; by default the stored shape is used.
     """
 
     def init(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-        fan_in, fan_out = keras_fans(fan_shape or shape)
+        fan_in, fan_out = keras_fans(fan_shape or shape, input_axes, output_axes)
         limit = math.sqrt(6.0 / (fan_in + fan_out))
         return rng.uniform(-limit, limit, size=shape)
 
