@@ -39,8 +39,8 @@ _CHUNK = 1 << 16  # elements per piece of a swap: its one temporary stays small
 
 def check_decay(decay: Any) -> float:
     """``decay`` as a float if it is a number in (0, 1), else ValueError saying what to pass."""
-    if isinstance(decay, bool) or not isinstance(decay, (int, float, np.floating, np.integer)) or \
-            not math.isfinite(decay) or not 0 < decay < 1:
+    if not isinstance(decay, (int, float, np.floating, np.integer)) or not math.isfinite(decay) or \
+            not 0 < decay < 1:  # True is 1: refused too
         raise ValueError(f"the EMA decay must be a number in (0, 1) such as 0.999 (an average over about "
                          f"1 / (1 - decay) steps), got {decay!r}")
     return float(decay)

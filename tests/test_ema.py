@@ -216,6 +216,33 @@ def test_gpu_path_training_steps_with_ema_read_nothing_and_equal_numpy(fake_cupy
     assert not np.allclose(averages["numpy"][0], averages["numpy"][1])  # the average is not the weights
 
 
+def test_train_step_updates_the_average_after_each_optimizer_step(monkeypatch) -> None:
+    """In train_step the average follows the weights AdamW leaves, with the warmup's decay of the step's index;
+    a step AdamW skips (its gradient is not finite) leaves the average as it was."""
+    import npvit.train_step as step_module
+
+    cfg = npvit.ViTConfig.tiny(num_classes=3)
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 3, 16)
+    model = npvit.ViT(cfg, dtype="float64", seed=1, threads=1)
+    opt, ema = AdamW(model.params, lr=1e-2), WeightEMA(model.params, 0.9)
+    reference = {name: p.copy() for name, p in model.params.items()}
+    augmenter = Augmenter(np.full(3, 120.0), np.full(3, 3000.0), image_size=8, dtype="float64")
+    sums = RunningSums(np)
+    for step in (0, 1, 2, 7):  # the index of the step in the run, as train.py passes it
+        train_step(model, opt, augmenter, x, y, np.arange(4 * (step % 4), 4 * (step % 4) + 4), step, 1e-2,
+                   StepSettings(seed=0), sums, ema=ema)
+        ema_update_reference(reference, model.params, decay_at(0.9, step))
+        assert all(np.array_equal(ema.weights[n], e) for n, e in reference.items()), step
+    before, weights = ema.weights.flat.copy(), model.params.flat.copy()
+    real = step_module.cross_entropy_backward
+    monkeypatch.setattr(step_module, "cross_entropy_backward", lambda *a: real(*a) * np.nan)
+    train_step(model, opt, augmenter, x, y, np.arange(4), 8, 1e-2, StepSettings(seed=0), sums, ema=ema)
+    assert np.array_equal(model.params.flat, weights) and np.array_equal(ema.weights.flat, before)
+    assert sums.read()[2] == 1  # the step was counted as not finite: the run stops there
+
+
 # ---- data parallel ------------------------------------------------------------------------------------------
 def test_two_ranks_keep_the_average_of_one_process() -> None:
     """Every rank holds the same weights after a step, so each updates its average alone: two ranks (threads,
@@ -307,8 +334,9 @@ def test_curves_draw_a_run_with_ema(tmp_path) -> None:
     logged, summary = read_run_metrics(out)
     assert len(logged) == 2 and summary["weights"] == "ema"
     figure = curves_figure(logged, summary)
-    top1 = figure.axes[1]
-    assert {line.get_label() for line in top1.get_lines()} >= {"validation (EMA weights)", "validation (raw weights)"}
+    lines = {line.get_label(): list(line.get_ydata()) for line in figure.axes[1].get_lines()}
+    assert lines["validation (EMA weights)"] == [100 * r["val_top1"] for r in logged]
+    assert lines["validation (raw weights)"] == [100 * r["val_top1_raw"] for r in logged]
 
 
 def test_resume_equals_uninterrupted_with_ema(tmp_path) -> None:
