@@ -52,11 +52,14 @@ def tiny_model(dtype: str = "float64", backend: str = "numpy", seed: int = 0) ->
 
 
 # ---- the update ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_update_equals_the_per_parameter_reference(dtype) -> None:
-    """WeightEMA.update (one in-place pass over the flat buffer) gives the reference's bits, element by
-    element, over steps with the warmup's changing decay."""
+@pytest.mark.parametrize("dtype, chunk", [("float64", None), ("float32", None), ("float64", 100)])
+def test_update_equals_the_per_parameter_reference(dtype, chunk, monkeypatch) -> None:
+    """WeightEMA.update (one in-place pass over the flat buffer, in pieces) gives the reference's bits,
+    element by element, over steps with the warmup's changing decay."""
+    if chunk is not None:
+        monkeypatch.setattr("npvit.ema._CHUNK", chunk)  # many pieces, the last one short
     model = tiny_model(dtype)
+    assert model.params.flat.size % 100 != 0
     ema = WeightEMA(model.params, 0.99)
     reference = {name: p.copy() for name, p in model.params.items()}
     assert all(np.array_equal(ema.weights[n], p) for n, p in model.params.items())  # starts as a copy
