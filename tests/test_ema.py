@@ -117,6 +117,23 @@ def test_bad_ema_flags_are_a_clear_error(tmp_path, capsys, value) -> None:
         check_run_settings({"ema": 1.0}, "last.npz")
 
 
+def test_a_bad_decay_in_a_resumed_config_is_a_clear_error(tmp_path, capsys) -> None:
+    status, out = run(tmp_path, "run", "--epochs", "1", "--ema", "0.9")
+    assert status == 0
+    doc = json.loads((out / "config.json").read_text())
+    assert doc["run"]["ema"] == 0.9
+    doc["run"]["ema"] = 1.0
+    (out / "config.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert train_cli.main(["--resume", str(out), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "setting 'ema' expected a number in (0, 1), such as 0.999, got '1.0'" in err and "Traceback" not in err
+    doc["run"]["ema"] = 0.9
+    (out / "config.json").write_text(json.dumps(doc))
+    assert train_cli.main(["--resume", str(out), "--epochs", "2", "--ema", "0.5"]) == 2
+    assert "cannot change --ema when resuming" in capsys.readouterr().err
+
+
 def test_memory_estimate_counts_the_average() -> None:
     cfg = npvit.ViTConfig.small(num_classes=10)
     for itemsize in (4, 8):
