@@ -50,6 +50,7 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
     ("subset-no-smoothing", "... without label smoothing", [*SUBSET, "--label-smoothing", "0"]),
     ("subset-mix", "... with Mixup 0.8 / CutMix 1.0", [*SUBSET, "--mixup", "0.8", "--cutmix", "1.0"]),
     ("subset-drop-path", "... with drop path 0.1", [*SUBSET, "--drop-path", "0.1"]),
+    ("subset-ema", "... evaluating an EMA of the weights (decay 0.99)", [*SUBSET, "--ema", "0.99"]),
 ]
 SMOKE = ["--dataset", "synthetic", "--synthetic-size", "64,32", "--synthetic-image-size", "32",
          "--eval-batch-size", "64"]
@@ -110,17 +111,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--data-dir is required (or --smoke, or --from)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    results: list[dict] = []
     for name, _, flags in VARIANTS:
         if name in chosen:
             results.append(run_variant(name, flags, out, data, after))
             print(table(results[-1:]).splitlines()[-1], flush=True)
-    doc = {"date": time.strftime("%Y-%m-%d %H:%M"), "data": data, "results": results}
-    with tempfile.NamedTemporaryFile("w", dir=out, suffix=".tmp", delete=False) as f:
-        json.dump(doc, f, indent=1)
-    os.replace(f.name, out / "ablation.json")
+            save(out / "ablation.json", {"date": time.strftime("%Y-%m-%d %H:%M"), "data": data, "results": results})
     print(table(results))
     return 0
+
+
+def save(path: Path, doc: dict) -> None:
+    """Write ``doc`` as JSON through a temporary file and a rename: after every variant, so that a failed or
+    interrupted ablation keeps the variants that finished."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+        json.dump(doc, f, indent=1)
+    os.replace(f.name, path)
 
 
 if __name__ == "__main__":

@@ -357,3 +357,12 @@ def test_ablation_script_runs_its_variants_and_reprints_its_table(tmp_path) -> N
     bad = subprocess.run([sys.executable, str(ablation), "--smoke", "--only", "fastest"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "unknown variant(s) fastest" in bad.stderr
+
+
+def test_sizing_script_prints_its_table() -> None:
+    sizing = RUN_PY.parent / "sizing.py"
+    proc = subprocess.run([sys.executable, str(sizing), "--only", "2", "--batch", "2", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| fast: width 96, 6 blocks | 460,714 | 64 | 67 |")
