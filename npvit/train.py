@@ -507,7 +507,8 @@ class Run:
             test: EvalResult = evaluate_split(self.comm, self.model, self.augmenter, data.x_test, data.y_test,
                                               s["eval_batch_size"], progress=not s["quiet"] and self.writer,
                                               label="test", evaluate=evaluate)
-        self.say(f"test ({len(data.y_test)} images, best epoch {st.best_epoch}): loss {test.loss:.4f}  "
+        self.say(f"test ({len(data.y_test)} images, best epoch {st.best_epoch}"
+                 f"{', EMA weights' if self.ema is not None else ''}): loss {test.loss:.4f}  "
                  f"top-1 {100 * test.top1:.2f}%  top-5 {100 * test.top5:.2f}%")
         if self.writer:
             summary = {"best_epoch": st.best_epoch, "best_val_top1": st.best_score if len(self.x_val) else None,

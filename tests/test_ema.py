@@ -322,11 +322,14 @@ def test_without_ema_nothing_is_made_and_nothing_changes(tmp_path, monkeypatch) 
     assert any(a["val_loss"] != b["val_loss"] for a, b in zip(rows(tmp_path / "off"), rows(tmp_path / "on")))
 
 
-def test_best_npz_holds_the_average_and_the_row_validates_it(tmp_path) -> None:
+def test_best_npz_holds_the_average_and_the_row_validates_it(tmp_path, capsys) -> None:
     """best.npz's weights are the average last.npz keeps under ema/; the row's val_* are those weights' numbers
     on the validation split and val_*_raw the raw weights'; the test is of the average."""
     status, out = run(tmp_path, "run", "--epochs", "1", "--ema", "0.8")
     assert status == 0
+    printed = capsys.readouterr().out
+    assert "EMA of the weights, decay 0.8;" in printed and "test (60 images, best epoch 1, EMA weights)" in printed
+    assert "(EMA; raw weights: loss" in printed
     best, last = load_checkpoint(out / "best.npz"), load_checkpoint(out / "last.npz")
     assert best.meta["weights"] == "ema" and best.ema == {}
     assert all(np.array_equal(best.params[k], last.ema[k]) for k in last.params)
