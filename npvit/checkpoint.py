@@ -5,6 +5,8 @@ allow_pickle=False)`` reads it):
 
     param/<name>     the model's parameters, as saved (float32 or float64)
     opt/<key>        AdamW.state_dict(): step, m/<name>, v/<name>
+    ema/<name>       with --ema, in last.npz only: the moving average of each parameter (WeightEMA.state_dict),
+                     so that --resume continues it exactly (best.npz holds the average as its param/ instead)
     meta             a JSON document: model config, training state (epoch, step), run settings, metrics
 
 Files are written atomically (:func:`npvit.io.atomic_write`): to a temporary file in the same folder,
@@ -26,7 +28,7 @@ import math
 import os
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -63,6 +65,7 @@ class Checkpoint:
     params: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray]
     meta: dict[str, Any]
+    ema: dict[str, np.ndarray] = field(default_factory=dict)  # the moving average's weights, if saved
 
 
 def save_checkpoint(
@@ -70,10 +73,13 @@ def save_checkpoint(
     params: Mapping[str, Any],
     optimizer_state: Mapping[str, Any],
     meta: Mapping[str, Any],
+    ema: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write parameters (arrays of any backend), optimizer state and JSON-able metadata to ``path``."""
+    """Write parameters (arrays of any backend), optimizer state, JSON-able metadata and, if given, the moving
+    average of the weights (``ema``, name -> array) to ``path``."""
     arrays: dict[str, np.ndarray] = {f"param/{k}": to_numpy(v) for k, v in params.items()}
     arrays.update({f"opt/{k}": to_numpy(v) for k, v in optimizer_state.items()})
+    arrays.update({f"ema/{k}": to_numpy(v) for k, v in (ema or {}).items()})
     doc = dict(meta, format_version=FORMAT_VERSION)
     arrays["meta"] = np.array(json.dumps(doc))
     atomic_write(path, lambda f: np.savez(f, **arrays))
@@ -124,7 +130,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     meta = _read_meta(arrays.pop("meta", None), path)
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     optimizer = {k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")}
-    return Checkpoint(params=params, optimizer=optimizer, meta=meta)
+    ema = {k[len("ema/"):]: v for k, v in arrays.items() if k.startswith("ema/")}
+    return Checkpoint(params=params, optimizer=optimizer, meta=meta, ema=ema)
 
 
 def _read_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, disk_size: int) -> np.ndarray:
@@ -218,6 +225,7 @@ RUN_SETTINGS: dict[str, tuple[str, Any]] = {
     "clip_norm": ("null or a finite number > 0", lambda v: v is None or _finite(v, 0.0, low_open=True)),
     "warmup_steps": ("an integer >= 0", lambda v: _integer(v, 0)),
     "label_smoothing": ("a number in [0, 1)", lambda v: _finite(v, 0.0) and v < 1.0),
+    "ema": ("null or a number in (0, 1)", lambda v: v is None or (_finite(v, 0.0, low_open=True) and v < 1.0)),
     "seed": ("an integer >= 0", lambda v: _integer(v, 0)),
     "threads": ("null or an integer >= 1", lambda v: v is None or _integer(v, 1)),
     "dtype": ("float32 or float64", lambda v: v in ("float32", "float64")),

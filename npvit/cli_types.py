@@ -43,6 +43,10 @@ def fraction(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def open_fraction(text: str) -> float:
+    return _number(text, float, lambda v: 0 < v < 1, "a number in (0, 1), such as 0.999")
+
+
 def unit_interval(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 

@@ -14,7 +14,8 @@ H heads of width d, MLP widths u_i, head widths h_j, input side S, itemsize s by
     
 times a safety factor for what the backward pass holds at once (measured: tests/test_train.py checks that
 the estimate stays within a band above tracemalloc's peak). The fixed part is the parameters, AdamW's two
-moments, and one set of gradients per thread shard plus the one kept: (4 + threads) x parameters x s.
+moments, and one set of gradients per thread shard plus the one kept: (4 + threads) x parameters x s, and
+one more parameters x s for the moving average of the weights with --ema (npvit.ema.WeightEMA).
 """
 
 from __future__ import annotations
@@ -56,10 +57,11 @@ def activation_elements(cfg: ViTConfig, itemsize: int) -> float:
     return 5 * pixels + t * d + cfg.depth * block + head
 
 
-def training_step(cfg: ViTConfig, itemsize: int, threads: int = 1) -> MemoryEstimate:
-    """The memory of one training step of ``cfg`` with ``threads`` batch shards, in bytes."""
+def training_step(cfg: ViTConfig, itemsize: int, threads: int = 1, ema: bool = False) -> MemoryEstimate:
+    """The memory of one training step of ``cfg`` with ``threads`` batch shards, in bytes; ``ema``: with the
+    moving average of the weights (one more copy of the parameters)."""
     per_image = int(BACKWARD_FACTOR * activation_elements(cfg, itemsize) * itemsize)
-    fixed = (4 + threads) * cfg.num_params() * itemsize
+    fixed = (4 + threads + (1 if ema else 0)) * cfg.num_params() * itemsize
     return MemoryEstimate(fixed, per_image)
 
 

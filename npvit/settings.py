@@ -25,6 +25,7 @@ from .cli_types import (
     int_list,
     non_negative,
     non_negative_int,
+    open_fraction,
     positive,
     positive_int,
     unit_interval,
@@ -162,6 +163,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lr_schedule", "constant", "learning-rate schedule", "optimisation", "str", choices=SCHEDULES),
     Setting("warmup_steps", 0, "linear warmup steps", "optimisation", "int", non_negative_int, metavar="N"),
     Setting("label_smoothing", 0.0, "label smoothing", "optimisation", "float", fraction, metavar="F"),
+    Setting("ema", None, "keep an exponential moving average of the weights with this decay (e.g. 0.999, "
+            "about the last 1/(1-DECAY) steps), validate it beside the raw weights and test it: best.npz holds "
+            "it (default: off)", "optimisation", "float", open_fraction, metavar="DECAY", nullable=True),
     # execution
     Setting("backend", "numpy", "array library", "execution", "str", choices=BACKEND_NAMES),
     Setting("dtype", "float32", "parameter and activation dtype", "execution", "str",

@@ -23,7 +23,7 @@ import math
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,6 +36,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed.communicator import Communicator, SingleProcess
 from .data import DataError, load_run_dataset
 from .distributed.evaluation import evaluate_split
+from .ema import WeightEMA
 from .evaluate import EvalResult, evaluate
 from .io import atomic_write
 from .kernels.cross_entropy import check_labels
@@ -220,7 +221,7 @@ class Run:
         else:
             available = memory.available_bytes()
             threads = s["threads"] or available_cores()
-        estimate = memory.training_step(cfg, np.dtype(s["dtype"]).itemsize, threads)
+        estimate = memory.training_step(cfg, np.dtype(s["dtype"]).itemsize, threads, ema=s["ema"] is not None)
         batch = min(s["batch_size"], len(self.x_train))
         local = -(-batch // self.comm.size)  # the images of the largest slice a rank takes
         if available is None or estimate.total(local) <= available:
@@ -275,6 +276,8 @@ class Run:
         self.opt = AdamW(model.params, lr=s["learning_rate"], weight_decay=s["weight_decay"], epsilon=s["epsilon"],
                          decay_convention=s["decay_convention"], clip_norm=s["clip_norm"],
                          exclude_from_decay=model.no_decay_names() if s["exclude_from_decay"] else ())
+        # --ema: the moving average of the weights, validated and tested; nothing allocated without it.
+        self.ema = WeightEMA(model.params, s["ema"]) if s["ema"] is not None else None
         self.augmenter = Augmenter(mean, variance, image_size=cfg.image_size, flip=s["flip"], rotation=s["rotation"],
                                    zoom=s["zoom"], crop_padding=s["crop_padding"], dtype=s["dtype"])
         # The training images on the device once (CIFAR's 50,000 are 150 MB of uint8), each batch gathered
@@ -295,14 +298,16 @@ class Run:
         comm.barrier()
 
     def restore(self) -> None:
-        """Continue from last.npz: weights, AdamW state and RunState, each checked against this run."""
+        """Continue from last.npz: weights, AdamW state, the EMA of the weights (with --ema) and RunState,
+        each checked against this run."""
         path = self.folder.last
         ckpt = load_checkpoint(path)
         if "state" not in ckpt.meta:
             raise CheckpointError(f"{path} has no training state (no 'state' in its meta): it was not written by "
                                   "npvit.train, so it cannot be resumed; evaluate it with npvit.evaluate instead")
         state = RunState.from_dict(ckpt.meta["state"], str(path))
-        for name, arrays in (("parameters", ckpt.params), ("optimizer state", ckpt.optimizer)):
+        for name, arrays in (("parameters", ckpt.params), ("optimizer state", ckpt.optimizer),
+                             ("EMA weights", ckpt.ema)):
             bad = sorted(k for k, a in arrays.items() if a.dtype.kind in "fc" and not np.isfinite(a).all())
             if bad:
                 raise CheckpointError(f"{path} holds non-finite {name} ({', '.join(bad[:3])}); it cannot be "
@@ -312,32 +317,50 @@ class Run:
             self.opt.load_state_dict(ckpt.optimizer)
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{path} does not fit this run's model: {exc}") from None
+        if self.ema is not None:
+            if not ckpt.ema:
+                raise CheckpointError(f"{path} holds no EMA weights (no ema/ entries) but this run keeps an EMA "
+                                      f"(--ema {self.s['ema']}): it was not written by this run, or was changed")
+            try:
+                self.ema.load_state_dict(ckpt.ema)
+            except ValueError as exc:
+                raise CheckpointError(f"{path}: {exc}; the checkpoint is damaged or belongs to another run") \
+                    from None
         state.check_fits(self.steps_per_epoch, self.s["batch_size"], len(self.x_train), self.opt.step_count, str(path))
         self.state = state
         self.last_good = f"{path} ({state.where()})"
         self.say(f"resumed {self.folder.path} at epoch {state.epoch + 1}, step {state.global_step}")
 
     # ---- checkpoints --------------------------------------------------------------------------------------
-    def host_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Parameters and AdamW state on the host, or NonFinite if any value is NaN or infinite."""
+    def host_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """Parameters, AdamW state and the EMA weights (None without --ema) on the host, or NonFinite if any
+        value is NaN or infinite."""
         params = {k: to_numpy(v) for k, v in self.model.params.items()}
         opt_state = self.opt.state_dict()
-        bad = [k for k, a in (*params.items(), *opt_state.items()) if a.dtype.kind == "f" and not np.isfinite(a).all()]
+        ema = self.ema.state_dict() if self.ema is not None else None
+        every = (*params.items(), *opt_state.items(), *(ema or {}).items())
+        bad = [k for k, a in every if a.dtype.kind == "f" and not np.isfinite(a).all()]
         if bad:
-            raise NonFinite(f"the parameters or AdamW moments became non-finite ({', '.join(bad[:3])}) in an "
-                            f"update up to step {self.state.global_step}")
-        return params, opt_state
+            raise NonFinite(f"the parameters, AdamW moments or EMA weights became non-finite ({', '.join(bad[:3])}) "
+                            f"in an update up to step {self.state.global_step}")
+        return params, opt_state, ema
 
-    def save(self, paths: list[Path], arrays: tuple[dict, dict] | None = None) -> None:
+    def save(self, paths: list[Path], arrays: tuple[dict, dict, dict | None] | None = None) -> None:
         """Write the current weights, AdamW state and RunState to ``paths`` (best.npz before last.npz).
-        ``arrays`` are host_arrays() when the caller has them already."""
-        params, opt_state = arrays or self.host_arrays()  # on every rank: they all stop if it fails
+        ``arrays`` are host_arrays() when the caller has them already.
+
+        With --ema, best.npz holds the EMA weights as its parameters (what the final test and npvit.evaluate
+        use), and last.npz the raw weights and, under ema/, the EMA weights, so that --resume continues both."""
+        params, opt_state, ema = arrays or self.host_arrays()  # on every rank: they all stop if it fails
         if not self.writer:
             return
         self.phase = "saving a checkpoint"
         meta = dict(self.base_meta, state=self.state.to_dict())
         for path in paths:
-            save_checkpoint(path, params, opt_state, meta)
+            if ema is not None and path == self.folder.best:
+                save_checkpoint(path, ema, opt_state, dict(meta, weights="ema"))
+            else:
+                save_checkpoint(path, params, opt_state, meta, ema=ema)
         self.last_good = f"{self.folder.last} ({self.state.where()})"
 
     # ---- the loop -----------------------------------------------------------------------------------------
@@ -367,7 +390,7 @@ class Run:
                 batch = order[i * s["batch_size"]:(i + 1) * s["batch_size"]]
                 lr = learning_rate(step, s["learning_rate"], self.total_steps, s["warmup_steps"], s["lr_schedule"])
                 train_step(self.model, self.opt, self.augmenter, self.train_data.images, self.train_data.labels,
-                           batch, step, lr, step_settings, sums, comm)
+                           batch, step, lr, step_settings, sums, comm, ema=self.ema)
                 st.step_in_epoch += 1
                 st.global_step += 1
                 part.seen += len(batch)
@@ -424,14 +447,22 @@ class Run:
         return bool(totals[3]), bool(totals[4]), bool(totals[5]), totals[6] / self.comm.size
 
     def end_epoch(self, epoch: int) -> None:
-        """Validate, log the epoch's row, keep the best weights, save last.npz."""
+        """Validate, log the epoch's row, keep the best weights, save last.npz.
+
+        With --ema the EMA weights are validated too: their numbers are the row's val_loss, val_top1 and
+        val_top5 (and choose best.npz), the raw weights' are val_loss_raw, val_top1_raw and val_top5_raw."""
         s, st = self.s, self.state
         arrays = self.host_arrays()  # the last update's result is checked before anything is evaluated or logged
         self.phase = "validating"
-        val = evaluate_split(self.comm, self.model, self.augmenter, self.x_val, self.y_val, s["eval_batch_size"],
-                             evaluate=evaluate) if len(self.x_val) else None
-        if val is not None and not math.isfinite(val.loss):
-            raise NonFinite(f"the validation loss became {val.loss} after step {st.global_step}")
+        val = raw = None
+        if len(self.x_val):
+            raw = val = self.validate()
+            if self.ema is not None:
+                with self.ema.applied_to(self.model.params):
+                    val = self.validate()
+        for result, which in ((raw, ""), (val, "EMA ")):
+            if result is not None and not math.isfinite(result.loss):
+                raise NonFinite(f"the {which}validation loss became {result.loss} after step {st.global_step}")
         part = st.partial
         complete = st.step_in_epoch == self.steps_per_epoch
         row = {"epoch": epoch + 1, "step": st.global_step, "partial": not complete,
@@ -439,6 +470,8 @@ class Run:
                "images_per_s": part.seen / max(part.seconds, 1e-9)}
         if val is not None:
             row.update(val_loss=val.loss, val_top1=val.top1, val_top5=val.top5)
+        if raw is not None and self.ema is not None:
+            row.update(val_loss_raw=raw.loss, val_top1_raw=raw.top1, val_top5_raw=raw.top5)
         if self.writer:
             self.metrics.append(row)
         self.say(format_row(row, s["epochs"]))
@@ -451,26 +484,39 @@ class Run:
             paths.insert(0, self.folder.best)
         self.save(paths, arrays)
 
+    def validate(self) -> EvalResult:
+        """The model's current weights on the validation split."""
+        return evaluate_split(self.comm, self.model, self.augmenter, self.x_val, self.y_val,
+                              self.s["eval_batch_size"], evaluate=evaluate)
+
     def final_test(self) -> int:
-        """Evaluate the best weights on the test split, as the example does, and write summary.json."""
+        """Evaluate the best weights (with --ema: the EMA weights best.npz holds) on the test split, as the
+        example does, and write summary.json."""
         s, st, data = self.s, self.state, self.data
         self.phase = "testing"
         self.comm.barrier()  # rank 0 has written best.npz
+        weights = nullcontext()
+        if not self.folder.best.exists() and self.ema is not None:  # none saved: the current EMA weights
+            weights = self.ema.applied_to(self.model.params)
         if self.folder.best.exists():
             best = load_checkpoint(self.folder.best)
             try:
                 self.model.load_params(best.params)
             except (ValueError, TypeError) as exc:
                 raise CheckpointError(f"{self.folder.best} does not fit this run's model: {exc}") from None
-        test: EvalResult = evaluate_split(self.comm, self.model, self.augmenter, data.x_test, data.y_test,
-                                          s["eval_batch_size"], progress=not s["quiet"] and self.writer,
-                                          label="test", evaluate=evaluate)
-        self.say(f"test ({len(data.y_test)} images, best epoch {st.best_epoch}): loss {test.loss:.4f}  "
+        with weights:
+            test: EvalResult = evaluate_split(self.comm, self.model, self.augmenter, data.x_test, data.y_test,
+                                              s["eval_batch_size"], progress=not s["quiet"] and self.writer,
+                                              label="test", evaluate=evaluate)
+        self.say(f"test ({len(data.y_test)} images, best epoch {st.best_epoch}"
+                 f"{', EMA weights' if self.ema is not None else ''}): loss {test.loss:.4f}  "
                  f"top-1 {100 * test.top1:.2f}%  top-5 {100 * test.top5:.2f}%")
         if self.writer:
             summary = {"best_epoch": st.best_epoch, "best_val_top1": st.best_score if len(self.x_val) else None,
                        "steps": st.global_step,
                        "test": {k: v if math.isfinite(v) else None for k, v in test.as_dict().items()}}
+            if self.ema is not None:
+                summary["weights"] = "ema"  # the test is of the moving average of the weights
             write_json(self.folder.summary, summary)
         return EXIT_DONE
 
@@ -491,6 +537,7 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
                     f"{len(run.data.x_test)} test images, {run.cfg.num_classes} classes; "
                     f"{run.model.num_params():,} parameters; backend {run.backend.name} {run.s['dtype']}; "
                     f"batch {run.s['batch_size']}, {run.steps_per_epoch} steps per epoch; "
+                    + (f"EMA of the weights, decay {run.s['ema']:g}; " if run.ema is not None else "")
                     + (f"{run.comm.size} processes ({getattr(run.comm, 'name', 'data parallel')}); "
                        if run.comm.size > 1 else "")
                     + f"run folder {run.folder.path}")
@@ -528,7 +575,8 @@ def out_of_memory_advice(run: Run) -> str:
     if run.phase != "training" or not hasattr(run, "cfg"):
         return f"{where}; free memory or use a larger machine"
     estimate = memory.training_step(run.cfg, np.dtype(s["dtype"]).itemsize,
-                                    getattr(run.model, "threads", 1) if hasattr(run, "model") else 1)
+                                    getattr(run.model, "threads", 1) if hasattr(run, "model") else 1,
+                                    ema=s["ema"] is not None)
     size = run.comm.size if hasattr(run, "comm") else 1
     local = -(-s["batch_size"] // size)  # the images of the largest slice a process takes
     return (f"{where} (a step at batch {s['batch_size']} needs about {memory.describe(estimate.total(local))}"
@@ -543,6 +591,8 @@ def format_row(row: dict[str, Any], epochs: int) -> str:
     if "val_loss" in row:
         text += (f"  val loss {row['val_loss']:.4f} top-1 {100 * row['val_top1']:.2f}% "
                  f"top-5 {100 * row['val_top5']:.2f}%")
+    if "val_top1_raw" in row:
+        text += f" (EMA; raw weights: loss {row['val_loss_raw']:.4f} top-1 {100 * row['val_top1_raw']:.2f}%)"
     return text + (f"  lr {row['lr']:.2e}  {format_seconds(row['seconds'])} "
                    f"({row['images_per_s']:.1f} images/s)")
 

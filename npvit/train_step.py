@@ -7,6 +7,7 @@
     model.backward(dloss * (slice / batch))         so that the ranks' gradients add up to the batch mean's
     comm.allreduce_sum(gradients)                   the identity with one process
     AdamW step at the schedule's learning rate      skipped, and flagged, if the gradient is not finite
+    ema.update(params, step)                        with --ema: the moving average, skipped with AdamW's step
 
 Nothing in a step reads a value back from the device: the loss, the correct predictions and a flag for
 non-finite values are added to device scalars (``RunningSums``) that the loop reads only now and then
@@ -28,6 +29,7 @@ from .augment import Augmenter
 from .backend import Backend, to_numpy
 from .distributed.communicator import Communicator, SingleProcess
 from .distributed.split import rank_slice
+from .ema import WeightEMA
 from .kernels import (
     cross_entropy_backward,
     cross_entropy_forward,
@@ -110,6 +112,7 @@ def train_step(
     settings: StepSettings,
     sums: RunningSums,
     comm: Communicator | None = None,
+    ema: WeightEMA | None = None,
 ) -> None:
     """One optimizer step on the global batch ``batch`` (indices into ``x``, ``y``, in single-process order).
 
@@ -123,6 +126,8 @@ def train_step(
         settings: the seed, label smoothing and mixing alphas.
         sums: device running sums the step adds its loss, correct predictions and finiteness to.
         comm: the ranks training together (default: this process alone).
+        ema: the moving average of the weights to update after the optimizer step, if any. Every rank holds
+            the same weights after the step, so every rank's average is the same without communication.
 
     With several ranks, the loss is the mean over the rank's slice, and its gradient is scaled by
     slice / batch, so that the sum over ranks is the gradient of the mean over the global batch.
@@ -159,7 +164,10 @@ def train_step(
         comm.allreduce_sum(g)
     opt.lr = lr
     norm = opt.step(model.grads)
-    finite = xp.isfinite(loss) & xp.isfinite(norm)  # AdamW skipped the update if the norm is not finite
+    stepped = xp.isfinite(norm)  # AdamW skipped the update if the norm is not finite
+    if ema is not None:
+        ema.update(model.params.flat, step, stepped)  # skipped with AdamW's: the average moves iff the weights did
+    finite = xp.isfinite(loss) & stepped
     sums.add(step, loss, len(local), correct, finite)
 
 

@@ -476,22 +476,31 @@ def assert_same_run(a: Path, b: Path, tolerance: float) -> None:
         np.testing.assert_allclose(y.params[name], x.params[name], rtol=0, atol=tolerance, err_msg=name)
     for name in x.optimizer:
         np.testing.assert_allclose(y.optimizer[name], x.optimizer[name], rtol=0, atol=tolerance, err_msg=name)
+    assert set(x.ema) == set(y.ema)  # --ema: each rank averages its (identical) weights alone
+    for name in x.ema:
+        np.testing.assert_allclose(y.ema[name], x.ema[name], rtol=0, atol=tolerance, err_msg=name)
     rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (a, b)]
     assert len(rows[0]) == len(rows[1])
     for r, s in zip(*rows):
         assert (r["epoch"], r["step"], r["partial"]) == (s["epoch"], s["step"], s["partial"])
-        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"):
+        assert r.keys() == s.keys()
+        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr",
+                    *(k for k in r if k.endswith("_raw"))):
             assert abs(r[key] - s[key]) <= max(tolerance, 1e-13), (key, r[key], s[key])
 
 
 @needs_mpi
 def test_two_ranks_train_the_model_one_process_trains(tmp_path) -> None:
-    """No random stream: 2 ranks x 2 epochs end with the weights, AdamW state, losses and test numbers of one
-    process to 1e-10 (float64; only the order of float additions differs)."""
-    assert train_one(tmp_path / "one", *TRAIN, *NO_RANDOMNESS, "--epochs", "2") == 0
-    done = train_two(tmp_path / "two", *TRAIN, *NO_RANDOMNESS, "--epochs", "2")
+    """No random stream: 2 ranks x 2 epochs end with the weights, AdamW state, moving average of the weights
+    (--ema), losses and test numbers of one process to 1e-10 (float64; only the order of float additions
+    differs)."""
+    assert train_one(tmp_path / "one", *TRAIN, *NO_RANDOMNESS, "--epochs", "2", "--ema", "0.9") == 0
+    done = train_two(tmp_path / "two", *TRAIN, *NO_RANDOMNESS, "--epochs", "2", "--ema", "0.9")
     assert done.returncode == 0, done.stderr
     assert_same_run(tmp_path / "one", tmp_path / "two", 1e-10)
+    from npvit.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "two" / "last.npz").ema  # the average was kept and saved
     one, two = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("one", "two"))
     assert two["best_epoch"] == one["best_epoch"] and two["steps"] == one["steps"] == 10
     assert abs(two["test"]["loss"] - one["test"]["loss"]) < 1e-10 and two["test"]["top1"] == one["test"]["top1"]

@@ -24,6 +24,8 @@ def run_folder(path: str | Path) -> Path:
 
 #: The numbers each row of metrics.jsonl may carry that the figure draws.
 SERIES = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr")
+#: With --ema, val_* are the moving average's numbers and these the raw weights' (absent otherwise).
+RAW_SERIES = ("val_loss_raw", "val_top1_raw", "val_top5_raw")
 
 
 def _number_or_none(value: Any) -> bool:
@@ -57,7 +59,7 @@ def read_run_metrics(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, 
             raise InputError(f"{metrics}, line {number}, is not JSON: the file is damaged") from None
         epoch = row.get("epoch") if isinstance(row, dict) else None
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1 or \
-                not all(_number_or_none(row.get(key)) for key in SERIES):
+                not all(_number_or_none(row.get(key)) for key in SERIES + RAW_SERIES):
             raise InputError(f"{metrics}, line {number}, is not a row npvit.train writes (an epoch >= 1 and "
                              f"numbers for {', '.join(SERIES)})")
         by_epoch[epoch] = row
@@ -79,18 +81,21 @@ def _series(rows: list[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[l
 
 
 def curves_figure(rows: list[dict[str, Any]], summary: dict[str, Any] | None = None, title: str = "") -> Any:
-    """2x2 panels: loss, top-1 (%), top-5 (%), learning rate, against the epoch."""
+    """2x2 panels: loss, top-1 (%), top-5 (%), learning rate, against the epoch. A run with --ema shows its
+    moving average's validation numbers and its raw weights' side by side."""
     from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
     fig = new_figure(9.0, 6.4)
     axes = fig.subplots(2, 2)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.88, wspace=0.25, hspace=0.35)
     style = {"marker": "o", "markersize": 3, "linewidth": 1.4}
+    ema = any(r.get("val_top1_raw") is not None for r in rows)
+    val, raw = ("validation (EMA weights)", "validation (raw weights)") if ema else ("validation", "")
     panels = [
-        (axes[0, 0], "loss", [("train", "train_loss", 1.0), ("validation", "val_loss", 1.0)], None),
-        (axes[0, 1], "top-1 accuracy (%)", [("train", "train_top1", 100.0), ("validation", "val_top1", 100.0)],
-         "top1"),
-        (axes[1, 0], "top-5 accuracy (%)", [("validation", "val_top5", 100.0)], "top5"),
+        (axes[0, 0], "loss", [("train", "train_loss", 1.0), (val, "val_loss", 1.0), (raw, "val_loss_raw", 1.0)], None),
+        (axes[0, 1], "top-1 accuracy (%)", [("train", "train_top1", 100.0), (val, "val_top1", 100.0),
+                                            (raw, "val_top1_raw", 100.0)], "top1"),
+        (axes[1, 0], "top-5 accuracy (%)", [(val, "val_top5", 100.0), (raw, "val_top5_raw", 100.0)], "top5"),
         (axes[1, 1], "learning rate (at the epoch's end)", [("lr", "lr", 1.0)], None),
     ]
     test = (summary or {}).get("test") or {}
