@@ -344,11 +344,12 @@ def test_scaling_script_measures_both_layouts_and_reprints_from_json(tmp_path) -
 
 def test_ablation_script_runs_its_variants_and_reprints_its_table(tmp_path) -> None:
     ablation = RUN_PY.parent / "ablation.py"
-    proc = subprocess.run([sys.executable, str(ablation), "--smoke", "--only", "fast,subset-no-crop",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(ablation), "--smoke", "--only",
+                           "fast,subset-no-crop,subset-mix,subset-ema", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "ablation.json").read_text())
-    assert [r["name"] for r in doc["results"]] == ["fast", "subset-no-crop"]
+    assert [r["name"] for r in doc["results"]] == ["fast", "subset-no-crop", "subset-mix", "subset-ema"]
     assert all(r["steps"] == 1 and 0 <= r["test_top1"] <= 1 for r in doc["results"])
     assert "| subset-no-crop | ... without the random crop |" in proc.stdout
     again = subprocess.run([sys.executable, str(ablation), "--from", str(tmp_path / "ablation.json")],
