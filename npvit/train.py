@@ -341,8 +341,9 @@ class Run:
         every = (*params.items(), *opt_state.items(), *(ema or {}).items())
         bad = [k for k, a in every if a.dtype.kind == "f" and not np.isfinite(a).all()]
         if bad:
-            raise NonFinite(f"the parameters, AdamW moments or EMA weights became non-finite ({', '.join(bad[:3])}) "
-                            f"in an update up to step {self.state.global_step}")
+            what = "the parameters, AdamW moments or EMA weights" if ema else "the parameters or AdamW moments"
+            raise NonFinite(f"{what} became non-finite ({', '.join(bad[:3])}) in an update up to step "
+                            f"{self.state.global_step}")
         return params, opt_state, ema
 
     def save(self, paths: list[Path], arrays: tuple[dict, dict, dict | None] | None = None) -> None:
