@@ -29,22 +29,7 @@ from npvit.optim import AdamW
 from npvit.train_step import RunningSums, StepSettings, train_step
 
 # The runs of tests/test_train.py: the tiny model on 16x16 synthetic images, a few seconds each, 7 steps/epoch.
-BASE = ["--dataset", "synthetic", "--synthetic-size", "240,60", "--synthetic-image-size", "16",
-        "--synthetic-classes", "4", "--preset", "tiny", "--batch-size", "32", "--learning-rate", "3e-3",
-        "--quiet"]
-
-
-def run(tmp_path: Path, name: str, *flags: str) -> tuple[int, Path]:
-    out = tmp_path / name
-    return train_cli.main([*BASE, "--out", str(out), *flags]), out
-
-
-def rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def comparable(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in ("seconds", "images_per_s")}
+from test_train import BASE, comparable, rows, run  # noqa: E402
 
 
 def tiny_model(dtype: str = "float64", backend: str = "numpy", seed: int = 0) -> npvit.ViT:
