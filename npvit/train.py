@@ -338,10 +338,10 @@ class Run:
         params = {k: to_numpy(v) for k, v in self.model.params.items()}
         opt_state = self.opt.state_dict()
         ema = self.ema.state_dict() if self.ema is not None else None
-        every = (*params.items(), *opt_state.items(), *(ema or {}).items())
+        every = (*params.items(), *opt_state.items(), *((f"ema/{k}", a) for k, a in (ema or {}).items()))
         bad = [k for k, a in every if a.dtype.kind == "f" and not np.isfinite(a).all()]
         if bad:
-            what = "the parameters, AdamW moments or EMA weights" if ema else "the parameters or AdamW moments"
+            what = "the parameters or AdamW moments" + (" or EMA weights" if ema is not None else "")
             raise NonFinite(f"{what} became non-finite ({', '.join(bad[:3])}) in an update up to step "
                             f"{self.state.global_step}")
         return params, opt_state, ema
