@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -29,7 +28,7 @@ from npvit.mix import MixDraws, draw_mix, mix_images, mix_targets
 from npvit.model import ViT
 from npvit.optim import AdamW
 from npvit.train_step import AUGMENT, DROPOUT, RunningSums, StepSettings, mix_slice, stream_seed, train_step
-from test_train import ThreadComm, ThreadGroup  # ranks as threads, with real collectives
+from test_train import assert_thread_ranks_train_what_one_process_trains  # ranks as threads
 
 
 # ---- the reference: timm's elem mode, one image at a time ----------------------------------------------------
@@ -171,14 +170,18 @@ def test_every_slice_mixes_what_the_whole_batch_mixes(total) -> None:
     assert (whole_images != unmixed).any(axis=(1, 2, 3)).sum() >= total - 1
 
 
-def _train(comm, batches, settings: StepSettings, dropout: float = 0.1):
+def _setup(dropout: float = 0.1):
+    """The tiny model, its AdamW, the augmenter and 40 images with labels, the same at every call."""
     cfg = dataclasses.replace(ViTConfig.tiny(num_classes=4), dropout=dropout)
     data = np.random.default_rng(0)
     x = data.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
     y = data.integers(0, 4, 40).astype(np.int64)
     model = ViT(cfg, dtype="float64", seed=3, threads=1)
-    opt = AdamW(model.params, lr=1e-2)
-    augmenter = _augmenter()
+    return model, AdamW(model.params, lr=1e-2), _augmenter(), x, y
+
+
+def _train(comm, batches, settings: StepSettings, dropout: float = 0.1):
+    model, opt, augmenter, x, y = _setup(dropout)
     sums = RunningSums(np)
     for step, batch in enumerate(batches):
         train_step(model, opt, augmenter, x, y, batch, step, 1e-2, settings, sums, comm)
@@ -190,21 +193,8 @@ def _train(comm, batches, settings: StepSettings, dropout: float = 0.1):
 def test_ranks_with_mixing_train_the_model_one_process_trains(size) -> None:
     batches = [np.random.default_rng(1).permutation(40)[:16], np.arange(9), np.array([5])]
     settings = StepSettings(seed=0, label_smoothing=0.1, mixup=0.8, cutmix=1.0)
-    single_params, single_sums = _train(SingleProcess(), batches, settings)
-    group, results = ThreadGroup(size), [None] * size
-
-    def rank(r: int) -> None:
-        results[r] = _train(ThreadComm(group, r), batches, settings)
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for params, sums in results:
-        np.testing.assert_allclose(sums, single_sums, rtol=1e-13)
-        for name, p in single_params.items():
-            np.testing.assert_allclose(params[name], p, rtol=1e-10, atol=1e-12, err_msg=name)
+    single_params, single_sums = assert_thread_ranks_train_what_one_process_trains(
+        lambda comm: _train(comm, batches, settings), size)
     unmixed_params, unmixed_sums = _train(SingleProcess(), batches, StepSettings(seed=0, label_smoothing=0.1))
     assert abs(unmixed_sums[0] - single_sums[0]) > 1e-3  # mixing changed the losses, and so the weights
     assert not np.allclose(unmixed_params.flat, single_params.flat)
@@ -216,13 +206,7 @@ def test_alpha_zero_is_the_step_without_mixing_bit_for_bit() -> None:
     batches = [np.random.default_rng(1).permutation(40)[:16], np.arange(9)]
     got, got_sums = _train(SingleProcess(), batches, StepSettings(seed=0, label_smoothing=0.1, mixup=0.0,
                                                                     cutmix=0.0))
-    cfg = dataclasses.replace(ViTConfig.tiny(num_classes=4), dropout=0.1)
-    data = np.random.default_rng(0)
-    x = data.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
-    y = data.integers(0, 4, 40).astype(np.int64)
-    model = ViT(cfg, dtype="float64", seed=3, threads=1)
-    opt = AdamW(model.params, lr=1e-2)
-    augmenter = _augmenter()
+    model, opt, augmenter, x, y = _setup(dropout=0.1)
     loss_sum = 0.0
     for step, batch in enumerate(batches):
         images = augmenter(x[batch], training=True, rng=model.backend.rng(stream_seed(0, AUGMENT, step)))

@@ -345,13 +345,20 @@ def test_train_step_data_parallel_equals_one_process(dropout) -> None:
         loss_sum, correct, nonfinite, _ = sums.read()
         return model.params, tuple(comm.allreduce_scalars([loss_sum, correct, nonfinite]))
 
+    single_params, single_sums = assert_thread_ranks_train_what_one_process_trains(run, 2)
+    assert single_sums[1] > 0 and single_sums[2] == 0
+
+
+def assert_thread_ranks_train_what_one_process_trains(run, size: int) -> tuple[dict, tuple]:
+    """``run(comm)`` -> (params, summed (loss, correct, nonfinite)) once alone and as ``size`` thread-ranks;
+    asserts every rank ends with the single process's sums and weights. Returns the single process's."""
     single_params, single_sums = run(SingleProcess())
-    group, results = ThreadGroup(2), [None, None]
+    group, results = ThreadGroup(size), [None] * size
 
     def rank(r: int) -> None:
         results[r] = run(ThreadComm(group, r))
 
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(size)]
     for t in threads:
         t.start()
     for t in threads:
@@ -360,7 +367,7 @@ def test_train_step_data_parallel_equals_one_process(dropout) -> None:
         np.testing.assert_allclose(sums, single_sums, rtol=1e-13)
         for name, p in single_params.items():
             np.testing.assert_allclose(params[name], p, rtol=1e-10, atol=1e-12, err_msg=name)
-    assert single_sums[1] > 0 and single_sums[2] == 0
+    return single_params, single_sums
 
 
 def test_memory_estimate_is_a_close_upper_bound_of_the_measured_peak() -> None:
