@@ -4,7 +4,8 @@
     python benchmarks/sizing.py --budget 2 --images 45000
 
 One training step is forward (training mode), loss, backward and AdamW on random 32x32 images (72x72 for the
-Keras model), timed as the median of ``--repeats`` steps after one warm-up. The last column turns the speed
+Keras model), timed as the median of ``--repeats`` steps after one warm-up, with glibc's allocator set as
+``python -m npvit.train`` sets it (``npvit.allocator``). The last column turns the speed
 into the epochs of ``--images`` images that ``--budget`` hours of training afford, which is how
 ``ViTConfig.fast`` was chosen (``benchmarks/NOTES.md``, "Recipe fast").
 """
@@ -21,6 +22,7 @@ import time
 import numpy as np
 
 import npvit
+from npvit.allocator import keep_freed_memory
 from npvit.config import ViTConfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=45000, help="images per epoch")
     parser.add_argument("--only", type=int, default=None, help="the first N candidates (for a quick look)")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as python -m npvit.train does, so that the speeds are the training command's
     print(f"| model | parameters | tokens | forward MFLOP/image | train images/s (batch {args.batch}) "
           f"| epochs in {args.budget:g} h |")
     print("|---|---:|---:|---:|---:|---:|")

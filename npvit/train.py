@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import distributed, memory
+from .allocator import keep_freed_memory
 from .augment import Augmenter, channel_stats
 from .backend import BackendUnavailableError, DeviceDataset, get_backend, to_numpy
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -623,6 +624,8 @@ def run_command(given: dict[str, Any], comm: distributed.Communicator) -> tuple[
     """Resolve the settings and train. Returns the exit status and, for an expected error, its message."""
     try:
         settings, resumed = resolve_settings(given)
+        if settings["backend"] == "numpy":
+            keep_freed_memory()  # a third faster on small models: freed arrays are not page-faulted back in
         distributed.check_batch_size(settings["batch_size"], comm.size)
         comm = distributed.for_backend(comm, settings["backend"])  # GPUs: this rank's device, before any use
         if comm.size == 1:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import get_array_module
-from .dropout import DropoutKey, drop_threshold, dropout_backward, dropout_forward, dropout_mask
+from .dropout import DropoutKey, check_rate, dropout_backward, dropout_forward, dropout_mask
 
 Array = Any
 DropPathCache = tuple[Array, float] | None  # (keep mask (B, 1, ..., 1) as booleans, 1 / (1 - rate)); None: identity
@@ -37,8 +37,7 @@ def drop_path_forward(
 
     This is dropout (``dropout_forward``) with a mask of one entry per sample, broadcast over the rest.
     """
-    if not 0.0 <= rate < 1.0 or drop_threshold(rate) == 1 << 16:
-        raise ValueError(f"drop path rate must be in [0, 1) (and below 1 - 2**-17), got {rate}")
+    check_rate(rate, "drop path")
     if rate == 0.0 and mask is None:
         return x, None
     if mask is None:

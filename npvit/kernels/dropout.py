@@ -50,6 +50,12 @@ def drop_threshold(rate: float) -> int:
     return round(rate * (1 << 16))
 
 
+def check_rate(rate: float, what: str = "dropout") -> None:
+    """Refuse a rate outside [0, 1), or one that rounds to a threshold dropping everything."""
+    if not 0.0 <= rate < 1.0 or drop_threshold(rate) == 1 << 16:
+        raise ValueError(f"{what} rate must be in [0, 1) (and below 1 - 2**-17), got {rate}")
+
+
 def dropout_scale(rate: float) -> float:
     """The factor 1 / (1 - p) applied to the kept units, with p the drop probability actually used."""
     return 1.0 / (1.0 - drop_threshold(rate) / (1 << 16))
@@ -68,8 +74,7 @@ def dropout_forward(
     x: Array, rate: float, key: DropoutKey | None = None, mask: Array | None = None
 ) -> tuple[Array, DropoutCache]:
     """Apply inverted dropout with drop probability ``rate`` (0 <= rate < 1). Returns (y, cache)."""
-    if not 0.0 <= rate < 1.0 or drop_threshold(rate) == 1 << 16:
-        raise ValueError(f"dropout rate must be in [0, 1) (and below 1 - 2**-17), got {rate}")
+    check_rate(rate)
     if rate == 0.0 and mask is None:
         return x, None
     if mask is None:
