@@ -12,10 +12,11 @@ grows by 512 MiB of address space at a time (pages the process never touches cos
 memory is not given back. The process's resident size then stays at its peak instead of breathing with
 every step, which is what a training process does anyway. Measured on the 2-core VM, the width-64 fast model
 trained at 430 images/s before and 541-585 after; each setting alone did not help, the three together did
-(``benchmarks/NOTES.md``, "Recipe fast").
+(``benchmarks/NOTES.md``, entry 18).
 
-This is host-process tuning for the NumPy backend, called by the command-line tools, never on import: a
-library must not change its host's allocator behind its back. It does nothing where the C library is not
+This is host-process tuning for the NumPy backend. ``python -m npvit.train`` calls it; code that runs its own
+training loop may call it once at start. It is never called on import: a library must not change its host's
+allocator behind its back. It does nothing where the C library is not
 glibc (macOS, musl) and says so by returning False.
 """
 

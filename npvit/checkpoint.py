@@ -204,54 +204,34 @@ def _finite(value: Any, low: float, high: float = math.inf, low_open: bool = Fal
     return (value > low if low_open else value >= low) and value <= high
 
 
-def _integer(value: Any, low: int) -> bool:
-    return is_int(value) and value >= low
-
-
-#: Run settings other than the data ones (npvit.data checks those): what each must be, when present.
-RUN_SETTINGS: dict[str, tuple[str, Any]] = {
-    "flip": ("true or false", lambda v: isinstance(v, bool)),
-    "rotation": ("a number in [-1, 1]", lambda v: _finite(v, -1.0, 1.0)),
-    "zoom": ("a number in [-1, 1]", lambda v: _finite(v, -1.0, 1.0)),
-    "validation_split": ("a number in [0, 1)", lambda v: _finite(v, 0.0) and v < 1.0),
-    "train_subset": ("null or an integer >= 1", lambda v: v is None or _integer(v, 1)),
-    "batch_size": ("an integer >= 1", lambda v: _integer(v, 1)),
-    "eval_batch_size": ("an integer >= 1", lambda v: _integer(v, 1)),
-    "epochs": ("an integer >= 1", lambda v: _integer(v, 1)),
-    "max_steps": ("null or an integer >= 1", lambda v: v is None or _integer(v, 1)),
-    "learning_rate": ("a finite number >= 0", lambda v: _finite(v, 0.0)),
-    "weight_decay": ("a finite number >= 0", lambda v: _finite(v, 0.0)),
-    "epsilon": ("a finite number > 0", lambda v: _finite(v, 0.0, low_open=True)),
-    "clip_norm": ("null or a finite number > 0", lambda v: v is None or _finite(v, 0.0, low_open=True)),
-    "warmup_steps": ("an integer >= 0", lambda v: _integer(v, 0)),
-    "label_smoothing": ("a number in [0, 1)", lambda v: _finite(v, 0.0) and v < 1.0),
-    "ema": ("null or a number in (0, 1)", lambda v: v is None or (_finite(v, 0.0, low_open=True) and v < 1.0)),
-    "seed": ("an integer >= 0", lambda v: _integer(v, 0)),
-    "threads": ("null or an integer >= 1", lambda v: v is None or _integer(v, 1)),
-    "dtype": ("float32 or float64", lambda v: v in ("float32", "float64")),
-    "exclude_from_decay": ("true or false", lambda v: isinstance(v, bool)),
-    "quiet": ("true or false", lambda v: isinstance(v, bool)),
-}
-
-
 def check_run_settings(run: Any, source: str | os.PathLike) -> dict[str, Any]:
-    """``run`` (a checkpoint's ``meta["run"]`` or config.json's "run") if every setting in it that npvit reads
-    has the right type and range; otherwise :class:`CheckpointError` naming ``source`` and the setting."""
+    """``run`` (a checkpoint's ``meta["run"]`` or config.json's "run") if every setting in it passes the check
+    the command line applies to its flag (``npvit.settings``, one table for both) and the data settings fit
+    together; otherwise :class:`CheckpointError` naming ``source`` and the setting. Keys that are not settings
+    are left alone, and a setting a file lacks is not required."""
     from .data import DataError, check_data_settings
+    from .settings import SETTINGS, check_value  # here: the settings module imports most of npvit
 
     if not isinstance(run, dict):
         raise CheckpointError(f"{source}: the run settings are a JSON {type(run).__name__}, not an object")
-    for name, (expected, ok) in RUN_SETTINGS.items():
-        if name in run and not ok(run[name]):
-            shown = repr(run[name])
-            raise CheckpointError(f"{source}: the run setting {name} must be {expected}, got "
-                                  f"{shown if len(shown) <= 60 else shown[:57] + '...'}. The file is damaged or "
-                                  f"was edited by hand.")
+    for setting in SETTINGS:
+        if setting.name in run:
+            try:
+                check_value(setting, run[setting.name])
+            except ValueError as exc:
+                raise CheckpointError(f"{source}: the run setting {setting.name} ({setting.flag}): {_short(exc)}. "
+                                      f"The file is damaged or was edited by hand.") from None
     try:
         check_data_settings(run)
     except DataError as exc:
         raise CheckpointError(f"{source}: {exc}. The file is damaged or was edited by hand.") from None
     return run
+
+
+def _short(exc: ValueError) -> str:
+    """The error's text, cut to 160 characters: a damaged file can hold a value of any size."""
+    text = str(exc)
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def check_model_meta(ckpt: Checkpoint, source: str | os.PathLike) -> ModelMeta:

@@ -98,7 +98,7 @@ def test_bad_ema_flags_are_a_clear_error(tmp_path, capsys, value) -> None:
     err = capsys.readouterr().err
     assert "--ema: expected a number in (0, 1), such as 0.999" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
-    with pytest.raises(CheckpointError, match=r"the run setting ema must be null or a number in \(0, 1\)"):
+    with pytest.raises(CheckpointError, match=r"the run setting ema \(--ema\): expected a number in \(0, 1\)"):
         check_run_settings({"ema": 1.0}, "last.npz")
 
 
