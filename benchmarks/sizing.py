@@ -36,8 +36,8 @@ def variant(dim: int, depth: int, heads: int, patch: int = 4) -> ViTConfig:
 
 
 CANDIDATES: list[tuple[str, ViTConfig]] = [
-    ("fast: width 96, 6 blocks", ViTConfig.fast()),
-    ("width 64, 6 blocks", variant(64, 6, 2)),
+    ("fast: width 64, 6 blocks", ViTConfig.fast()),
+    ("width 96, 6 blocks", variant(96, 6, 3)),
     ("width 128, 6 blocks", variant(128, 6, 4)),
     ("width 192, 6 blocks", variant(192, 6, 6)),
     ("width 96, 9 blocks", variant(96, 9, 3)),

@@ -34,6 +34,7 @@ from .allocator import keep_freed_memory
 from .augment import Augmenter, channel_stats
 from .backend import BackendUnavailableError, DeviceDataset, get_backend, to_numpy
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import ViTConfig
 from .distributed.communicator import Communicator, SingleProcess
 from .data import DataError, load_run_dataset
 from .distributed.evaluation import evaluate_split
@@ -162,8 +163,9 @@ class Run:
     """
 
     def __init__(self, s: dict[str, Any], comm: Communicator, signals: StopSignals,
-                 on_step: Callable[[int], None] | None) -> None:
+                 on_step: Callable[[int], None] | None, recorded_model: Any = None) -> None:
         self.s, self.comm, self.signals, self.on_step = s, comm, signals, on_step
+        self.recorded_model = recorded_model  # a resumed run's model, as its config.json recorded it
         self.writer = comm.rank == 0
         self.folder = RunFolder(s["out"])
         self.state = RunState()
@@ -258,7 +260,9 @@ class Run:
         data = distributed.in_waves(comm, lambda: load_run_dataset(
             s, s["data_dir"], s["cache_dir"], s["download"], progress=not s["quiet"] and self.writer))
         self.data = data
-        self.cfg = cfg = model_config(s, data.num_classes)
+        # A resumed run keeps the model it recorded, even if its preset has been changed since.
+        self.cfg = cfg = (model_config(s, data.num_classes) if self.recorded_model is None
+                          else recorded_config(self.recorded_model, self.folder.config))
         check_labels(data.y_train, data.num_classes)  # once, on the host
         mean, variance = channel_stats(data.x_train)  # Keras adapt(x_train): before the validation split
         x_train, y_train, x_val, y_val = split_train_val(data.x_train, data.y_train, s["validation_split"])
@@ -523,6 +527,17 @@ class Run:
         return EXIT_DONE
 
 
+def recorded_config(doc: Any, source: Path) -> ViTConfig:
+    """The model config a run recorded in its config.json, or UsageError saying the file is damaged."""
+    try:
+        if not isinstance(doc, dict):
+            raise TypeError(f"a JSON {type(doc).__name__}, not an object")
+        return ViTConfig.from_dict(doc)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{source}: its \"model\" entry is not a model config ({str(exc)[:160]}); the file is "
+                         "damaged or was edited by hand") from None
+
+
 def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
           on_step: Callable[[int], None] | None = None, comm: Communicator | None = None) -> int:
     """Run (or continue) training as ``settings`` say. Returns the process exit status.
@@ -531,7 +546,8 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
     called with the global step after every optimizer step; ``comm`` connects the ranks of a data-parallel
     run (default: this process alone).
     """
-    run = Run(dict(settings), comm or SingleProcess(), StopSignals(), on_step)
+    run = Run(dict(settings), comm or SingleProcess(), StopSignals(), on_step,
+              recorded_model=resumed.get("model") if resumed is not None else None)
     with run.signals, run.folder:
         try:
             run.setup(resumed is not None)

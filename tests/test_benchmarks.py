@@ -366,4 +366,4 @@ def test_sizing_script_prints_its_table() -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| fast: width 96, 6 blocks | 460,714 | 64 | 67 |")
+    assert len(lines) == 4 and lines[2].startswith("| fast: width 64, 6 blocks | 208,842 | 64 | 32 |")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -56,11 +57,11 @@ def test_unknown_recipe_is_refused(capsys) -> None:
 def test_fast_model_is_what_its_docstring_says() -> None:
     cfg = ViTConfig.fast()
     assert PRESETS["fast"] == ViTConfig.fast
-    assert (cfg.image_size, cfg.patch_size, cfg.num_tokens, cfg.dim, cfg.depth, cfg.num_heads) == (32, 4, 64, 96, 6, 3)
+    assert (cfg.image_size, cfg.patch_size, cfg.num_tokens, cfg.dim, cfg.depth, cfg.num_heads) == (32, 4, 64, 64, 6, 2)
     assert cfg.pool == "gap" and cfg.head_units == () and cfg.gelu == "tanh"
     assert cfg.attention_fans == "receptive" and "receptive-field fans" in ViTConfig.fast.__doc__
     count = sum(p.size for p in ViT(cfg, dtype="float64").params.values())
-    assert count == cfg.num_params() == 460_714
+    assert count == cfg.num_params() == 208_842
     assert f"{count:,} trainable parameters" in ViTConfig.fast.__doc__
 
 
@@ -76,3 +77,24 @@ def test_a_fast_run_records_its_settings_and_resumes_with_them(tmp_path) -> None
     assert train_cli.main(["--resume", str(out), "--epochs", "2", "--quiet"]) == 0
     with pytest.raises(UsageError, match="cannot change --recipe"):
         settings_module.resolve_settings({"resume": str(out), "recipe": "keras"})
+
+
+def test_a_resumed_run_keeps_the_model_it_recorded_when_its_preset_changes(tmp_path, monkeypatch, capsys) -> None:
+    # The fast preset changed from width 96 to width 64 once; a run started before must resume as it began.
+    out = tmp_path / "run"
+    small = ["--dataset", "synthetic", "--synthetic-size", "96,32", "--synthetic-classes", "4", "--quiet",
+             "--preset", "tiny", "--batch-size", "32", "--out", str(out)]
+    assert train_cli.main([*small, "--epochs", "1"]) == 0
+    recorded = json.loads((out / "config.json").read_text())["model"]
+    wider = lambda num_classes=5: dataclasses.replace(ViTConfig.tiny(num_classes), dim=12, mlp_units=(12, 12))
+    monkeypatch.setitem(PRESETS, "tiny", wider)
+    assert model_config(resolve(*small), 4) != ViTConfig.from_dict(recorded)
+    assert train_cli.main(["--resume", str(out), "--epochs", "2", "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["model"] == recorded
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # A config.json whose model entry is damaged is a clear error, not a traceback.
+    doc = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(dict(doc, model=dict(recorded, depth="two"))))
+    assert train_cli.main(["--resume", str(out), "--epochs", "3", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert 'its "model" entry is not a model config' in err and "Traceback" not in err
