@@ -5,9 +5,9 @@
 
 One training step is forward (training mode), loss, backward and AdamW on random 32x32 images (72x72 for the
 Keras model), timed as the median of ``--repeats`` steps after one warm-up, with glibc's allocator set as
-``python -m npvit.train`` sets it (``npvit.allocator``). The last column turns the speed
-into the epochs of ``--images`` images that ``--budget`` hours of training afford, which is how
-``ViTConfig.fast`` was chosen (``benchmarks/NOTES.md``, "Recipe fast").
+``python -m npvit.train`` sets it (``npvit.allocator``). The last column turns the speed into the epochs of
+``--images`` images that ``--budget`` hours of training afford, which is how ``ViTConfig.fast`` was chosen
+(``benchmarks/NOTES.md``, "Recipe fast").
 """
 
 from __future__ import annotations
