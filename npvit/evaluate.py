@@ -3,8 +3,15 @@
     python -m npvit.evaluate runs/cifar10/best.npz                # the test split of the run's dataset
     python -m npvit.evaluate runs/cifar10                         # a run folder: its best.npz, else last.npz
     python -m npvit.evaluate runs/cifar10/best.npz --data-dir /data/cifar-10-binary.tar.gz --backend cupy
+    python -m npvit.evaluate runs/cifar10 --eval-flip             # test-time flip (default: as the run did)
 
 ``evaluate`` is also what the training program uses for its validation and test numbers.
+
+Test-time flip (``--eval-flip``) scores each image by the mean of the logits of the image and of its mirror
+image (``inference_logits``). A model trained with random horizontal flips has learnt that the two are the
+same class; averaging its two answers cancels part of its error, for twice the evaluation time. The mean of
+logits is the normalised geometric mean of the two softmax distributions (softmax ignores a per-row constant),
+so the loss is still the cross-entropy of a distribution.
 """
 
 from __future__ import annotations
@@ -47,9 +54,19 @@ class EvalResult:
         return {"loss": self.loss, "top1": self.top1, "top5": self.top5}
 
 
+def inference_logits(model: ViT, x: Any, flip: bool = False) -> Any:
+    """(B, K) logits of the preprocessed batch ``x`` (B, H, W, C); with ``flip``, the mean of the logits of
+    ``x`` and of ``x[:, :, ::-1]``, its mirror image (width reversed)."""
+    logits = model.forward(x)  # (B, K)
+    if flip:
+        logits = 0.5 * (logits + model.forward(x[:, :, ::-1]))  # (B, K), still model.dtype (0.5 is a Python float)
+    return logits
+
+
 def evaluate(model: ViT, augmenter: Augmenter, images: np.ndarray, labels: np.ndarray, batch_size: int = 256,
-             progress: bool = False, label: str = "eval") -> EvalResult:
-    """Run ``model`` in inference mode over host ``images`` (uint8, un-normalised) and integer ``labels``."""
+             progress: bool = False, label: str = "eval", flip: bool = False) -> EvalResult:
+    """Run ``model`` in inference mode over host ``images`` (uint8, un-normalised) and integer ``labels``;
+    with ``flip``, on the mean of the logits of each image and its mirror image (``inference_logits``)."""
     backend, k = model.backend, model.config.num_classes
     n = len(images)
     if n == 0:
@@ -63,7 +80,7 @@ def evaluate(model: ViT, augmenter: Augmenter, images: np.ndarray, labels: np.nd
         x = backend.asarray(images[start:start + batch_size])
         y_host = labels[start:start + batch_size]
         y = backend.asarray(y_host)
-        logits = model.forward(augmenter(x, training=False))
+        logits = inference_logits(model, augmenter(x, training=False), flip)
         loss, _ = cross_entropy_forward(logits, y)
         loss_sum += float(loss) * len(y_host)
         top = to_numpy(backend.xp.argsort(-logits, axis=1)[:, :topk])
@@ -96,6 +113,12 @@ def model_from_checkpoint(ckpt: Checkpoint, backend: str | Backend = "numpy", dt
     return model, augmenter
 
 
+def run_flip(run: Any) -> bool:
+    """Whether a run evaluated with test-time flip: its settings' ``eval_flip`` (a checkpoint's ``meta["run"]``);
+    False for a run from before the setting existed, or a checkpoint not written by npvit.train."""
+    return isinstance(run, dict) and run.get("eval_flip") is True
+
+
 def print_per_class(result: EvalResult, class_names: list[str], file: Any = None) -> None:
     """A table of accuracy per class (to stdout by default)."""
     file = file or sys.stdout
@@ -116,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", help="download cache (default $NPVIT_CACHE or ~/.cache/npvit)")
     parser.add_argument("--backend", choices=BACKEND_NAMES, default="numpy")
     parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument("--eval-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="score each image by the mean of the logits of it and its mirror image (test-time "
+                             "flip; default: as the run that wrote the checkpoint did, see npvit.train --help)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON (numbers that are not "
                         "finite as null, with a warning on stderr)")
     args = parser.parse_args(argv)
@@ -136,17 +162,19 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     if data.num_classes != model.config.num_classes:
         raise CheckpointError(f"the dataset has {data.num_classes} classes but the model in {path} was trained "
                               f"for {model.config.num_classes}")
+    flip = run_flip(ckpt.meta.get("run")) if args.eval_flip is None else args.eval_flip
     result = evaluate(model, augmenter, data.x_test, data.y_test, args.batch_size, progress=not args.json,
-                      label="test")
+                      label="test", flip=flip)
     if args.json:
         per_class = {name: None if count == 0 else float(acc)  # no examples: no accuracy
                      for name, count, acc in zip(data.class_names, result.counts, result.per_class)}
-        text, replaced = dumps_finite(dict(result.as_dict(), per_class=per_class))
+        text, replaced = dumps_finite(dict(result.as_dict(), eval_flip=flip, per_class=per_class))
         if replaced:
             print(f"warning: not finite, written as null: {', '.join(replaced)}", file=sys.stderr)
         print(text)
         return 0
-    print(f"{data.name} test split, {len(data.y_test)} images: loss {result.loss:.4f}  "
+    print(f"{data.name} test split, {len(data.y_test)} images{', test-time flip' if flip else ''}: "
+          f"loss {result.loss:.4f}  "
           f"top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%")
     print_per_class(result, data.class_names)
     return 0

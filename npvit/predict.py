@@ -5,7 +5,9 @@
 
 PNG and JPEG files of any size (any format Pillow reads, when named directly; a folder stands for its PNG
 and JPEG files, sorted by name). Each image is reduced to the dataset's native size (32x32 for CIFAR) with an
-antialiased resize, then preprocessed exactly as evaluation does; ``npvit.visualize.inputs`` says why.
+antialiased resize, then preprocessed exactly as evaluation does; ``npvit.visualize.inputs`` says why. A run
+trained with ``--eval-flip`` predicts from the mean of the logits of each image and its mirror image, as its
+evaluation did (``--no-eval-flip`` to turn that off, ``--eval-flip`` to turn it on for any run).
 Needs Pillow, from the ``viz`` extra: ``pip install 'npvit[viz]'``.
 """
 
@@ -34,8 +36,10 @@ def top_k(probs: np.ndarray, class_names: list[str], k: int) -> list[list[dict[s
 
 
 def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, backend: str = "numpy",
-                  fit: str = "crop") -> list[dict[str, Any]]:
-    """[{file, predictions: [{class, probability}, ...]}] for image files and folders, in the order given."""
+                  fit: str = "crop", flip: bool | None = None) -> list[dict[str, Any]]:
+    """[{file, predictions: [{class, probability}, ...]}] for image files and folders, in the order given.
+    ``flip``: test-time flip (``npvit.evaluate.inference_logits``); None: as the run that wrote the checkpoint."""
+    from .evaluate import inference_logits, run_flip
     from .visualize.extras import pillow_image
     from .visualize.inputs import image_files, load_model, probabilities, read_image
 
@@ -44,10 +48,11 @@ def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, b
     loaded = load_model(checkpoint, backend)
     size = loaded.native_size
     images = [read_image(f, size, fit) for f in files]  # every file readable, or stop
+    flip = run_flip(loaded.run) if flip is None else flip
     results = []
     for start in range(0, len(images), BATCH):
         batch = np.stack(images[start:start + BATCH])
-        probs = probabilities(loaded.model.forward(loaded.model_input(batch)))
+        probs = probabilities(inference_logits(loaded.model, loaded.model_input(batch), flip))
         for f, preds in zip(files[start:start + BATCH], top_k(probs, loaded.class_names, k)):
             results.append({"file": str(f), "predictions": preds})
     return results
@@ -72,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit", choices=FITS, default="crop",
                         help="non-square images: centre crop (default) or stretch to a square")
     parser.add_argument("--backend", choices=BACKEND_NAMES, default="numpy")
+    parser.add_argument("--eval-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="predict from the mean of the logits of each image and its mirror image (test-time "
+                             "flip; default: as the run that wrote the checkpoint evaluated)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON list of {file, predictions: [{class, probability}]}")
     args = parser.parse_args(argv)
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    results = predict_files(args.checkpoint, args.images, args.top_k, args.backend, args.fit)
+    results = predict_files(args.checkpoint, args.images, args.top_k, args.backend, args.fit, args.eval_flip)
     if not args.json:
         print(format_results(results))
         return 0

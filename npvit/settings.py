@@ -59,7 +59,6 @@ class Setting:
         kind: the JSON type of the value: "int", "float", "ints" (a list of positive ints), "bool", "str".
         type: the argparse type; it also checks a value read back from a file.
         choices: the allowed values of a "str" setting, when there is a fixed set.
-        switch: for a "bool": the flag that sets the opposite of the default (``--no-flip``).
         preset_field: for a model setting, the ViTConfig field whose preset value stands in for the default.
         metavar: what --help shows as the flag's argument.
         nullable: None is an allowed value (the default, or "from the preset").
@@ -72,7 +71,6 @@ class Setting:
     kind: str
     type: Callable[[str], Any] | None = None
     choices: tuple[str, ...] | None = None
-    switch: str | None = None
     preset_field: str | None = None
     metavar: str | None = None
     aliases: tuple[str, ...] = ()
@@ -80,7 +78,7 @@ class Setting:
 
     @property
     def flag(self) -> str:
-        return self.switch or "--" + self.name.replace("_", "-")
+        return "--" + self.name.replace("_", "-")
 
 
 def _model(name: str, field: str, kind: str, type_: Callable[[str], Any] | None, help: str,
@@ -99,7 +97,8 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="DIR", nullable=True),
     Setting("label_mode", "fine", "CIFAR-100 labels: fine (100 classes) or coarse (20)", "data", "str",
             choices=("fine", "coarse")),
-    Setting("download", True, "fail instead of downloading", "data", "bool", switch="--no-download"),
+    Setting("download", True, "download the dataset when no copy is found (else stop with an error)", "data",
+            "bool"),
     Setting("synthetic_size", (1000, 200), "synthetic train,test image counts", "data", "ints", int_list,
             metavar="TRAIN,TEST"),
     Setting("synthetic_image_size", 32, "synthetic image side", "data", "int", positive_int, metavar="N"),
@@ -133,7 +132,7 @@ SETTINGS: tuple[Setting, ...] = (
     _model("attention_fans", "attention_fans", "str", None, "Glorot fans of the attention kernels: axes "
            "(Keras 3.15 and later) or receptive (older Keras, TensorFlow Keras)", choices=ATTENTION_FANS),
     # augmentation
-    Setting("flip", True, "no random horizontal flips", "augmentation (training only)", "bool", switch="--no-flip"),
+    Setting("flip", True, "random horizontal flips", "augmentation (training only)", "bool"),
     Setting("rotation", 0.02, "rotation factor, fraction of a turn", "augmentation (training only)", "float",
             unit_interval, metavar="F"),
     Setting("zoom", 0.2, "zoom factor for height and width", "augmentation (training only)", "float",
@@ -157,7 +156,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("decay_convention", "keras", "keras: p -= lr*wd*p (Keras 3, PyTorch); tfa: p -= wd*p "
             "(TensorFlow Addons)", "optimisation", "str", choices=DECAY_CONVENTIONS),
     Setting("epsilon", 1e-7, "AdamW epsilon", "optimisation", "float", positive, metavar="X"),
-    Setting("exclude_from_decay", False, "no decay for biases, norms, embeddings", "optimisation", "bool"),
+    Setting("exclude_from_decay", False, "keep weight decay off biases, norms and embeddings", "optimisation",
+            "bool"),
     Setting("clip_norm", None, "clip gradients to this global norm", "optimisation", "float", positive,
             metavar="X", nullable=True),
     Setting("lr_schedule", "constant", "learning-rate schedule", "optimisation", "str", choices=SCHEDULES),
@@ -166,6 +166,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ema", None, "keep an exponential moving average of the weights with this decay (e.g. 0.999, "
             "about the last 1/(1-DECAY) steps), validate it beside the raw weights and test it: best.npz holds "
             "it (default: off)", "optimisation", "float", open_fraction, metavar="DECAY", nullable=True),
+    # evaluation
+    Setting("eval_flip", False, "test-time flip: validate and test on the mean of the logits of each image and "
+            "of its mirror image (evaluation takes twice as long)", "evaluation", "bool"),
     # execution
     Setting("backend", "numpy", "array library", "execution", "str", choices=BACKEND_NAMES),
     Setting("dtype", "float32", "parameter and activation dtype", "execution", "str",
@@ -207,7 +210,9 @@ def help_text(setting: Setting) -> str:
     if setting.preset_field is not None:
         keras_value = getattr(ViTConfig.keras(), setting.preset_field)
         return f"{setting.help} (default from --preset; keras: {show(keras_value)})"
-    if setting.kind == "bool" or setting.default is None:
+    if setting.kind == "bool":
+        return f"{setting.help} (default {'on' if setting.default else 'off'})"
+    if setting.default is None:
         return setting.help
     return f"{setting.help} (default {show(setting.default)})"
 
@@ -222,9 +227,9 @@ def build_parser(description: str = "", epilog: str = "") -> argparse.ArgumentPa
     groups: dict[str, Any] = {}
     for setting in SETTINGS:
         group = groups.get(setting.group) or groups.setdefault(setting.group, p.add_argument_group(setting.group))
-        if setting.kind == "bool":
-            action = "store_false" if setting.default else "store_true"
-            group.add_argument(setting.flag, dest=setting.name, action=action, help=help_text(setting))
+        if setting.kind == "bool":  # --name and --no-name, so that a recipe's choice can be undone
+            group.add_argument(setting.flag, dest=setting.name, action=argparse.BooleanOptionalAction,
+                               help=help_text(setting))
             continue
         group.add_argument(setting.flag, *setting.aliases, dest=setting.name, type=setting.type,
                            choices=setting.choices, metavar=setting.metavar, help=help_text(setting))

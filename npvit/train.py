@@ -493,7 +493,7 @@ class Run:
     def validate(self) -> EvalResult:
         """The model's current weights on the validation split."""
         return evaluate_split(self.comm, self.model, self.augmenter, self.x_val, self.y_val,
-                              self.s["eval_batch_size"], evaluate=evaluate)
+                              self.s["eval_batch_size"], evaluate=evaluate, flip=self.s["eval_flip"])
 
     def final_test(self) -> int:
         """Evaluate the best weights (with --ema: the EMA weights best.npz holds) on the test split, as the
@@ -513,9 +513,10 @@ class Run:
         with weights:
             test: EvalResult = evaluate_split(self.comm, self.model, self.augmenter, data.x_test, data.y_test,
                                               s["eval_batch_size"], progress=not s["quiet"] and self.writer,
-                                              label="test", evaluate=evaluate)
+                                              label="test", evaluate=evaluate, flip=s["eval_flip"])
         self.say(f"test ({len(data.y_test)} images, best epoch {st.best_epoch}"
-                 f"{', EMA weights' if self.ema is not None else ''}): loss {test.loss:.4f}  "
+                 f"{', EMA weights' if self.ema is not None else ''}"
+                 f"{', test-time flip' if s['eval_flip'] else ''}): loss {test.loss:.4f}  "
                  f"top-1 {100 * test.top1:.2f}%  top-5 {100 * test.top5:.2f}%")
         if self.writer:
             summary = {"best_epoch": st.best_epoch, "best_val_top1": st.best_score if len(self.x_val) else None,
@@ -523,6 +524,8 @@ class Run:
                        "test": {k: v if math.isfinite(v) else None for k, v in test.as_dict().items()}}
             if self.ema is not None:
                 summary["weights"] = "ema"  # the test is of the moving average of the weights
+            if s["eval_flip"]:
+                summary["eval_flip"] = True  # the test scored each image with its mirror image
             write_json(self.folder.summary, summary)
         return EXIT_DONE
 

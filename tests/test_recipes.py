@@ -48,6 +48,16 @@ def test_fast_recipe_sets_its_values_and_flags_given_win() -> None:
     assert model_config(hundred, 100) == ViTConfig.fast(100) and hundred["out"].endswith("cifar100-fast")
 
 
+def test_every_switch_a_recipe_turns_on_can_be_turned_off_and_back() -> None:
+    switches = [s.name for s in BY_NAME.values() if s.kind == "bool"]
+    assert {"flip", "exclude_from_decay", "eval_flip", "download", "quiet"} <= set(switches)
+    for name in switches:
+        flag = "--" + name.replace("_", "-")
+        assert resolve(flag)[name] is True and resolve("--no-" + flag[2:])[name] is False, name
+    assert resolve("--recipe", "fast", "--no-exclude-from-decay")["exclude_from_decay"] is False
+    assert resolve("--recipe", "fast")["exclude_from_decay"] is True
+
+
 def test_unknown_recipe_is_refused(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--recipe", "fastest"])

@@ -23,12 +23,12 @@ from .split import rank_slice
 
 def evaluate_split(comm: Communicator, model: Any, augmenter: Any, images: np.ndarray, labels: np.ndarray,
                    batch_size: int = 256, progress: bool = False, label: str = "eval",
-                   evaluate: Callable[..., EvalResult] = evaluate) -> EvalResult:
+                   evaluate: Callable[..., EvalResult] = evaluate, flip: bool = False) -> EvalResult:
     """``evaluate`` (:func:`npvit.evaluate.evaluate`) over ``images``/``labels`` (the whole split, on every
     rank), each rank taking its part; every rank gets the result for the whole split. Rank 0 alone shows
-    progress. One process gets ``evaluate``'s own result."""
+    progress. One process gets ``evaluate``'s own result. ``flip``: test-time flip, as ``evaluate``'s."""
     if comm.size == 1:
-        return evaluate(model, augmenter, images, labels, batch_size, progress=progress, label=label)
+        return evaluate(model, augmenter, images, labels, batch_size, progress=progress, label=label, flip=flip)
     n, k = len(images), model.config.num_classes
     if n == 0:
         raise ValueError("nothing to evaluate: the split is empty")
@@ -37,7 +37,7 @@ def evaluate_split(comm: Communicator, model: Any, augmenter: Any, images: np.nd
     sums = np.zeros(3 + k)
     if mine:
         r = evaluate(model, augmenter, images[part], labels[part], batch_size,
-                     progress=progress and comm.rank == 0, label=label)
+                     progress=progress and comm.rank == 0, label=label, flip=flip)
         # evaluate returns means; times the part's size they are the sums again (counts exactly, once rounded).
         hits = np.rint(np.nan_to_num(r.per_class) * r.counts)
         sums[:] = [r.loss * mine, round(r.top1 * mine), round(r.top5 * mine), *hits]
