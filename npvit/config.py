@@ -22,6 +22,9 @@ class ViTConfig:
     Attributes:
         image_size: side of the square input image, in pixels (the model input is (B, S, S, C)).
         patch_size: side of each square patch; patches are cut with stride = size, VALID padding.
+        patch_overlap: pixels each patch extends past its cell on every side (0, every preset but fast: the
+            paper's side-by-side patches); patches of side patch_size + 2 patch_overlap, the image padded
+            with zeros, so the patch embedding is a convolution with stride patch_size (npvit.kernels.patches).
         channels: colour channels of the input.
         num_classes: number of output logits.
         dim: token width (Keras ``projection_dim``).
@@ -53,6 +56,7 @@ class ViTConfig:
 
     image_size: int = 72
     patch_size: int = 6
+    patch_overlap: int = 0
     channels: int = 3
     num_classes: int = 100
     dim: int = 64
@@ -93,9 +97,14 @@ class ViTConfig:
         return self.num_patches + (1 if self.pool == "cls" else 0)
 
     @property
+    def patch_window(self) -> int:
+        """Side of the pixels one patch holds: P + 2 * patch_overlap."""
+        return self.patch_size + 2 * self.patch_overlap
+
+    @property
     def patch_dim(self) -> int:
-        """Values in one flattened patch (P * P * C)."""
-        return self.patch_size**2 * self.channels
+        """Values in one flattened patch (K * K * C, K = patch_window)."""
+        return self.patch_window**2 * self.channels
 
     @property
     def pooled_dim(self) -> int:
@@ -130,6 +139,8 @@ class ViTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ViTConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.patch_overlap, int) or isinstance(self.patch_overlap, bool) or self.patch_overlap < 0:
+            raise ValueError(f"ViTConfig.patch_overlap must be a non-negative integer, got {self.patch_overlap!r}")
         if self.patch_size > self.image_size:
             raise ValueError(
                 f"ViTConfig.patch_size ({self.patch_size}) must not exceed image_size ({self.image_size})"

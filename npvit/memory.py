@@ -4,7 +4,8 @@ much the machine has free, so that a run too large for it is refused with the ba
 Per image, the training forward pass keeps every activation the backward pass reads (T tokens of width D,
 H heads of width d, MLP widths u_i, head widths h_j, input side S, itemsize s bytes, masks one byte each):
 
-    images and patches      4 S^2 C + S^2 C                   resized, flipped, rotated, zoomed; cut into patches
+    images and patches      4 S^2 C + N K^2 C                 resized, flipped, rotated, zoomed; cut into N patches
+                                                              of K x K pixels (K = P + 2 overlap)
     each block              4 T D  + 2 T D                    two layer norms (normalised input and output), and
                                                               the two residual sums
                             3 T H d + T H d                   fused query/key/value, heads' outputs
@@ -54,7 +55,7 @@ def activation_elements(cfg: ViTConfig, itemsize: int) -> float:
     block = 6 * t * d + 4 * t * hd + t * t * cfg.num_heads * (1 + mask)
     block += sum(t * u * (3 + mask) for u in cfg.mlp_units)
     head = cfg.pooled_dim * (2 + mask) + sum(u * (3 + mask) for u in cfg.head_units) + cfg.num_classes
-    return 5 * pixels + t * d + cfg.depth * block + head
+    return 4 * pixels + cfg.num_patches * cfg.patch_dim + t * d + cfg.depth * block + head
 
 
 def training_step(cfg: ViTConfig, itemsize: int, threads: int = 1, ema: bool = False) -> MemoryEstimate:

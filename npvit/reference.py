@@ -70,37 +70,47 @@ def dense_backward(dy: Array, cache: Array, w: Array) -> tuple[Array, Array, Arr
 
 
 # ---- patch embedding ------------------------------------------------------------------------------------------
-def patch_embed_forward(images: Array, w: Array, b: Array, patch_size: int) -> tuple[Array, tuple]:
-    """Cut the images into P x P patches and project each linearly to the token width.
+def patch_embed_forward(images: Array, w: Array, b: Array, patch_size: int, overlap: int = 0
+                        ) -> tuple[Array, tuple]:
+    """Cut the images into patches and project each linearly to the token width.
 
-    images (B, S, S, C) -> patches (B, N, P*P*C) -> tokens = patches W + b (B, N, D). Patch n is row r,
-    column c of the grid (n = r * S/P + c), flattened in (row, column, channel) order, as
-    tf.image.extract_patches cuts them; pixels past the last whole patch are dropped.
+    images (B, S, S, C) -> patches (B, N, K*K*C) -> tokens = patches W + b (B, N, D), K = P + 2 overlap.
+    Patch n is row r, column c of the grid (n = r * (S // P) + c), flattened in (row, column, channel) order,
+    as tf.image.extract_patches cuts them. overlap = 0: the P x P cells side by side, pixels past the last
+    whole patch dropped. overlap O > 0: the K x K window around each cell, [r P - O, r P + P + O) in both
+    directions, of the image padded with O zeros on every side: a convolution of kernel K and stride P.
     """
+    xp = get_array_module(images)
     batch, height, width, channels = images.shape
-    p = patch_size
+    p, o = patch_size, overlap
+    k = p + 2 * o
     gh, gw = height // p, width // p
-    x = images[:, : gh * p, : gw * p, :]  # (B, gh*P, gw*P, C)
-    x = x.reshape(batch, gh, p, gw, p, channels)  # (B, gh, P, gw, P, C)
-    x = x.transpose(0, 1, 3, 2, 4, 5)  # (B, gh, gw, P, P, C)  grid position first, then pixel in the patch
-    patches = x.reshape(batch, gh * gw, p * p * channels)  # (B, N, P*P*C)
+    padded = xp.zeros((batch, height + 2 * o, width + 2 * o, channels), dtype=images.dtype)
+    padded[:, o:o + height, o:o + width] = images  # (B, S + 2O, S + 2O, C)
+    rows = (xp.arange(gh) * p)[:, None] + xp.arange(k)  # (gh, K)  padded row of pixel i of grid row r
+    cols = (xp.arange(gw) * p)[:, None] + xp.arange(k)  # (gw, K)
+    x = padded[:, rows[:, None, :, None], cols[None, :, None, :]]  # (B, gh, gw, K, K, C)
+    patches = x.reshape(batch, gh * gw, k * k * channels)  # (B, N, K*K*C)
     tokens, c_proj = dense_forward(patches, w, b)  # (B, N, D)
-    return tokens, (c_proj, images.shape, p)
+    return tokens, (c_proj, images.shape, p, o)
 
 
-# The patches are a re-indexing of the pixels, so their backward is the inverse re-indexing; pixels that
-# belong to no patch get zero gradient.
+# The patches are a re-indexing of the pixels, so their backward adds each patch's gradient back at the pixels
+# it was copied from: one window at a time, a pixel in several windows collecting from each; pixels in no
+# window (the dropped ones) get zero gradient, and the zero padding's gradient is cut off.
 def patch_embed_backward(dtokens: Array, cache: tuple, w: Array) -> tuple[Array, Array, Array]:
     """Gradients of patch_embed_forward: (dimages, dW, db)."""
-    c_proj, (batch, height, width, channels), p = cache
+    c_proj, (batch, height, width, channels), p, o = cache
+    k = p + 2 * o
     gh, gw = height // p, width // p
     xp = get_array_module(dtokens)
-    dpatches, dw, db = dense_backward(dtokens, c_proj, w)  # (B, N, P*P*C), (P*P*C, D), (D,)
-    dx = dpatches.reshape(batch, gh, gw, p, p, channels)  # (B, gh, gw, P, P, C)
-    dx = dx.transpose(0, 1, 3, 2, 4, 5)  # (B, gh, P, gw, P, C)
-    dimages = xp.zeros((batch, height, width, channels), dtype=dtokens.dtype)  # (B, S, S, C)
-    dimages[:, : gh * p, : gw * p, :] = dx.reshape(batch, gh * p, gw * p, channels)  # (B, gh*P, gw*P, C)
-    return dimages, dw, db
+    dpatches, dw, db = dense_backward(dtokens, c_proj, w)  # (B, N, K*K*C), (K*K*C, D), (D,)
+    dx = dpatches.reshape(batch, gh, gw, k, k, channels)  # (B, gh, gw, K, K, C)
+    dpadded = xp.zeros((batch, height + 2 * o, width + 2 * o, channels), dtype=dtokens.dtype)
+    for r in range(gh):
+        for c in range(gw):
+            dpadded[:, r * p:r * p + k, c * p:c * p + k] += dx[:, r, c]  # (B, K, K, C)
+    return dpadded[:, o:o + height, o:o + width], dw, db  # (B, S, S, C)
 
 
 # ---- layer normalization --------------------------------------------------------------------------------------
@@ -465,7 +475,8 @@ def vit_forward(
     xp = get_array_module(images)
     batch = images.shape[0]
     t, c_embed = patch_embed_forward(
-        images, params["patch_embed.proj.w"], params["patch_embed.proj.b"], cfg.patch_size)  # (B, N, D)
+        images, params["patch_embed.proj.w"], params["patch_embed.proj.b"], cfg.patch_size,
+        cfg.patch_overlap)  # (B, N, D)
     if cfg.pool == "cls":
         cls = xp.broadcast_to(params["cls_token"], (batch, 1, cfg.dim))  # (B, 1, D)
         t = xp.concatenate([cls, t], axis=1)  # (B, T, D)  T = N + 1

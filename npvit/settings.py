@@ -114,6 +114,8 @@ SETTINGS: tuple[Setting, ...] = (
             "model", "str", choices=tuple(sorted(PRESETS))),
     _model("image_size", "image_size", "int", positive_int, "input side after resizing", "N"),
     _model("patch_size", "patch_size", "int", positive_int, "patch side", "N"),
+    _model("patch_overlap", "patch_overlap", "int", non_negative_int, "pixels each patch reaches past its cell on "
+           "every side (0: side by side, as the paper)", "N"),
     _model("projection_dim", "dim", "int", positive_int, "token width; key_dim and transformer units follow it "
            "unless given", "N"),
     _model("num_heads", "num_heads", "int", positive_int, "attention heads", "N"),

@@ -42,16 +42,22 @@ ATTENTION_IMPLS = ("eager", "sdpa")
 Tensor = torch.Tensor
 
 
-def extract_patches(images: Tensor, patch_size: int) -> Tensor:
-    """(B, H, W, C) -> (B, N, P*P*C): patches row-major over the grid, each flattened as (row, col, channel).
+def extract_patches(images: Tensor, patch_size: int, overlap: int = 0) -> Tensor:
+    """(B, H, W, C) -> (B, N, K*K*C), K = P + 2 overlap: patches row-major over the grid, each flattened as
+    (row, col, channel).
 
-    ``unfold`` with step = size takes only whole windows, which is VALID padding.
+    ``unfold`` with step = size takes only whole windows, which is VALID padding; with an overlap the image
+    is first padded with ``overlap`` zeros on every side (``F.pad``) and the windows of side K taken with
+    step P, so that the grid is the same (H // P) x (W // P).
     """
     b, _, _, c = images.shape
-    p = patch_size
-    x = images.unfold(1, p, p).unfold(2, p, p)  # (B, gh, gw, C, P_row, P_col)
-    x = x.permute(0, 1, 2, 4, 5, 3)  # (B, gh, gw, P_row, P_col, C)
-    return x.reshape(b, x.shape[1] * x.shape[2], p * p * c)
+    p, o = patch_size, overlap
+    k = p + 2 * o
+    if o:  # (H + 2O - K) // P + 1 = H // P windows along each side: the same grid
+        images = F.pad(images, (0, 0, o, o, o, o))  # (B, H + 2O, W + 2O, C)
+    x = images.unfold(1, k, p).unfold(2, k, p)  # (B, gh, gw, C, K_row, K_col)
+    x = x.permute(0, 1, 2, 4, 5, 3)  # (B, gh, gw, K_row, K_col, C)
+    return x.reshape(b, x.shape[1] * x.shape[2], k * k * c)
 
 
 class PatchEmbed(nn.Module):
@@ -59,11 +65,11 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
-        self.patch_size = cfg.patch_size
+        self.patch_size, self.overlap = cfg.patch_size, cfg.patch_overlap
         self.proj = nn.Linear(cfg.patch_dim, cfg.dim)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.proj(extract_patches(images, self.patch_size))
+        return self.proj(extract_patches(images, self.patch_size, self.overlap))
 
 
 class Mlp(nn.Module):

@@ -28,6 +28,12 @@ def test_other_presets() -> None:
     assert (small.image_size, small.patch_size, small.num_patches, small.num_classes) == (32, 4, 64, 10)
     cls = dataclasses.replace(ViTConfig.tiny(), pool="cls")
     assert cls.num_tokens == cls.num_patches + 1 and cls.pooled_dim == cls.dim
+    overlapping = dataclasses.replace(ViTConfig.fast(), patch_overlap=2)  # 8x8 windows every 4 pixels
+    assert (overlapping.patch_window, overlapping.patch_dim, overlapping.num_patches) == (8, 192, 64)
+    assert overlapping.num_params() == ViTConfig.fast().num_params() + (192 - 48) * 64
+    recorded = ViTConfig.fast().to_dict()
+    del recorded["patch_overlap"]  # a config.json written before the field existed
+    assert ViTConfig.from_dict(recorded) == ViTConfig.fast()
 
 
 def test_dict_round_trip_through_json() -> None:
@@ -44,6 +50,8 @@ def test_dict_round_trip_through_json() -> None:
         ({"dim": 0}, "dim must be a positive integer"),
         ({"depth": 2.5}, "depth must be a positive integer"),
         ({"patch_size": 100}, "must not exceed image_size"),
+        ({"patch_overlap": -1}, "patch_overlap must be a non-negative integer"),
+        ({"patch_overlap": 1.5}, "patch_overlap must be a non-negative integer"),
         ({"mlp_units": (128, 32)}, "must end with dim"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"head_dropout": -0.1}, r"head_dropout must be in \[0, 1\)"),

@@ -100,11 +100,12 @@ def test_cross_entropy(backend, rng, smoothing) -> None:
 
 
 @pytest.mark.parametrize("size", [8, 9])  # 9: VALID padding drops the last pixel row and column
-def test_patches(backend, rng, size) -> None:
+@pytest.mark.parametrize("overlap", [0, 1, 3])  # overlapping windows: pixels shared by up to 4 patches a side
+def test_patches(backend, rng, size, overlap) -> None:
     images = arr(backend, rng, 2, size, size, 3)
     check_backward(
-        lambda im: patches_forward(im, 4)[0],
-        lambda im, dy: (patches_backward(dy, patches_forward(im, 4)[1], 4),),
+        lambda im: patches_forward(im, 4, overlap)[0],
+        lambda im, dy: (patches_backward(dy, patches_forward(im, 4, overlap)[1], 4, overlap),),
         [images], rtol=RTOL,
     )
 

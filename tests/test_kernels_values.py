@@ -40,6 +40,28 @@ def test_patches_follow_extract_patches_layout(backend) -> None:
                 assert np.array_equal(out[bi, n], expected)
 
 
+@pytest.mark.parametrize("overlap", [1, 2])
+def test_overlapping_patches_are_the_windows_around_each_cell(backend, overlap) -> None:
+    # Patch (r, c) holds pixels [r P - O, r P + P + O) x [c P - O, c P + P + O), zero outside the image: what
+    # a convolution of kernel P + 2 O, stride P and zero padding O reads.
+    b, h, w, c, p, o = 2, 9, 13, 2, 4, overlap
+    k = p + 2 * o
+    images = np.arange(1, 1 + b * h * w * c, dtype=np.float64).reshape(b, h, w, c)  # no pixel is 0
+    out = to_numpy(patches_forward(backend.asarray(images), p, o)[0])
+    assert out.shape == (b, (h // p) * (w // p), k * k * c)
+
+    def pixel(bi: int, y: int, x: int, ch: int) -> float:
+        return images[bi, y, x, ch] if 0 <= y < h and 0 <= x < w else 0.0
+
+    for bi in range(b):
+        for r in range(h // p):
+            for col in range(w // p):
+                n = r * (w // p) + col
+                expected = [pixel(bi, r * p - o + i, col * p - o + j, ch)
+                            for i in range(k) for j in range(k) for ch in range(c)]
+                assert np.array_equal(out[bi, n], expected)
+
+
 def test_dense_matches_loops(backend, rng) -> None:
     x, w, bias = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5)), rng.standard_normal(5)
     y = to_numpy(dense_forward(backend.asarray(x), backend.asarray(w), backend.asarray(bias))[0])

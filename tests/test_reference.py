@@ -69,11 +69,14 @@ def test_dense_gradients(rng) -> None:
                    [x, w, b], rtol=RTOL, names=["x", "w", "b"])
 
 
-@pytest.mark.parametrize("size", [8, 9])  # 9: one row and column of pixels belong to no patch
-def test_patch_embed_gradients(rng, size) -> None:
-    images, w, b = arr(rng, 2, size, size, 3), arr(rng, 48, 5), arr(rng, 5)
-    check_backward(lambda x, w, b: ref.patch_embed_forward(x, w, b, 4)[0],
-                   lambda x, w, b, dy: ref.patch_embed_backward(dy, ref.patch_embed_forward(x, w, b, 4)[1], w),
+@pytest.mark.parametrize("size", [8, 9])  # 9: one row and column of pixels belong to no patch (overlap 0)
+@pytest.mark.parametrize("overlap", [0, 1, 3])  # 3: windows of 10 reach across two neighbours on each side
+def test_patch_embed_gradients(rng, size, overlap) -> None:
+    k = 4 + 2 * overlap
+    images, w, b = arr(rng, 2, size, size, 3), arr(rng, k * k * 3, 5), arr(rng, 5)
+    check_backward(lambda x, w, b: ref.patch_embed_forward(x, w, b, 4, overlap)[0],
+                   lambda x, w, b, dy: ref.patch_embed_backward(
+                       dy, ref.patch_embed_forward(x, w, b, 4, overlap)[1], w),
                    [images, w, b], rtol=RTOL, names=["images", "w", "b"])
 
 
@@ -298,6 +301,14 @@ def mask_sites(cfg: ViTConfig) -> list[str]:
         sites += [f"blocks.{i}.mlp.drop{j}" for j in range(len(cfg.mlp_units))] + [drop_path[1]]
     sites = [site for site in sites if site]
     return sites + ["head_drop"] + [f"head.drop{j}" for j in range(len(cfg.head_units))]
+
+
+@pytest.mark.parametrize("overlap", [1, 2])
+def test_same_numbers_as_the_fast_model_with_overlapping_patches(backend, overlap) -> None:
+    cfg = tiny(pool="gap", gelu="tanh", patch_overlap=overlap, image_size=9)  # 9: a pixel row in no cell
+    model, params = fast_and_reference(cfg, threads=2, backend=backend)
+    images, labels = batch(cfg)
+    compare_step(model, params, cfg, images, labels)
 
 
 @pytest.mark.parametrize("pool", ["flatten", "cls", "gap"])

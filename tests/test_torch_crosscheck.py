@@ -176,6 +176,23 @@ def test_valid_padding_matches_torch(pool: str) -> None:
     assert np.abs(dimages[:, :12, :12]).min() > 0
 
 
+@pytest.mark.parametrize("overlap", [1, 2])
+def test_overlapping_patches_match_torch(overlap: int) -> None:
+    """Windows of 4 + 2 O pixels every 4 (F.pad and unfold on the torch side), on 14x14 images: the padding's
+    and the dropped pixels' gradients are cut off."""
+    cfg = replace(make_config("gap", "tanh", image_size=14), patch_overlap=overlap)
+    assert cfg.num_patches == 9 and cfg.patch_dim == (4 + 2 * overlap) ** 2 * 3
+    model = make_model(cfg, seed=5)
+    images, labels = make_batch(cfg, seed=6)
+    tm = torch_model(model)
+    logits, loss, dimages = npvit_step(model, images, labels)
+    t_logits, t_loss, t_dimages = torch_step(tm, images, labels)
+    assert_close(logits, t_logits, "logits")
+    assert_close(loss, t_loss, "loss")
+    assert_grads_match(model, tm)
+    assert_close(dimages, t_dimages, "gradient of the images")
+
+
 # ---- AdamW -------------------------------------------------------------------------------------------------
 LR, WEIGHT_DECAY, EPS, STEPS = 1e-2, 0.05, 1e-8, 5
 CLIP_NORM = 2.5  # within the range of this run's gradient norms (about 1.9 to 6.1): some steps clip, some not

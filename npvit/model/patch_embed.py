@@ -22,17 +22,18 @@ class PatchEmbed:
     """Patches -> Dense(dim)."""
 
     def __init__(self, prefix: str, cfg: ViTConfig) -> None:
-        self.patch_size = cfg.patch_size
+        self.patch_size, self.overlap = cfg.patch_size, cfg.patch_overlap
         self.proj = Dense(f"{prefix}.proj", cfg.patch_dim, cfg.dim)
 
     def param_specs(self) -> ParamSpecs:
         return self.proj.param_specs()
 
     def forward(self, params: dict, images: Array, ctx: Context) -> tuple[Array, tuple]:
-        x, c_patches = patches_forward(images, self.patch_size)
+        x, c_patches = patches_forward(images, self.patch_size, self.overlap)
         x, c_proj = self.proj.forward(params, x, ctx)
         return x, (c_patches, c_proj)
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: tuple) -> Array:
         c_patches, c_proj = cache
-        return patches_backward(self.proj.backward(params, grads, dy, c_proj), c_patches, self.patch_size)
+        return patches_backward(self.proj.backward(params, grads, dy, c_proj), c_patches, self.patch_size,
+                                self.overlap)

@@ -26,7 +26,7 @@ def filter_tiles(weights: np.ndarray, config: ViTConfig, pca: bool = False,
                  components: int = PAPER_COMPONENTS) -> tuple[np.ndarray, np.ndarray | None]:
     """(tiles (n, P, P, 3) in [0, 1], explained-variance fractions (n,) or None for raw filters)."""
     w = np.asarray(weights, dtype=np.float64)
-    p, c = config.patch_size, config.channels
+    p, c = config.patch_window, config.channels
     if w.shape[0] != p * p * c:
         raise ValueError(f"patch_embed.proj.w has {w.shape[0]} rows; the config implies {p}x{p}x{c}")
     filters, explained = w.T, None  # (dim, P*P*C)
@@ -48,7 +48,7 @@ def filter_tiles(weights: np.ndarray, config: ViTConfig, pca: bool = False,
 
 def filters_figure(tiles: np.ndarray, explained: np.ndarray | None, config: ViTConfig, title: str = "") -> Any:
     """The tiles in a near-square grid, each enlarged with nearest-neighbour pixels."""
-    n, p = len(tiles), config.patch_size
+    n, p = len(tiles), config.patch_window
     columns = math.ceil(math.sqrt(n))
     rows = -(-n // columns)
     scale = max(1, math.ceil(16 / p))
