@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .allocator import keep_freed_memory
 from .augment import Augmenter
 from .backend import (
     BACKEND_NAMES,
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate_command(args: argparse.Namespace) -> int:
     from .data import DataError, load_run_dataset
 
+    if args.backend == "numpy":
+        keep_freed_memory()  # as npvit.train does: freed activations are not page-faulted back in
     path = resolve_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(path)
     model, augmenter = model_from_checkpoint(ckpt, get_backend(args.backend), source=str(path))

@@ -52,3 +52,12 @@ def test_training_on_numpy_keeps_freed_memory(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(train_cli, "keep_freed_memory", lambda: calls.append(1) or True)
     status, _ = run(tmp_path, "run", "--epochs", "1")
     assert status == 0 and calls == [1]
+
+
+def test_evaluate_on_numpy_keeps_freed_memory(tmp_path, monkeypatch, capsys) -> None:
+    from npvit import evaluate as evaluate_cli
+
+    status, _ = run(tmp_path, "run", "--epochs", "1")
+    calls = []
+    monkeypatch.setattr(evaluate_cli, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert status == 0 and evaluate_cli.main([str(tmp_path / "run"), "--json"]) == 0 and calls == [1]
