@@ -82,6 +82,7 @@ from typing import Any
 import numpy
 
 from .backend import cached_constant, get_array_module, make_rng, to_numpy
+from .trivial_augment import draw_trivial_augment, trivial_augment
 
 Array = Any
 EPSILON = 1e-7  # keras.config.epsilon(): the floor of sqrt(variance) in Normalization
@@ -527,7 +528,9 @@ def random_zoom(
 # ------------------------------------------------------------------------------------------- pipeline
 class Augmenter:
     """The Keras example's ``data_augmentation`` model: normalize -> resize -> [flip -> rotate -> zoom],
-    with an optional [crop] of the raw images first (``crop_padding`` > 0; see the module's docstring).
+    with an optional [crop] of the raw images first (``crop_padding`` > 0; see the module's docstring), and
+    optionally [TrivialAugment Wide] after it, still on the raw pixel values (``trivial_augment=True``;
+    npvit.trivial_augment).
 
     ``Augmenter(*channel_stats(x_train))`` reproduces it. Call it on a batch of uint8 or float images
     (B, h, w, C) of either backend: it returns ``dtype`` images (B, image_size, image_size, C) on the same
@@ -539,8 +542,9 @@ class Augmenter:
     this batch) and ``images`` receives rows [first, first + len(images)) of them. Processes that each take
     a disjoint slice of one global batch, with generators seeded alike, therefore augment exactly as a single
     process augmenting the whole batch does. The draws per step are (crop rows, crop columns) when
-    ``crop_padding`` > 0, then (flips, angles, height zooms, width zooms), ``total`` values each, in that
-    order; ``crop_padding=0`` draws and changes nothing, so the Keras pipeline is the same bit for bit.
+    ``crop_padding`` > 0, then (operations, bins, signs) with ``trivial_augment``, then (flips, angles,
+    height zooms, width zooms), ``total`` values each, in that order; ``crop_padding=0`` and
+    ``trivial_augment=False`` draw and change nothing, so the Keras pipeline is the same bit for bit.
     """
 
     def __init__(
@@ -554,6 +558,7 @@ class Augmenter:
         dtype: str = "float32",
         seed: int | None = None,
         crop_padding: int = 0,
+        trivial_augment: bool = False,
     ) -> None:
         self.mean = numpy.asarray(to_numpy(mean), dtype=numpy.float64).reshape(-1)
         self.variance = numpy.asarray(to_numpy(variance), dtype=numpy.float64).reshape(-1)
@@ -572,6 +577,7 @@ class Augmenter:
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, numbers.Integral) or crop_padding < 0:
             raise ValueError(f"crop_padding must be a non-negative integer (pixels), got {crop_padding!r}")
         self.crop_padding = int(crop_padding)
+        self.trivial_augment = bool(trivial_augment)
         self._stats: dict[str, tuple[Array, Array]] = {}
         self._rngs: dict[str, Any] = {}
 
@@ -605,6 +611,9 @@ class Augmenter:
             if self.crop_padding:  # on the raw images: zeros are black, as torchvision pads
                 dy, dx = draw_crops(total, self.crop_padding, rng, xp)
                 images = crop_padded(images, self.crop_padding, dy[rows], dx[rows])
+            if self.trivial_augment:  # on the raw pixel values too: its operations are defined on [0, 255]
+                ops, bins, signs = draw_trivial_augment(total, rng, xp)
+                images = trivial_augment(images, ops[rows], bins[rows], signs[rows], self.dtype)
         x = normalize(images.astype(self.dtype, copy=False), *self._moments(xp))
         x = resize_bilinear(x, self.image_size)
         if not training:
@@ -624,6 +633,6 @@ class Augmenter:
     def __repr__(self) -> str:
         return (
             f"Augmenter(image_size={self.image_size}, flip={self.flip}, rotation={self.rotation}, "
-            f"zoom={self.zoom}, crop_padding={self.crop_padding}, dtype={self.dtype.name!r}, "
+            f"zoom={self.zoom}, crop_padding={self.crop_padding}, trivial_augment={self.trivial_augment}, dtype={self.dtype.name!r}, "
             f"channels={self.mean.shape[0]})"
         )

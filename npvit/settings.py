@@ -141,6 +141,10 @@ SETTINGS: tuple[Setting, ...] = (
             unit_interval, metavar="F"),
     Setting("crop_padding", 0, "random crop: pad each side by N black pixels, crop back to the native size "
             "(0: off)", "augmentation (training only)", "int", non_negative_int, metavar="N"),
+    Setting("trivial_augment", False, "TrivialAugment Wide: each image gets one of 14 operations (shear, "
+            "translate, rotate, brightness, colour, contrast, sharpness, posterize, solarize, autocontrast, "
+            "equalize, identity) at a random strength, on the raw images after the crop",
+            "augmentation (training only)", "bool"),
     Setting("mixup", 0.0, "Mixup: blend each image with a partner by lam ~ Beta(A, A), and the targets alike "
             "(0: off; with --cutmix, each image takes one of the two at random); training top-1 then counts "
             "the image's own label", "augmentation (training only)", "float", non_negative, metavar="A"),

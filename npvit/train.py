@@ -284,7 +284,8 @@ class Run:
         # --ema: the moving average of the weights, validated and tested; nothing allocated without it.
         self.ema = WeightEMA(model.params, s["ema"]) if s["ema"] is not None else None
         self.augmenter = Augmenter(mean, variance, image_size=cfg.image_size, flip=s["flip"], rotation=s["rotation"],
-                                   zoom=s["zoom"], crop_padding=s["crop_padding"], dtype=s["dtype"])
+                                   zoom=s["zoom"], crop_padding=s["crop_padding"],
+                                   trivial_augment=s["trivial_augment"], dtype=s["dtype"])
         # The training images on the device once (CIFAR's 50,000 are 150 MB of uint8), each batch gathered
         # there; on NumPy the same host arrays.
         self.train_data = DeviceDataset(self.backend, x_train, y_train)
