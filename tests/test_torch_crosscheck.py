@@ -157,13 +157,11 @@ def test_gradients_match_torch(pool: str, gelu: str, smoothing: float) -> None:
         assert np.abs(g[key_bias(cfg)]).max() <= 1e-12 * np.abs(g).max()
 
 
-@pytest.mark.parametrize("pool", POOLS)
-def test_valid_padding_matches_torch(pool: str) -> None:
-    """14x14 images, 4x4 patches: a 3x3 grid, and the last 2 rows and columns of pixels are dropped."""
-    cfg = make_config(pool, "erf", image_size=14)
-    assert cfg.num_patches == 9
-    model = make_model(cfg, seed=3)
-    images, labels = make_batch(cfg, seed=4)
+def assert_step_matches_torch(cfg: npvit.ViTConfig, model_seed: int, batch_seed: int) -> np.ndarray:
+    """One training step's logits, loss and gradients (of every parameter and the images) against torch's;
+    returns npvit's gradient of the images."""
+    model = make_model(cfg, seed=model_seed)
+    images, labels = make_batch(cfg, seed=batch_seed)
     tm = torch_model(model)
     logits, loss, dimages = npvit_step(model, images, labels)
     t_logits, t_loss, t_dimages = torch_step(tm, images, labels)
@@ -171,6 +169,15 @@ def test_valid_padding_matches_torch(pool: str) -> None:
     assert_close(loss, t_loss, "loss")
     assert_grads_match(model, tm)
     assert_close(dimages, t_dimages, "gradient of the images")
+    return dimages
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_valid_padding_matches_torch(pool: str) -> None:
+    """14x14 images, 4x4 patches: a 3x3 grid, and the last 2 rows and columns of pixels are dropped."""
+    cfg = make_config(pool, "erf", image_size=14)
+    assert cfg.num_patches == 9
+    dimages = assert_step_matches_torch(cfg, model_seed=3, batch_seed=4)
     # The dropped pixels do not reach the output, so their gradient must be exactly zero.
     assert not dimages[:, 12:].any() and not dimages[:, :, 12:].any()
     assert np.abs(dimages[:, :12, :12]).min() > 0
@@ -182,15 +189,7 @@ def test_overlapping_patches_match_torch(overlap: int) -> None:
     and the dropped pixels' gradients are cut off."""
     cfg = replace(make_config("gap", "tanh", image_size=14), patch_overlap=overlap)
     assert cfg.num_patches == 9 and cfg.patch_dim == (4 + 2 * overlap) ** 2 * 3
-    model = make_model(cfg, seed=5)
-    images, labels = make_batch(cfg, seed=6)
-    tm = torch_model(model)
-    logits, loss, dimages = npvit_step(model, images, labels)
-    t_logits, t_loss, t_dimages = torch_step(tm, images, labels)
-    assert_close(logits, t_logits, "logits")
-    assert_close(loss, t_loss, "loss")
-    assert_grads_match(model, tm)
-    assert_close(dimages, t_dimages, "gradient of the images")
+    assert_step_matches_torch(cfg, model_seed=5, batch_seed=6)
 
 
 # ---- AdamW -------------------------------------------------------------------------------------------------
