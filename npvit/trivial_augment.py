@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy
 
-from .backend import get_array_module
+from .backend import cached_constant, get_array_module
 
 Array = Any
 OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
@@ -92,8 +92,8 @@ def draw_trivial_augment(total: int, rng: Any, xp: Any = numpy) -> tuple[Array, 
 def op_strengths(ops: Array, bins: Array, signs: Array) -> Array:
     """(B,) float64: each image's signed strength, STRENGTHS[op, bin] times its sign for the signed ops."""
     xp = get_array_module(ops)
-    table = xp.asarray(STRENGTHS)  # (14, 31), 3.5 kB uploaded per call
-    signed = xp.asarray(numpy.array([op in SIGNED for op in OPS]))
+    table = cached_constant(xp, "trivial_augment.strengths", lambda: STRENGTHS, numpy.float64)  # (14, 31)
+    signed = cached_constant(xp, "trivial_augment.signed", lambda: numpy.array([op in SIGNED for op in OPS]), bool)
     return table[ops, bins] * xp.where(signed[ops], signs, 1.0)
 
 
