@@ -530,7 +530,7 @@ class Augmenter:
     """The Keras example's ``data_augmentation`` model: normalize -> resize -> [flip -> rotate -> zoom],
     with an optional [crop] of the raw images first (``crop_padding`` > 0; see the module's docstring), and
     optionally [TrivialAugment Wide] after it, still on the raw pixel values (``trivial_augment=True``;
-    npvit.trivial_augment).
+    npvit.trivial_augment), on each image with probability ``trivial_augment_prob``.
 
     ``Augmenter(*channel_stats(x_train))`` reproduces it. Call it on a batch of uint8 or float images
     (B, h, w, C) of either backend: it returns ``dtype`` images (B, image_size, image_size, C) on the same
@@ -542,7 +542,8 @@ class Augmenter:
     this batch) and ``images`` receives rows [first, first + len(images)) of them. Processes that each take
     a disjoint slice of one global batch, with generators seeded alike, therefore augment exactly as a single
     process augmenting the whole batch does. The draws per step are (crop rows, crop columns) when
-    ``crop_padding`` > 0, then (operations, bins, signs) with ``trivial_augment``, then (flips, angles,
+    ``crop_padding`` > 0, then (operations, bins, signs, and whether to augment when
+    ``trivial_augment_prob`` < 1) with ``trivial_augment``, then (flips, angles,
     height zooms, width zooms), ``total`` values each, in that order; ``crop_padding=0`` and
     ``trivial_augment=False`` draw and change nothing, so the Keras pipeline is the same bit for bit.
     """
@@ -559,6 +560,7 @@ class Augmenter:
         seed: int | None = None,
         crop_padding: int = 0,
         trivial_augment: bool = False,
+        trivial_augment_prob: float = 1.0,
     ) -> None:
         self.mean = numpy.asarray(to_numpy(mean), dtype=numpy.float64).reshape(-1)
         self.variance = numpy.asarray(to_numpy(variance), dtype=numpy.float64).reshape(-1)
@@ -578,6 +580,9 @@ class Augmenter:
             raise ValueError(f"crop_padding must be a non-negative integer (pixels), got {crop_padding!r}")
         self.crop_padding = int(crop_padding)
         self.trivial_augment = bool(trivial_augment)
+        if not 0.0 <= trivial_augment_prob <= 1.0:
+            raise ValueError(f"trivial_augment_prob must be in [0, 1], got {trivial_augment_prob!r}")
+        self.trivial_augment_prob = float(trivial_augment_prob)
         self._stats: dict[str, tuple[Array, Array]] = {}
         self._rngs: dict[str, Any] = {}
 
@@ -612,7 +617,7 @@ class Augmenter:
                 dy, dx = draw_crops(total, self.crop_padding, rng, xp)
                 images = crop_padded(images, self.crop_padding, dy[rows], dx[rows])
             if self.trivial_augment:  # on the raw pixel values too: its operations are defined on [0, 255]
-                ops, bins, signs = draw_trivial_augment(total, rng, xp)
+                ops, bins, signs = draw_trivial_augment(total, rng, xp, self.trivial_augment_prob)
                 images = trivial_augment(images, ops[rows], bins[rows], signs[rows], self.dtype)
         x = normalize(images.astype(self.dtype, copy=False), *self._moments(xp))
         x = resize_bilinear(x, self.image_size)
@@ -633,6 +638,7 @@ class Augmenter:
     def __repr__(self) -> str:
         return (
             f"Augmenter(image_size={self.image_size}, flip={self.flip}, rotation={self.rotation}, "
-            f"zoom={self.zoom}, crop_padding={self.crop_padding}, trivial_augment={self.trivial_augment}, dtype={self.dtype.name!r}, "
+            f"zoom={self.zoom}, crop_padding={self.crop_padding}, trivial_augment={self.trivial_augment}, "
+            f"trivial_augment_prob={self.trivial_augment_prob}, dtype={self.dtype.name!r}, "
             f"channels={self.mean.shape[0]})"
         )

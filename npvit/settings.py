@@ -145,6 +145,9 @@ SETTINGS: tuple[Setting, ...] = (
             "translate, rotate, brightness, colour, contrast, sharpness, posterize, solarize, autocontrast, "
             "equalize, identity) at a random strength, on the raw images after the crop",
             "augmentation (training only)", "bool"),
+    Setting("trivial_augment_prob", 1.0, "with --trivial-augment, the fraction of images it changes; the others "
+            "keep their pixels (a milder policy for small models and short runs)", "augmentation (training only)",
+            "float", unit_interval, metavar="P"),
     Setting("mixup", 0.0, "Mixup: blend each image with a partner by lam ~ Beta(A, A), and the targets alike "
             "(0: off; with --cutmix, each image takes one of the two at random); training top-1 then counts "
             "the image's own label", "augmentation (training only)", "float", non_negative, metavar="A"),

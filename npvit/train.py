@@ -285,7 +285,8 @@ class Run:
         self.ema = WeightEMA(model.params, s["ema"]) if s["ema"] is not None else None
         self.augmenter = Augmenter(mean, variance, image_size=cfg.image_size, flip=s["flip"], rotation=s["rotation"],
                                    zoom=s["zoom"], crop_padding=s["crop_padding"],
-                                   trivial_augment=s["trivial_augment"], dtype=s["dtype"])
+                                   trivial_augment=s["trivial_augment"],
+                                   trivial_augment_prob=s["trivial_augment_prob"], dtype=s["dtype"])
         # The training images on the device once (CIFAR's 50,000 are 150 MB of uint8), each batch gathered
         # there; on NumPy the same host arrays.
         self.train_data = DeviceDataset(self.backend, x_train, y_train)

@@ -35,7 +35,8 @@ the raw images have: every image gets one operation, applied to the image as it 
 Each operation is a function of a batch (``OPERATIONS``). On NumPy it runs on the images that drew it; on
 a GPU on the whole batch, its result kept where the image drew it (``xp.where``), so that nothing is read
 back from the device. No loop over images on either. Draws (:func:`draw_trivial_augment`) come from ``rng.random``
-for a whole global batch: operations, bins, then signs.
+for a whole global batch: operations, bins, then signs, then (only with a probability below 1) whether each
+image is augmented at all.
 """
 
 from __future__ import annotations
@@ -76,9 +77,18 @@ def strengths(op: str) -> numpy.ndarray:
 STRENGTHS = numpy.stack([strengths(op) for op in OPS])  # (14, 31)
 
 
-def draw_trivial_augment(total: int, rng: Any, xp: Any = numpy) -> tuple[Array, Array, Array]:
+def draw_trivial_augment(total: int, rng: Any, xp: Any = numpy, prob: float = 1.0) -> tuple[Array, Array, Array]:
     """(ops, bins, signs), each (total,): operation indices into OPS, bins 0..30 and signs +-1 (float64), from
-    ``rng.random`` alone (``min(floor(u n), n - 1)``, as npvit.augment.draw_crops), on module ``xp``."""
+    ``rng.random`` alone (``min(floor(u n), n - 1)``, as npvit.augment.draw_crops), on module ``xp``.
+
+    ``prob`` < 1 leaves each image unchanged with probability 1 - prob: one more uniform draw per image after
+    the signs, and the images with ``u >= prob`` get the identity (index 0). The others keep their uniform
+    draw, which may itself be the identity, so an image keeps its pixels with probability
+    ``1 - prob + prob / 14``. With ``prob`` = 1 nothing more is drawn, so the draws are the same as before
+    the option existed.
+    """
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"prob must be in [0, 1], got {prob!r}")
 
     def uniform_index(n: int) -> Array:
         u = xp.asarray(rng.random(total), dtype=xp.float64)
@@ -86,6 +96,9 @@ def draw_trivial_augment(total: int, rng: Any, xp: Any = numpy) -> tuple[Array, 
 
     ops, bins = uniform_index(len(OPS)), uniform_index(BINS)
     signs = xp.where(xp.asarray(rng.random(total), dtype=xp.float64) < 0.5, -1.0, 1.0)
+    if prob < 1.0:
+        keep = xp.asarray(rng.random(total), dtype=xp.float64) < prob  # (total,): these images are augmented
+        ops = xp.where(keep, ops, 0)  # OPS[0] is the identity
     return ops, bins, signs
 
 

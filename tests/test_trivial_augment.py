@@ -187,6 +187,39 @@ def test_draws_cover_every_operation_bin_and_sign() -> None:
     assert 0.47 < (signs > 0).mean() < 0.53
 
 
+def test_a_probability_below_one_leaves_the_other_images_unchanged() -> None:
+    full = ta.draw_trivial_augment(28_000, np.random.default_rng(4))
+    half = ta.draw_trivial_augment(28_000, np.random.default_rng(4), prob=0.5)
+    np.testing.assert_array_equal(half[1], full[1])  # bins and signs: the same draws, in the same order
+    np.testing.assert_array_equal(half[2], full[2])
+    kept = half[0] == full[0]
+    assert np.all(half[0][~kept] == 0)  # an image is either as drawn or the identity
+    assert 0.48 < (full[0] != 0)[~kept].sum() / (full[0] != 0).sum() < 0.52  # about half of the changes undone
+    identity = (half[0] == 0).mean()
+    assert abs(identity - (0.5 + 0.5 / 14)) < 0.01  # 1 - p + p / 14
+    assert np.all(ta.draw_trivial_augment(100, np.random.default_rng(4), prob=0.0)[0] == 0)
+    one = ta.draw_trivial_augment(100, np.random.default_rng(4), prob=1.0)
+    np.testing.assert_array_equal(one[0], ta.draw_trivial_augment(100, np.random.default_rng(4))[0])
+    with pytest.raises(ValueError, match="prob must be in"):
+        ta.draw_trivial_augment(10, np.random.default_rng(0), prob=1.5)
+
+
+def test_the_augmenter_passes_its_probability_on(images) -> None:
+    x = np.concatenate([images] * 4)  # 24 images
+    aug = Augmenter(*channel_stats(x), image_size=9, flip=False, rotation=0, zoom=0, trivial_augment=True,
+                    trivial_augment_prob=0.3)
+    plain = Augmenter(aug.mean, aug.variance, image_size=9, flip=False, rotation=0, zoom=0)
+    ops, bins, signs = ta.draw_trivial_augment(24, np.random.default_rng(7), prob=0.3)
+    expected = plain(ta.trivial_augment(x, ops, bins, signs), training=False)
+    np.testing.assert_allclose(aug(x, training=True, rng=np.random.default_rng(7)), expected, rtol=1e-6, atol=1e-5)
+    none = Augmenter(aug.mean, aug.variance, image_size=9, flip=False, rotation=0, zoom=0, trivial_augment=True,
+                     trivial_augment_prob=0.0)
+    np.testing.assert_allclose(none(x, training=True, rng=np.random.default_rng(7)), plain(x, training=False),
+                               rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="trivial_augment_prob"):
+        Augmenter(aug.mean, aug.variance, trivial_augment=True, trivial_augment_prob=-0.1)
+
+
 def test_the_augmenter_applies_it_keyed_by_rows(images) -> None:
     x = np.concatenate([images] * 2)  # 12 images
     aug = Augmenter(*channel_stats(x), image_size=9, flip=False, rotation=0, zoom=0, trivial_augment=True)
@@ -226,6 +259,15 @@ def test_augmenter_on_the_gpu_path_draws_and_applies_on_the_device(fake_cupy, ho
     host_syncs.reset()
     out = aug(to_fake(x), training=True, rng=device_rng)  # drawn on the device too
     assert host_syncs.gets == 0 and out.shape == (18, 9, 9, 3)
+    half = Augmenter(aug.mean, aug.variance, image_size=9, crop_padding=2, trivial_augment=True,
+                     trivial_augment_prob=0.5, dtype="float64")
+    expected = half(x, training=True, rng=np.random.default_rng(8))
+    host_syncs.reset()
+    got = half(to_fake(x), training=True, rng=np.random.default_rng(8))  # the probability's draw on the GPU path
+    assert host_syncs.gets == 0
+    np.testing.assert_allclose(from_fake(got), expected, rtol=1e-11, atol=1e-11)
+    half(to_fake(x), training=True, rng=device_rng)
+    assert host_syncs.gets == 0
 
 
 def test_a_training_run_with_trivial_augment_records_it(tmp_path) -> None:
@@ -236,5 +278,9 @@ def test_a_training_run_with_trivial_augment_records_it(tmp_path) -> None:
     out = tmp_path / "run"
     assert train_cli.main(["--dataset", "synthetic", "--synthetic-size", "64,16", "--synthetic-image-size", "16",
                            "--preset", "tiny", "--batch-size", "32", "--epochs", "1", "--threads", "1", "--quiet",
-                           "--crop-padding", "2", "--trivial-augment", "--out", str(out)]) == 0
-    assert json.loads((out / "config.json").read_text())["run"]["trivial_augment"] is True
+                           "--crop-padding", "2", "--trivial-augment", "--trivial-augment-prob", "0.5",
+                           "--out", str(out)]) == 0
+    run = json.loads((out / "config.json").read_text())["run"]
+    assert run["trivial_augment"] is True and run["trivial_augment_prob"] == 0.5
+    with pytest.raises(SystemExit):  # a probability outside [0, 1] is refused by the command line
+        train_cli.main(["--dataset", "synthetic", "--trivial-augment-prob", "2", "--out", str(tmp_path / "bad")])
