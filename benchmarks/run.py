@@ -5,6 +5,7 @@
     python benchmarks/run.py --backend cupy           # CuPy vs PyTorch CUDA, TF32 off on both
     python benchmarks/run.py --backend cupy --tf32    # ... with TF32 matmuls on both
     python benchmarks/run.py --sections kernels,e2e --threads 2 --json out.json
+    python benchmarks/run.py --sections kernels --kernels fast:128 --keep-freed-memory   # the fast recipe's step
 
 Prints a header (date, machine, library versions, threads, command) and one markdown table per section, and
 writes everything (every sample, not only medians) to ``benchmarks/results/<date>-<backend>[-quick].json``.
@@ -14,7 +15,8 @@ Sections (``--sections``, comma separated; default all):
 * ``peak``: float32 matrix-multiply throughput (square sgemm, several sizes) of the array library and of
   torch, measured in this run; the best of them is the "peak" that utilisation is measured against. Always
   measured when e2e or seqlen runs.
-* ``kernels``: every kernel of the Keras preset at batch 256, forward and backward, with GFLOP/s (matrix
+* ``kernels``: every kernel of the Keras preset at batch 256 (``--kernels PRESET:BATCH``: another preset and
+  batch, e.g. ``fast:128``), forward and backward, with GFLOP/s (matrix
   products: 2 FLOPs per multiply-add) or GB/s (elementwise kernels: the minimal traffic, each input read
   once and each output written once; dropout masks count one byte per element), its calls per training step
   and its share of the measured training step. The rows above "other" plus "other" (residual adds, head
@@ -46,6 +48,9 @@ Fairness rules:
   does not unless THP_MEM_ALLOC_ENABLE=1 (``--torch-thp``). With fresh activations every step, torch then
   takes ~500x more page faults (on the 2-core VM: seconds of system time per Keras b256 step). The default
   compares stock torch; the header and the per-sample CPU/system time and page faults make this visible.
+* Allocator: ``--keep-freed-memory`` sets glibc's malloc as ``python -m npvit.train`` does
+  (``npvit.allocator``; NOTES entry 18), for the whole process and so for both frameworks; without it (the
+  default, as the tables in the README were measured) small models pay page faults on every step.
 * Threads: ``--threads N`` (default: OMP_NUM_THREADS if set, else the CPUs this process may use) is written
   to OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS *before NumPy is imported* (so run this file
   as a script, not imported), and given to ``torch.set_num_threads``. The header reports the BLAS thread

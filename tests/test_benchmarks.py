@@ -222,6 +222,28 @@ def test_e2e_rows_option(run) -> None:
             run.e2e_rows(bad)
 
 
+def test_kernels_option_picks_the_kernel_table_model(run) -> None:
+    import argparse
+
+    from suite import cli
+
+    assert cli.kernel_row("fast:128") == ("fast", 128)
+    for bad in ("fast", "fast:128,keras:256", "fast:128,fast:64", "nope:8"):
+        with pytest.raises(argparse.ArgumentTypeError, match="PRESET:BATCH"):
+            cli.kernel_row(bad)
+    assert cli.kernels_section(None) is run.section_kernels
+    seen = {}
+    real = cli.section_kernels
+    try:
+        cli.section_kernels = lambda ctx, cfg, batch, label: seen.update(cfg=cfg, batch=batch, label=label)
+        cli.kernels_section(("fast", 128))(None)
+        assert seen == {"cfg": npvit.ViTConfig.fast(num_classes=10), "batch": 128, "label": "fast preset"}
+        cli.kernels_section(("keras", 64))(None)
+        assert seen["cfg"] == npvit.ViTConfig.keras() and seen["batch"] == 64
+    finally:
+        cli.section_kernels = real
+
+
 def test_run_py_keeps_its_public_helpers_and_command_line(run) -> None:
     from suite import cli, timing
 
@@ -232,7 +254,7 @@ def test_run_py_keeps_its_public_helpers_and_command_line(run) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith("usage: run.py")
     for flag in ("--backend", "--quick", "--threads", "--json", "--sections", "--repeats", "--e2e", "--tf32",
-                 "--sdpa", "--no-torch", "--torch-thp", "--no-memory"):
+                 "--sdpa", "--no-torch", "--torch-thp", "--no-memory", "--kernels", "--keep-freed-memory"):
         assert flag in proc.stdout
     assert "--memory-probe" not in proc.stdout
     proc = subprocess.run([sys.executable, str(RUN_PY), "--sections", "peak,nope"], capture_output=True, text=True,

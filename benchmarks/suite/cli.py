@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 import npvit
+from npvit.allocator import keep_freed_memory
 from npvit.demo import PRESETS
 
 from . import BENCHMARKS, DESCRIPTION
@@ -89,8 +90,26 @@ def e2e_rows(text: str) -> dict[str, tuple[int, ...]]:
     return rows
 
 
+def kernel_row(text: str) -> tuple[str, int]:
+    """Parse --kernels: "fast:128" -> ("fast", 128)."""
+    rows = e2e_rows(text)
+    if len(rows) != 1 or len(next(iter(rows.values()))) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one PRESET:BATCH, e.g. fast:128")
+    preset, (batch,) = next(iter(rows.items()))
+    return preset, batch
+
+
 def default_json_path(backend: str, quick: bool) -> Path:
     return BENCHMARKS / "results" / f"{datetime.now():%Y-%m-%d}-{backend}{'-quick' if quick else ''}.json"
+
+
+def kernels_section(row: tuple[str, int] | None) -> Callable[[Ctx], dict]:
+    """The kernels section of --kernels PRESET:BATCH (10 classes but for the Keras presets' 100), or its default."""
+    if row is None:
+        return section_kernels
+    preset, batch = row
+    cfg = PRESETS[preset](num_classes=100 if preset.startswith("keras") else 10)
+    return lambda ctx: section_kernels(ctx, cfg, batch, label=f"{preset} preset")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e", type=e2e_rows, metavar="PRESET:BATCH[,...]",
                         help="end-to-end rows to time instead of the defaults, e.g. keras:256 or "
                              "keras:128,keras:256")
+    parser.add_argument("--kernels", type=kernel_row, metavar="PRESET:BATCH",
+                        help="the model and batch of the kernels section (default: the Keras preset at the "
+                             "section's batch), e.g. fast:128 for the fast recipe's training step")
     parser.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matmuls in both CuPy and torch")
     parser.add_argument("--sdpa", action="store_true",
                         help="also time torch with F.scaled_dot_product_attention (e2e and seqlen)")
@@ -117,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU: let torch's allocator use transparent huge pages (THP_MEM_ALLOC_ENABLE=1), "
                              "as NumPy does by default for large arrays; fewer page faults for torch")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="set glibc's malloc as python -m npvit.train sets it (npvit.allocator, "
+                             "benchmarks/NOTES.md entry 18): freed memory kept for reuse, for the whole process, "
+                             "so for torch too")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -126,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         parser.error("--threads must be positive")
 
+    if args.keep_freed_memory and not keep_freed_memory():
+        ctx_note = "warning: --keep-freed-memory: this C library refused the malloc settings"
+        print(ctx_note, file=sys.stderr)
     try:
         ctx = build_ctx(args)
     except npvit.BackendUnavailableError as exc:
@@ -146,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     shows: dict[str, tuple[Callable[[Ctx], dict], Callable[[dict], None]]] = {
         "peak": (section_peak, print_peak),
-        "kernels": (section_kernels, print_kernels),
+        "kernels": (kernels_section(args.kernels), print_kernels),
         "e2e": (section_e2e, lambda res: print_e2e(res, peers)),
         "seqlen": (section_seqlen, lambda res: print_seqlen(res, peers)),
     }
