@@ -358,7 +358,8 @@ class Run:
         ``arrays`` are host_arrays() when the caller has them already.
 
         With --ema, best.npz holds the EMA weights as its parameters (what the final test and npvit.evaluate
-        use), and last.npz the raw weights and, under ema/, the EMA weights, so that --resume continues both."""
+        use) and no optimizer state (AdamW's moments belong to the raw weights), and last.npz the raw weights,
+        their AdamW state and, under ema/, the EMA weights, so that --resume continues both."""
         params, opt_state, ema = arrays or self.host_arrays()  # on every rank: they all stop if it fails
         if not self.writer:
             return
@@ -366,7 +367,7 @@ class Run:
         meta = dict(self.base_meta, state=self.state.to_dict())
         for path in paths:
             if ema is not None and path == self.folder.best:
-                save_checkpoint(path, ema, opt_state, dict(meta, weights="ema"))
+                save_checkpoint(path, ema, {}, dict(meta, weights="ema"))
             else:
                 save_checkpoint(path, params, opt_state, meta, ema=ema)
         self.last_good = f"{self.folder.last} ({self.state.where()})"

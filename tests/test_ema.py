@@ -317,6 +317,7 @@ def test_best_npz_holds_the_average_and_the_row_validates_it(tmp_path, capsys) -
     assert "(EMA; raw weights: loss" in printed
     best, last = load_checkpoint(out / "best.npz"), load_checkpoint(out / "last.npz")
     assert best.meta["weights"] == "ema" and best.ema == {}
+    assert best.optimizer == {} and last.optimizer  # AdamW's moments are the raw weights': last.npz only
     assert all(np.array_equal(best.params[k], last.ema[k]) for k in last.params)
     assert not all(np.array_equal(best.params[k], last.params[k]) for k in last.params)
     data = load_run_dataset(last.meta["run"], progress=False)
