@@ -371,11 +371,19 @@ class DeviceDataset:
 
     def batch(self, indices: Any) -> tuple[Any, Any]:
         """(images, labels) at the host integer ``indices``, as arrays of the backend."""
-        xp = self.backend.xp
-        if xp is numpy:
-            return self.images[indices], self.labels[indices]
-        idx = xp.asarray(numpy.asarray(indices, dtype=numpy.int64))
-        return xp.take(self.images, idx, axis=0), xp.take(self.labels, idx, axis=0)
+        return take_rows(self.backend, indices, self.images, self.labels)
+
+
+def take_rows(backend: "Backend | str", indices: Any, *arrays: Any) -> tuple[Any, ...]:
+    """The rows at host integer ``indices`` of each of ``arrays``, as arrays of ``backend``, gathered where
+    the arrays are. When every array is on the device the indices go up once, for all of them (indexing each
+    with the host array would upload it once per array); host arrays are indexed on the host, then moved."""
+    backend = get_backend(backend)
+    xp = backend.xp
+    if xp is numpy or any(isinstance(a, numpy.ndarray) for a in arrays):
+        return tuple(backend.asarray(a[indices]) for a in arrays)
+    idx = xp.asarray(numpy.asarray(indices, dtype=numpy.int64))  # (n,): the only bytes that cross the bus
+    return tuple(xp.take(a, idx, axis=0) for a in arrays)
 
 
 # cublasMath_t values (cublas_api.h); CuPy names only the first two of them.

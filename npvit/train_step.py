@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .augment import Augmenter
-from .backend import Backend, to_numpy
+from .backend import Backend, take_rows, to_numpy
 from .distributed.communicator import Communicator, SingleProcess
 from .distributed.split import rank_slice
 from .ema import WeightEMA
@@ -142,7 +142,7 @@ def train_step(
         loss = xp.zeros((), dtype=model.dtype)
         correct = xp.zeros((), dtype=xp.int64)
     else:
-        raw, labels = gather_rows(backend, x, y, local)
+        raw, labels = take_rows(backend, local, x, y)
         # Augmentation and dropout are keyed by the step and the global image index: every rank draws the
         # global batch's parameters and takes its rows, so the images do not depend on the number of ranks.
         images = augmenter(raw, training=True,
@@ -197,7 +197,7 @@ def mix_slice(
     if (first, last) == (part.start, part.stop):
         partners, partner_labels = images[::-1], labels[::-1]
     else:
-        raw, partner_labels = gather_rows(backend, x, y, batch[first:last])
+        raw, partner_labels = take_rows(backend, batch[first:last], x, y)
         partners = augmenter(raw, training=True, rng=backend.rng(stream_seed(settings.seed, AUGMENT, step)),
                              first=first, total=total)[::-1]
         partner_labels = partner_labels[::-1]
@@ -206,16 +206,6 @@ def mix_slice(
                      backend.rng(stream_seed(settings.seed, MIX, step)), backend.xp).rows(part)
     targets = mix_targets(labels, partner_labels, draws.lam, num_classes, settings.label_smoothing, images.dtype)
     return mix_images(images, partners, draws), targets
-
-
-def gather_rows(backend: Backend, x: Any, y: Any, indices: np.ndarray) -> tuple[Array, Array]:
-    """(images, labels) at the host integer ``indices`` of ``x`` and ``y``, as arrays of ``backend``, gathered
-    where the data is. When both are device arrays the indices go up once: indexing each with the host array
-    would upload it twice."""
-    if backend.xp is not np and not isinstance(x, np.ndarray) and not isinstance(y, np.ndarray):
-        idx = backend.xp.asarray(indices)  # (n,): the only bytes that cross the bus
-        return x[idx], y[idx]
-    return backend.asarray(x[indices]), backend.asarray(y[indices])
 
 
 def gradient_buffers(model: ViT) -> list[Array]:

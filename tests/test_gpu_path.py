@@ -24,7 +24,8 @@ import npvit
 import npvit.backend as backend_module
 from fakecupy import HostSyncError, fake_cupy, from_fake, host_syncs, to_fake  # noqa: F401 (fixtures)
 from npvit.augment import Augmenter, affine_resample, draw_crops, resize_bilinear, rotation_matrices
-from npvit.backend import PHILOX_STATES, BackendUnavailableError, DeviceDataset, cached_constant, make_rng, row_dot
+from npvit.backend import (PHILOX_STATES, BackendUnavailableError, DeviceDataset, cached_constant, make_rng, row_dot,
+                           take_rows)
 from npvit.kernels.dropout import DropoutKey
 from npvit.kernels import (
     attention_core_backward,
@@ -230,6 +231,10 @@ def test_device_dataset_uploads_once_and_gathers_on_the_device(fake_cupy, host_s
     on_host = DeviceDataset("numpy", images, labels)
     hx, hy = on_host.batch(idx)
     assert np.array_equal(hx, images[idx]) and np.array_equal(hy, labels[idx])
+    host_syncs.reset()
+    x, y = take_rows(backend, idx, images, data.labels)  # one array still on the host: gathered there, moved
+    assert host_syncs.gets == 0 and host_syncs.uploads == 2  # the host rows, and the indices for the labels
+    assert np.array_equal(from_fake(x), images[idx]) and np.array_equal(from_fake(y), labels[idx])
 
 
 def test_row_dot_is_a_product_on_numpy_and_a_reduction_on_the_gpu(fake_cupy) -> None:
