@@ -22,7 +22,7 @@ Sections (``--sections``, comma separated; default all):
   and its share of the measured training step. The rows above "other" plus "other" (residual adds, head
   split/merge copies, ...: the step minus their sum) make up the step; composite rows time whole layers
   through npvit's real code path (model modules, ``kernels.attention_core_*``), not added up. Augmentation
-  (``npvit.augment``, if present) runs outside the step.
+  (``npvit.data.augment``, if present) runs outside the step.
 * ``e2e``: training images/s (forward, loss, backward, AdamW) and forward-only (inference) images/s for
   the keras, keras-wide and small presets over a range of batch sizes; model FLOPs per image; utilisation
   against the peak; peak memory.
@@ -49,7 +49,7 @@ Fairness rules:
   takes ~500x more page faults (on the 2-core VM: seconds of system time per Keras b256 step). The default
   compares stock torch; the header and the per-sample CPU/system time and page faults make this visible.
 * Allocator: ``--keep-freed-memory`` sets glibc's malloc as ``python -m npvit.train`` does
-  (``npvit.allocator``; NOTES entry 18), for the whole process and so for both frameworks; without it (the
+  (``npvit.cli.allocator``; NOTES entry 18), for the whole process and so for both frameworks; without it (the
   default, as the tables in the README were measured) small models pay page faults on every step.
 * Threads: ``--threads N`` (default: OMP_NUM_THREADS if set, else the CPUs this process may use) is written
   to OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS *before NumPy is imported* (so run this file
@@ -69,7 +69,7 @@ The code lives in the package ``benchmarks/suite/`` (one module per job: timers,
 section, memory probes, environment, tables, command line; its ``__init__`` lists them). This file is the
 command line, and the public helpers stay importable from here (``from run import alternate, Ctx, ...``).
 
-Benchmarks are never run as tests; ``tests/test_benchmarks.py`` only smoke-tests these code paths on the
+Benchmarks are never run as tests; ``tests/bench/test_benchmarks.py`` only smoke-tests these code paths on the
 tiny config.
 """
 

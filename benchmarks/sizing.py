@@ -5,7 +5,7 @@
 
 One training step is forward (training mode), loss, backward and AdamW on random 32x32 images (72x72 for the
 Keras model), timed as the median of ``--repeats`` steps after one warm-up, with glibc's allocator set as
-``python -m npvit.train`` sets it (``npvit.allocator``). The last column turns the speed into the epochs of
+``python -m npvit.train`` sets it (``npvit.cli.allocator``). The last column turns the speed into the epochs of
 ``--images`` images that ``--budget`` hours of training afford, which is how ``ViTConfig.fast`` was chosen
 (``benchmarks/NOTES.md``, "Recipe fast").
 """
@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 import npvit
-from npvit.allocator import keep_freed_memory
+from npvit.cli.allocator import keep_freed_memory
 from npvit.config import ViTConfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

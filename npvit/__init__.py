@@ -20,7 +20,7 @@ from .config import ViTConfig
 from .gradcheck import GradcheckResult, check_backward
 from .kernels import cross_entropy_backward, cross_entropy_forward
 from .model import VisionTransformer, ViT
-from .optim import AdamW
+from .optim.adamw import AdamW
 
 gradcheck = check_backward
 

@@ -9,7 +9,7 @@ allow_pickle=False)`` reads it):
                      so that --resume continues it exactly (best.npz holds the average as its param/ instead)
     meta             a JSON document: model config, training state (epoch, step), run settings, metrics
 
-Files are written atomically (:func:`npvit.io.atomic_write`): to a temporary file in the same folder,
+Files are written atomically (:func:`npvit.files.atomic_write`): to a temporary file in the same folder,
 flushed to disk, then renamed over the old one. A crash or Ctrl-C during the write leaves the previous
 checkpoint as it was.
 
@@ -36,7 +36,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .config import ViTConfig
-from .io import atomic_write, is_finite_number, is_int
+from .files import atomic_write, is_finite_number, is_int
 
 __all__ = ["Checkpoint", "CheckpointError", "ModelMeta", "atomic_write", "check_model_meta", "check_run_settings",
            "load_checkpoint", "resolve_checkpoint", "save_checkpoint"]

@@ -17,11 +17,11 @@ import time
 import numpy as np
 
 from .backend import BACKEND_NAMES, BackendUnavailableError, get_backend
-from .cli_types import positive_int
+from .cli.args import positive_int
 from .config import PRESETS
 from .kernels import cross_entropy_backward, cross_entropy_forward
 from .model import ViT
-from .optim import AdamW
+from .optim.adamw import AdamW
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .allocator import keep_freed_memory
-from .augment import Augmenter
+from .cli.allocator import keep_freed_memory
+from .data.augment import Augmenter
 from .backend import (
     BACKEND_NAMES,
     Backend,
@@ -34,11 +34,11 @@ from .backend import (
     to_numpy,
 )
 from .checkpoint import Checkpoint, CheckpointError, check_model_meta, load_checkpoint, resolve_checkpoint
-from .cli_types import positive_int, run_command
-from .io import dumps_finite
+from .cli.args import positive_int, run_command
+from .files import dumps_finite
 from .kernels import cross_entropy_forward
 from .model import ViT
-from .progress import ProgressBar
+from .cli.progress import ProgressBar
 
 
 @dataclass

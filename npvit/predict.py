@@ -22,8 +22,8 @@ import numpy as np
 
 from .backend import BACKEND_NAMES, BackendUnavailableError
 from .checkpoint import CheckpointError
-from .cli_types import positive_int, run_command
-from .io import dumps_finite
+from .cli.args import positive_int, run_command
+from .files import dumps_finite
 
 BATCH = 64  # images per forward pass: bounds memory for large folders
 

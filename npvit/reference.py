@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from .backend import erf as backend_erf
+from .kernels.erf import erf as backend_erf
 from .backend import get_array_module
 from .config import ViTConfig
 from .kernels.dropout import DropoutKey, dropout_mask

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .backend import BACKEND_NAMES
-from .cli_types import (
+from .cli.args import (
     fraction,
     int_list,
     non_negative,
@@ -32,10 +32,10 @@ from .cli_types import (
 )
 from .config import ATTENTION_FANS, GELUS, POOLS, PRESETS, ViTConfig
 from .data import DATASETS, DataError, check_data_settings
-from .io import is_finite_number, is_int
-from .optim import DECAY_CONVENTIONS
+from .files import is_finite_number, is_int
+from .optim.adamw import DECAY_CONVENTIONS
 from .recipes import RECIPE_HELP, RECIPES
-from .schedule import SCHEDULES
+from .optim.schedule import SCHEDULES
 
 PRESET_HELP = {"keras": "the 2021 example", "keras-wide": "its current revision", "small": "32x32 input",
                "fast": "the fast recipe's", "tiny": "for smoke tests"}

@@ -3,11 +3,20 @@ there is no GPU."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import npvit
 from npvit.backend import BackendUnavailableError
+
+# The helpers every folder shares (the fake CuPy, tiny CIFAR archives) live in tests/support/.
+HERE = Path(__file__).resolve().parent
+for folder in (HERE / "support", HERE / "train"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 
 @pytest.fixture(params=["numpy", "cupy"])

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 import npvit
-from npvit.allocator import keep_freed_memory
+from npvit.cli.allocator import keep_freed_memory
 from npvit.demo import PRESETS
 
 from . import BENCHMARKS, DESCRIPTION
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                              "as NumPy does by default for large arrays; fewer page faults for torch")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="set glibc's malloc as python -m npvit.train sets it (npvit.allocator, "
+                        help="set glibc's malloc as python -m npvit.train sets it (npvit.cli.allocator, "
                              "benchmarks/NOTES.md entry 18): freed memory kept for reuse, for the whole process, "
                              "so for torch too")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)

@@ -362,9 +362,9 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
 
     # ---- augmentation (outside the step) -----------------------------------------------------------------
     try:
-        from npvit.augment import Augmenter
+        from npvit.data.augment import Augmenter
     except ImportError as exc:
-        cases.append(KernelCase("augmentation", "npvit.augment not available", 1, "", 0, 0, None,
+        cases.append(KernelCase("augmentation", "npvit.data.augment not available", 1, "", 0, 0, None,
                                 group="outside", note=f"skipped: {exc}"))
     else:
         src = 32

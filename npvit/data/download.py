@@ -22,8 +22,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import atomic_write
-from ..progress import ProgressBar
+from ..files import atomic_write
+from ..cli.progress import ProgressBar
 from .errors import DataError
 
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..io import is_int
+from ..files import is_int
 from .dataset import Dataset
 from .errors import DataError
 from .load import DATASETS, LABEL_MODES, load_dataset

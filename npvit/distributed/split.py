@@ -5,7 +5,7 @@ With N ranks and a global batch of B images (``--batch-size`` stays the global b
     part_r = batch[start_r : start_r + b_r],   b_r = B // N + (1 if r < B % N else 0),   sum_r b_r = B
 
 so the parts, in rank order, are the batch one process would take (``rank_slice``). Each rank's loss is the
-mean over its own b_r images; its output gradient (dlogits) scaled by b_r / B (``npvit.train_step``) makes the
+mean over its own b_r images; its output gradient (dlogits) scaled by b_r / B (``npvit.train.step``) makes the
 sum over ranks of the parameter gradients
 
     sum_r (b_r / B) * (1 / b_r) * sum_{i in part_r} dL_i/dtheta = (1 / B) * sum_{i in batch} dL_i/dtheta,

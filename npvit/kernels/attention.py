@@ -25,7 +25,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..backend import batch_chunks, get_array_module, scores_transposed
+from ..parallel import batch_chunks
+from ..backend import get_array_module, scores_transposed
 from .dense import DenseCache, dense_backward, dense_forward
 from .dropout import DropoutCache, DropoutKey, dropout_mask, dropout_scale
 from .softmax import LOG2_E, softmax_backward, softmax_forward
@@ -65,7 +66,7 @@ def attention_core_forward(
     NumPy keeps them transposed, S^T = K (Q / sqrt(d))^T with keys along axis -2, because its max and sum
     across rows are several times faster than along 144-long rows; every product reads the transposed
     matrices through BLAS' transpose flags, without copies; and the batch is processed in chunks whose scores
-    fit in a core's cache (npvit.backend.batch_chunks), so that the softmax and dropout passes read the cache
+    fit in a core's cache (npvit.parallel.batch_chunks), so that the softmax and dropout passes read the cache
     instead of memory. A GPU keeps S (..., N_query, N_key) with the softmax over the last axis, takes Q, K
     and V contiguous, and computes the whole batch at once: its batched products copy every operand that is
     not contiguous, and this way no (N, N) matrix is ever one of those.

@@ -21,7 +21,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..backend import get_array_module, keep_mask
+from ..backend import get_array_module
+from .random import keep_mask
 
 Array = Any
 DropoutCache = tuple[Array, float] | None  # (keep mask as booleans, 1 / (1 - rate)); None when nothing dropped

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..backend import get_array_module, normal_cdf
+from ..backend import get_array_module
+from .erf import normal_cdf
 
 Array = Any
 GeluCache = tuple[Array, Array]  # (x, Phi(x)) for "erf", (x, tanh(u)) for "tanh"

@@ -4,7 +4,7 @@
     forward:   loss = -(1/B) sum_b sum_k q_bk log p_bk,   log p = z - logsumexp(z)
     backward:  dz = (p - q) / B          (times the incoming scalar gradient dloss)
 
-The targets of Mixup and CutMix (``npvit.mix.mix_targets``): a mix of two label-smoothed one-hot rows. With
+The targets of Mixup and CutMix (``npvit.data.mix.mix_targets``): a mix of two label-smoothed one-hot rows. With
 q = (1 - s) onehot(label) + s / K this is cross_entropy_forward with label smoothing s. The backward formula
 uses sum_k q_bk = 1 (dz = (p sum_k q - q) / B in general), so the targets must be distributions: checked on
 NumPy, where that is free.

@@ -20,9 +20,10 @@ import numpy as np
 
 from ..backend import Backend, get_backend, to_numpy
 from ..config import ViTConfig
-from ..flat import FlatDict
+from ..optim.flat import FlatDict
 from ..kernels import DropoutKey, dropout_backward
-from ..parallel import available_cores, batch_size, batched_backward, batched_forward
+from ..parallel import available_cores
+from .batched import batch_size, batched_backward, batched_forward
 from .block import Block
 from .init import uniform, zeros
 from .mlp import Mlp

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..io import is_finite_number
+from ..files import is_finite_number
 from .inputs import InputError
 from .plotting import new_figure
 

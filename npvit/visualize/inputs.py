@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..augment import Augmenter, resize_bilinear
+from ..data.augment import Augmenter, resize_bilinear
 from ..backend import Backend, get_backend, to_numpy
 from ..checkpoint import load_checkpoint, resolve_checkpoint
 from ..config import ViTConfig

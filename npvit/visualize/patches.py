@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..augment import Augmenter
+from ..data.augment import Augmenter
 from ..config import ViTConfig
 from ..kernels import patches_forward
 from .plotting import blank_nan, mosaic, new_figure, show_image

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write
+from ..files import atomic_write
 from .extras import matplotlib_figure, pillow_image
 from .inputs import InputError
 
