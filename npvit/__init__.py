@@ -9,6 +9,9 @@
     opt.step(model.grads)
 """
 
+import warnings
+from typing import Any
+
 from .backend import (
     Backend,
     BackendUnavailableError,
@@ -17,12 +20,10 @@ from .backend import (
     get_backend,
 )
 from .config import ViTConfig
-from .gradcheck import GradcheckResult, check_backward
+from .gradcheck import GradcheckResult, gradcheck
 from .kernels import cross_entropy_backward, cross_entropy_forward
-from .model import VisionTransformer, ViT
+from .model import ViT
 from .optim.adamw import AdamW
-
-gradcheck = check_backward
 
 __version__ = "0.1.0"
 
@@ -33,9 +34,7 @@ __all__ = [
     "GradcheckResult",
     "ViT",
     "ViTConfig",
-    "VisionTransformer",
     "available_backends",
-    "check_backward",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "get_array_module",
@@ -43,3 +42,14 @@ __all__ = [
     "gradcheck",
     "__version__",
 ]
+
+_DEPRECATED = {"VisionTransformer": ("ViT", ViT), "check_backward": ("gradcheck", gradcheck)}
+
+
+def __getattr__(name: str) -> Any:
+    # The second names of the model and of the gradient checker, kept for one release with a warning.
+    if name in _DEPRECATED:
+        new, value = _DEPRECATED[name]
+        warnings.warn(f"npvit.{name} is deprecated: use npvit.{new}", DeprecationWarning, stacklevel=2)
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

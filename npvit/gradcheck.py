@@ -32,7 +32,7 @@ Array = Any
 
 @dataclass
 class GradcheckResult:
-    """Outcome of check_backward: one relative error per input, and how many elements were checked."""
+    """Outcome of gradcheck: one relative error per input, and how many elements were checked."""
 
     errors: list[float]
     checked: list[int]
@@ -57,7 +57,7 @@ class GradcheckResult:
         return "\n".join(lines)
 
 
-def check_backward(
+def gradcheck(
     forward: Callable[..., Array],
     backward: Callable[..., Sequence[Array | None]],
     inputs: Sequence[Array],
@@ -147,3 +147,13 @@ def check_backward(
     if raise_on_failure and not result.passed:
         raise AssertionError(f"gradient check failed (rtol {rtol:.0e}):\n{result.report()}")
     return result
+
+
+def __getattr__(name: str) -> Any:
+    if name == "check_backward":  # the checker's second name, kept for one release
+        import warnings
+
+        warnings.warn("npvit.gradcheck.check_backward is deprecated: use npvit.gradcheck (the function)",
+                      DeprecationWarning, stacklevel=2)
+        return gradcheck
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

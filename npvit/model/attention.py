@@ -20,10 +20,10 @@ class Attention:
     """Multi-head self-attention with ``num_heads`` heads of width ``key_dim`` and dropout on the weights."""
 
     def __init__(self, prefix: str, dim: int, num_heads: int, key_dim: int, attention_dropout: float,
-                 fans: str = "axes") -> None:
+                 fans: str = "receptive") -> None:
         self.prefix, self.dim, self.num_heads, self.key_dim = prefix, dim, num_heads, key_dim
         self.attention_dropout = attention_dropout
-        self.fans = fans  # ViTConfig.attention_fans: how Keras counts the fans of its 3-D kernels
+        self.fans = fans  # ViTConfig.attention_fans (same default): how Keras counts the fans of its 3-D kernels
 
     def param_specs(self) -> ParamSpecs:
         p, d, h, k = self.prefix, self.dim, self.num_heads, self.key_dim

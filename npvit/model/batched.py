@@ -28,7 +28,7 @@ def token_bytes_per_image(config: Any) -> int:
 
 
 def batched_forward(model: Any, x: Any, ctx: Any) -> tuple[Any, BatchCache, list]:
-    """model.forward_features then model.forward_head over batch ``x``, shard by shard and piece by piece.
+    """model.features_forward then model.head_forward over batch ``x``, shard by shard and piece by piece.
 
     Returns (logits, cache for batched_backward, attention maps: one (B, heads, T, T) array per block when
     ``ctx.keep_attention``).
@@ -47,12 +47,12 @@ def batched_forward(model: Any, x: Any, ctx: Any) -> tuple[Any, BatchCache, list
 def _forward_shard(model: Any, x: Any, ctx: Any) -> tuple[Any, tuple]:
     xp = model.backend.xp
     pieces = batch_chunks(xp, len(x), token_bytes_per_image(model.config), cache="l3")
-    outs = [model.forward_features(x[sl], ctx.shifted(sl.start)) for sl in pieces]
+    outs = [model.features_forward(x[sl], ctx.shifted(sl.start)) for sl in pieces]
     tokens = _join(xp, [out[0] for out in outs])
     if len(pieces) > 1 and ctx.attention_maps:  # appended piece by piece: regroup them block by block
         depth, maps = len(model.blocks), ctx.attention_maps
         ctx.attention_maps[:] = [xp.concatenate(maps[i::depth]) for i in range(depth)]
-    logits, c_head = model.forward_head(tokens, ctx)
+    logits, c_head = model.head_forward(tokens, ctx)
     return logits, (pieces, [out[1] for out in outs], c_head)
 
 

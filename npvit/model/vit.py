@@ -6,10 +6,13 @@
     logits = Dense(Mlp(Dropout(pooled)))                               classifier head
 
 The model owns its parameters (``params``) and their gradients (``grads``, same keys), each a FlatDict: named
-views into one flat buffer. ``forward_features`` and ``forward_head`` are the network, written as the data flows;
-``forward`` and ``backward`` run them over a batch, which on NumPy is cut into thread shards and cache-sized
-pieces by ``npvit.parallel``. ``forward(training=True)`` keeps the caches that ``backward`` consumes;
-``forward(training=False)`` keeps nothing.
+views into one flat buffer. ``features_forward`` / ``head_forward`` (with their ``*_backward`` twins) are the
+network, written as the data flows, each returning its output and the cache its backward needs; ``forward``
+and ``backward`` run them over a batch, which on NumPy is cut into thread shards and cache-sized pieces
+(``npvit.model.batched``). ``forward(training=True)`` keeps the caches that ``backward`` consumes;
+``forward(training=False)`` keeps nothing. ``forward_features`` and ``forward_head`` mean what they mean in
+timm: images -> normalised tokens and tokens -> logits, in evaluation mode, so that
+``forward_head(forward_features(x))`` equals ``forward(x)``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ Array = Any
 DTYPES = ("float32", "float64")
 
 
-class VisionTransformer:
+class ViT:
     """A Vision Transformer with hand-written forward and backward passes.
 
     Args:
@@ -158,7 +161,7 @@ class VisionTransformer:
         of each image, ``first_sample`` being that of ``images[0]``: a process that holds a slice of a larger
         batch passes where its slice starts. ``keep_attention=True`` stores each block's attention
         probabilities (B, heads, T, T) in ``self.attention_maps``. On NumPy the batch is cut into thread
-        shards and cache-sized pieces (npvit.parallel), which changes nothing but the speed.
+        shards and cache-sized pieces (npvit.model.batched), which changes nothing but the speed.
         """
         x = self.check_images(images)
         key = None
@@ -185,8 +188,23 @@ class VisionTransformer:
         cache, self._cache = self._cache, None
         return batched_backward(self, dlogits, cache, self.grads)
 
-    # ---- the network, as the data flows (timm's forward_features / forward_head) ---------------------------
-    def forward_features(self, x: Array, ctx: Context) -> tuple[Array, tuple | None]:
+    # ---- timm's forward_features / forward_head: evaluation mode, no caches ---------------------------------
+    def forward_features(self, images: Any) -> Array:
+        """Normalised tokens (B, T, dim) of ``images`` (B, H, W, C), in evaluation mode (as timm's)."""
+        x = self.check_images(images)
+        return self.features_forward(x, Context(training=False))[0]
+
+    def forward_head(self, tokens: Any) -> Array:
+        """Logits (B, num_classes) of normalised tokens (B, T, dim), in evaluation mode (as timm's)."""
+        cfg, xp = self.config, self.backend.xp
+        shape = getattr(tokens, "shape", None)
+        if shape is None or len(shape) != 3 or tuple(shape[1:]) != (cfg.num_tokens, cfg.dim):
+            raise ValueError(f"tokens must have shape (batch, {cfg.num_tokens}, {cfg.dim}) as forward_features "
+                             f"returns them, got {None if shape is None else tuple(shape)}")
+        return self.head_forward(xp.asarray(tokens, dtype=self.dtype), Context(training=False))[0]
+
+    # ---- the network, as the data flows: forward / backward pairs with explicit caches ---------------------
+    def features_forward(self, x: Array, ctx: Context) -> tuple[Array, tuple | None]:
         """Images (B, H, W, C) -> normalised tokens (B, T, dim). Returns (tokens, cache); no cache unless training."""
         cfg, xp, params = self.config, self.backend.xp, self.params
         t, c_embed = self.patch_embed.forward(params, x, ctx)                # (B, N, dim), N patches
@@ -201,7 +219,7 @@ class VisionTransformer:
         t, c_norm = self.norm.forward(params, t, ctx)                       # (B, T, dim)
         return t, ((c_embed, c_blocks, c_norm) if ctx.training else None)
 
-    def forward_head(self, t: Array, ctx: Context) -> tuple[Array, tuple | None]:
+    def head_forward(self, t: Array, ctx: Context) -> tuple[Array, tuple | None]:
         """Normalised tokens (B, T, dim) -> logits (B, num_classes). Returns (logits, cache)."""
         cfg, params = self.config, self.params
         pooled = self._pool(t)                                              # (B, pooled_dim)
@@ -211,7 +229,7 @@ class VisionTransformer:
         return logits, ((t.shape, c_drop, c_head, c_out) if ctx.training else None)
 
     def features_backward(self, dt: Array, cache: tuple, grads: dict[str, Array]) -> Array:
-        """Backward of ``forward_features``: writes its parameters' gradients into ``grads``, returns d images."""
+        """Backward of ``features_forward``: writes its parameters' gradients into ``grads``, returns d images."""
         c_embed, c_blocks, c_norm = cache
         params = self.params
         dt = self.norm.backward(params, grads, dt, c_norm)                  # (B, T, dim)
@@ -224,7 +242,7 @@ class VisionTransformer:
         return self.patch_embed.backward(params, grads, dt, c_embed)        # (B, H, W, C)
 
     def head_backward(self, dlogits: Array, cache: tuple, grads: dict[str, Array]) -> Array:
-        """Backward of ``forward_head``: writes its parameters' gradients into ``grads``, returns d tokens."""
+        """Backward of ``head_forward``: writes its parameters' gradients into ``grads``, returns d tokens."""
         t_shape, c_drop, c_head, c_out = cache
         params = self.params
         dh = self.head_out.backward(params, grads, dlogits, c_out)          # (B, head_units[-1])
@@ -250,5 +268,3 @@ class VisionTransformer:
         # A read-only broadcast view, not a copy: layernorm_backward only reads its dy.
         return xp.broadcast_to(dpooled[:, None, :] / shape[1], shape)
 
-
-ViT = VisionTransformer

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from npvit import check_backward
+from npvit import gradcheck
 from npvit.train import command as train_cli
 from npvit.data.augment import Augmenter
 from npvit.backend import get_backend, to_numpy
@@ -284,7 +284,7 @@ def _soft_targets(rng: np.random.Generator, batch: int, k: int) -> np.ndarray:
 def test_soft_cross_entropy_gradient(backend, rng) -> None:
     z = backend.asarray(rng.standard_normal((4, 5)) * 2.0)
     q = backend.asarray(_soft_targets(rng, 4, 5))
-    check_backward(
+    gradcheck(
         lambda z: soft_cross_entropy_forward(z, q)[0],
         lambda z, dy: (soft_cross_entropy_backward(soft_cross_entropy_forward(z, q)[1], float(dy)),),
         [z], rtol=1e-6,

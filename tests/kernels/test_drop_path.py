@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import npvit
-from npvit import ViT, ViTConfig, check_backward, cross_entropy_backward, cross_entropy_forward
+from npvit import ViT, ViTConfig, gradcheck, cross_entropy_backward, cross_entropy_forward
 from npvit.kernels import DropoutKey, drop_path_backward, drop_path_forward
 from npvit.kernels.dropout import dropout_scale
 
@@ -18,7 +18,7 @@ from npvit.kernels.dropout import dropout_scale
 def test_gradient_with_a_fixed_mask(rng) -> None:
     x = rng.standard_normal((5, 3, 4))
     mask = np.array([True, False, True, True, False]).reshape(5, 1, 1)
-    check_backward(lambda x: drop_path_forward(x, 0.3, mask=mask)[0],
+    gradcheck(lambda x: drop_path_forward(x, 0.3, mask=mask)[0],
                    lambda x, dy: [drop_path_backward(dy, drop_path_forward(x, 0.3, mask=mask)[1])],
                    [x], rtol=1e-6)
 
@@ -111,7 +111,7 @@ def test_whole_model_gradients_with_drop_path(backend, pool, monkeypatch) -> Non
         dimages = model.backward(cross_entropy_backward(cache, float(dloss)))
         return [model.grads[n] for n in names] + [dimages]
 
-    result = check_backward(lambda *a: loss_of(a[-1])[0], backward, [model.params[n] for n in names] + [images],
+    result = gradcheck(lambda *a: loss_of(a[-1])[0], backward, [model.params[n] for n in names] + [images],
                             names=names + ["images"], rtol=1e-6, max_checks=20)
     assert result.max_error < 1e-6
     # Blocks 1 and 2 (rates 0.25, 0.5) ran through drop path, some samples' branches dropped, some kept.

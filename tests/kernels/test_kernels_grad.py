@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import npvit
-from npvit import check_backward
+from npvit import gradcheck
 from npvit.kernels import (
     DropoutKey,
     attention_core_backward,
@@ -42,7 +42,7 @@ def arr(backend: npvit.Backend, rng: np.random.Generator, *shape: int, scale: fl
 
 def test_dense(backend, rng) -> None:
     x, w, b = arr(backend, rng, 2, 3, 5), arr(backend, rng, 5, 4), arr(backend, rng, 4)
-    check_backward(
+    gradcheck(
         lambda x, w, b: dense_forward(x, w, b)[0],
         lambda x, w, b, dy: dense_backward(dy, dense_forward(x, w, b)[1], w),
         [x, w, b], rtol=RTOL, names=["x", "w", "b"],
@@ -51,7 +51,7 @@ def test_dense(backend, rng) -> None:
 
 def test_layernorm(backend, rng) -> None:
     x, g, b = arr(backend, rng, 3, 2, 6), arr(backend, rng, 6), arr(backend, rng, 6)
-    check_backward(
+    gradcheck(
         lambda x, g, b: layernorm_forward(x, g, b, 1e-6)[0],
         lambda x, g, b, dy: layernorm_backward(dy, layernorm_forward(x, g, b, 1e-6)[1], g),
         [x, g, b], rtol=RTOL, names=["x", "gamma", "beta"],
@@ -61,7 +61,7 @@ def test_layernorm(backend, rng) -> None:
 @pytest.mark.parametrize("kind", ["erf", "tanh"])
 def test_gelu(backend, rng, kind) -> None:
     x = arr(backend, rng, 4, 7, scale=2.0)
-    check_backward(
+    gradcheck(
         lambda x: gelu_forward(x, kind)[0],
         lambda x, dy: (gelu_backward(dy, gelu_forward(x, kind)[1], kind),),
         [x], rtol=RTOL,
@@ -70,7 +70,7 @@ def test_gelu(backend, rng, kind) -> None:
 
 def test_softmax(backend, rng) -> None:
     x = arr(backend, rng, 2, 3, 5, scale=3.0)
-    check_backward(
+    gradcheck(
         lambda x: softmax_forward(x)[0],
         lambda x, dy: (softmax_backward(dy, softmax_forward(x)[1]),),
         [x], rtol=RTOL,
@@ -81,7 +81,7 @@ def test_dropout_with_fixed_mask(backend, rng) -> None:
     x = arr(backend, rng, 5, 6)
     mask = backend.asarray(rng.random((5, 6)) >= 0.3)
     assert 0 < int(mask.sum()) < mask.size
-    check_backward(
+    gradcheck(
         lambda x: dropout_forward(x, 0.3, mask=mask)[0],
         lambda x, dy: (dropout_backward(dy, dropout_forward(x, 0.3, mask=mask)[1]),),
         [x], rtol=RTOL,
@@ -92,7 +92,7 @@ def test_dropout_with_fixed_mask(backend, rng) -> None:
 def test_cross_entropy(backend, rng, smoothing) -> None:
     z = arr(backend, rng, 4, 5, scale=2.0)
     labels = backend.asarray(np.array([0, 4, 2, 2]))
-    check_backward(
+    gradcheck(
         lambda z: cross_entropy_forward(z, labels, smoothing)[0],
         lambda z, dy: (cross_entropy_backward(cross_entropy_forward(z, labels, smoothing)[1], float(dy)),),
         [z], rtol=RTOL,
@@ -103,7 +103,7 @@ def test_cross_entropy(backend, rng, smoothing) -> None:
 @pytest.mark.parametrize("overlap", [0, 1, 3])  # overlapping windows: pixels shared by up to 4 patches a side
 def test_patches(backend, rng, size, overlap) -> None:
     images = arr(backend, rng, 2, size, size, 3)
-    check_backward(
+    gradcheck(
         lambda im: patches_forward(im, 4, overlap)[0],
         lambda im, dy: (patches_backward(dy, patches_forward(im, 4, overlap)[1], 4, overlap),),
         [images], rtol=RTOL,
@@ -130,7 +130,7 @@ def test_attention_core(backend, rng, rate, score_chunks) -> None:
     def backward(q, k, v, do):
         return attention_core_backward(do, attention_core_forward(q, k, v, rate, DropoutKey(seed))[2])
 
-    check_backward(forward, backward, [q, k, v], rtol=RTOL, names=["q", "k", "v"])
+    gradcheck(forward, backward, [q, k, v], rtol=RTOL, names=["q", "k", "v"])
 
 
 def test_attention_core_with_a_prescaled_query(backend, rng) -> None:
@@ -140,7 +140,7 @@ def test_attention_core_with_a_prescaled_query(backend, rng) -> None:
     expected = attention_core_forward(q, k, v)[0]
     np.testing.assert_allclose(npvit.backend.to_numpy(attention_core_forward(q * 0.3, k, v, q_scale=0.3)[0]),
                                npvit.backend.to_numpy(expected), rtol=1e-12)
-    check_backward(
+    gradcheck(
         lambda q, k, v: attention_core_forward(q, k, v, q_scale=0.3)[0],
         lambda q, k, v, do: attention_core_backward(do, attention_core_forward(q, k, v, q_scale=0.3)[2]),
         [q, k, v], rtol=RTOL, names=["q", "k", "v"],
@@ -162,5 +162,5 @@ def test_multi_head_attention(backend, rng, rate, score_chunks) -> None:
         cache = mha_forward(x, wq, bq, wo, bo, heads, rate, DropoutKey(seed))[1]
         return mha_backward(dy, cache, wq, wo)
 
-    check_backward(forward, backward, [x, w_qkv, b_qkv, w_out, b_out], rtol=RTOL,
+    gradcheck(forward, backward, [x, w_qkv, b_qkv, w_out, b_out], rtol=RTOL,
                    names=["x", "w_qkv", "b_qkv", "w_out", "b_out"])

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import npvit
-from npvit import ViT, ViTConfig, check_backward, cross_entropy_backward, cross_entropy_forward
+from npvit import ViT, ViTConfig, gradcheck, cross_entropy_backward, cross_entropy_forward
 from npvit.backend import to_numpy
+from npvit.config import PRESETS
 from npvit.model.init import keras_fans
 from npvit.model.batched import token_bytes_per_image
 
@@ -102,7 +103,7 @@ def test_full_model_gradients_with_dropout(backend, pool, gelu) -> None:
         dimages = model.backward(cross_entropy_backward(cache, float(dloss)))
         return [model.grads[n] for n in names] + [dimages]
 
-    result = check_backward(forward, backward, [model.params[n] for n in names] + [images],
+    result = gradcheck(forward, backward, [model.params[n] for n in names] + [images],
                             names=names + ["images"], rtol=1e-6)
     assert len(result.errors) == len(names) + 1
     assert result.max_error < 1e-6
@@ -300,7 +301,7 @@ def test_full_model_gradients_piece_by_piece_with_dropout(monkeypatch) -> None:
         dimages = model.backward(cross_entropy_backward(loss_of(inputs[-1])[1], float(dloss)))
         return [model.grads[n] for n in names] + [dimages]
 
-    result = check_backward(lambda *inputs: loss_of(inputs[-1])[0], backward,
+    result = gradcheck(lambda *inputs: loss_of(inputs[-1])[0], backward,
                             [model.params[n] for n in names] + [images], names=names + ["images"], rtol=1e-6)
     assert len(pieces_of(cfg, 3)) == 3 and result.max_error < 1e-6
 
@@ -316,3 +317,36 @@ def test_load_params_copies_in_place_and_checks_shapes() -> None:
     bad = dict(source.params, **{"head.out.b": np.zeros(3)})
     with pytest.raises(ValueError, match=r"head.out.b has shape \(3,\)"):
         target.load_params(bad)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_forward_head_of_forward_features_is_forward_for_every_preset(preset: str) -> None:
+    """timm's meaning: forward_features(images) -> normalised tokens, forward_head(tokens) -> logits, in
+    evaluation mode, so their composition is forward(images)."""
+    cfg = PRESETS[preset](num_classes=7)
+    model = ViT(cfg, dtype="float64", seed=3, threads=2)
+    x = np.random.default_rng(0).standard_normal((3, cfg.image_size, cfg.image_size, cfg.channels))
+    tokens = model.forward_features(x)
+    assert tokens.shape == (3, cfg.num_tokens, cfg.dim)
+    np.testing.assert_allclose(model.forward_head(tokens), model.forward(x), rtol=1e-12, atol=1e-12)
+
+
+def test_forward_head_says_what_tokens_it_expects() -> None:
+    model = ViT(ViTConfig.tiny(num_classes=3))
+    with pytest.raises(ValueError, match=r"tokens must have shape \(batch, "):
+        model.forward_head(np.zeros((2, 5, 3)))
+
+
+def test_second_names_still_work_for_one_release_with_a_warning() -> None:
+    import sys
+
+    import npvit
+
+    gradcheck_module = sys.modules["npvit.gradcheck"]  # the package's attribute is the function
+
+    with pytest.warns(DeprecationWarning, match="use npvit.ViT"):
+        assert npvit.VisionTransformer is npvit.ViT
+    with pytest.warns(DeprecationWarning, match="use npvit.gradcheck"):
+        assert npvit.check_backward is npvit.gradcheck
+    with pytest.warns(DeprecationWarning, match="use npvit.gradcheck"):
+        assert gradcheck_module.check_backward is npvit.gradcheck

@@ -9,7 +9,7 @@ The rules this file applies:
    a. a path (it holds a "/": ``npvit/kernels/*.py``, ``benchmarks/NOTES.md``) matches a file (glob);
    b. ``python -m MODULE ...`` names an importable module;
    c. a dotted name starting with ``npvit.`` resolves, by import and attribute access;
-   d. a name starting with a class of the package (``VisionTransformer.backward``, ``AdamW.step``) names an
+   d. a name starting with a class of the package (``ViT.backward``, ``AdamW.step``) names an
       attribute of that class;
    e. a parameter name or dropout site name, or the prefix of one (``blocks.i.attn.qkv.w``, ``head.fc0``,
       ``blocks.0.mlp.drop1``; ``blocks.i`` for any block), is one of the model's, as npvit.reference uses
@@ -205,7 +205,7 @@ def test_code_names_quoted_in_math_md_exist() -> None:
 
 @pytest.mark.parametrize("span,ok", [
     ("npvit.kernels.dense.dense_forward", True), ("npvit.kernels.dense.dense_forwards", False),
-    ("npvit.reference", True), ("npvit.nothing_here", False), ("VisionTransformer.backward", True),
+    ("npvit.reference", True), ("npvit.nothing_here", False), ("ViT.backward", True),
     ("AdamW.no_such_method", False), ("layernorm_backward", True), ("layernorm_backwards", False),
     ("model.grads", True), ("blocks.i.attn.qkv.w", True), ("blocks.3.mlp.fc1", True), ("head.fc0.w", True),
     ("blocks.i.mlp.drop1", True), ("head_drop", True), ("head.drop2", False), ("blocks.0.mlp.fc2", False),

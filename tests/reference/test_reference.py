@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import npvit
-from npvit import AdamW, ViT, ViTConfig, check_backward, cross_entropy_backward, cross_entropy_forward
+from npvit import AdamW, ViT, ViTConfig, gradcheck, cross_entropy_backward, cross_entropy_forward
 from npvit import reference as ref
 from npvit.backend import to_numpy
 
@@ -64,7 +64,7 @@ def arr(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray
 # ---- every function against finite differences ----------------------------------------------------------------
 def test_dense_gradients(rng) -> None:
     x, w, b = arr(rng, 2, 3, 5), arr(rng, 5, 4), arr(rng, 4)
-    check_backward(lambda x, w, b: ref.dense_forward(x, w, b)[0],
+    gradcheck(lambda x, w, b: ref.dense_forward(x, w, b)[0],
                    lambda x, w, b, dy: ref.dense_backward(dy, ref.dense_forward(x, w, b)[1], w),
                    [x, w, b], rtol=RTOL, names=["x", "w", "b"])
 
@@ -74,7 +74,7 @@ def test_dense_gradients(rng) -> None:
 def test_patch_embed_gradients(rng, size, overlap) -> None:
     k = 4 + 2 * overlap
     images, w, b = arr(rng, 2, size, size, 3), arr(rng, k * k * 3, 5), arr(rng, 5)
-    check_backward(lambda x, w, b: ref.patch_embed_forward(x, w, b, 4, overlap)[0],
+    gradcheck(lambda x, w, b: ref.patch_embed_forward(x, w, b, 4, overlap)[0],
                    lambda x, w, b, dy: ref.patch_embed_backward(
                        dy, ref.patch_embed_forward(x, w, b, 4, overlap)[1], w),
                    [images, w, b], rtol=RTOL, names=["images", "w", "b"])
@@ -82,7 +82,7 @@ def test_patch_embed_gradients(rng, size, overlap) -> None:
 
 def test_layernorm_gradients(rng) -> None:
     x, g, b = arr(rng, 3, 2, 6), arr(rng, 6), arr(rng, 6)
-    check_backward(lambda x, g, b: ref.layernorm_forward(x, g, b, 1e-6)[0],
+    gradcheck(lambda x, g, b: ref.layernorm_forward(x, g, b, 1e-6)[0],
                    lambda x, g, b, dy: ref.layernorm_backward(dy, ref.layernorm_forward(x, g, b, 1e-6)[1], g),
                    [x, g, b], rtol=RTOL, names=["x", "gamma", "beta"])
 
@@ -90,13 +90,13 @@ def test_layernorm_gradients(rng) -> None:
 @pytest.mark.parametrize("kind", ["erf", "tanh"])
 def test_gelu_gradients(rng, kind) -> None:
     x = arr(rng, 4, 7, scale=2.0)
-    check_backward(lambda x: ref.gelu_forward(x, kind)[0],
+    gradcheck(lambda x: ref.gelu_forward(x, kind)[0],
                    lambda x, dy: [ref.gelu_backward(dy, ref.gelu_forward(x, kind)[1])], [x], rtol=RTOL)
 
 
 def test_drop_path_gradients(rng) -> None:
     x, keep = arr(rng, 5, 3, 4), np.array([True, False, True, False, True]).reshape(5, 1, 1)
-    check_backward(lambda x: ref.drop_path_forward(x, keep, 0.3)[0],
+    gradcheck(lambda x: ref.drop_path_forward(x, keep, 0.3)[0],
                    lambda x, dy: [ref.drop_path_backward(dy, ref.drop_path_forward(x, keep, 0.3)[1])],
                    [x], rtol=RTOL)
     y, _ = ref.drop_path_forward(x, keep, 0.3)
@@ -106,14 +106,14 @@ def test_drop_path_gradients(rng) -> None:
 
 def test_dropout_gradients(rng) -> None:
     x, keep = arr(rng, 5, 6), rng.random((5, 6)) >= 0.3
-    check_backward(lambda x: ref.dropout_forward(x, keep, 0.3)[0],
+    gradcheck(lambda x: ref.dropout_forward(x, keep, 0.3)[0],
                    lambda x, dy: [ref.dropout_backward(dy, ref.dropout_forward(x, keep, 0.3)[1])],
                    [x], rtol=RTOL)
 
 
 def test_softmax_gradients(rng) -> None:
     x = arr(rng, 3, 4, 5, scale=3.0)
-    check_backward(lambda x: ref.softmax_forward(x),
+    gradcheck(lambda x: ref.softmax_forward(x),
                    lambda x, dy: [ref.softmax_backward(dy, ref.softmax_forward(x))], [x], rtol=RTOL)
 
 
@@ -128,7 +128,7 @@ def test_attention_gradients(rng, rate) -> None:
     def forward(*inputs):
         return ref.attention_forward(*inputs, heads, keep, rate)
 
-    check_backward(lambda *a: forward(*a)[0],
+    gradcheck(lambda *a: forward(*a)[0],
                    lambda *a: ref.attention_backward(a[-1], forward(*a[:-1])[1], a[1], a[3]),
                    [x, w_qkv, b_qkv, w_proj, b_proj], rtol=RTOL,
                    names=["x", "w_qkv", "b_qkv", "w_proj", "b_proj"])
@@ -136,7 +136,7 @@ def test_attention_gradients(rng, rate) -> None:
 
 def test_cross_entropy_gradients(rng) -> None:
     logits, labels = arr(rng, 4, 5, scale=2.0), np.array([0, 3, 4, 3])
-    check_backward(lambda z: ref.cross_entropy_forward(z, labels, 0.1)[0],
+    gradcheck(lambda z: ref.cross_entropy_forward(z, labels, 0.1)[0],
                    lambda z, dy: [ref.cross_entropy_backward(ref.cross_entropy_forward(z, labels, 0.1)[1],
                                                              float(dy))], [logits], rtol=RTOL)
 
@@ -145,7 +145,7 @@ def check_params_function(forward, backward, params: dict, names: list[str], x: 
                           max_checks: int | None = None) -> None:
     """Gradient check of a function of (params[names], x): ``forward(x) -> y``, ``backward(dy) -> (dx, grads)``,
     both reading ``params`` (perturbed in place by the checker)."""
-    check_backward(lambda *a: forward(a[-1]),
+    gradcheck(lambda *a: forward(a[-1]),
                    lambda *a: [*(lambda dx, grads: [grads[n] for n in names] + [dx])(*backward(a[-2], a[-1]))],
                    [params[n] for n in names] + [x], rtol=RTOL, names=names + ["x"], max_checks=max_checks)
 
@@ -191,7 +191,7 @@ def test_block_gradients(rng, drop_path) -> None:
 @pytest.mark.parametrize("pool", ["flatten", "cls", "gap"])
 def test_pool_gradients(rng, pool) -> None:
     t = arr(rng, 2, 5, 3)
-    check_backward(lambda t: ref.pool_forward(t, pool),
+    gradcheck(lambda t: ref.pool_forward(t, pool),
                    lambda t, dy: [ref.pool_backward(dy, pool, t.shape)], [t], rtol=RTOL)
 
 
