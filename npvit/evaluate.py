@@ -34,7 +34,8 @@ from .backend import (
     to_numpy,
 )
 from .checkpoint import Checkpoint, CheckpointError, check_model_meta, load_checkpoint, resolve_checkpoint
-from .cli.args import positive_int, run_command
+from .cli.args import positive_int
+from .cli.status import run_command
 from .files import dumps_finite
 from .kernels import cross_entropy_forward
 from .model import ViT

@@ -22,7 +22,8 @@ import numpy as np
 
 from .backend import BACKEND_NAMES, BackendUnavailableError
 from .checkpoint import CheckpointError
-from .cli.args import positive_int, run_command
+from .cli.args import positive_int
+from .cli.status import run_command
 from .files import dumps_finite
 
 BATCH = 64  # images per forward pass: bounds memory for large folders

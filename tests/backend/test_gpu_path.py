@@ -549,7 +549,7 @@ def _train_step_run(backend_name: str, steps: int, cfg: npvit.ViTConfig, augment
     SYNCS.reset()
     for step in range(steps):
         batch = np.arange(4 * step, 4 * step + 4) % len(x)
-        train_step(model, opt, aug, data.images, data.labels, batch, step, 1e-3,
+        train_step(model, opt, aug, data, batch, step,
                    StepSettings(seed=3, mixup=mix[0], cutmix=mix[1]), sums)
     return model, sums, (SYNCS.gets, SYNCS.uploads)
 
@@ -622,7 +622,7 @@ def test_mixing_gpu_path_has_no_sync_and_equals_numpy(fake_cupy, host_syncs) -> 
     settings = StepSettings(seed=1, mixup=0.8, cutmix=1.0)
     host_syncs.reset()
     own = aug(data.images[batch[part]], training=True, rng=backend.rng(0), first=0, total=9)
-    mixed, targets = mix_slice(aug, data.images, data.labels, batch, part, own, data.labels[batch[part]], 0,
+    mixed, targets = mix_slice(aug, data, batch, part, own, data.labels[batch[part]], 0,
                                settings, 4, backend)
     assert host_syncs.gets == 0 and mixed.shape == (5, 8, 8, 3) and targets.shape == (5, 4)
 

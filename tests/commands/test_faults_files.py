@@ -35,7 +35,8 @@ import npvit
 from npvit import evaluate as evaluate_cli
 from npvit.train import command as train_cli
 from npvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from npvit.cli.args import bounded, positive, run_command
+from npvit.cli.args import bounded, positive
+from npvit.cli.status import run_command
 from npvit.data import DataError, load_dataset, load_run_dataset
 from npvit.data import archive as archive_mod
 from npvit.data.safe_pickle import safe_load
@@ -659,9 +660,9 @@ def test_flags_refuse_non_finite_numbers() -> None:
 def test_expected_errors_are_one_line_and_bugs_keep_their_traceback(capsys) -> None:
     assert run_command(lambda: (_ for _ in ()).throw(DataError("no data")), (DataError,)) == 2
     assert capsys.readouterr().err == "error: no data\n"
-    assert run_command(lambda: (_ for _ in ()).throw(MemoryError()), (DataError,), "; try less") == 1
+    assert run_command(lambda: (_ for _ in ()).throw(MemoryError()), (DataError,), "; try less") == 3
     assert capsys.readouterr().err == "error: out of memory; try less\n"
-    assert run_command(lambda: (_ for _ in ()).throw(BrokenPipeError()), (OSError,)) == 1  # `| head`: quiet
+    assert run_command(lambda: (_ for _ in ()).throw(BrokenPipeError()), (OSError,)) == 141  # `| head`: quiet
     assert capsys.readouterr().err == ""
     with pytest.raises(ZeroDivisionError):
         run_command(lambda: 1 // 0, (DataError,))
