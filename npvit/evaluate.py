@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
-    from .data import DataError, load_run_dataset
+    from .data import DataError
+    from .settings import load_run_dataset
 
     if args.backend == "numpy":
         keep_freed_memory()  # as npvit.train does: freed activations are not page-faulted back in

@@ -81,7 +81,7 @@ from typing import Any
 
 import numpy
 
-from ..backend import cached_constant, get_array_module, make_rng, to_numpy
+from ..backend import as_array, cached_constant, get_array_module, make_rng, to_numpy
 from .trivial_augment import draw_trivial_augment, trivial_augment
 
 Array = Any
@@ -89,13 +89,6 @@ EPSILON = 1e-7  # keras.config.epsilon(): the floor of sqrt(variance) in Normali
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _on(xp: Any, a: Any, dtype: Any = None) -> Array:
-    """``a`` (array of either backend, list, scalar) as an array of module ``xp``."""
-    if xp is numpy:
-        return numpy.asarray(to_numpy(a), dtype=dtype)
-    return xp.asarray(a, dtype=dtype)
-
-
 def _float(x: Array) -> Array:
     """``x`` itself if it is floating point, else a float32 copy (Keras' compute dtype)."""
     xp = get_array_module(x)
@@ -112,7 +105,7 @@ def _bounds(factor: float | tuple[float, float], name: str) -> tuple[float, floa
 
 def _uniform(rng: Any, low: float, high: float, size: int, xp: Any) -> Array:
     """``size`` draws of U(low, high) as float64 on module ``xp``, from ``rng.random`` alone."""
-    u = _on(xp, rng.random(size), dtype=xp.float64)
+    u = as_array(xp, rng.random(size), dtype=xp.float64)
     return low + (high - low) * u
 
 
@@ -170,8 +163,8 @@ def normalize(x: Array, mean: Array, variance: Array, epsilon: float = EPSILON) 
     """
     x = _float(x)
     xp = get_array_module(x)
-    mean = _on(xp, mean, dtype=x.dtype)
-    std = xp.maximum(xp.sqrt(_on(xp, variance, dtype=x.dtype)), x.dtype.type(epsilon))
+    mean = as_array(xp, mean, dtype=x.dtype)
+    std = xp.maximum(xp.sqrt(as_array(xp, variance, dtype=x.dtype)), x.dtype.type(epsilon))
     return (x - mean) / std
 
 
@@ -233,13 +226,13 @@ def resize_bilinear(x: Array, size: int | tuple[int, int]) -> Array:
 # ----------------------------------------------------------------------------------------------- flips
 def draw_flips(batch: int, rng: Any, xp: Any = numpy) -> Array:
     """(batch,) booleans, ``U(0, 1) <= 0.5`` as Keras ``RandomFlip``: each image flipped with probability 1/2."""
-    return _on(xp, rng.random(batch)) <= 0.5
+    return as_array(xp, rng.random(batch)) <= 0.5
 
 
 def flip_horizontal(x: Array, flips: Array) -> Array:
     """``y[b] = x[b, :, ::-1]`` where ``flips[b]``, else ``x[b]``."""
     xp = get_array_module(x)
-    return xp.where(_on(xp, flips, dtype=bool)[:, None, None, None], x[:, :, ::-1], x)
+    return xp.where(as_array(xp, flips, dtype=bool)[:, None, None, None], x[:, :, ::-1], x)
 
 
 def random_flip(x: Array, rng: Any) -> Array:
@@ -257,7 +250,7 @@ def draw_crops(batch: int, padding: int, rng: Any, xp: Any = numpy) -> tuple[Arr
     n = 2 * padding + 1
 
     def offsets() -> Array:
-        d = xp.floor(_on(xp, rng.random(batch), dtype=xp.float64) * n)
+        d = xp.floor(as_array(xp, rng.random(batch), dtype=xp.float64) * n)
         return xp.minimum(d, n - 1).astype(xp.intp)
 
     dy = offsets()
@@ -280,7 +273,7 @@ def crop_padded(x: Array, padding: int, dy: Array, dx: Array) -> Array:
     hp, wp = h + 2 * padding, w + 2 * padding
     padded = xp.zeros((b, hp, wp, c), dtype=x.dtype)
     padded[:, padding : padding + h, padding : padding + w] = x
-    dy, dx = _on(xp, dy, dtype=xp.intp).reshape(-1), _on(xp, dx, dtype=xp.intp).reshape(-1)
+    dy, dx = as_array(xp, dy, dtype=xp.intp).reshape(-1), as_array(xp, dx, dtype=xp.intp).reshape(-1)
     if dy.shape != (b,) or dx.shape != (b,):
         raise ValueError(f"need one row and one column offset per image ({b}), got {dy.shape} and {dx.shape}")
     corner = xp.arange(b, dtype=xp.intp) * (hp * wp) + dy * wp + dx  # (B,): flat index of each crop's (0, 0)
@@ -325,8 +318,8 @@ def zoom_matrices(height_zoom: Array, width_zoom: Array, height: int, width: int
          [0,  0,  1]]
     """
     xp = get_array_module(height_zoom, width_zoom)
-    zy = _on(xp, height_zoom, dtype=xp.float64).reshape(-1)
-    zx = _on(xp, width_zoom, dtype=xp.float64).reshape(-1)
+    zy = as_array(xp, height_zoom, dtype=xp.float64).reshape(-1)
+    zx = as_array(xp, width_zoom, dtype=xp.float64).reshape(-1)
     m = xp.zeros((zy.shape[0], 3, 3))
     m[:, 0, 0], m[:, 0, 2] = zx, (width - 1) / 2.0 * (1.0 - zx)
     m[:, 1, 1], m[:, 1, 2] = zy, (height - 1) / 2.0 * (1.0 - zy)
@@ -405,7 +398,7 @@ def affine_resample(x: Array, matrices: Array, reach: tuple[float, float] | None
     _check_images(x)
     xp = get_array_module(x)
     b, h, w, c = x.shape
-    m = _on(xp, matrices, dtype=x.dtype)
+    m = as_array(xp, matrices, dtype=x.dtype)
     if m.ndim == 2:
         m = m[None]
     if m.ndim != 3 or m.shape[1:] not in ((2, 3), (3, 3)) or m.shape[0] not in (1, b):
@@ -589,7 +582,7 @@ class Augmenter:
     def _moments(self, xp: Any) -> tuple[Array, Array]:
         """mean and variance as ``dtype`` arrays of ``xp``, moved there once."""
         if xp.__name__ not in self._stats:
-            self._stats[xp.__name__] = (_on(xp, self.mean, self.dtype), _on(xp, self.variance, self.dtype))
+            self._stats[xp.__name__] = (as_array(xp, self.mean, self.dtype), as_array(xp, self.variance, self.dtype))
         return self._stats[xp.__name__]
 
     def _default_rng(self, xp: Any) -> Any:

@@ -20,7 +20,7 @@ from ..backend import get_backend, to_numpy
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..cli.progress import ProgressBar
 from ..config import ViTConfig
-from ..data import load_run_dataset
+from ..settings import load_run_dataset
 from ..data.augment import Augmenter, channel_stats
 from ..data.device import DeviceDataset
 from ..distributed.communicator import Communicator

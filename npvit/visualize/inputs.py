@@ -32,7 +32,7 @@ from ..data.augment import Augmenter, resize_bilinear
 from ..backend import Backend, get_backend, to_numpy
 from ..checkpoint import load_checkpoint, resolve_checkpoint
 from ..config import ViTConfig
-from ..data import load_run_dataset, native_image_size
+from ..settings import load_run_dataset, native_image_size
 from ..evaluate import model_from_checkpoint
 from ..kernels import softmax_forward
 from ..model import ViT

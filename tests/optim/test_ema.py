@@ -22,7 +22,7 @@ from npvit.train import command as train_cli
 from npvit.train import trainer as trainer_module
 from npvit.data.augment import Augmenter
 from npvit.checkpoint import CheckpointError, check_run_settings, load_checkpoint, save_checkpoint
-from npvit.data import load_run_dataset
+from npvit.settings import load_run_dataset
 from npvit.distributed import SingleProcess
 from npvit.optim.ema import WeightEMA, decay_at, ema_update_reference, swap_contents
 from npvit.evaluate import evaluate, model_from_checkpoint
