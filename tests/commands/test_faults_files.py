@@ -670,7 +670,6 @@ def test_expected_errors_are_one_line_and_bugs_keep_their_traceback(capsys) -> N
 
 
 def test_load_run_dataset_checks_each_data_setting_by_the_settings_table() -> None:
-    assert not hasattr(evaluate_cli, "load_run_dataset")
     ds = load_run_dataset({"dataset": "synthetic", "synthetic_size": [4, 2], "synthetic_image_size": 8,
                            "synthetic_classes": 2, "seed": 1}, progress=False)
     assert ds.x_train.shape == (4, 8, 8, 3)

@@ -25,7 +25,8 @@ from npvit.checkpoint import CheckpointError, check_run_settings, load_checkpoin
 from npvit.settings import load_run_dataset
 from npvit.distributed import SingleProcess
 from npvit.optim.ema import WeightEMA, decay_at, ema_update_reference, swap_contents
-from npvit.evaluate import evaluate, model_from_checkpoint
+from npvit.evaluate import evaluate
+from npvit.loading import model_from_checkpoint
 from npvit.optim.adamw import AdamW
 from npvit.data.device import DeviceDataset
 from npvit.train.step import RunningSums, StepSettings, train_step
