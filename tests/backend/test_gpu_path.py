@@ -23,7 +23,8 @@ import pytest
 import npvit
 import npvit.backend as backend_module
 from fakecupy import HostSyncError, fake_cupy, from_fake, host_syncs, to_fake  # noqa: F401 (fixtures)
-from npvit.data.augment import Augmenter, affine_resample, draw_crops, resize_bilinear, rotation_matrices
+from npvit.data.affine import affine_resample, rotation_matrices
+from npvit.data.augment import Augmenter, draw_crops, resize_bilinear
 from npvit.backend import PHILOX_STATES, BackendUnavailableError, cached_constant, make_rng, row_dot
 from npvit.data.device import DeviceDataset, take_rows
 from npvit.kernels.dropout import DropoutKey
@@ -443,7 +444,7 @@ def test_crop_gpu_path_has_no_sync_and_equals_numpy(fake_cupy, host_syncs) -> No
 @pytest.mark.parametrize("angle", [-0.02 * 2 * np.pi, 0.02 * 2 * np.pi, 2.5, -3.1])
 def test_resampler_padding_from_host_bounds_equals_numpy(fake_cupy, angle) -> None:
     # On a GPU the padding comes from a host-side bound (rotation_reach) or, without one, from folding.
-    from npvit.data.augment import rotation_reach
+    from npvit.data.affine import rotation_reach
 
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 10, 13, 2))
