@@ -197,12 +197,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("out", None, "run folder (default runs/<dataset>-<preset>)", "execution", "str", metavar="DIR",
             nullable=True),
     Setting("quiet", False, "no progress bar", "execution", "bool"),
+    Setting("tensorboard", False, "also write the metrics and the learning rate of every step as TensorBoard "
+            "event files in the run folder's tensorboard/ (needs tensorboardX: pip install 'npvit[tensorboard]')",
+            "execution", "bool"),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 DEFAULTS: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
 """Every setting of a run with its default. Model settings left as None come from the preset."""
 RESUMABLE = frozenset({"data_dir", "cache_dir", "download", "backend", "threads", "eval_batch_size", "quiet",
-                       "epochs", "max_steps", "save_every"})
+                       "epochs", "max_steps", "save_every", "tensorboard"})
 """What may differ when a run is resumed: where things are, how it runs, and how long it goes on."""
 
 
@@ -247,6 +250,8 @@ def build_parser(description: str = "", epilog: str = "") -> argparse.ArgumentPa
         if setting.name == "out":
             group.add_argument("--resume", metavar="DIR", help="continue the run in this folder from its last "
                                                                "checkpoint")
+            group.add_argument("--config", metavar="FILE", help="start a new run with the settings of another "
+                               "run (its config.json, or its folder); flags given still win")
     return p
 
 
@@ -381,8 +386,17 @@ def resolve_settings(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     """
     given = dict(given)
     resume = given.pop("resume", None)
+    config = given.pop("config", None)
+    if resume is not None and config is not None:
+        raise UsageError("--config starts a new run from another run's settings and --resume continues a run: "
+                         "give one of them")
     if resume is None:
-        settings = dict(DEFAULTS, **RECIPES.get(given.get("recipe", DEFAULTS["recipe"]), {}))
+        settings = dict(DEFAULTS)
+        if config is not None:  # the other run's settings, all of them resolved, then the flags given
+            folder = Path(config).parent if Path(config).is_file() else Path(config)
+            settings.update({k: v for k, v in read_run_config(folder, "--config")[1].items() if k != "out"})
+        if config is None or "recipe" in given:
+            settings.update(RECIPES.get(given.get("recipe", DEFAULTS["recipe"]), {}))
         settings.update(given)
         if settings["out"] is None:
             settings["out"] = str(Path("runs") / f"{settings['dataset']}-{settings['preset']}")
@@ -411,17 +425,17 @@ def _as_json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def read_run_config(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_run_config(folder: Path, flag: str = "--resume") -> tuple[dict[str, Any], dict[str, Any]]:
     """The config.json of a run folder and its checked "run" settings. Raises UsageError if it is missing,
     unreadable or holds a value the command line would refuse."""
     path = folder / "config.json"
     if not path.is_file():
-        raise UsageError(f"--resume {folder}: no run there (expected {path}); pass the folder that --out named "
+        raise UsageError(f"{flag} {folder}: no run there (expected {path}); pass the folder that --out named "
                          "when the run started")
     try:
         doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"--resume {folder}: cannot read {path} ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"{flag} {folder}: cannot read {path} ({type(exc).__name__}: {str(exc)[:160]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("run"), dict):
         raise UsageError(f"{path} is not an npvit run config (a JSON object with the run's settings under "
                          "\"run\"); it was changed or damaged. Start a new run with --out.")

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
     """
     run = Trainer(dict(settings), comm or SingleProcess(), StopSignals(), on_step,
               recorded_model=resumed.get("model") if resumed is not None else None)
-    with run.signals, run.folder:
+    with run.signals, run.folder, closing_tensorboard(run):
         try:
             run.setup(resumed is not None)
             run.say(f"npvit: {run.data.name}, {len(run.x_train)} train / {len(run.x_val)} validation / "
@@ -92,6 +93,16 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
             return INTERRUPTED if isinstance(exc, KeyboardInterrupt) else TERMINATED
         except MemoryError:
             raise OutOfMemory(out_of_memory_advice(run)) from None
+
+
+@contextmanager
+def closing_tensorboard(run: Trainer) -> Iterator[None]:
+    """Close the run's event files however training ends (they are flushed at every epoch)."""
+    try:
+        yield
+    finally:
+        if run.tensorboard is not None:
+            run.tensorboard.close()
 
 
 def out_of_memory_advice(run: Trainer) -> str:

@@ -83,6 +83,8 @@ def run_epochs(t: Trainer) -> int | None:
             st.global_step += 1
             part.seen += len(batch)
             part.seconds = time.perf_counter() - start
+            if t.tensorboard is not None:
+                t.tensorboard.step(step, t.opt.lr)
             if t.on_step is not None:
                 t.on_step(st.global_step)
             save_due = save_every is not None and time.perf_counter() - last_save >= save_every
@@ -162,6 +164,8 @@ def end_epoch(t: Trainer, epoch: int) -> None:
         row.update(val_loss_raw=raw.loss, val_top1_raw=raw.top1, val_top5_raw=raw.top5)
     if t.writer:
         t.metrics.append(row)
+        if t.tensorboard is not None:
+            t.tensorboard.epoch(row)
     t.say(format_row(row, s["epochs"]))
     if complete:
         st.epoch, st.step_in_epoch, st.partial = epoch + 1, 0, EpochTotals()

@@ -37,6 +37,7 @@ from .evaluation import evaluate_split
 from .folder import MetricsLog, RunFolder
 from .signals import StopSignals
 from .state import RunState
+from .tensorboard import TensorBoardLog
 
 
 def split_train_val(x: np.ndarray, y: np.ndarray, validation_split: float) -> tuple[np.ndarray, ...]:
@@ -69,6 +70,7 @@ class Trainer:
         self.last_good: str | None = None  # "path (epoch E, step S)" of the last checkpoint known to be sound
         self.phase = "starting"
         self.bar: ProgressBar | None = None
+        self.tensorboard: TensorBoardLog | None = None  # rank 0's event files, with --tensorboard
 
     def say(self, message: str) -> None:
         if self.writer:
@@ -198,6 +200,8 @@ class Trainer:
             self.restore()
         if self.writer:
             self.metrics = MetricsLog.resume(self.folder.metrics, self.state.global_step)
+            if s["tensorboard"]:
+                self.tensorboard = TensorBoardLog(self.folder.tensorboard, self.state.global_step)
             write_json(self.folder.config, self.base_meta)
         comm.barrier()
 
