@@ -46,10 +46,10 @@ def runs_in_seconds(command: str) -> bool:
 
 
 def quick_commands() -> list[tuple[str, str]]:
-    """(page, command) for each quick command, training first, so that what reads a run finds it."""
+    """(page, command) for each quick command, in page order."""
     found = [(path.relative_to(ROOT).as_posix(), c) for path in PAGES for c in shell_commands(path)
              if runs_in_seconds(c)]
-    return sorted(found, key=lambda pc: not pc[1].startswith("python -m npvit.train"))
+    return found
 
 
 def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -58,35 +58,51 @@ def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
+QUICK = quick_commands()
+TRAINING = [c for _, c in QUICK if c.startswith("python -m npvit.train")]
+OTHERS = list(dict.fromkeys(c for _, c in QUICK if c not in TRAINING))  # in page order, each once
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("docs")
+    """A folder where every documented training command has run, as the pages tell the reader to first."""
+    folder = tmp_path_factory.mktemp("docs")
+    for command in dict.fromkeys(TRAINING):
+        result = run(command, folder)
+        assert result.returncode == 0, f"`{command}` exited {result.returncode}:\n{result.stderr[-2000:]}"
+    assert (folder / "runs" / "synthetic-tiny" / "best.npz").is_file()
+    return folder
+
+
+def test_the_pages_show_quick_commands() -> None:
+    assert any("synthetic" in c for c in TRAINING)
+    assert {"python -m npvit.demo", "python -m npvit.reference"} <= set(OTHERS)
+    assert any(c.startswith("python -m npvit.visualize") for c in OTHERS)
 
 
 def test_the_readme_shows_a_smoke_run_in_seconds() -> None:
-    readme = [c for page, c in quick_commands() if page == "README.md"]
+    readme = [c for page, c in QUICK if page == "README.md"]
     assert any(c.startswith("python -m npvit.train") and "synthetic" in c for c in readme), \
         "README.md should show a training run on synthetic data (seconds, no download)"
 
 
-def test_every_quick_command_runs(workdir: Path) -> None:
-    commands = quick_commands()
-    assert len(commands) >= 4
-    seen = set()
-    for page, command in commands:
-        if command in seen:
-            continue
-        seen.add(command)
-        result = run(command, workdir)
-        assert result.returncode == 0, f"{page}: `{command}` exited {result.returncode}:\n{result.stderr[-2000:]}"
-    assert (workdir / "runs" / "synthetic-tiny" / "best.npz").is_file()
+def figures_first(command: str, workdir: Path) -> None:
+    """Run the documented ``visualize`` commands that write the figures ``command`` reads (e.g. patches.png)."""
+    for word in command.split()[3:]:
+        if word.endswith(".png") and not (workdir / word).exists():
+            writer = next(c for c in OTHERS if c.split()[3:4] == [word[:-4]] and "npvit.visualize" in c)
+            assert run(writer, workdir).returncode == 0, writer
+
+
+@pytest.mark.parametrize("command", OTHERS)
+def test_quick_command_runs(command: str, workdir: Path) -> None:
+    figures_first(command, workdir)
+    result = run(command, workdir)
+    assert result.returncode == 0, f"`{command}` exited {result.returncode}:\n{result.stderr[-2000:]}"
 
 
 def test_the_api_page_runs(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/api.md's blocks, in order; the loading example reads the run the smoke command writes."""
-    if not (workdir / "runs" / "synthetic-tiny" / "best.npz").is_file():
-        result = run("python -m npvit.train --dataset synthetic --preset tiny --epochs 3", workdir)
-        assert result.returncode == 0, result.stderr
     code = blocks(ROOT / "docs" / "api.md", "python")
     assert len(code) >= 3
     monkeypatch.chdir(workdir)
