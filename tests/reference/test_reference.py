@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from processes import run_python
 
 import npvit
 from npvit import AdamW, ViT, ViTConfig, gradcheck, cross_entropy_backward, cross_entropy_forward
@@ -451,7 +450,6 @@ def test_training_demo_runs_and_learns(capsys) -> None:
 
 
 def test_module_runs_as_a_program() -> None:
-    out = subprocess.run([sys.executable, "-m", "npvit.reference", "--steps", "2"], capture_output=True,
-                         text=True, timeout=60)
+    out = run_python("-m", "npvit.reference", "--steps", "2", timeout=60)
     assert out.returncode == 0, out.stderr
     assert "step   2  loss" in out.stdout

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from processes import ROOT, checkout_env, run_python
+from training_runs import BASE
 
 from npvit.train import memory
 from npvit.optim.adamw import AdamW
@@ -27,9 +28,7 @@ from npvit.train import command as train_cli
 from npvit.train import evaluation
 from npvit.checkpoint import load_checkpoint, save_checkpoint
 
-TINY = ["--dataset", "synthetic", "--synthetic-size", "240,60", "--synthetic-image-size", "16",
-        "--synthetic-classes", "4", "--preset", "tiny", "--batch-size", "32", "--learning-rate", "3e-3",
-        "--threads", "1", "--quiet"]
+TINY = [*BASE, "--threads", "1"]  # the runs of test_train.py, on one thread
 # A run of a few seconds, 135 steps per epoch, for signals to land in the middle of.
 LONG = ["--dataset", "synthetic", "--synthetic-size", "1200,40", "--synthetic-image-size", "8",
         "--synthetic-classes", "4", "--preset", "tiny", "--batch-size", "8", "--epochs", "2", "--threads", "1",
