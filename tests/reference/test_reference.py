@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from key_bias import zero_key_bias_grads
 from processes import run_python
 
 import npvit
@@ -339,15 +340,6 @@ def test_keyed_masks_follow_the_global_sample_index() -> None:
     other, _ = ref.vit_forward(params, images, cfg, ref.keyed_masks(10))
     assert_close(part, whole[2:], "logits of images 2..", tol=1e-14)
     assert not np.allclose(other, whole)  # another seed, other masks
-
-
-def zero_key_bias_grads(cfg: ViTConfig, grads: dict) -> None:
-    """Set the key-bias gradients to exactly 0. They are 0 in exact arithmetic (the softmax over the keys does
-    not change when every score of a row moves by the same q . b_k), so both models hold rounding noise
-    (~1e-17) there, and Adam's m / (sqrt(v) + eps) turns different noise into different updates."""
-    hd = cfg.num_heads * cfg.key_dim
-    for i in range(cfg.depth):
-        grads[f"blocks.{i}.attn.qkv.b"][hd:2 * hd] = 0.0
 
 
 @pytest.mark.parametrize("decay_convention,epsilon_convention,clip_norm", [
