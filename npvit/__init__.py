@@ -22,6 +22,7 @@ from .backend import (
 from .config import ViTConfig
 from .gradcheck import GradcheckResult, gradcheck
 from .kernels import cross_entropy_backward, cross_entropy_forward
+from .loading import LoadedModel, load
 from .model import ViT
 from .optim.adamw import AdamW
 
@@ -32,6 +33,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "GradcheckResult",
+    "LoadedModel",
     "ViT",
     "ViTConfig",
     "available_backends",
@@ -40,6 +42,7 @@ __all__ = [
     "get_array_module",
     "get_backend",
     "gradcheck",
+    "load",
     "__version__",
 ]
 

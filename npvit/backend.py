@@ -100,6 +100,14 @@ def cached_constant(xp: ModuleType, key: Hashable, make: Callable[[], numpy.ndar
     return value
 
 
+def as_array(xp: ModuleType, a: Any, dtype: Any = None) -> Any:
+    """``a`` (an array of either backend, a list, a scalar) as an array of module ``xp``: a device array comes
+    to the host for NumPy, a host one goes to the device for CuPy."""
+    if xp is numpy:
+        return numpy.asarray(to_numpy(a), dtype=dtype)
+    return xp.asarray(a, dtype=dtype)
+
+
 def to_numpy(x: Any) -> numpy.ndarray:
     """Copy an array (or scalar) to a host NumPy array; NumPy inputs are returned as they are."""
     if get_array_module(x) is numpy:

@@ -36,7 +36,9 @@ import numpy as np
 
 from .backend import to_numpy
 from .config import ViTConfig
+from .data import DataError
 from .files import atomic_write, is_finite_number, is_int
+from .settings import SETTINGS, check_data_settings, check_value
 
 __all__ = ["Checkpoint", "CheckpointError", "ModelMeta", "atomic_write", "check_model_meta", "check_run_settings",
            "load_checkpoint", "resolve_checkpoint", "save_checkpoint"]
@@ -209,9 +211,6 @@ def check_run_settings(run: Any, source: str | os.PathLike) -> dict[str, Any]:
     the command line applies to its flag (``npvit.settings``, one table for both) and the data settings fit
     together; otherwise :class:`CheckpointError` naming ``source`` and the setting. Keys that are not settings
     are left alone, and a setting a file lacks is not required."""
-    from .data import DataError, check_data_settings
-    from .settings import SETTINGS, check_value  # here: the settings module imports most of npvit
-
     if not isinstance(run, dict):
         raise CheckpointError(f"{source}: the run settings are a JSON {type(run).__name__}, not an object")
     for setting in SETTINGS:

@@ -18,6 +18,7 @@ import numpy as np
 
 from .backend import BACKEND_NAMES, BackendUnavailableError, get_backend
 from .cli.args import positive_int
+from .cli.status import run_command
 from .config import PRESETS
 from .kernels import cross_entropy_backward, cross_entropy_forward
 from .model import ViT
@@ -35,12 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    return run_command(lambda: _demo(args), (BackendUnavailableError,), "; try a smaller --batch")
 
-    try:
-        backend = get_backend(args.backend)
-    except BackendUnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def _demo(args: argparse.Namespace) -> int:
+    backend = get_backend(args.backend)
     cfg = PRESETS[args.preset](num_classes=args.num_classes)
     model = ViT(cfg, backend=backend, dtype=args.dtype, seed=args.seed)
     opt = AdamW(model.params, lr=args.lr)

@@ -24,21 +24,19 @@ from typing import Any
 
 import numpy as np
 
+from .backend import BACKEND_NAMES, BackendUnavailableError, to_numpy
+from .checkpoint import CheckpointError
 from .cli.allocator import keep_freed_memory
+from .cli.args import positive_int
+from .cli.progress import ProgressBar
+from .cli.status import run_command
+from .data import DataError
 from .data.augment import Augmenter
-from .backend import (
-    BACKEND_NAMES,
-    Backend,
-    BackendUnavailableError,
-    get_backend,
-    to_numpy,
-)
-from .checkpoint import Checkpoint, CheckpointError, check_model_meta, load_checkpoint, resolve_checkpoint
-from .cli.args import positive_int, run_command
 from .files import dumps_finite
 from .kernels import cross_entropy_forward
+from .loading import load
 from .model import ViT
-from .cli.progress import ProgressBar
+from .settings import load_run_dataset
 
 
 @dataclass
@@ -96,30 +94,6 @@ def evaluate(model: ViT, augmenter: Augmenter, images: np.ndarray, labels: np.nd
     return EvalResult(loss_sum / n, correct1 / n, correctk / n, per_class, counts)
 
 
-def model_from_checkpoint(ckpt: Checkpoint, backend: str | Backend = "numpy", dtype: str | None = None,
-                          source: str = "the checkpoint") -> tuple[ViT, Augmenter]:
-    """Rebuild the model (with the checkpoint's weights) and its inference preprocessing.
-
-    Every field used is validated first (``npvit.checkpoint.check_model_meta``), so a damaged file raises
-    :class:`CheckpointError` naming ``source`` and the field, and never allocates more than it stores.
-    """
-    meta = check_model_meta(ckpt, source)
-    model = ViT(meta.config, backend=backend, dtype=dtype or meta.dtype)
-    try:
-        model.load_params(ckpt.params)
-    except ValueError as exc:
-        raise CheckpointError(f"{source} does not fit the model its config describes ({exc}); was it written "
-                              "by npvit.train?") from exc
-    augmenter = Augmenter(meta.mean, meta.variance, image_size=meta.config.image_size, dtype=str(model.dtype))
-    return model, augmenter
-
-
-def run_flip(run: Any) -> bool:
-    """Whether a run evaluated with test-time flip: its settings' ``eval_flip`` (a checkpoint's ``meta["run"]``);
-    False for a run from before the setting existed, or a checkpoint not written by npvit.train."""
-    return isinstance(run, dict) and run.get("eval_flip") is True
-
-
 def print_per_class(result: EvalResult, class_names: list[str], file: Any = None) -> None:
     """A table of accuracy per class (to stdout by default)."""
     file = file or sys.stdout
@@ -131,8 +105,6 @@ def print_per_class(result: EvalResult, class_names: list[str], file: Any = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data import DataError
-
     parser = argparse.ArgumentParser(prog="python -m npvit.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a .npz checkpoint written by npvit.train (best.npz or last.npz), or "
                                            "its run folder (best.npz, else last.npz)")
@@ -152,20 +124,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
-    from .data import DataError, load_run_dataset
-
     if args.backend == "numpy":
         keep_freed_memory()  # as npvit.train does: freed activations are not page-faulted back in
-    path = resolve_checkpoint(args.checkpoint)
-    ckpt = load_checkpoint(path)
-    model, augmenter = model_from_checkpoint(ckpt, get_backend(args.backend), source=str(path))
-    data = load_run_dataset(ckpt.meta.get("run", {}), args.data_dir, args.cache_dir, progress=not args.json)
+    loaded = load(args.checkpoint, args.backend)
+    path, model, augmenter = loaded.path, loaded.model, loaded.augmenter
+    data = load_run_dataset(loaded.run, args.data_dir, args.cache_dir, progress=not args.json)
     if len(data.y_test) == 0:
         raise DataError(f"the test split of the run in {path} is empty: nothing to evaluate")
     if data.num_classes != model.config.num_classes:
         raise CheckpointError(f"the dataset has {data.num_classes} classes but the model in {path} was trained "
                               f"for {model.config.num_classes}")
-    flip = run_flip(ckpt.meta.get("run")) if args.eval_flip is None else args.eval_flip
+    flip = loaded.eval_flip if args.eval_flip is None else args.eval_flip
     result = evaluate(model, augmenter, data.x_test, data.y_test, args.batch_size, progress=not args.json,
                       label="test", flip=flip)
     if args.json:

@@ -1,4 +1,4 @@
-"""Splitting a batch across CPU cores, and a model's batch into shards and cache-sized pieces.
+"""Splitting work across CPU cores: thread pools with BLAS held to one thread each, and batches cut into slices.
 
 NumPy runs each elementwise operation (exp, erf, the softmax, dropout and layer-norm passes) on one core, and
 BLAS uses one core per small matrix product (the per-head attention products are small). A transformer

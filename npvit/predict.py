@@ -22,7 +22,8 @@ import numpy as np
 
 from .backend import BACKEND_NAMES, BackendUnavailableError
 from .checkpoint import CheckpointError
-from .cli.args import positive_int, run_command
+from .cli.args import positive_int
+from .cli.status import run_command
 from .files import dumps_finite
 
 BATCH = 64  # images per forward pass: bounds memory for large folders
@@ -39,7 +40,7 @@ def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, b
                   fit: str = "crop", flip: bool | None = None) -> list[dict[str, Any]]:
     """[{file, predictions: [{class, probability}, ...]}] for image files and folders, in the order given.
     ``flip``: test-time flip (``npvit.evaluate.inference_logits``); None: as the run that wrote the checkpoint."""
-    from .evaluate import inference_logits, run_flip
+    from .evaluate import inference_logits
     from .visualize.extras import pillow_image
     from .visualize.inputs import image_files, load_model, probabilities, read_image
 
@@ -48,7 +49,7 @@ def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, b
     loaded = load_model(checkpoint, backend)
     size = loaded.native_size
     images = [read_image(f, size, fit) for f in files]  # every file readable, or stop
-    flip = run_flip(loaded.run) if flip is None else flip
+    flip = loaded.eval_flip if flip is None else flip
     results = []
     for start in range(0, len(images), BATCH):
         batch = np.stack(images[start:start + BATCH])

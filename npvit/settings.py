@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +32,8 @@ from .cli.args import (
     unit_interval,
 )
 from .config import ATTENTION_FANS, GELUS, POOLS, PRESETS, ViTConfig
-from .data import DATASETS, DataError, check_data_settings
+from .data import DATASETS, LABEL_MODES, NATIVE_SIZES, DataError, Dataset, load_dataset
+from .data import synthetic as synthetic_limits
 from .files import is_finite_number, is_int
 from .optim.adamw import DECAY_CONVENTIONS
 from .recipes import RECIPE_HELP, RECIPES
@@ -96,7 +98,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_dir", None, "download cache (default $NPVIT_CACHE or ~/.cache/npvit)", "data", "str",
             metavar="DIR", nullable=True),
     Setting("label_mode", "fine", "CIFAR-100 labels: fine (100 classes) or coarse (20)", "data", "str",
-            choices=("fine", "coarse")),
+            choices=LABEL_MODES),
     Setting("download", True, "download the dataset when no copy is found (else stop with an error)", "data",
             "bool"),
     Setting("synthetic_size", (1000, 200), "synthetic train,test image counts", "data", "ints", int_list,
@@ -195,12 +197,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("out", None, "run folder (default runs/<dataset>-<preset>)", "execution", "str", metavar="DIR",
             nullable=True),
     Setting("quiet", False, "no progress bar", "execution", "bool"),
+    Setting("tensorboard", False, "also write the metrics and the learning rate of every step as TensorBoard "
+            "event files in the run folder's tensorboard/ (needs tensorboardX: pip install 'npvit[tensorboard]')",
+            "execution", "bool"),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 DEFAULTS: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
 """Every setting of a run with its default. Model settings left as None come from the preset."""
 RESUMABLE = frozenset({"data_dir", "cache_dir", "download", "backend", "threads", "eval_batch_size", "quiet",
-                       "epochs", "max_steps", "save_every"})
+                       "epochs", "max_steps", "save_every", "tensorboard"})
 """What may differ when a run is resumed: where things are, how it runs, and how long it goes on."""
 
 
@@ -245,6 +250,8 @@ def build_parser(description: str = "", epilog: str = "") -> argparse.ArgumentPa
         if setting.name == "out":
             group.add_argument("--resume", metavar="DIR", help="continue the run in this folder from its last "
                                                                "checkpoint")
+            group.add_argument("--config", metavar="FILE", help="start a new run with the settings of another "
+                               "run (its config.json, or its folder); flags given still win")
     return p
 
 
@@ -306,6 +313,70 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+# ---- the data a run names ------------------------------------------------------------------------------------
+#: The settings that say which dataset a run trains on; their defaults and checks are the table's.
+DATA_SETTINGS = ("dataset", "label_mode", "data_dir", "cache_dir", "download", "synthetic_size",
+                 "synthetic_image_size", "synthetic_classes", "seed")
+
+
+def check_data_settings(run: Any) -> dict[str, Any]:
+    """The data settings of ``run`` (config.json's "run", a checkpoint's ``meta["run"]`` or the flags), with
+    the table's defaults for those it lacks, each checked as its flag is and together; otherwise
+    :class:`DataError` naming the setting.
+
+    Settings read back from a file are untrusted: a damaged or hand-edited file must give a clear error, never
+    a traceback, and must not make the loader allocate without bound (a synthetic set of 10^9 images).
+    """
+    if not isinstance(run, dict):
+        raise DataError(f"the run settings must be a JSON object, got {type(run).__name__}")
+    out = {}
+    for name in DATA_SETTINGS:
+        setting = BY_NAME[name]
+        value = run.get(name, setting.default)
+        try:
+            out[name] = check_value(setting, value)
+        except ValueError as exc:
+            text = str(exc) if len(str(exc)) <= 160 else str(exc)[:157] + "..."  # a file can hold any value
+            raise DataError(f"the run setting {name} ({setting.flag}): {text}") from None
+    if out["label_mode"] == "coarse" and out["dataset"] != "cifar100":
+        raise DataError(f"the run setting label_mode (--label-mode) is coarse, but only CIFAR-100 has coarse "
+                        f"labels; {out['dataset']} has one set of labels: use fine")
+    if out["dataset"] == "synthetic":
+        size, side, classes = out["synthetic_size"], out["synthetic_image_size"], out["synthetic_classes"]
+        lim = synthetic_limits
+        if len(size) != 2:
+            raise DataError(f"the run setting synthetic_size (--synthetic-size) must be two integers, train,test, "
+                            f"got {list(size)}")
+        if side > lim.MAX_IMAGE_SIZE or classes > lim.MAX_CLASSES:
+            raise DataError(f"synthetic images of at most {lim.MAX_IMAGE_SIZE} pixels a side and at most "
+                            f"{lim.MAX_CLASSES:,} classes, got {side} and {classes}")
+        if sum(size) > lim.MAX_IMAGES or sum(size) * side * side * 3 > lim.MAX_BYTES:
+            raise DataError(f"the run setting synthetic_size (--synthetic-size) must be at most "
+                            f"{lim.MAX_IMAGES:,} images and {lim.MAX_BYTES >> 30} GiB of pixels in all (train "
+                            f"and test, {side}x{side}), got {list(size)}")
+    return out
+
+
+def native_image_size(run: Any) -> int:
+    """The side of the images the run's dataset stores, before any resize to the model's input."""
+    s = check_data_settings(run)
+    return s["synthetic_image_size"] if s["dataset"] == "synthetic" else NATIVE_SIZES[s["dataset"]]
+
+
+def load_run_dataset(run: Any, data_dir: str | os.PathLike | None = None,
+                     cache_dir: str | os.PathLike | None = None, download: bool = True,
+                     progress: bool = True) -> Dataset:
+    """The dataset ``run``'s settings name (``data_dir`` and ``cache_dir`` as given, not the run's); raises
+    :class:`DataError` for a bad setting, naming it, as for any data problem."""
+    s = check_data_settings(run)
+    extra = {}
+    if s["dataset"] == "synthetic":
+        extra = {"synthetic_size": tuple(s["synthetic_size"]), "image_size": s["synthetic_image_size"],
+                 "num_classes": s["synthetic_classes"], "seed": s["seed"]}
+    return load_dataset(s["dataset"], data_dir=data_dir, cache_dir=cache_dir, label_mode=s["label_mode"],
+                        download=download, progress=progress, **extra)
+
+
 # ---- resolving ----------------------------------------------------------------------------------------------
 def resolve_settings(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Merge defaults, a resumed run's settings and the flags given. Returns (settings, resumed config doc).
@@ -315,8 +386,17 @@ def resolve_settings(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     """
     given = dict(given)
     resume = given.pop("resume", None)
+    config = given.pop("config", None)
+    if resume is not None and config is not None:
+        raise UsageError("--config starts a new run from another run's settings and --resume continues a run: "
+                         "give one of them")
     if resume is None:
-        settings = dict(DEFAULTS, **RECIPES.get(given.get("recipe", DEFAULTS["recipe"]), {}))
+        settings = dict(DEFAULTS)
+        if config is not None:  # the other run's settings, all of them resolved, then the flags given
+            folder = Path(config).parent if Path(config).is_file() else Path(config)
+            settings.update({k: v for k, v in read_run_config(folder, "--config")[1].items() if k != "out"})
+        if config is None or "recipe" in given:
+            settings.update(RECIPES.get(given.get("recipe", DEFAULTS["recipe"]), {}))
         settings.update(given)
         if settings["out"] is None:
             settings["out"] = str(Path("runs") / f"{settings['dataset']}-{settings['preset']}")
@@ -345,17 +425,17 @@ def _as_json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def read_run_config(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_run_config(folder: Path, flag: str = "--resume") -> tuple[dict[str, Any], dict[str, Any]]:
     """The config.json of a run folder and its checked "run" settings. Raises UsageError if it is missing,
     unreadable or holds a value the command line would refuse."""
     path = folder / "config.json"
     if not path.is_file():
-        raise UsageError(f"--resume {folder}: no run there (expected {path}); pass the folder that --out named "
+        raise UsageError(f"{flag} {folder}: no run there (expected {path}); pass the folder that --out named "
                          "when the run started")
     try:
         doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"--resume {folder}: cannot read {path} ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"{flag} {folder}: cannot read {path} ({type(exc).__name__}: {str(exc)[:160]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("run"), dict):
         raise UsageError(f"{path} is not an npvit run config (a JSON object with the run's settings under "
                          "\"run\"); it was changed or damaged. Start a new run with --out.")

@@ -1,13 +1,9 @@
-"""What the command-line tools share: argument types, each parsing one flag value or saying what was
-expected, and :func:`run_command`, which turns a command's expected errors into one message and a status.
-"""
+"""Argument types for the command-line tools: each parses one flag value or says what was expected."""
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 from typing import Callable, TypeVar
 
 T = TypeVar("T", int, float)
@@ -68,33 +64,3 @@ def bounded(low: float, high: float) -> Callable[[str], float]:
         return _number(text, float, lambda v: low < v <= high, f"a number > {low:g} and <= {high:g}")
     parse.__name__ = "number"  # argparse names the type in its messages
     return parse
-
-
-#: Exit statuses: 2 for bad input (flags, files, data), 1 for running out of memory, 130 for Ctrl-C.
-BAD_INPUT, OUT_OF_MEMORY, INTERRUPTED = 2, 1, 130
-
-
-def run_command(body: Callable[[], int], expected: tuple[type[BaseException], ...], memory_hint: str = "") -> int:
-    """``body()``, with each expected error (bad input, a damaged file, a missing extra) printed as one
-    ``error: ...`` line on stderr and :data:`BAD_INPUT` returned instead of a traceback. MemoryError and
-    Ctrl-C are reported the same way, and a closed output pipe (``| head``) ends the command quietly;
-    anything else propagates with its traceback, since it is a bug.
-    ``memory_hint`` says what to change when memory runs out (e.g. "; try a smaller --batch-size").
-    """
-    try:
-        return body()
-    except BrokenPipeError:  # the reader went away (``| head``): nothing to say, and no one to say it to
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush fails silently
-        except (OSError, ValueError):  # stdout is not a file descriptor (captured)
-            pass
-        return 1
-    except expected as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return BAD_INPUT
-    except MemoryError:
-        print(f"error: out of memory{memory_hint}", file=sys.stderr)
-        return OUT_OF_MEMORY
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return INTERRUPTED

@@ -4,7 +4,6 @@
     ds = load_dataset("cifar100", label_mode="coarse")           # cache, downloading if needed
     ds = load_dataset("cifar10", data_dir="/data/cifar-10-binary.tar.gz", download=False)
     ds.x_train.shape, ds.y_train.dtype, ds.num_classes          # (50000, 32, 32, 3) uint8, int64, 10
-    ds = load_run_dataset(checkpoint.meta["run"])                # the dataset a run was trained on
 
 Only NumPy, the standard library and tqdm (the download's progress bar) are used. Binary archives are read
 with NumPy alone; the python-layout pickles go through a restricted unpickler that builds arrays only from
@@ -18,20 +17,18 @@ from .cifar import SOURCES
 from .dataset import Dataset
 from .download import Source
 from .errors import DataError
-from .load import DATASETS, default_cache_dir, load_dataset
-from .run import check_data_settings, load_run_dataset, native_image_size
+from .load import DATASETS, LABEL_MODES, NATIVE_SIZES, default_cache_dir, load_dataset
 from .synthetic import synthetic_dataset
 
 __all__ = [
     "DATASETS",
+    "LABEL_MODES",
+    "NATIVE_SIZES",
     "SOURCES",
     "DataError",
     "Dataset",
     "Source",
-    "check_data_settings",
     "default_cache_dir",
     "load_dataset",
-    "load_run_dataset",
-    "native_image_size",
     "synthetic_dataset",
 ]

@@ -11,6 +11,7 @@ from .synthetic import synthetic_dataset
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
 LABEL_MODES = ("fine", "coarse")
+NATIVE_SIZES = {"cifar10": 32, "cifar100": 32}  # the side of the images each dataset stores
 
 
 def default_cache_dir() -> Path:

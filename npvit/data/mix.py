@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy
 
-from ..backend import get_array_module, to_numpy
+from ..backend import as_array, get_array_module
 
 Array = Any
 SWITCH_PROB = 0.5  # timm's switch_prob: the chance of CutMix when both are on
@@ -63,11 +63,6 @@ def check_alphas(mixup: float, cutmix: float) -> tuple[float, float]:
             raise ValueError(f"the {name} alpha must be a finite number >= 0 (0: off), got {alpha!r}")
         checked.append(float(alpha))
     return checked[0], checked[1]
-
-
-def _on(xp: Any, a: Any, dtype: Any) -> Array:
-    """A draw of either backend's generator as an array of module ``xp``."""
-    return numpy.asarray(to_numpy(a), dtype=dtype) if xp is numpy else xp.asarray(a, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -113,18 +108,18 @@ def draw_mix(total: int, height: int, width: int, mixup: float, cutmix: float, r
     if mixup == 0 and cutmix == 0:
         raise ValueError("draw_mix needs a mixup or cutmix alpha > 0")
     if mixup > 0 and cutmix > 0:
-        use_cutmix = _on(xp, rng.random(total), xp.float64) < SWITCH_PROB
+        use_cutmix = as_array(xp, rng.random(total), xp.float64) < SWITCH_PROB
     else:
         use_cutmix = xp.full(total, cutmix > 0, dtype=bool)
-    lam_cut = _on(xp, rng.beta(cutmix, cutmix, total), xp.float64) if cutmix > 0 else None
-    lam_mix = _on(xp, rng.beta(mixup, mixup, total), xp.float64) if mixup > 0 else None
+    lam_cut = as_array(xp, rng.beta(cutmix, cutmix, total), xp.float64) if cutmix > 0 else None
+    lam_mix = as_array(xp, rng.beta(mixup, mixup, total), xp.float64) if mixup > 0 else None
     lam = lam_mix if lam_cut is None else lam_cut if lam_mix is None else xp.where(use_cutmix, lam_cut, lam_mix)
     if cutmix == 0:
         empty = xp.zeros(total, dtype=xp.intp)
         return MixDraws(lam, use_cutmix, empty, empty, empty, empty)
 
     def centres(n: int) -> Array:  # uniform over 0..n-1, as draw_crops draws offsets
-        return xp.minimum(xp.floor(_on(xp, rng.random(total), xp.float64) * n), n - 1).astype(xp.intp)
+        return xp.minimum(xp.floor(as_array(xp, rng.random(total), xp.float64) * n), n - 1).astype(xp.intp)
 
     cy = centres(height)
     cx = centres(width)

@@ -14,6 +14,13 @@ import numpy as np
 from .dataset import Dataset
 
 GRID = 4  # the pattern's resolution before scaling up
+
+#: Bounds on what a synthetic set may ask for: far above any smoke test, far below what would exhaust memory
+#: (settings read back from a file are untrusted and must not make the generator allocate without bound).
+MAX_IMAGES = 1_000_000
+MAX_IMAGE_SIZE = 1024
+MAX_CLASSES = 100_000
+MAX_BYTES = 4 << 30  # uint8 pixels of train and test together
 NOISE_STD = 24.0
 _CHUNK = 4096  # images generated at a time, to bound the float32 working memory
 

@@ -14,7 +14,6 @@ The pieces, one concept per module:
     connect        connect() and for_backend(): the communicator a run should use
     split          each rank's part of a batch, and the smallest global batch
     node           processes sharing a node: threads per process, downloads one node at a time
-    evaluation     an evaluation split across ranks, reduced exactly
     faults         one rank's failure stops every rank (MPI_Abort), naming the rank
     watchdog       a time limit on waiting for peers, for launchers that leave survivors waiting
 """

@@ -1,4 +1,4 @@
-"""VisionTransformer (Dosovitskiy et al., 2020), laid out as in the Keras example and timm.
+"""ViT, the Vision Transformer (Dosovitskiy et al., 2020), laid out as in the Keras example and timm.
 
     tokens = PatchEmbed(images) [+ cls_token in front] + pos_embed      (B, T, dim)
     tokens = Block(tokens), depth times                                (pre-norm transformer layers)

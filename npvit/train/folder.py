@@ -2,6 +2,9 @@
 
     config.json     the resolved settings and the model config
     metrics.jsonl   one JSON row per epoch
+    metrics.csv     the same rows as Keras' CSVLogger writes them, for spreadsheets and pandas
+    tensorboard/    TensorBoard event files of the same numbers and the learning rate of every step
+                    (with --tensorboard)
     last.npz        the latest checkpoint; best.npz, the best validation top-1
     summary.json    the test results, written at the end
     .lock           locked (flock) by the run using the folder; holds its process id and host
@@ -16,6 +19,8 @@ over NFS between machines.) Once locked, leftover temporary files of writes a ki
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import socket
@@ -48,6 +53,8 @@ class RunFolder:
         self.last = self.path / "last.npz"
         self.best = self.path / "best.npz"
         self.summary = self.path / "summary.json"
+        self.csv = self.path / "metrics.csv"
+        self.tensorboard = self.path / "tensorboard"
         self._lock_file: Any = None
         self.created = False  # whether open() made the folder
 
@@ -120,7 +127,8 @@ class RunFolder:
 
     def earlier_run_files(self) -> list[str]:
         """Names of files an earlier run left here (the lock file aside)."""
-        return [p.name for p in (self.config, self.metrics, self.last, self.best, self.summary) if p.exists()]
+        return [p.name for p in (self.config, self.metrics, self.csv, self.last, self.best, self.summary,
+                                         self.tensorboard) if p.exists()]
 
 
 class MetricsLog:
@@ -171,6 +179,20 @@ class MetricsLog:
     def _write(self) -> None:
         text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.rows)
         atomic_write(self.path, lambda f: f.write(text.encode()))
+        atomic_write(self.path.with_suffix(".csv"), lambda f: f.write(csv_text(self.rows).encode()))
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """The rows as Keras' CSVLogger lays them out: a header, "epoch" then the other columns sorted by name,
+    one row per epoch (an epoch stopped part way and finished after a resume: its finished row)."""
+    last = {row["epoch"]: row for row in rows}  # rows come in step order: a later row of an epoch supersedes
+    columns = ["epoch"] + sorted({key for row in last.values() for key in row} - {"epoch"})
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer.writeheader()
+    for epoch in sorted(last):
+        writer.writerow(last[epoch])
+    return out.getvalue()
 
 
 def _parse_row(line: bytes) -> dict[str, Any] | None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..data.augment import Augmenter
 from ..backend import Backend, to_numpy
-from ..data.device import take_rows
+from ..data.device import DeviceDataset
 from ..distributed.communicator import Communicator, SingleProcess
 from ..distributed.split import rank_slice
 from ..optim.ema import WeightEMA
@@ -105,25 +105,24 @@ def train_step(
     model: ViT,
     opt: AdamW,
     augmenter: Augmenter,
-    x: Any,
-    y: Any,
+    data: DeviceDataset,
     batch: np.ndarray,
     step: int,
-    lr: float,
     settings: StepSettings,
     sums: RunningSums,
     comm: Communicator | None = None,
     ema: WeightEMA | None = None,
 ) -> None:
-    """One optimizer step on the global batch ``batch`` (indices into ``x``, ``y``, in single-process order).
+    """One optimizer step on the global batch ``batch`` (indices into ``data``, in single-process order), at the
+    learning rate ``opt.lr`` (the loop sets it from the schedule).
 
     Args:
         model, opt, augmenter: what is trained, how, and the training-time preprocessing.
-        x, y: the training images (uint8, (N, H, W, C)) and labels (int64, (N,)), host or device arrays.
-            Labels must have been checked (``kernels.cross_entropy.check_labels``) once, beforehand.
+        data: the training images (uint8, (N, H, W, C)) and labels (int64, (N,)), where the backend computes
+            (``DeviceDataset``); each step gathers its rows there. Labels must have been checked once
+            beforehand (``DeviceDataset(..., num_classes)`` or ``kernels.cross_entropy.check_labels``).
         batch: the global batch's indices; this rank takes ``rank_slice(len(batch), comm.rank, comm.size)``.
         step: the 0-based global step: keys the dropout, augmentation and mixing streams.
-        lr: the learning rate of this step (``schedule.learning_rate``).
         settings: the seed, label smoothing and mixing alphas.
         sums: device running sums the step adds its loss, correct predictions and finiteness to.
         comm: the ranks training together (default: this process alone).
@@ -143,14 +142,14 @@ def train_step(
         loss = xp.zeros((), dtype=model.dtype)
         correct = xp.zeros((), dtype=xp.int64)
     else:
-        raw, labels = take_rows(backend, local, x, y)
+        raw, labels = data.batch(local)
         # Augmentation and dropout are keyed by the step and the global image index: every rank draws the
         # global batch's parameters and takes its rows, so the images do not depend on the number of ranks.
         images = augmenter(raw, training=True,
                            rng=backend.rng(stream_seed(settings.seed, AUGMENT, step)), first=part.start,
                            total=len(batch))
         if settings.mixing:
-            images, targets = mix_slice(augmenter, x, y, batch, part, images, labels, step, settings,
+            images, targets = mix_slice(augmenter, data, batch, part, images, labels, step, settings,
                                         model.config.num_classes, backend)
         logits = model.forward(images, training=True, dropout_seed=stream_seed(settings.seed, DROPOUT, step),
                                first_sample=part.start)
@@ -163,7 +162,6 @@ def train_step(
         correct = (xp.argmax(logits, axis=1) == labels).sum()  # with mixing: the image's own label
     for g in gradient_buffers(model):
         comm.allreduce_sum(g)
-    opt.lr = lr
     norm = opt.step(model.grads)
     stepped = xp.isfinite(norm)  # AdamW skipped the update if the norm is not finite
     if ema is not None:
@@ -174,8 +172,7 @@ def train_step(
 
 def mix_slice(
     augmenter: Augmenter,
-    x: Any,
-    y: Any,
+    data: DeviceDataset,
     batch: np.ndarray,
     part: slice,
     images: Array,
@@ -198,7 +195,7 @@ def mix_slice(
     if (first, last) == (part.start, part.stop):
         partners, partner_labels = images[::-1], labels[::-1]
     else:
-        raw, partner_labels = take_rows(backend, batch[first:last], x, y)
+        raw, partner_labels = data.batch(batch[first:last])
         partners = augmenter(raw, training=True, rng=backend.rng(stream_seed(settings.seed, AUGMENT, step)),
                              first=first, total=total)[::-1]
         partner_labels = partner_labels[::-1]

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..backend import BACKEND_NAMES, BackendUnavailableError
 from ..checkpoint import CheckpointError
-from ..cli.args import bounded, non_negative_int, positive_int, run_command
+from ..cli.args import bounded, non_negative_int, positive_int
+from ..cli.status import run_command
 from .extras import MissingExtraError
 from .inputs import FITS, InputError
 

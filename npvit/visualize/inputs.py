@@ -22,20 +22,16 @@ colour conversions.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data.augment import Augmenter, resize_bilinear
-from ..backend import Backend, get_backend, to_numpy
-from ..checkpoint import load_checkpoint, resolve_checkpoint
-from ..config import ViTConfig
-from ..data import load_run_dataset, native_image_size
-from ..evaluate import model_from_checkpoint
+from ..backend import Backend, to_numpy
+from ..data.augment import resize_bilinear
 from ..kernels import softmax_forward
-from ..model import ViT
+from ..loading import LoadedModel, load
+from ..settings import load_run_dataset
 from .extras import pillow_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -49,49 +45,9 @@ class InputError(Exception):
     """An image file or folder that cannot be used; the message names it and says why."""
 
 
-@dataclasses.dataclass
-class LoadedModel:
-    """A checkpoint rebuilt into a model, with its preprocessing and what its metadata says."""
-
-    path: Path
-    model: ViT
-    augmenter: Augmenter
-    meta: dict[str, Any]
-
-    @property
-    def config(self) -> ViTConfig:
-        return self.model.config
-
-    @property
-    def run(self) -> dict[str, Any]:
-        return self.meta.get("run", {})
-
-    @property
-    def class_names(self) -> list[str]:
-        """The names the checkpoint records (checked when it was loaded), else class_0, class_1, ..."""
-        names = self.meta.get("class_names")
-        return list(names) if names is not None else [f"class_{i}" for i in range(self.config.num_classes)]
-
-    @property
-    def native_size(self) -> int:
-        """Side of the images the run trained on, before the Augmenter resized them."""
-        return native_image_size(self.run)
-
-    def param(self, name: str) -> np.ndarray:
-        """A parameter of the model as a host array."""
-        return to_numpy(self.model.params[name])
-
-    def model_input(self, images: np.ndarray) -> Any:
-        """uint8 images (B, native, native, 3) -> the normalised, resized batch the model takes (on its backend)."""
-        return self.augmenter(self.model.backend.asarray(images), training=False)
-
-
 def load_model(path: str | Path, backend: str | Backend = "numpy") -> LoadedModel:
-    """Rebuild a trained model from a checkpoint file or run folder (CheckpointError if that fails)."""
-    ckpt_path = resolve_checkpoint(path)
-    ckpt = load_checkpoint(ckpt_path)
-    model, augmenter = model_from_checkpoint(ckpt, get_backend(backend), source=str(ckpt_path))
-    return LoadedModel(ckpt_path, model, augmenter, ckpt.meta)
+    """The trained model at ``path`` (a checkpoint file or run folder), through :func:`npvit.load`."""
+    return load(path, backend)
 
 
 def probabilities(logits: Any) -> np.ndarray:

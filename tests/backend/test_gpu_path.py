@@ -23,7 +23,8 @@ import pytest
 import npvit
 import npvit.backend as backend_module
 from fakecupy import HostSyncError, fake_cupy, from_fake, host_syncs, to_fake  # noqa: F401 (fixtures)
-from npvit.data.augment import Augmenter, affine_resample, draw_crops, resize_bilinear, rotation_matrices
+from npvit.data.affine import affine_resample, rotation_matrices
+from npvit.data.augment import Augmenter, draw_crops, resize_bilinear
 from npvit.backend import PHILOX_STATES, BackendUnavailableError, cached_constant, make_rng, row_dot
 from npvit.data.device import DeviceDataset, take_rows
 from npvit.kernels.dropout import DropoutKey
@@ -443,7 +444,7 @@ def test_crop_gpu_path_has_no_sync_and_equals_numpy(fake_cupy, host_syncs) -> No
 @pytest.mark.parametrize("angle", [-0.02 * 2 * np.pi, 0.02 * 2 * np.pi, 2.5, -3.1])
 def test_resampler_padding_from_host_bounds_equals_numpy(fake_cupy, angle) -> None:
     # On a GPU the padding comes from a host-side bound (rotation_reach) or, without one, from folding.
-    from npvit.data.augment import rotation_reach
+    from npvit.data.affine import rotation_reach
 
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 10, 13, 2))
@@ -549,7 +550,7 @@ def _train_step_run(backend_name: str, steps: int, cfg: npvit.ViTConfig, augment
     SYNCS.reset()
     for step in range(steps):
         batch = np.arange(4 * step, 4 * step + 4) % len(x)
-        train_step(model, opt, aug, data.images, data.labels, batch, step, 1e-3,
+        train_step(model, opt, aug, data, batch, step,
                    StepSettings(seed=3, mixup=mix[0], cutmix=mix[1]), sums)
     return model, sums, (SYNCS.gets, SYNCS.uploads)
 
@@ -622,7 +623,7 @@ def test_mixing_gpu_path_has_no_sync_and_equals_numpy(fake_cupy, host_syncs) -> 
     settings = StepSettings(seed=1, mixup=0.8, cutmix=1.0)
     host_syncs.reset()
     own = aug(data.images[batch[part]], training=True, rng=backend.rng(0), first=0, total=9)
-    mixed, targets = mix_slice(aug, data.images, data.labels, batch, part, own, data.labels[batch[part]], 0,
+    mixed, targets = mix_slice(aug, data, batch, part, own, data.labels[batch[part]], 0,
                                settings, 4, backend)
     assert host_syncs.gets == 0 and mixed.shape == (5, 8, 8, 3) and targets.shape == (5, 4)
 

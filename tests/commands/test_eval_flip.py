@@ -109,7 +109,7 @@ def test_eval_flip_gpu_path_has_no_sync_and_equals_numpy(fake_cupy, host_syncs) 
 def test_predict_follows_the_runs_flip(tmp_path: Path) -> None:
     pil = pytest.importorskip("PIL.Image")
     from npvit import predict as predict_cli
-    from npvit.data import load_run_dataset
+    from npvit.settings import load_run_dataset
     from npvit.visualize.inputs import load_model, probabilities
 
     out = tmp_path / "flip"

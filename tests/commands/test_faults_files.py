@@ -35,8 +35,10 @@ import npvit
 from npvit import evaluate as evaluate_cli
 from npvit.train import command as train_cli
 from npvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from npvit.cli.args import bounded, positive, run_command
-from npvit.data import DataError, load_dataset, load_run_dataset
+from npvit.cli.args import bounded, positive
+from npvit.cli.status import run_command
+from npvit.data import DataError, load_dataset
+from npvit.settings import load_run_dataset
 from npvit.data import archive as archive_mod
 from npvit.data.safe_pickle import safe_load
 from npvit.files import atomic_write, dumps_finite, is_finite_number, is_int, is_temp_file, remove_stale_temp_files
@@ -659,20 +661,19 @@ def test_flags_refuse_non_finite_numbers() -> None:
 def test_expected_errors_are_one_line_and_bugs_keep_their_traceback(capsys) -> None:
     assert run_command(lambda: (_ for _ in ()).throw(DataError("no data")), (DataError,)) == 2
     assert capsys.readouterr().err == "error: no data\n"
-    assert run_command(lambda: (_ for _ in ()).throw(MemoryError()), (DataError,), "; try less") == 1
+    assert run_command(lambda: (_ for _ in ()).throw(MemoryError()), (DataError,), "; try less") == 3
     assert capsys.readouterr().err == "error: out of memory; try less\n"
-    assert run_command(lambda: (_ for _ in ()).throw(BrokenPipeError()), (OSError,)) == 1  # `| head`: quiet
+    assert run_command(lambda: (_ for _ in ()).throw(BrokenPipeError()), (OSError,)) == 141  # `| head`: quiet
     assert capsys.readouterr().err == ""
     with pytest.raises(ZeroDivisionError):
         run_command(lambda: 1 // 0, (DataError,))
 
 
-def test_load_run_dataset_lives_in_the_data_package() -> None:
-    assert not hasattr(evaluate_cli, "load_run_dataset")
+def test_load_run_dataset_checks_each_data_setting_by_the_settings_table() -> None:
     ds = load_run_dataset({"dataset": "synthetic", "synthetic_size": [4, 2], "synthetic_image_size": 8,
                            "synthetic_classes": 2, "seed": 1}, progress=False)
     assert ds.x_train.shape == (4, 8, 8, 3)
-    with pytest.raises(DataError, match="seed .* must be an integer >= 0"):
+    with pytest.raises(DataError, match=r"the run setting seed \(--seed\): expected an integer >= 0"):
         load_run_dataset({"dataset": "synthetic", "seed": -5})
 
 

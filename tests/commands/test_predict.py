@@ -14,7 +14,7 @@ PIL_Image = pytest.importorskip("PIL.Image")
 
 from npvit import predict as predict_cli  # noqa: E402
 from npvit.train import command as train_cli  # noqa: E402
-from npvit.data import load_run_dataset  # noqa: E402
+from npvit.settings import load_run_dataset  # noqa: E402
 from npvit.visualize.inputs import load_model, probabilities  # noqa: E402
 
 # The tiny model on 16x16 synthetic images (resized to 8x8 by its Augmenter), two epochs: well under 1 s.

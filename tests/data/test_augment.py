@@ -9,24 +9,26 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from npvit.data.affine import (
+    affine_resample,
+    draw_angles,
+    draw_zooms,
+    random_rotation,
+    random_zoom,
+    rotation_matrices,
+    zoom_matrices,
+)
 from npvit.data.augment import (
     EPSILON,
     Augmenter,
-    affine_resample,
     channel_stats,
     crop_padded,
-    draw_angles,
     draw_crops,
     draw_flips,
-    draw_zooms,
     normalize,
     random_crop,
     random_flip,
-    random_rotation,
-    random_zoom,
     resize_bilinear,
-    rotation_matrices,
-    zoom_matrices,
 )
 from npvit.backend import to_numpy
 
@@ -455,7 +457,7 @@ def test_slices_of_a_global_batch_augment_as_the_whole_batch(backend, rng) -> No
 
 def test_reach_bounds_every_sampled_point(rng) -> None:
     # affine_resample's padding on a GPU comes from these host-side bounds: they must hold at the extremes.
-    from npvit.data.augment import rotation_reach, zoom_reach
+    from npvit.data.affine import rotation_reach, zoom_reach
 
     h, w = 9, 14
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)

@@ -27,6 +27,7 @@ from npvit.kernels import (
 from npvit.data.mix import MixDraws, draw_mix, mix_images, mix_targets
 from npvit.model import ViT
 from npvit.optim.adamw import AdamW
+from npvit.data.device import DeviceDataset
 from npvit.train.step import AUGMENT, DROPOUT, RunningSums, StepSettings, mix_slice, stream_seed, train_step
 from test_train import assert_thread_ranks_train_what_one_process_trains  # ranks as threads
 
@@ -155,7 +156,7 @@ def test_every_slice_mixes_what_the_whole_batch_mixes(total) -> None:
     def mixed(part: slice):
         images = augmenter(x[batch[part]], training=True, rng=backend.rng(stream_seed(5, AUGMENT, 2)),
                            first=part.start, total=total)
-        return mix_slice(augmenter, x, y, batch, part, images, y[batch[part]], 2, settings, 4, backend)
+        return mix_slice(augmenter, DeviceDataset(backend, x, y), batch, part, images, y[batch[part]], 2, settings, 4, backend)
 
     whole_images, whole_targets = mixed(slice(0, total))  # the shortcut: partners are the batch reversed
     for size in (2, 3, 4):
@@ -184,7 +185,7 @@ def _train(comm, batches, settings: StepSettings, dropout: float = 0.1):
     model, opt, augmenter, x, y = _setup(dropout)
     sums = RunningSums(np)
     for step, batch in enumerate(batches):
-        train_step(model, opt, augmenter, x, y, batch, step, 1e-2, settings, sums, comm)
+        train_step(model, opt, augmenter, DeviceDataset(model.backend, x, y), batch, step, settings, sums, comm)
     loss_sum, correct, nonfinite, _ = sums.read()
     return model.params, tuple(comm.allreduce_scalars([loss_sum, correct, nonfinite]))
 

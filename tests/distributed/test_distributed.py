@@ -344,7 +344,7 @@ def scenario_collectives() -> None:
 
     # Evaluation split across the ranks equals one process's evaluation of the whole split.
     from npvit.data.augment import Augmenter
-    from npvit.distributed.evaluation import evaluate_split
+    from npvit.train.evaluation import evaluate_split
     from npvit.evaluate import evaluate
 
     model = tiny_float64_model()

@@ -19,13 +19,16 @@ import npvit
 from fakecupy import fake_cupy, from_fake, host_syncs, to_fake  # noqa: F401 (fixtures)
 from npvit.train import memory
 from npvit.train import command as train_cli
+from npvit.train import trainer as trainer_module
 from npvit.data.augment import Augmenter
 from npvit.checkpoint import CheckpointError, check_run_settings, load_checkpoint, save_checkpoint
-from npvit.data import load_run_dataset
+from npvit.settings import load_run_dataset
 from npvit.distributed import SingleProcess
 from npvit.optim.ema import WeightEMA, decay_at, ema_update_reference, swap_contents
-from npvit.evaluate import evaluate, model_from_checkpoint
+from npvit.evaluate import evaluate
+from npvit.loading import model_from_checkpoint
 from npvit.optim.adamw import AdamW
+from npvit.data.device import DeviceDataset
 from npvit.train.step import RunningSums, StepSettings, train_step
 
 # The runs of tests/train/test_train.py: the tiny model on 16x16 synthetic images, a few seconds each, 7 steps/epoch.
@@ -203,15 +206,15 @@ def test_gpu_path_training_steps_with_ema_read_nothing_and_equal_numpy(fake_cupy
     for name in ("numpy", "cupy"):
         backend = npvit.get_backend(name)
         model = npvit.ViT(cfg, backend=backend, dtype="float64", seed=5, threads=1)
-        opt = AdamW(model.params, clip_norm=0.5, exclude_from_decay=model.no_decay_names())
+        opt = AdamW(model.params, lr=1e-2, clip_norm=0.5, exclude_from_decay=model.no_decay_names())
         ema = WeightEMA(model.params, 0.9)
         aug = Augmenter(np.full(3, 120.0), np.full(3, 3600.0), image_size=cfg.image_size, flip=False,
                         rotation=0.0, zoom=0.0, dtype="float64")
-        data = npvit.data.device.DeviceDataset(backend, x, y, cfg.num_classes)
+        data = DeviceDataset(backend, x, y, cfg.num_classes)
         sums = RunningSums(backend.xp)
         SYNCS.reset()
         for step in range(3):
-            train_step(model, opt, aug, data.images, data.labels, np.arange(4 * step, 4 * step + 4), step, 1e-2,
+            train_step(model, opt, aug, data, np.arange(4 * step, 4 * step + 4), step,
                        StepSettings(seed=3), sums, ema=ema)
         counts[name] = SYNCS.gets
         averages[name] = (from_fake(ema.weights.flat) if name == "cupy" else ema.weights.flat.copy(),
@@ -236,14 +239,14 @@ def test_train_step_updates_the_average_after_each_optimizer_step(monkeypatch) -
     augmenter = Augmenter(np.full(3, 120.0), np.full(3, 3000.0), image_size=8, dtype="float64")
     sums = RunningSums(np)
     for step in (0, 1, 2, 7):  # the index of the step in the run, as train.py passes it
-        train_step(model, opt, augmenter, x, y, np.arange(4 * (step % 4), 4 * (step % 4) + 4), step, 1e-2,
+        train_step(model, opt, augmenter, DeviceDataset(model.backend, x, y), np.arange(4 * (step % 4), 4 * (step % 4) + 4), step,
                    StepSettings(seed=0), sums, ema=ema)
         ema_update_reference(reference, model.params, decay_at(0.9, step))
         assert all(np.array_equal(ema.weights[n], e) for n, e in reference.items()), step
     before, weights = ema.weights.flat.copy(), model.params.flat.copy()
     real = step_module.cross_entropy_backward
     monkeypatch.setattr(step_module, "cross_entropy_backward", lambda *a: real(*a) * np.nan)
-    train_step(model, opt, augmenter, x, y, np.arange(4), 8, 1e-2, StepSettings(seed=0), sums, ema=ema)
+    train_step(model, opt, augmenter, DeviceDataset(model.backend, x, y), np.arange(4), 8, StepSettings(seed=0), sums, ema=ema)
     assert np.array_equal(model.params.flat, weights) and np.array_equal(ema.weights.flat, before)
     assert sums.read()[2] == 1  # the step was counted as not finite: the run stops there
 
@@ -266,7 +269,7 @@ def test_two_ranks_keep_the_average_of_one_process() -> None:
         opt, ema = AdamW(model.params, lr=1e-2), WeightEMA(model.params, 0.9)
         augmenter = Augmenter(np.full(3, 120.0), np.full(3, 3000.0), image_size=8, dtype="float64")
         for step, batch in enumerate(batches):
-            train_step(model, opt, augmenter, x, y, batch, step, 1e-2, StepSettings(seed=0), RunningSums(np), comm,
+            train_step(model, opt, augmenter, DeviceDataset(model.backend, x, y), batch, step, StepSettings(seed=0), RunningSums(np), comm,
                        ema=ema)
         return ema.weights.flat.copy()
 
@@ -287,10 +290,10 @@ def test_without_ema_nothing_is_made_and_nothing_changes(tmp_path, monkeypatch) 
     """No --ema: no average is built, the files hold what they held before; with --ema the raw weights follow
     the same path bit for bit (the average never feeds back), and their validation numbers are the row's
     *_raw columns."""
-    real = train_cli.WeightEMA
-    monkeypatch.setattr(train_cli, "WeightEMA", lambda *a: pytest.fail("an average was built without --ema"))
+    real = trainer_module.WeightEMA
+    monkeypatch.setattr(trainer_module, "WeightEMA", lambda *a: pytest.fail("an average was built without --ema"))
     assert run(tmp_path, "off", "--epochs", "2")[0] == 0
-    monkeypatch.setattr(train_cli, "WeightEMA", real)
+    monkeypatch.setattr(trainer_module, "WeightEMA", real)
     assert run(tmp_path, "on", "--epochs", "2", "--ema", "0.9")[0] == 0
     off, on = load_checkpoint(tmp_path / "off" / "last.npz"), load_checkpoint(tmp_path / "on" / "last.npz")
     assert off.ema == {} and set(on.ema) == set(on.params)
@@ -321,7 +324,7 @@ def test_best_npz_holds_the_average_and_the_row_validates_it(tmp_path, capsys) -
     assert all(np.array_equal(best.params[k], last.ema[k]) for k in last.params)
     assert not all(np.array_equal(best.params[k], last.params[k]) for k in last.params)
     data = load_run_dataset(last.meta["run"], progress=False)
-    val = train_cli.split_train_val(data.x_train, data.y_train, last.meta["run"]["validation_split"])[2:]
+    val = trainer_module.split_train_val(data.x_train, data.y_train, last.meta["run"]["validation_split"])[2:]
     (row,) = rows(out)
     for ckpt, suffix in ((best, ""), (last, "_raw")):
         model, augmenter = model_from_checkpoint(ckpt)

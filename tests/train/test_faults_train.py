@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 from npvit.train import memory
+from npvit.optim.adamw import AdamW
 from npvit.train import command as train_cli
+from npvit.train import evaluation
 from npvit.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,14 +121,14 @@ def test_nan_validation_loss_stops_before_saving(tmp_path, monkeypatch, capsys) 
     out = tmp_path / "x"
     assert train_cli.main([*TINY, "--epochs", "1", "--out", str(out)]) == 0
     before = {n: (out / n).read_bytes() for n in ("last.npz", "best.npz", "metrics.jsonl")}
-    real = train_cli.evaluate
+    real = evaluation.evaluate
 
     def nan_loss(*args, **kwargs):
         result = real(*args, **kwargs)
         result.loss = float("nan")
         return result
 
-    monkeypatch.setattr(train_cli, "evaluate", nan_loss)
+    monkeypatch.setattr(evaluation, "evaluate", nan_loss)
     assert train_cli.main(["--resume", str(out), "--epochs", "2"]) == 1
     err = capsys.readouterr().err
     assert "the validation loss became nan after step 14" in err
@@ -136,13 +138,13 @@ def test_nan_validation_loss_stops_before_saving(tmp_path, monkeypatch, capsys) 
 
 def test_sigterm_during_validation_stops_after_the_epoch_is_saved(tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "x"
-    real = train_cli.evaluate
+    real = evaluation.evaluate
 
     def terminated_meanwhile(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_cli, "evaluate", terminated_meanwhile)
+    monkeypatch.setattr(evaluation, "evaluate", terminated_meanwhile)
     assert train_cli.main([*TINY, "--epochs", "3", "--out", str(out)]) == 143
     assert f"interrupted after epoch 1, step 7: checkpoint saved to {out / 'last.npz'}" in capsys.readouterr().out
     assert step_of(out / "last.npz") == 7 and len((out / "metrics.jsonl").read_text().splitlines()) == 1
@@ -151,7 +153,7 @@ def test_sigterm_during_validation_stops_after_the_epoch_is_saved(tmp_path, monk
 def test_weights_overflowing_in_an_update_are_never_saved(tmp_path, monkeypatch, capsys) -> None:
     """A finite gradient whose update overflows the weights is caught when the weights are read for saving."""
     out = tmp_path / "x"
-    real_step = train_cli.AdamW.step
+    real_step = AdamW.step
 
     def overflowing(self, grads):
         norm = real_step(self, grads)
@@ -159,8 +161,8 @@ def test_weights_overflowing_in_an_update_are_never_saved(tmp_path, monkeypatch,
             next(iter(self.params.values()))[...] = np.inf
         return norm
 
-    monkeypatch.setattr(train_cli.AdamW, "step", overflowing)
-    monkeypatch.setattr(train_cli, "evaluate", lambda *a, **k: pytest.fail("validated non-finite weights"))
+    monkeypatch.setattr(AdamW, "step", overflowing)
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: pytest.fail("validated non-finite weights"))
     assert train_cli.main([*TINY, "--epochs", "2", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "the parameters or AdamW moments became non-finite" in err
@@ -303,7 +305,7 @@ def test_memory_error_in_a_real_process_is_a_clear_message(tmp_path) -> None:
             "from npvit.train import main; resource.setrlimit(resource.RLIMIT_AS, (1024 << 20, 1024 << 20)); "
             f"sys.exit(main({flags!r}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=120)
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 3, result.stderr
     assert "out of memory while training (a step at batch 2000 needs about" in result.stderr
     assert "a lower --batch-size, e.g. 1000" in result.stderr and "Traceback" not in result.stderr
 

@@ -27,6 +27,8 @@ from npvit.config import ViTConfig
 from npvit.model import ViT
 from npvit.optim.adamw import AdamW
 from npvit.train.state import EpochTotals, RunState
+from npvit.data.device import DeviceDataset
+from npvit.train.loop import ReadSchedule
 from npvit.train.step import RunningSums, StepSettings, train_step
 from npvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -208,7 +210,7 @@ def test_help_shows_every_default_from_the_settings_table(capsys) -> None:
             assert f"(default from --preset; keras: {settings_module.show(keras_value)})" in text
         elif s.kind != "bool" and s.default is not None:
             assert f"{s.help} (default {settings_module.show(s.default)})" in text, s.name
-    assert "Exit status: 0 the run finished" in text and "143 SIGTERM" in text
+    assert "Exit status (npvit.cli.status" in text and "0 the run finished" in text and "143 SIGTERM" in text
 
 
 def test_help_follows_a_changed_default(monkeypatch) -> None:
@@ -341,7 +343,7 @@ def test_train_step_data_parallel_equals_one_process(dropout) -> None:
                               rotation=0.05 if randomness else 0.0, zoom=0.2 if randomness else 0.0, dtype="float64")
         sums = RunningSums(np)
         for step, batch in enumerate(batches):
-            train_step(model, opt, augmenter, x, y, batch, step, 1e-2, settings, sums, comm)
+            train_step(model, opt, augmenter, DeviceDataset(model.backend, x, y), batch, step, settings, sums, comm)
         loss_sum, correct, nonfinite, _ = sums.read()
         return model.params, tuple(comm.allreduce_scalars([loss_sum, correct, nonfinite]))
 
@@ -384,10 +386,10 @@ def test_memory_estimate_is_a_close_upper_bound_of_the_measured_peak() -> None:
         x = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
         y = np.arange(batch) % 10
         sums = RunningSums(np)
-        train_step(model, opt, augmenter, x, y, np.arange(batch), 0, 1e-3, settings, sums)
+        train_step(model, opt, augmenter, DeviceDataset(model.backend, x, y), np.arange(batch), 0, settings, sums)
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
-        train_step(model, opt, augmenter, x, y, np.arange(batch), 1, 1e-3, settings, sums)
+        train_step(model, opt, augmenter, DeviceDataset(model.backend, x, y), np.arange(batch), 1, settings, sums)
         peak = tracemalloc.get_traced_memory()[1] - base
         tracemalloc.stop()
         measured = peak + 4 * model.num_params() * 4  # the step's peak, plus parameters, gradients, moments
@@ -397,7 +399,7 @@ def test_memory_estimate_is_a_close_upper_bound_of_the_measured_peak() -> None:
 
 
 def test_read_schedule_reads_about_every_half_second() -> None:
-    schedule = train_cli.ReadSchedule(seconds=0.5)
+    schedule = ReadSchedule(seconds=0.5)
     schedule.start(10)
     assert not schedule.due(10) and schedule.due(11)
     schedule.update(11, seconds_per_step=0.01)

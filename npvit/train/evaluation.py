@@ -12,18 +12,18 @@ the loss sum differs from one process's only in the order of float64 additions.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from ..distributed.communicator import Communicator
+from ..distributed.split import rank_slice
 from ..evaluate import EvalResult, evaluate
-from .communicator import Communicator
-from .split import rank_slice
 
 
 def evaluate_split(comm: Communicator, model: Any, augmenter: Any, images: np.ndarray, labels: np.ndarray,
                    batch_size: int = 256, progress: bool = False, label: str = "eval",
-                   evaluate: Callable[..., EvalResult] = evaluate, flip: bool = False) -> EvalResult:
+                   flip: bool = False) -> EvalResult:
     """``evaluate`` (:func:`npvit.evaluate.evaluate`) over ``images``/``labels`` (the whole split, on every
     rank), each rank taking its part; every rank gets the result for the whole split. Rank 0 alone shows
     progress. One process gets ``evaluate``'s own result. ``flip``: test-time flip, as ``evaluate``'s."""
