@@ -8,9 +8,10 @@ onnxruntime, torch autograd). safetensors and onnx come from the ``interop`` ext
 """
 
 from .errors import InteropError, MissingInteropExtra
+from .export import export
 from .load import load_timm
 from .preprocess import Preprocess, imagenet_class_names
 from .resample import resample_pos_embed
 
-__all__ = ["InteropError", "MissingInteropExtra", "Preprocess", "imagenet_class_names", "load_timm",
+__all__ = ["InteropError", "MissingInteropExtra", "Preprocess", "export", "imagenet_class_names", "load_timm",
            "resample_pos_embed"]

@@ -92,7 +92,7 @@ def load_timm(source: str | os.PathLike | Mapping[str, Any], arch: str | None, *
         state["head.bias"] = rng.uniform(-bound, bound, size=num_classes)
     model = ViT(cfg, backend=backend, dtype=dtype, seed=seed)
     shapes = {n: tuple(p.shape) for n, p in model.params.items()}
-    _check_names(state, shapes, cfg, weights.name)
+    check_timm_names(state, shapes, cfg, weights.name)
     model.load_params(from_timm(state, list(shapes), cfg))
     if isinstance(preprocess, Preprocess):
         model.preprocess = preprocess
@@ -153,8 +153,10 @@ def _check_arch(found: dict[str, Any], base: ViTConfig, arch: str, name: str) ->
         raise InteropError(f"{name} does not hold {arch}: its {', '.join(wrong)}{hint}")
 
 
-def _check_names(state: Mapping[str, np.ndarray], shapes: dict[str, tuple[int, ...]], cfg: ViTConfig,
-                 name: str) -> None:
+def check_timm_names(state: Mapping[str, np.ndarray], shapes: dict[str, tuple[int, ...]], cfg: ViTConfig,
+                     name: str) -> None:
+    """InteropError unless ``state`` holds exactly timm's names of the npvit parameters ``shapes`` (name ->
+    npvit shape), each with its timm shape and floating-point numbers."""
     expected = {timm_name(n): timm_shape(n, s, cfg) for n, s in shapes.items()}
     extra = sorted(set(state) - set(expected))
     for marker, what in EXTRAS.items():
