@@ -60,7 +60,7 @@ class _Graph:
 
 def onnx_model(params: dict[str, Any], cfg: ViTConfig, metadata: dict[str, str] | None = None) -> Any:
     """The ``onnx.ModelProto`` of a model with ``params`` (npvit names and layouts) and config ``cfg``."""
-    onnx = require("onnx", "exporting .onnx files")
+    require("onnx", "exporting .onnx files")
     from onnx import TensorProto, helper, numpy_helper
 
     g = _Graph(helper, numpy_helper)
@@ -113,8 +113,7 @@ def onnx_model(params: dict[str, Any], cfg: ViTConfig, metadata: dict[str, str] 
     for key, value in (metadata or {}).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.checker.check_model(model)
-    return model
+    return model  # onnx.checker passes it (tests/interop); checking here would cost seconds on a large model
 
 
 def _dense(g: _Graph, w: dict, x: str, prefix: str) -> str:
