@@ -30,3 +30,12 @@ def backend(request: pytest.FixtureRequest) -> npvit.Backend:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001  (pytest's hook)
+    """The worst differences the interop tests measured against the other libraries, one line per bridge."""
+    worst = getattr(sys.modules.get("timm_models"), "WORST", None)
+    if worst:
+        terminalreporter.section("worst relative differences, npvit against the other side")
+        for bridge, value in sorted(worst.items()):
+            terminalreporter.write_line(f"{value:9.2e}  {bridge}")

@@ -15,7 +15,7 @@ import npvit
 from npvit import ViT, ViTConfig
 from npvit.config import PRESETS
 from npvit.interop import InteropError, MissingInteropExtra
-from timm_models import relative
+from timm_models import measured, relative
 
 ONNX = 1e-5
 
@@ -63,7 +63,8 @@ def test_onnx_runs_in_onnxruntime_as_npvit(tmp_path: Path, name: str) -> None:
         x = rng.standard_normal((batch, cfg.image_size, cfg.image_size, cfg.channels)).astype(np.float32)
         (logits,) = session.run(["logits"], {"images": x})
         assert logits.shape == (batch, cfg.num_classes)
-        assert relative(logits, model.forward(x)) <= ONNX
+        assert measured("ONNX in onnxruntime against npvit float32: logits", relative(logits, model.forward(x))) \
+            <= ONNX
 
 
 def test_timm_loads_the_safetensors_export_strictly(tmp_path: Path) -> None:
@@ -81,7 +82,8 @@ def test_timm_loads_the_safetensors_export_strictly(tmp_path: Path) -> None:
         for name, p in model.params.items():
             assert np.array_equal(again.params[name], p), name
         x = np.random.default_rng(0).standard_normal((2, 32, 32, 3))
-        assert relative(again.forward(x), timm_logits(theirs, x)) <= 1e-10
+        assert measured("npvit .safetensors export -> timm.create_model: logits, float64",
+                        relative(again.forward(x), timm_logits(theirs, x))) <= 1e-10
 
 
 @pytest.mark.parametrize("preset", ["tiny", "fast"])
@@ -111,14 +113,16 @@ def test_pt_state_dicts_load_strictly(tmp_path: Path) -> None:
     peer.load_state_dict(state, strict=True)
     x = np.random.default_rng(0).standard_normal((2, 8, 8, 3))
     with torch.no_grad():
-        assert relative(model.forward(x), peer.eval()(torch.from_numpy(x)).numpy()) <= 1e-12
+        assert measured(".pt export -> TorchViT: logits, float64",
+                        relative(model.forward(x), peer.eval()(torch.from_numpy(x)).numpy())) <= 1e-12
     timm = pytest.importorskip("timm", reason="timm is not installed")
     from timm_models import timm_logits
 
     model = perturbed(timm_config(), dtype="float64")
     theirs = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2).double()
     theirs.load_state_dict(torch.load(npvit.export(model, tmp_path / "timm.pt"), weights_only=True), strict=True)
-    assert relative(model.forward(x.repeat(4, 1).repeat(4, 2)), timm_logits(theirs, x.repeat(4, 1).repeat(4, 2))) \
+    x = x.repeat(4, 1).repeat(4, 2)  # 32x32
+    assert measured(".pt export -> timm: logits, float64", relative(model.forward(x), timm_logits(theirs, x))) \
         <= 1e-10
 
 

@@ -18,7 +18,7 @@ pytest.importorskip("safetensors", reason="safetensors is not installed: pip ins
 import npvit  # noqa: E402
 from npvit.interop.google_npz import timm_to_google  # noqa: E402
 from npvit.interop.timm_names import to_timm  # noqa: E402
-from timm_models import random_timm, relative, save_safetensors, state_arrays, timm_logits  # noqa: E402
+from timm_models import measured, random_timm, relative, save_safetensors, state_arrays, timm_logits  # noqa: E402
 
 LOGITS = 1e-10
 GRADIENTS = 1e-9
@@ -47,7 +47,8 @@ def test_logits_match_timm_in_float64(tmp_path: Path, case: str) -> None:
     assert model.config.depth == 2 and model.config.image_size == kwargs["img_size"]
     assert model.config.has_class_token == kwargs.get("class_token", True)
     x = images(kwargs["img_size"])
-    assert relative(model.forward(x), timm_logits(tm, x)) <= LOGITS
+    assert measured("timm .safetensors -> npvit: logits, float64", relative(model.forward(x), timm_logits(tm, x))) \
+        <= LOGITS
 
 
 def test_logits_match_timm_at_the_real_size() -> None:
@@ -56,7 +57,8 @@ def test_logits_match_timm_at_the_real_size() -> None:
     model = npvit.load_timm(tm.state_dict(), "vit_tiny_patch16_224", dtype="float64")
     assert (model.config.depth, model.config.num_tokens, model.num_params()) == (12, 197, 5_717_416)
     x = images(224)
-    assert relative(model.forward(x), timm_logits(tm, x)) <= LOGITS
+    assert measured("timm -> npvit at 224x224, 12 blocks: logits, float64",
+                    relative(model.forward(x), timm_logits(tm, x))) <= LOGITS
 
 
 def test_float32_model_is_close(tmp_path: Path) -> None:
@@ -65,7 +67,8 @@ def test_float32_model_is_close(tmp_path: Path) -> None:
     model = npvit.load_timm(save_safetensors(tm, tmp_path / "m.safetensors"), arch)
     assert model.dtype == np.float32
     x = images(32)
-    assert relative(model.forward(x.astype(np.float32)), timm_logits(tm, x)) <= 1e-5
+    assert measured("timm -> npvit float32: logits against timm's float64",
+                    relative(model.forward(x.astype(np.float32)), timm_logits(tm, x))) <= 1e-5
 
 
 def test_google_npz_layout_is_the_one_timm_reads(tmp_path: Path) -> None:
@@ -84,7 +87,8 @@ def test_google_npz_layout_is_the_one_timm_reads(tmp_path: Path) -> None:
         assert torch.equal(fresh.state_dict()[name], value), name
     model = npvit.load_timm(path, arch, dtype="float64")
     x = images(32)
-    assert relative(model.forward(x), timm_logits(tm, x)) <= LOGITS
+    assert measured("Google .npz -> npvit: logits, float64", relative(model.forward(x), timm_logits(tm, x))) \
+        <= LOGITS
 
 
 def test_google_npz_with_the_training_prefix_and_a_pre_logits_layer(tmp_path: Path) -> None:
@@ -122,9 +126,10 @@ def test_resampled_position_embedding_is_timms(tmp_path: Path, kind: str) -> Non
     pos = np.asarray(model.params["pos_embed"])
     expected = theirs.pos_embed.detach().double().numpy()[0]
     assert np.array_equal(pos[0], expected[0])  # the class position is kept as it is
-    assert relative(pos, expected) <= 2e-6  # timm resamples in float32
+    assert measured(f"resampled pos_embed ({kind}) against timm's (float32 inside)", relative(pos, expected)) <= 2e-6
     x = images(64)
-    assert relative(model.forward(x), timm_logits(theirs, x)) <= RESAMPLED
+    assert measured(f"resampled model ({kind}): logits against timm's", relative(model.forward(x),
+                                                                               timm_logits(theirs, x))) <= RESAMPLED
 
 
 def test_new_head_is_a_reset_classifier(tmp_path: Path) -> None:
@@ -166,8 +171,9 @@ def test_gradients_of_one_step_match_torch_autograd(tmp_path: Path, case: str) -
     theirs = {k: p.grad.numpy() for k, p in tm.named_parameters()}
     assert set(ours) == set(theirs)
     for name, g in theirs.items():
-        assert relative(ours[name], g) <= GRADIENTS, name
-    assert relative(dimages, tx.grad.numpy().transpose(0, 2, 3, 1)) <= GRADIENTS
+        assert measured("gradients of one step against torch autograd", relative(ours[name], g)) <= GRADIENTS, name
+    assert measured("gradients of one step against torch autograd",
+                    relative(dimages, tx.grad.numpy().transpose(0, 2, 3, 1))) <= GRADIENTS
 
 
 def test_preprocessing_comes_with_the_model(tmp_path: Path) -> None:

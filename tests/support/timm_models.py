@@ -52,3 +52,13 @@ def relative(a: Any, b: Any) -> float:
     """max |a - b| / max |b|."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+WORST: dict[str, float] = {}
+"""Bridge -> the worst relative difference measured in this session (printed at the end of the test run)."""
+
+
+def measured(bridge: str, value: float) -> float:
+    """Record ``value`` for ``bridge`` (the worst one is kept) and return it, for an assert."""
+    WORST[bridge] = max(WORST.get(bridge, 0.0), float(value))
+    return float(value)
