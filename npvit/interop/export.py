@@ -47,8 +47,8 @@ def export(model: Any, path: str | os.PathLike, *, class_names: Sequence[str] | 
     """Write ``model`` (an npvit.ViT) to ``path`` in the format its suffix names; returns the path.
 
     ``class_names``, ``normalization`` ({"mean": [...], "variance": [...]}, a run's input statistics) and
-    ``run`` (the run's settings) go into the metadata, so that ``npvit.load`` rebuilds the model with them. Raises InteropError for an unknown suffix, MissingInteropExtra when the format's
-    library is missing.
+    ``run`` (the run's settings) go into the metadata, so that ``npvit.load`` rebuilds the model with them.
+    Raises InteropError for an unknown suffix, MissingInteropExtra when the format's library is missing.
     """
     path = Path(path)
     suffix = path.suffix.lower()

@@ -7,9 +7,9 @@
 
 ``arch`` fixes what the arrays' shapes cannot (the number of heads); the file's width and patch size must be
 the arch's. The file decides the rest: its depth, a class token or none, the norm before or after the pooling
-(``fc_norm``), the image size its position embedding was trained at. ``num_classes`` other than the file's gives a new head,
-initialised as timm's ``reset_classifier`` does (torch's Linear default: weight and bias uniform within
-1 / sqrt(width)); ``image_size`` other than the file's resamples the position embedding as timm does (bicubic
+(``fc_norm``), the image size its position embedding was trained at. ``num_classes`` other than the file's
+gives a new head, initialised as timm's ``reset_classifier`` does (torch's Linear default: weight and bias
+uniform within 1 / sqrt(width)); ``image_size`` other than the file's resamples the position embedding as timm does (bicubic
 with antialiasing for timm's files, bilinear for Google's; the class position kept). The model's
 ``preprocess`` is the arch's timm preprocessing (npvit.interop.preprocess), at the model's image size.
 """

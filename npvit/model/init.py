@@ -1,4 +1,5 @@
-"""Weight initializers with Keras' defaults (and timm's, for the timm arrangement), drawn on the host in float64 from a seeded NumPy generator.
+"""Weight initializers with Keras' defaults (and timm's, for the timm arrangement), drawn on the host in
+float64 from a seeded NumPy generator.
 
 Drawing on the host makes a seed give the same initial weights on every backend and in every dtype; the
 arrays are then cast and copied to the backend once.
