@@ -83,3 +83,13 @@ def test_bad_input_is_one_line_and_status_2(run: Path, tmp_path: Path, capsys: p
     assert export_main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_an_export_without_a_run_is_not_evaluated(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from npvit.evaluate import main as evaluate_main
+
+    model = npvit.ViT(npvit.ViTConfig.tiny())
+    path = npvit.export(model, tmp_path / "bare.safetensors",
+                        normalization={"mean": [0.0] * 3, "variance": [1.0] * 3})
+    assert evaluate_main([str(path)]) == 2
+    assert "records no run" in capsys.readouterr().err
