@@ -15,7 +15,7 @@ from .errors import require
 from .timm_names import timm_expressible, to_timm
 
 
-def torch_viT_name(name: str) -> str:
+def torch_peer_name(name: str) -> str:
     """TorchViT's name of npvit parameter ``name``: ``.w``/``.gamma`` -> ``.weight``, ``.b``/``.beta`` -> ``.bias``."""
     prefix, _, last = name.rpartition(".")
     if last in ("w", "gamma"):
@@ -30,7 +30,7 @@ def torch_state(params: dict[str, Any], cfg: ViTConfig) -> dict[str, np.ndarray]
     host = {n: np.ascontiguousarray(to_numpy(p)) for n, p in params.items()}
     if timm_expressible(cfg):
         return to_timm(host, cfg)
-    return {torch_viT_name(n): np.ascontiguousarray(p.T if n.endswith(".w") else p) for n, p in host.items()}
+    return {torch_peer_name(n): np.ascontiguousarray(p.T if n.endswith(".w") else p) for n, p in host.items()}
 
 
 def torch_bytes(params: dict[str, Any], cfg: ViTConfig) -> bytes:

@@ -61,12 +61,11 @@ def _patch_from_timm(w: np.ndarray, cfg: ViTConfig) -> np.ndarray:
 def _layouts(cfg: ViTConfig) -> dict[str, tuple[Callable, Callable]]:
     """npvit name -> (to timm's layout, from timm's layout) for every parameter that is not stored alike."""
     d = cfg.dim
-    out: dict[str, tuple[Callable, Callable]] = {
+    return {
         "patch_embed.proj.w": (lambda w: _patch_to_timm(w, cfg), lambda w: _patch_from_timm(w, cfg)),
         "cls_token": (lambda w: w.reshape(1, 1, d), lambda w: w.reshape(d)),
         "pos_embed": (lambda w: w.reshape(1, -1, d), lambda w: w.reshape(-1, d)),
     }
-    return out
 
 
 def to_timm(params: Mapping[str, Array], cfg: ViTConfig) -> dict[str, np.ndarray]:
