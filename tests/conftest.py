@@ -36,3 +36,12 @@ def rng() -> np.random.Generator:
 def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The dataset cache in a temporary folder: a test never reads or fills the user's real one."""
     monkeypatch.setenv("NPVIT_CACHE", str(tmp_path / "default-cache"))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001  (pytest's hook)
+    """The worst differences the interop tests measured against the other libraries, one line per bridge."""
+    worst = getattr(sys.modules.get("timm_models"), "WORST", None)
+    if worst:
+        terminalreporter.section("worst relative differences, npvit against the other side")
+        for bridge, value in sorted(worst.items()):
+            terminalreporter.write_line(f"{value:9.2e}  {bridge}")

@@ -35,6 +35,7 @@ from ..settings import UsageError, model_config
 from . import memory
 from .evaluation import evaluate_split
 from .folder import MetricsLog, RunFolder
+from .pretrained import arch_normalization, pretrained_model
 from .signals import StopSignals
 from .state import RunState
 from .tensorboard import TensorBoardLog
@@ -163,7 +164,15 @@ class Trainer:
         self.cfg = cfg = (model_config(s, data.num_classes) if self.recorded_model is None
                           else recorded_config(self.recorded_model, self.folder.config))
         check_labels(data.y_train, data.num_classes)  # once, on the host
-        mean, variance = channel_stats(data.x_train)  # Keras adapt(x_train): before the validation split
+        pretrained = None
+        if s["init_from"] is not None and self.recorded_model is None:  # a new run from pretrained weights
+            self.phase = "reading the pretrained weights"
+            pretrained = pretrained_model(s, cfg)
+            self.cfg = cfg = pretrained.config  # the file's details (class token, depth, norm placement)
+        if s["arch"] is not None:  # a timm model sees its images normalised as timm normalises them
+            mean, variance = arch_normalization(s["arch"])
+        else:
+            mean, variance = channel_stats(data.x_train)  # Keras adapt(x_train): before the validation split
         x_train, y_train, x_val, y_val = split_train_val(data.x_train, data.y_train, s["validation_split"])
         if s["train_subset"] is not None:
             x_train, y_train = x_train[: s["train_subset"]], y_train[: s["train_subset"]]
@@ -177,6 +186,9 @@ class Trainer:
         # processes takes its own share of the cores.
         self.model = model = ViT(cfg, backend=self.backend, dtype=s["dtype"], seed=s["seed"],
                                  threads=s["threads"] or distributed.threads_per_process(comm))
+        if pretrained is not None:
+            model.load_params(pretrained.params)
+            del pretrained
         self.opt = AdamW(model.params, lr=s["learning_rate"], weight_decay=s["weight_decay"], epsilon=s["epsilon"],
                          decay_convention=s["decay_convention"], clip_norm=s["clip_norm"],
                          exclude_from_decay=model.no_decay_names() if s["exclude_from_decay"] else ())

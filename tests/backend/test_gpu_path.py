@@ -335,8 +335,13 @@ def test_multi_head_attention_gpu_path(fake_cupy) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ model
-def test_model_forward_backward_gpu_path_equals_numpy(fake_cupy, host_syncs) -> None:
-    cfg = dataclasses.replace(npvit.ViTConfig.tiny(), dropout=0.0, attention_dropout=0.0, head_dropout=0.0)
+@pytest.mark.parametrize("layout", [{}, dict(arrangement="timm", pool="cls"),
+                                    dict(arrangement="timm", pool="gap", class_token=True, fc_norm=True),
+                                    dict(pool="gap", fc_norm=True)])
+def test_model_forward_backward_gpu_path_equals_numpy(fake_cupy, host_syncs, layout) -> None:
+    """The Keras arrangement, timm's (token and avg pooling), and the norm after the pooling."""
+    cfg = dataclasses.replace(npvit.ViTConfig.tiny(), dropout=0.0, attention_dropout=0.0, head_dropout=0.0,
+                              **layout)
     rng = np.random.default_rng(5)
     images, dlogits = rng.standard_normal((3, 8, 8, 3)), rng.standard_normal((3, cfg.num_classes))
     cpu = npvit.ViT(cfg, backend="numpy", dtype="float64", seed=2, threads=1)

@@ -187,6 +187,14 @@ def test_overlapping_patches_match_torch(overlap: int) -> None:
     assert_step_matches_torch(cfg, model_seed=5, batch_seed=6)
 
 
+@pytest.mark.parametrize("layout", [dict(arrangement="timm", pool="cls"),
+                                    dict(arrangement="timm", pool="gap", class_token=True, fc_norm=True),
+                                    dict(pool="gap", fc_norm=True)])
+def test_timm_arrangement_and_fc_norm_match_torch(layout: dict) -> None:
+    """No GELU after the block MLP's last layer, the final norm after the pooling, gap beside a class token."""
+    assert_step_matches_torch(replace(make_config("cls", "erf"), **layout), model_seed=7, batch_seed=8)
+
+
 # ---- AdamW -------------------------------------------------------------------------------------------------
 LR, WEIGHT_DECAY, EPS, STEPS = 1e-2, 0.05, 1e-8, 5
 CLIP_NORM = 2.5  # within the range of this run's gradient norms (about 1.9 to 6.1): some steps clip, some not
