@@ -140,7 +140,7 @@ def attention_core_backward(
             if mask is not None:
                 dv[sl] *= drop_scale
                 xp.multiply(dpt, mask, out=dpt)  # dropout's backward, but for the factor
-            dst = softmax_backward(dpt, p_c, axis=-2, out=dpt)  # dS^T, in place: dP^T is not needed again
+            dst = softmax_backward(dpt, (p_c, -2), out=dpt)  # dS^T, in place: dP^T is not needed again
             xp.matmul(dst, q[sl], out=dk[sl])  # dK = dS^T (Q / sqrt(d))
             dk[sl] *= scale * drop_scale
             xp.matmul(dst.swapaxes(-1, -2), k[sl], out=dq[sl])  # dQ = dS K / sqrt(d)
@@ -152,7 +152,7 @@ def attention_core_backward(
         dp = xp.matmul(do[sl], v[sl].swapaxes(-1, -2))  # dA = dO V^T
         if mask is not None:
             xp.multiply(dp, mask, out=dp)
-        ds = softmax_backward(dp, p_c, axis=-1, out=dp)  # dS, in place
+        ds = softmax_backward(dp, (p_c, -1), out=dp)  # dS, in place
         xp.multiply(xp.matmul(ds, k[sl]), scale * drop_scale, out=dq[sl])  # dQ = dS K / sqrt(d)
         dkt = xp.matmul(q[sl].swapaxes(-1, -2), ds)  # dK^T = (Q / sqrt(d))^T dS
         xp.multiply(dkt.swapaxes(-1, -2), scale * drop_scale, out=dk[sl])

@@ -37,6 +37,6 @@ class Mlp:
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: list) -> Array:
         for layer, (c_dense, c_gelu, c_drop) in zip(reversed(self.layers), reversed(cache)):
-            dy = gelu_backward(dropout_backward(dy, c_drop), c_gelu, self.gelu)
+            dy = gelu_backward(dropout_backward(dy, c_drop), c_gelu)
             dy = layer.backward(params, grads, dy, c_dense)
         return dy
