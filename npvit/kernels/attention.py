@@ -211,6 +211,9 @@ def mha_backward(
     dy: Array, cache: AttentionCache, w_qkv: Array, w_out: Array
 ) -> tuple[Array, Array, Array, Array, Array]:
     """Gradients of mha_forward: returns (dx, dw_qkv, db_qkv, dw_out, db_out)."""
+    if not (isinstance(cache, tuple) and len(cache) == 3):
+        raise TypeError("mha_backward needs the cache of npvit.kernels.mha_forward (the reference's "
+                        "attention_forward cache goes to npvit.reference.attention_backward)")
     c_qkv, c_core, c_out = cache
     do, dw_out, db_out = dense_backward(dy, c_out, w_out)
     b, n, hd = do.shape
