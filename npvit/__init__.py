@@ -24,6 +24,7 @@ from .gradcheck import GradcheckResult, gradcheck
 from .kernels import cross_entropy_backward, cross_entropy_forward
 from .loading import LoadedModel, load
 from .model import ViT
+from .model.check import gradcheck_model
 from .optim.adamw import AdamW
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "get_array_module",
     "get_backend",
     "gradcheck",
+    "gradcheck_model",
     "load",
     "__version__",
 ]
