@@ -15,7 +15,10 @@ Conventions:
 - Shapes: B batch, S image side, C channels, P patch side, N patches, T tokens (N, or N + 1 with a class
   token), D token width, h heads, d key width, U a hidden width, K classes.
 - Every layer is a pair ``<name>_forward(...) -> (output, cache)`` and ``<name>_backward(doutput, cache,
-  ...) -> gradients``; the cache holds what the backward pass needs. ``dz`` is dLoss/dz, shaped like z.
+  ...) -> gradients``; the cache holds what the backward pass needs, the settings the forward pass was called
+  with included (a GELU's kind, a softmax's axis, a layer's name, the configuration): only parameters are
+  passed to both. ``dz`` is dLoss/dz, shaped like z. The functions with a twin in ``npvit.kernels`` are
+  called like it (docs/math.md, section 15, "Twins").
 - Parameter names are timm's: ``patch_embed``, ``cls_token``, ``pos_embed``, ``blocks.{i}.norm1``,
   ``blocks.{i}.attn`` (``qkv``, ``proj``), ``blocks.{i}.norm2``, ``blocks.{i}.mlp`` (``fc0``, ``fc1``), ``norm``,
   ``head`` (``fc0`` ... and ``out``).
@@ -400,7 +403,7 @@ def attention_backward(
 def mlp_forward(
     params: Mapping[str, Array], prefix: str, x: Array, layers: int, gelu: str, rate: float,
     masks: Masks | None,
-) -> tuple[Array, list]:
+) -> tuple[Array, tuple]:
     """The Keras example's ``mlp``: for each layer i, Dense (``{prefix}.fc{i}``) -> GELU -> Dropout
     (``{prefix}.drop{i}``), the last layer included.   x (..., I) -> (..., U_last)."""
     caches = []
@@ -411,16 +414,17 @@ def mlp_forward(
         keep = draw_keep(masks, f"{prefix}.drop{i}", x.shape, rate)  # (..., U_i) or None
         x, c_drop = dropout_forward(x, site_rate(keep, rate), mask=keep)  # (..., U_i)
         caches.append((c_fc, c_gelu, c_drop))
-    return x, caches
+    return x, (prefix, caches)
 
 
 # The layers in reverse, each one's three steps in reverse: dropout, GELU, dense.
 def mlp_backward(
-    dy: Array, cache: list, params: Mapping[str, Array], prefix: str, grads: Params
+    dy: Array, cache: tuple, params: Mapping[str, Array], grads: Params
 ) -> Array:
     """Gradient of mlp_forward: returns dx and writes ``grads[{prefix}.fc{i}.w / .b]``."""
-    for i in reversed(range(len(cache))):
-        c_fc, c_gelu, c_drop = cache[i]
+    prefix, caches = cache  # the layers' names come with their caches
+    for i in reversed(range(len(caches))):
+        c_fc, c_gelu, c_drop = caches[i]
         name = f"{prefix}.fc{i}"
         dy = dropout_backward(dy, c_drop)  # (..., U_i)
         dy = gelu_backward(dy, c_gelu)  # (..., U_i)
@@ -457,18 +461,18 @@ def block_forward(
     keep = draw_keep(masks, f"{p}.drop_path2", (batch, 1, 1), rate)  # (B, 1, 1) or None
     h, c_dp2 = drop_path_forward(h, site_rate(keep, rate), mask=keep)  # (B, T, D)
     y = x + h  # (B, T, D)  residual
-    return y, (c_norm1, c_attn, c_dp1, c_norm2, c_mlp, c_dp2)
+    return y, (i, c_norm1, c_attn, c_dp1, c_norm2, c_mlp, c_dp2)
 
 
 # At a residual sum z = u + f(u) the gradient reaches u along both paths, so they add: du = dz + J_f^T dz.
 def block_backward(
-    dy: Array, cache: tuple, params: Mapping[str, Array], i: int, grads: Params
+    dy: Array, cache: tuple, params: Mapping[str, Array], grads: Params
 ) -> Array:
     """Gradient of block_forward: returns dx and writes the gradients of ``blocks.{i}.*`` into ``grads``."""
-    c_norm1, c_attn, c_dp1, c_norm2, c_mlp, c_dp2 = cache
+    i, c_norm1, c_attn, c_dp1, c_norm2, c_mlp, c_dp2 = cache  # the block's index comes with its cache
     p = f"blocks.{i}"
     dh = drop_path_backward(dy, c_dp2)  # (B, T, D)
-    dh = mlp_backward(dh, c_mlp, params, f"{p}.mlp", grads)  # (B, T, D)
+    dh = mlp_backward(dh, c_mlp, params, grads)  # (B, T, D)
     dh, grads[f"{p}.norm2.gamma"], grads[f"{p}.norm2.beta"] = layernorm_backward(
         dh, c_norm2, params[f"{p}.norm2.gamma"])  # (B, T, D)
     dx = dy + dh  # (B, T, D)  both paths of the second residual
@@ -530,7 +534,7 @@ def head_backward(dlogits: Array, cache: tuple, params: Mapping[str, Array], gra
     c_drop, c_mlp, c_out = cache
     dh, grads["head.out.w"], grads["head.out.b"] = dense_backward(
         dlogits, c_out, params["head.out.w"])  # (B, U_last)
-    dh = mlp_backward(dh, c_mlp, params, "head", grads)  # (B, F)
+    dh = mlp_backward(dh, c_mlp, params, grads)  # (B, F)
     return dropout_backward(dh, c_drop)  # (B, F)
 
 
@@ -555,23 +559,23 @@ def vit_forward(
     t, c_norm = layernorm_forward(t, params["norm.gamma"], params["norm.beta"], cfg.ln_eps)  # (B, T, D)
     pooled, c_pool = pool_forward(t, cfg.pool)  # (B, T*D) for flatten, else (B, D)
     logits, c_head = head_forward(params, pooled, cfg, masks)  # (B, K)
-    return logits, (c_embed, c_blocks, c_norm, c_pool, c_head)
+    return logits, (cfg, c_embed, c_blocks, c_norm, c_pool, c_head)
 
 
 # The forward pass in reverse. pos_embed was added to every image: its gradient is the sum over the batch;
 # the class token was copied in front of every image: its gradient is the sum of token 0's over the batch.
 def vit_backward(
-    dlogits: Array, cache: tuple, params: Mapping[str, Array], cfg: ViTConfig
+    dlogits: Array, cache: tuple, params: Mapping[str, Array]
 ) -> tuple[Params, Array]:
     """Gradients of vit_forward: (grads, dimages), ``grads`` keyed like ``params``."""
-    c_embed, c_blocks, c_norm, c_pool, c_head = cache
+    cfg, c_embed, c_blocks, c_norm, c_pool, c_head = cache  # the configuration comes with the cache
     grads: Params = {}
     dpooled = head_backward(dlogits, c_head, params, grads)  # (B, F)
     dt = pool_backward(dpooled, c_pool)  # (B, T, D)
     dt, grads["norm.gamma"], grads["norm.beta"] = layernorm_backward(
         dt, c_norm, params["norm.gamma"])  # (B, T, D)
     for i in reversed(range(cfg.depth)):
-        dt = block_backward(dt, c_blocks[i], params, i, grads)  # (B, T, D)
+        dt = block_backward(dt, c_blocks[i], params, grads)  # (B, T, D)
     grads["pos_embed"] = dt.sum(axis=0)  # (T, D)
     if cfg.pool == "cls":
         grads["cls_token"] = dt[:, 0].sum(axis=0)  # (D,)
@@ -764,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         masks = keyed_masks(int(seeds.integers(2**63)))
         logits, cache = vit_forward(params, images, cfg, masks)  # dropout on: training
         loss, c_loss = cross_entropy_forward(logits, labels)
-        grads, _ = vit_backward(cross_entropy_backward(c_loss), cache, params, cfg)
+        grads, _ = vit_backward(cross_entropy_backward(c_loss), cache, params)
         norm = adamw_step(params, grads, state, lr=args.lr)
         print(f"step {step:3d}  loss {float(loss):.4f}  grad norm {norm:.3f}", flush=True)
     logits, _ = vit_forward(params, images, cfg)  # inference: no dropout

@@ -163,7 +163,7 @@ def test_mlp_gradients(rng, gelu) -> None:
 
     def backward(x, dy):
         grads: dict = {}
-        dx = ref.mlp_backward(dy, run(x)[1], params, "blocks.0.mlp", grads)
+        dx = ref.mlp_backward(dy, run(x)[1], params, grads)
         return dx, grads
 
     check_params_function(lambda x: run(x)[0], backward, params, names, x)
@@ -180,7 +180,7 @@ def test_block_gradients(rng, drop_path) -> None:
 
     def backward(x, dy):
         grads: dict = {}
-        dx = ref.block_backward(dy, ref.block_forward(params, 1, x, cfg, masks)[1], params, 1, grads)
+        dx = ref.block_backward(dy, ref.block_forward(params, 1, x, cfg, masks)[1], params, grads)
         return dx, grads
 
     check_params_function(lambda x: ref.block_forward(params, 1, x, cfg, masks)[0], backward, params, names, x)
@@ -225,7 +225,7 @@ def test_whole_model_gradients_with_dropout(rng, pool) -> None:
 
     def backward(x, dloss):
         (_, c_loss), cache = loss(x)
-        grads, dimages = ref.vit_backward(ref.cross_entropy_backward(c_loss, float(dloss)), cache, params, cfg)
+        grads, dimages = ref.vit_backward(ref.cross_entropy_backward(c_loss, float(dloss)), cache, params)
         assert set(grads) == set(params)
         return dimages, grads
 
@@ -272,7 +272,7 @@ def compare_step(model: ViT, params: dict, cfg: ViTConfig, images, labels, masks
 
     r_logits, cache = ref.vit_forward(params, images, cfg, masks)
     r_loss, r_c_loss = ref.cross_entropy_forward(r_logits, labels, smoothing)
-    grads, r_dimages = ref.vit_backward(ref.cross_entropy_backward(r_c_loss), cache, params, cfg)
+    grads, r_dimages = ref.vit_backward(ref.cross_entropy_backward(r_c_loss), cache, params)
 
     assert_close(r_logits, logits, "logits")
     assert_close(r_loss, loss, "loss")
@@ -367,7 +367,7 @@ def test_same_parameters_after_three_adamw_steps(decay_convention, epsilon_conve
         model.backward(cross_entropy_backward(cross_entropy_forward(logits, labels)[1]))
         r_logits, cache = ref.vit_forward(params, images, cfg)
         grads, _ = ref.vit_backward(ref.cross_entropy_backward(ref.cross_entropy_forward(r_logits, labels)[1]),
-                                    cache, params, cfg)
+                                    cache, params)
         zero_key_bias_grads(cfg, model.grads)
         zero_key_bias_grads(cfg, grads)
         norm = opt.step(model.grads)
