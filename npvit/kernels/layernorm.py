@@ -17,7 +17,7 @@ from typing import Any
 from ..backend import get_array_module, row_dot
 
 Array = Any
-LayerNormCache = tuple[Array, Array]  # (xhat as (rows, D), rstd as (rows,))
+LayerNormCache = tuple[Array, Array]  # (xhat (..., D), rstd (..., 1)): the reference's layout, as views
 
 
 def layernorm_forward(
@@ -33,7 +33,7 @@ def layernorm_forward(
     xhat *= rstd[:, None]  # reuse the centred buffer: xc is not needed again
     y = xhat * gamma
     y += beta
-    return y.reshape(x.shape), (xhat, rstd)
+    return y.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1))
 
 
 def layernorm_backward(
@@ -42,6 +42,7 @@ def layernorm_backward(
     """Gradients of layernorm_forward: returns (dx, dgamma, dbeta)."""
     xhat, rstd = cache
     d = xhat.shape[-1]
+    xhat, rstd = xhat.reshape(-1, d), rstd.reshape(-1)  # (rows, D), (rows,): views
     dy2 = dy.reshape(-1, d)
     dyx = dy2 * xhat
     dgamma = dyx.sum(axis=0)
