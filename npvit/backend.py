@@ -75,6 +75,23 @@ def row_dot(a: Any, w: Any) -> Any:
     return (a * w).sum(axis=-1)
 
 
+def bin_counts(index: Any, length: int) -> Any:
+    """How many times each of 0 .. length-1 occurs in the integer array ``index`` (all its values in that
+    range), as a (length,) integer array: ``numpy.bincount(index, minlength=length)``.
+
+    NumPy: bincount. CuPy: an atomic scatter-add into zeros (two kernels) -- CuPy's own bincount reads the
+    input's minimum and maximum on the host (two waits for the device per call), this never does.
+    """
+    xp = get_array_module(index)
+    if xp is numpy:
+        return numpy.bincount(index.reshape(-1), minlength=length)
+    import cupyx
+
+    counts = xp.zeros(length, dtype=xp.int32)  # (length,): 32-bit atomics, enough for any image batch
+    cupyx.scatter_add(counts, index.reshape(-1), 1)
+    return counts
+
+
 _CONSTANTS: dict[tuple, Any] = {}
 _CONSTANTS_MAX = 64  # distinct constants kept (the resize: three per input size, output size and dtype)
 

@@ -1,0 +1,68 @@
+"""The fake CuPy waits where CuPy 14's source waits, and counts the kernels a GPU would launch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fakecupy import LAUNCHES, HostSyncError, emulate_kernel, fake_cupy, from_fake, host_syncs, to_fake  # noqa: F401
+
+from npvit.backend import bin_counts
+
+
+@pytest.mark.parametrize("call", [
+    lambda cp, a: cp.bincount(a),  # (x < 0).any() and int(cupy.max(x)) in cupy/_statistics/histogram.py
+    lambda cp, a: cp.histogram(a, bins=4),  # range from min() and max(), bin edges checked on the host
+    lambda cp, a: cp.nonzero(a), lambda cp, a: a.nonzero(), lambda cp, a: cp.flatnonzero(a),
+    lambda cp, a: cp.argwhere(a), lambda cp, a: cp.unique(a),  # a data-dependent size
+    lambda cp, a: a[a > 1],  # boolean-mask indexing: the same
+    lambda cp, a: a.sum().item(), lambda cp, a: int(a.max()), lambda cp, a: bool(a.any()),
+    lambda cp, a: float(a.mean()), lambda cp, a: repr(a), lambda cp, a: str(a), lambda cp, a: f"{a.sum():.3f}",
+], ids=["bincount", "histogram", "nonzero", "ndarray.nonzero", "flatnonzero", "argwhere", "unique", "mask",
+        "item", "int", "bool", "float", "repr", "str", "format"])
+def test_fake_raises_where_cupy_waits_for_the_device(fake_cupy, host_syncs, call) -> None:
+    a = to_fake(np.array([0, 3, 1, 2, 3]))
+    with pytest.raises(HostSyncError):
+        call(fake_cupy.cupy, a)
+    with host_syncs.recording():
+        call(fake_cupy.cupy, a)
+    assert host_syncs.sites  # recorded, with the line that did it
+
+
+def test_bin_counts_is_bincount_without_a_host_read(fake_cupy, host_syncs) -> None:
+    index = np.random.default_rng(0).integers(0, 50, (7, 9))
+    expected = np.bincount(index.reshape(-1), minlength=60)
+    np.testing.assert_array_equal(bin_counts(index, 60), expected)
+    LAUNCHES.reset()
+    got = bin_counts(to_fake(index), 60)  # strict: a host read would raise
+    assert host_syncs.gets == 0 and LAUNCHES.total == 2  # zeros, scatter-add
+    np.testing.assert_array_equal(from_fake(got), expected)
+
+
+def test_fake_counts_the_kernels_a_gpu_would_launch(fake_cupy) -> None:
+    cp = fake_cupy.cupy
+    a, b = to_fake(np.ones((4, 3))), to_fake(np.ones((3, 2)))
+    LAUNCHES.reset()
+    c = a * 2 + 1  # two elementwise kernels
+    c.sum(axis=0)  # a reduction
+    a @ b  # a matrix product
+    c.copy()
+    a.reshape(3, 4), a.T, a[1:]  # views: nothing
+    a.T.reshape(-1)  # a non-contiguous array made flat: a copy
+    c[0] = 5.0  # a fill of a slice
+    assert LAUNCHES.counts == {"elementwise": 2, "reduction": 1, "matmul": 1, "copy": 3}
+
+    @cp.fuse()
+    def fused(x, y):
+        return x * y + x - y  # three operations, one kernel
+
+    emulate_kernel("twice", lambda x, y: np.multiply(x, 2, out=y))
+    twice = cp.ElementwiseKernel("T x", "T y", "y = 2 * x", "twice")
+    raw = cp.RawKernel("extern \"C\" __global__ void twice(...) {}", "twice")
+    LAUNCHES.reset()
+    fused(a, a)
+    out = cp.empty_like(a)
+    twice(a, out)
+    raw((1,), (32,), (a, out))
+    cp.random.default_rng(0).random((3,))
+    assert LAUNCHES.counts == {"kernel": 4} and from_fake(out).tolist() == [[2.0] * 3] * 4
