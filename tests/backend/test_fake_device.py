@@ -66,3 +66,37 @@ def test_fake_counts_the_kernels_a_gpu_would_launch(fake_cupy) -> None:
     raw((1,), (32,), (a, out))
     cp.random.default_rng(0).random((3,))
     assert LAUNCHES.counts == {"kernel": 4} and from_fake(out).tolist() == [[2.0] * 3] * 4
+
+
+def test_evaluation_reads_the_device_once_per_pass(fake_cupy, host_syncs) -> None:
+    """evaluate() keeps its sums on the device and reads them back once, after the last batch; it gives what
+    the NumPy path gives."""
+    import npvit
+    from npvit.data.augment import Augmenter
+    from npvit.evaluate import evaluate
+
+    cfg = npvit.ViTConfig.tiny()
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (10, cfg.image_size, cfg.image_size, cfg.channels), dtype=np.uint8)
+    y = rng.integers(0, cfg.num_classes, 10)
+    aug = Augmenter(np.full(3, 120.0), np.full(3, 3600.0), image_size=cfg.image_size, dtype="float64")
+    expected = evaluate(npvit.ViT(cfg, dtype="float64", seed=2), aug, x, y, batch_size=4, flip=True)
+    model = npvit.ViT(cfg, backend="cupy", dtype="float64", seed=2)
+    host_syncs.reset()
+    got = evaluate(model, aug, x, y, batch_size=4, flip=True)  # strict: an implicit read raises
+    assert host_syncs.gets == 1
+    np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-12)
+    assert (got.top1, got.top5) == (expected.top1, expected.top5)
+    np.testing.assert_array_equal(got.per_class, expected.per_class)
+
+
+def test_ema_swap_on_the_gpu_is_three_launches_and_exact(fake_cupy, host_syncs) -> None:
+    from npvit.optim.ema import _CHUNK, swap_contents
+
+    a0, b0 = np.random.default_rng(1).standard_normal((2, 3 * _CHUNK + 5)).astype(np.float32)
+    a, b = to_fake(a0), to_fake(b0)
+    LAUNCHES.reset()
+    swap_contents(a, b)
+    assert LAUNCHES.total == 3 and host_syncs.gets == 0
+    np.testing.assert_array_equal(from_fake(a), b0)
+    np.testing.assert_array_equal(from_fake(b), a0)
