@@ -631,6 +631,12 @@ class _MemoryPool:
     def total_bytes(self) -> int:
         return 0
 
+    def free_bytes(self) -> int:
+        return 0
+
+    def set_limit(self, size: int = 0, fraction: float = 0.0) -> None:
+        pass
+
     def free_all_blocks(self) -> None:
         pass
 
@@ -760,6 +766,7 @@ def _build_modules() -> dict[str, types.ModuleType]:
         "name": b"fakecupy CPU device", "totalGlobalMem": 80 << 30, "multiProcessorCount": 132,
         "major": int(FAKE.compute_capability[:-1]), "minor": int(FAKE.compute_capability[-1])}
     runtime.is_hip = False
+    runtime.memGetInfo = lambda: (64 << 30, 80 << 30)  # (free, total) bytes of the current device
     cuda.runtime = runtime
     device = types.ModuleType("cupy.cuda.device")
     device.get_cublas_handle = lambda: 1
