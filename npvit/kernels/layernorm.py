@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import get_array_module, row_dot
+from ..backend import column_sum, get_array_module, row_dot
 
 Array = Any
 LayerNormCache = tuple[Array, Array]  # (xhat as (rows, D), rstd as (rows,))
@@ -44,8 +44,8 @@ def layernorm_backward(
     d = xhat.shape[-1]
     dy2 = dy.reshape(-1, d)
     dyx = dy2 * xhat
-    dgamma = dyx.sum(axis=0)
-    dbeta = dy2.sum(axis=0)
+    dgamma = column_sum(dyx)  # two-stage sums on a GPU, .sum(axis=0) on NumPy
+    dbeta = column_sum(dy2)
     g_mean = gamma * gamma.dtype.type(1.0 / d)
     mean_g = row_dot(dy2, g_mean)  # mean(g) with g = dy * gamma, per row
     mean_gx = row_dot(dyx, g_mean)  # mean(g * xhat), per row

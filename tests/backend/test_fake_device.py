@@ -100,3 +100,17 @@ def test_ema_swap_on_the_gpu_is_three_launches_and_exact(fake_cupy, host_syncs) 
     assert LAUNCHES.total == 3 and host_syncs.gets == 0
     np.testing.assert_array_equal(from_fake(a), b0)
     np.testing.assert_array_equal(from_fake(b), a0)
+
+
+def test_column_sum_is_two_stage_on_the_gpu_and_numpys_sum_on_numpy(fake_cupy) -> None:
+    from npvit.backend import COLUMN_CHUNK, column_sum
+
+    x = np.random.default_rng(2).standard_normal((5 * COLUMN_CHUNK + 17, 64))
+    np.testing.assert_array_equal(column_sum(x), x.sum(axis=0))  # NumPy: the very same call
+    LAUNCHES.reset()
+    got = column_sum(to_fake(x))
+    assert LAUNCHES.counts == {"reduction": 3, "elementwise": 1}  # two stages, the rows left over, their add
+    np.testing.assert_allclose(from_fake(got), x.sum(axis=0), rtol=1e-12, atol=1e-12)
+    LAUNCHES.reset()
+    column_sum(to_fake(x[:5 * COLUMN_CHUNK]))
+    assert LAUNCHES.counts == {"reduction": 2}

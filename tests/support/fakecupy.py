@@ -123,13 +123,21 @@ class Launches:
 
     counts: dict[str, int] = field(default_factory=dict)
     depth: int = 0  # > 0 inside a fused function or kernel emulation: its operations are one launch
+    sites: dict[str, int] | None = None  # "file:line function" -> launches there, when tracing
 
     def reset(self) -> None:
         self.counts.clear()
+        if self.sites is not None:
+            self.sites.clear()
 
     def launch(self, kind: str) -> None:
         if self.depth == 0:
             self.counts[kind] = self.counts.get(kind, 0) + 1
+            if self.sites is not None:
+                frame = next(f for f in reversed(traceback.extract_stack()[:-1])
+                             if not f.filename.startswith(THIS_FILE))
+                key = f"{frame.filename.rsplit('/npvit/', 1)[-1]}:{frame.lineno} {frame.name}"
+                self.sites[key] = self.sites.get(key, 0) + 1
 
     @property
     def total(self) -> int:
@@ -299,6 +307,7 @@ class ndarray:  # noqa: N801 -- CuPy's name
     flags = property(lambda self: self._a.flags)
     T = property(lambda self: ndarray._of(self._a.T))
     base = property(lambda self: None if self._a.base is None else ndarray._of(self._a.base))
+    data = property(lambda self: types.SimpleNamespace(ptr=self._a.ctypes.data))  # a MemoryPointer's .ptr
 
     def __len__(self) -> int:
         return len(self._a)
@@ -599,6 +608,8 @@ NUMPY_NAMES = (
 
 
 class _Stream:
+    ptr = 0  # the legacy default stream
+
     def synchronize(self) -> None:
         SYNCS.synchronizes += 1
 
@@ -783,6 +794,33 @@ def _build_modules() -> dict[str, types.ModuleType]:
     cuda.cublas = cublas
     cp.cuda = cuda
 
+    nccl = types.ModuleType("cupy.cuda.nccl")  # CuPy 14's binding (cupy_backends/cuda/libs/nccl.pyx), one rank
+    nccl.available = True
+    nccl.NCCL_FLOAT16, nccl.NCCL_FLOAT32, nccl.NCCL_FLOAT64, nccl.NCCL_SUM = 6, 7, 8, 0
+    nccl.get_version = lambda: 22707
+    nccl.get_unique_id = lambda: bytes(numpy.random.default_rng().integers(0, 256, 128, dtype=numpy.uint8))
+
+    class NcclCommunicator:
+        """``NcclCommunicator(int ndev, bytes commId, int rank)``: a tuple id is a TypeError, as in CuPy 14."""
+
+        def __init__(self, ndev: int, commId: bytes, rank: int) -> None:  # noqa: N803 -- CuPy's name
+            if not isinstance(commId, bytes):
+                raise TypeError(f"Argument 'commId' has incorrect type (expected bytes, got {type(commId).__name__})")
+            if len(commId) != 128:
+                raise ValueError(f"commId length {len(commId)} != 128.")
+            if ndev != 1 or rank != 0:
+                raise NotImplementedError("fakecupy's NCCL has one rank")
+
+        def allReduce(self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int,  # noqa: N802
+                      stream: int) -> None:
+            LAUNCHES.launch("kernel")  # one rank: the sum is the buffer itself
+
+        def abort(self) -> None:
+            pass
+
+    nccl.NcclCommunicator = NcclCommunicator
+    cuda.nccl = nccl
+
     core = types.ModuleType("cupy._core")
     linalg = types.ModuleType("cupy._core._routines_linalg")
     linalg.COMPUTE_TYPE_DEFAULT, linalg.COMPUTE_TYPE_TF32 = 1, 7  # _routines_linalg.pxd
@@ -813,7 +851,7 @@ def _build_modules() -> dict[str, types.ModuleType]:
         setattr(ndimage, name, _device_function(getattr(scipy.ndimage, name), name))
     scipy_mod.special, scipy_mod.ndimage = special, ndimage
     cupyx.scipy = scipy_mod
-    modules = (cp, random, cuda, runtime, device, cublas, core, linalg, cupyx, scipy_mod, special, ndimage)
+    modules = (cp, random, cuda, runtime, device, cublas, nccl, core, linalg, cupyx, scipy_mod, special, ndimage)
     return dict(zip(_module_names(), modules))
 
 
@@ -822,6 +860,7 @@ _SAVED: list[tuple[dict[str, Any], Any, dict[str, types.ModuleType], bool]] = []
 
 def _module_names() -> list[str]:
     return ["cupy", "cupy.random", "cupy.cuda", "cupy.cuda.runtime", "cupy.cuda.device", "cupy.cuda.cublas",
+            "cupy.cuda.nccl",
             "cupy._core", "cupy._core._routines_linalg", "cupyx", "cupyx.scipy", "cupyx.scipy.special",
             "cupyx.scipy.ndimage"]
 
