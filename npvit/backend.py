@@ -208,8 +208,9 @@ class Backend:
         norm never uses TF32. Two switches do it, both needed: CuPy's compute type for float32, which its 2-D
         products (``cublasGemmEx``) read, and the cuBLAS handle's math mode, which its batched products
         (``cublasGemmStridedBatchedEx``, given no compute type of its own) follow; the environment variable
-        ``CUPY_TF32`` reaches only the first. The setting holds for the current device and thread; the CuPy
-        backend applies ``CUPY_TF32`` (1 on, else off) this way when it loads.
+        ``CUPY_TF32`` reaches only the first. The compute type is process-wide (a module global of CuPy's: every
+        thread and device), the math mode belongs to the current device's cuBLAS handle in this thread. The
+        CuPy backend applies ``CUPY_TF32`` (1 on, else off) this way when it loads.
         """
         if self.name != "cupy":
             return False

@@ -158,8 +158,9 @@ class WeightEMA:
 
 def ema_kernel(xp: Any, e: Array, p: Array, d: Any, c: Any, ok: Array) -> None:
     """The CuPy form of the update, written with operators and ``copyto`` only so that ``cupy.fuse`` compiles
-    it into one kernel: e = d e + c p where ``ok`` (a 0-d boolean), e unchanged elsewhere. It rounds as the
-    NumPy form does, operation for operation (e d, p c, their sum)."""
+    it into one kernel: e = d e + c p where ``ok`` (a 0-d boolean), e unchanged elsewhere. The same operations
+    as the NumPy form, not the same rounding: NVRTC contracts ``e * d + p * c`` into a fused multiply-add (one
+    rounding where NumPy makes two), so the two agree to about one unit in the last place per step."""
     xp.copyto(e, e * d + p * c, where=ok)
 
 
