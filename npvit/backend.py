@@ -70,9 +70,25 @@ def row_dot(a: Any, w: Any) -> Any:
     elementwise product and a reduction over the last axis -- never cuBLAS, whose products round their inputs
     to TF32 when TF32 is on (npvit's layer norm statistics, like PyTorch's, stay in float32).
     """
-    if get_array_module(a) is numpy:
+    xp = get_array_module(a)
+    if xp is numpy:
         return a @ w
+    return _fused(xp, "npvit_row_dot", _row_dot)(a, w)  # one kernel, not a product and a reduction
+
+
+def _row_dot(a: Any, w: Any) -> Any:
     return (a * w).sum(axis=-1)
+
+
+_FUSED: dict[tuple, Callable] = {}
+
+
+def _fused(xp: ModuleType, name: str, fn: Callable) -> Callable:
+    """``fn`` compiled by ``xp.fuse`` into one kernel named ``name``, made once per array module."""
+    key = (xp, name)
+    if key not in _FUSED:
+        _FUSED[key] = xp.fuse(kernel_name=name)(fn)
+    return _FUSED[key]
 
 
 def bin_counts(index: Any, length: int) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..backend import get_array_module
 from .erf import normal_cdf
+from .fused import gelu_erf_backward, gelu_tanh_backward, gelu_tanh_forward, on_device
 
 Array = Any
 GeluCache = tuple[Array, Array]  # (x, Phi(x)) for "erf", (x, tanh(u)) for "tanh"
@@ -38,6 +39,9 @@ def gelu_forward(x: Array, kind: str = "erf") -> tuple[Array, GeluCache]:
     if kind == "erf":
         cdf = normal_cdf(x)  # Phi(x) = (1 + erf(x / sqrt 2)) / 2
         return x * cdf, (x, cdf)
+    if kind == "tanh" and on_device(x):  # CuPy: one kernel (kernels/fused.py), the same operations
+        y, th = gelu_tanh_forward(x)
+        return y, (x, th)
     if kind == "tanh":
         th = xp.tanh(typed(_SQRT_2_OVER_PI) * (x + typed(_C) * x * x * x))  # tanh(u)
         y = th + 1
@@ -50,6 +54,8 @@ def gelu_forward(x: Array, kind: str = "erf") -> tuple[Array, GeluCache]:
 def gelu_backward(dy: Array, cache: GeluCache, kind: str = "erf") -> Array:
     """Gradient of gelu_forward with respect to its input."""
     x, saved = cache  # Phi(x) for "erf", tanh(u) for "tanh"
+    if kind in GELU_KINDS and on_device(x):  # CuPy: one kernel (kernels/fused.py), the same operations
+        return (gelu_tanh_backward if kind == "tanh" else gelu_erf_backward)(dy, x, saved)
     xp = get_array_module(x)
     typed = x.dtype.type
     if kind == "erf":
