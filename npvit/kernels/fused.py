@@ -148,3 +148,19 @@ def layernorm_backward_device(dy: Array, xhat: Array, rstd: Array, gamma: Array)
     mean_g, mean_gx = row_dot(dy2, g_mean), row_dot(dyx, g_mean)  # (rows,) each
     dx = layernorm_dx(dy2, gamma, mean_g[:, None], xhat, mean_gx[:, None], rstd[:, None])  # (rows, D)
     return dx.reshape(dy.shape), dgamma, dbeta
+
+
+def query_scale_vector(a: Array, hd: int, q_scale: float) -> Array:
+    """(q_scale x hd, 1 x the rest) as a device array of ``a``'s dtype, made on the device once (nothing
+    uploaded) and reused: the attention's query columns scaled in one multiply, exactly (q_scale rounded to
+    the dtype, as the NumPy form does). Shared: never write to it."""
+    xp = _xp(a)
+    key = (xp, "npvit_query_scale", a.shape[-1], hd, float(q_scale), a.dtype.str)
+    if key not in _KERNELS:
+        old = [k for k in _KERNELS if k[1] == "npvit_query_scale"]
+        if len(old) >= 16:  # a few shapes per run; keep the cache bounded
+            _KERNELS.pop(old[0])
+        v = xp.ones(a.shape[-1], dtype=a.dtype)  # (3 H d,)
+        v[:hd] = a.dtype.type(q_scale)
+        _KERNELS[key] = v
+    return _KERNELS[key]
