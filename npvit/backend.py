@@ -111,21 +111,22 @@ def bin_counts(index: Any, length: int) -> Any:
 COLUMN_CHUNK = 256  # rows summed by each part of column_sum's first stage
 
 
-def column_sum(x: Any) -> Any:
+def column_sum(x: Any, out: Any = None) -> Any:
     """The sums over the rows of a (N, C) array, as a (C,) array: the bias, gamma and beta gradients.
 
     NumPy: ``x.sum(axis=0)``. CuPy: in two stages, (N, C) as (N/256, 256, C) summed over its middle axis and
     then over the first, plus the rows left over: CuPy's reduction gives each output element one block, so
     the one-stage sum of C = 64..256 columns keeps only C blocks busy on a GPU of a hundred or more
     multiprocessors; the first stage gives it C N/256. The order of additions differs from one stage's
-    (float32 results differ in the last bits, as any two GPU reductions do).
+    (float32 results differ in the last bits, as any two GPU reductions do). ``out``: a (C,) array to write
+    the sums into (a view of a flat gradient buffer), returned.
     """
     if get_array_module(x) is numpy or x.shape[0] < 2 * COLUMN_CHUNK:
-        return x.sum(axis=0)
+        return x.sum(axis=0, out=out)
     n, c = x.shape
     k = n // COLUMN_CHUNK
     head = x[:k * COLUMN_CHUNK].reshape(k, COLUMN_CHUNK, c).sum(axis=1)  # (k, C)
-    total = head.sum(axis=0)  # (C,)
+    total = head.sum(axis=0, out=out)  # (C,)
     if n > k * COLUMN_CHUNK:
         total += x[k * COLUMN_CHUNK:].sum(axis=0)
     return total

@@ -136,14 +136,16 @@ def layernorm_forward_device(x: Array, gamma: Array, beta: Array, eps: float) ->
     return y.reshape(x.shape), (xhat, rstd)
 
 
-def layernorm_backward_device(dy: Array, xhat: Array, rstd: Array, gamma: Array) -> tuple[Array, Array, Array]:
-    """layernorm_backward on CuPy: (dx, dgamma, dbeta), the elementwise tail in one kernel."""
+def layernorm_backward_device(dy: Array, xhat: Array, rstd: Array, gamma: Array,
+                              out: tuple[Array, Array] | None = None) -> tuple[Array, Array, Array]:
+    """layernorm_backward on CuPy: (dx, dgamma, dbeta), the elementwise tail in one kernel; ``out``: arrays
+    (views of the flat gradient buffer) that dgamma and dbeta are summed into, saving two copies."""
     from ..backend import column_sum, row_dot
 
     d = xhat.shape[-1]
     dy2 = dy.reshape(-1, d)  # (rows, D)
     dyx = dy2 * xhat  # (rows, D)
-    dgamma, dbeta = column_sum(dyx), column_sum(dy2)  # (D,) each
+    dgamma, dbeta = column_sum(dyx, out and out[0]), column_sum(dy2, out and out[1])  # (D,) each
     g_mean = gamma * gamma.dtype.type(1.0 / d)  # (D,)
     mean_g, mean_gx = row_dot(dy2, g_mean), row_dot(dyx, g_mean)  # (rows,) each
     dx = layernorm_dx(dy2, gamma, mean_g[:, None], xhat, mean_gx[:, None], rstd[:, None])  # (rows, D)
@@ -164,3 +166,15 @@ def query_scale_vector(a: Array, hd: int, q_scale: float) -> Array:
         v[:hd] = a.dtype.type(q_scale)
         _KERNELS[key] = v
     return _KERNELS[key]
+
+
+def dense_backward_into(dy: Array, x: Array, w: Array, dw: Array, db: Array) -> Array:
+    """dense_backward on CuPy with dW and db written into ``dw`` and ``db`` (views of the flat gradient
+    buffer) by the product and the column sum themselves: two copies fewer per layer. Returns dx."""
+    from ..backend import column_sum
+
+    x2 = x.reshape(-1, x.shape[-1])  # (rows, in)
+    dy2 = dy.reshape(-1, dy.shape[-1])  # (rows, out)
+    _xp(x).matmul(x2.T, dy2, out=dw)  # (in, out)
+    column_sum(dy2, out=db)  # (out,)
+    return (dy2 @ w.T).reshape(x.shape)  # (..., in)
