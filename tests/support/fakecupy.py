@@ -35,8 +35,16 @@ Use in a test module::
 ``with host_syncs.recording():`` records instead of raising; ``host_syncs.sites`` then names each line that
 synchronised. ``to_fake``/``from_fake`` move test data in and out without being counted.
 
-``cupy.fuse`` is an identity decorator (the function runs op by op). ``cupy.ElementwiseKernel`` cannot run
-CUDA C: call ``emulate_kernel(name, function)`` to give the kernel of that name a NumPy implementation.
+Functions that CuPy 14's own source makes wait for the device before launching are syncs too: ``bincount``
+(``(x < 0).any()`` and ``int(cupy.max(x))``), ``histogram``, ``nonzero``, ``flatnonzero``, ``argwhere``,
+``unique``; so is printing an array (``repr``, ``str``, ``format``).
+
+``LAUNCHES`` counts the kernels a GPU would run (``LAUNCHES.counts`` by kind: elementwise, reduction, matmul,
+copy, kernel; ``LAUNCHES.total``); views launch nothing; ``LAUNCHES.sites = {}`` also records where.
+``cupy.fuse`` runs the function op by op, counted as one kernel. ``cupy.ElementwiseKernel`` and
+``cupy.RawKernel`` cannot run CUDA C: call ``emulate_kernel(name, function)`` to give the kernel of that name a
+NumPy implementation (one launch per call). ``cupy.cuda.nccl`` is one rank of CuPy 14's binding: its
+``NcclCommunicator`` takes the unique id as ``bytes`` only, as CuPy 14 does.
 TF32 switches (``cupy._core.set_compute_type``, ``cupy.cuda.cublas.setMathMode``) are recorded in
 ``fake.tf32_calls`` and modelled: float32 matrix products round their inputs to TF32 where CuPy's would --
 2-D products when the compute type is TF32, batched (ndim > 2) ones when the cuBLAS math mode is.
