@@ -16,6 +16,7 @@ from typing import Any
 
 from ..backend import get_array_module
 from .erf import normal_cdf
+from .fused import gelu_erf_backward, gelu_tanh_backward, gelu_tanh_forward, on_device
 
 Array = Any
 GeluCache = tuple[Array, Array, str]  # (x, Phi(x), "erf") or (x, tanh(u), "tanh"): the kind travels with the data
@@ -39,6 +40,9 @@ def gelu_forward(x: Array, kind: str = "erf") -> tuple[Array, GeluCache]:
     if kind == "erf":
         cdf = normal_cdf(x)  # Phi(x) = (1 + erf(x / sqrt 2)) / 2
         return x * cdf, (x, cdf, kind)
+    if kind == "tanh" and on_device(x):  # CuPy: one kernel (kernels/fused.py), the same operations
+        y, th = gelu_tanh_forward(x)
+        return y, (x, th, kind)
     if kind == "tanh":
         th = xp.tanh(typed(_SQRT_2_OVER_PI) * (x + typed(_C) * x * x * x))  # tanh(u)
         y = th + 1
@@ -57,6 +61,8 @@ def gelu_backward(dy: Array, cache: GeluCache, kind: str | None = None) -> Array
     if kind is not None and kind != cached_kind:
         raise ValueError(f"gelu_backward was asked for kind {kind!r}, but the forward pass computed {cached_kind!r}")
     kind = cached_kind
+    if on_device(x):  # CuPy: one kernel (kernels/fused.py), the same operations
+        return (gelu_tanh_backward if kind == "tanh" else gelu_erf_backward)(dy, x, saved)
     xp = get_array_module(x)
     typed = x.dtype.type
     if kind == "erf":
