@@ -84,16 +84,25 @@ class Trainer:
         if removed:
             print(f"note: removed {len(removed)} unfinished temporary file(s) from {folder.path}: "
                   f"{', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}", file=sys.stderr)
+        held = folder.contents()
         if resuming:
-            if folder.last.exists():
+            if held.last_usable:
                 return True
+            if held.trained:
+                why = "is not a readable file (a dangling or looping link, or not a regular file)" if held.last \
+                    else "is missing"
+                raise UsageError(f"{folder.path} holds a trained run ({held.describe()}) but its last.npz {why}: "
+                                 "resuming would start it over from step 0 and overwrite what is there, so nothing "
+                                 "was changed. To continue from the best epoch's weights, copy best.npz to last.npz "
+                                 f"(cp {folder.best} {folder.last}) and --resume again; or start a new run with "
+                                 "another --out")
             self.say(f"{folder.path} has no checkpoint yet (the run stopped before its first one): starting it "
                      "over from step 0 with its saved settings")
             return False
-        if folder.last.exists():
-            raise UsageError(f"{folder.path} already holds a run; continue it with --resume {folder.path} or "
-                             "choose another --out")
-        if folder.config.exists():
+        if held.last or (held.config and held.trained):
+            raise UsageError(f"{folder.path} already holds a run ({held.describe()}); continue it with --resume "
+                             f"{folder.path} or choose another --out")
+        if held.config:
             raise UsageError(f"{folder.path} holds a run that stopped before its first checkpoint; start it over "
                              f"with --resume {folder.path}, or choose another --out")
         leftovers = folder.earlier_run_files()
@@ -151,7 +160,7 @@ class Trainer:
     def _setup(self, resuming: bool) -> None:
         s, comm = self.s, self.comm
         # Rank 0 locks the folder; the others only look (they share its filesystem).
-        has_checkpoint = self.open_folder(resuming) if self.writer else resuming and self.folder.last.exists()
+        has_checkpoint = self.open_folder(resuming) if self.writer else resuming and self.folder.contents().last_usable
         self.backend = get_backend(s["backend"])
         self.check_dataset_fits()
         self.phase = "loading the dataset"
