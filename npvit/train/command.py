@@ -125,14 +125,16 @@ def out_of_memory_advice(run: Trainer) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    given = vars(parser.parse_args(argv))
+    """The training program. On several processes, everything after connecting (the flags and their checks
+    included) runs inside the fault handling that stops every rank, so no rank can fail alone and leave the
+    others waiting for it."""
     try:
         comm = distributed.connect()  # this process alone, unless mpiexec or srun started several
     except distributed.DistributedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return BAD_INPUT
     with distributed.stop_all_on_error(comm):
+        given = vars(build_parser().parse_args(argv))  # a bad flag exits with status 2, on every rank
         status, message = _train_command(given, comm)
         if message is not None and comm.size > 1:
             distributed.fail(comm, message.strip(), status)  # it may have happened on this rank alone
