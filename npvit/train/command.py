@@ -58,7 +58,7 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
     run (default: this process alone).
     """
     run = Trainer(dict(settings), comm or SingleProcess(), StopSignals(), on_step,
-              recorded_model=resumed.get("model") if resumed is not None else None)
+              recorded_model=resumed.get("model") if resumed is not None else None, recorded=resumed)
     with run.signals, run.folder, closing_tensorboard(run):
         try:
             run.setup(resumed is not None)
@@ -135,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         return BAD_INPUT
     with distributed.stop_all_on_error(comm):
         given = vars(build_parser().parse_args(argv))  # a bad flag exits with status 2, on every rank
-        status, message = _train_command(given, comm)
-        if message is not None and comm.size > 1:
+        status, message, everywhere = _train_command(given, comm)
+        if message is not None and comm.size > 1 and not everywhere:
             distributed.fail(comm, message.strip(), status)  # it may have happened on this rank alone
-        if message is not None:
+        if message is not None and comm.rank == 0:  # every rank found it together (their disagreement)
             print(message, file=sys.stderr)
         return status
 
@@ -148,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
 EXPECTED = (UsageError, DataError, CheckpointError, BackendUnavailableError, distributed.DistributedError, OSError)
 
 
-def _train_command(given: dict[str, Any], comm: Communicator) -> tuple[int, str | None]:
-    """Resolve the settings and train. Returns the exit status and, for an expected error, its message."""
+def _train_command(given: dict[str, Any], comm: Communicator) -> tuple[int, str | None, bool]:
+    """Resolve the settings and train. Returns the exit status, for an expected error its message, and
+    whether every rank stopped with it together (then they need not be aborted, and the run folder is left
+    as it was)."""
     try:
         settings, resumed = resolve_settings(given)
         if settings["backend"] == "numpy":
@@ -157,10 +159,10 @@ def _train_command(given: dict[str, Any], comm: Communicator) -> tuple[int, str 
         distributed.check_batch_size(settings["batch_size"], comm.size)
         comm = distributed.for_backend(comm, settings["backend"])  # GPUs: this rank's device, before any use
         if comm.size == 1:
-            return train(settings, resumed), None  # one process: the call it always was
-        return train(settings, resumed, comm=comm), None
+            return train(settings, resumed), None, False  # one process: the call it always was
+        return train(settings, resumed, comm=comm), None, False
     except BaseException as exc:  # a second Ctrl-C, or one outside the training loop, included
         result = outcome(exc, EXPECTED, "; free memory, or lower --batch-size")
         if result is None:
             raise
-        return result
+        return (*result, isinstance(exc, distributed.RanksDisagree))

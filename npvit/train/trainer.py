@@ -31,7 +31,8 @@ from ..model import ViT
 from ..optim.adamw import AdamW
 from ..optim.ema import WeightEMA
 from ..parallel import available_cores
-from ..settings import UsageError, model_config
+from ..settings import BY_NAME, UsageError, model_config
+from ..data.fingerprint import dataset_fingerprint, fingerprint_difference
 from . import memory
 from .evaluation import evaluate_split
 from .folder import MetricsLog, RunFolder
@@ -61,9 +62,11 @@ class Trainer:
     """
 
     def __init__(self, s: dict[str, Any], comm: Communicator, signals: StopSignals,
-                 on_step: Callable[[int], None] | None, recorded_model: Any = None) -> None:
+                 on_step: Callable[[int], None] | None, recorded_model: Any = None,
+                 recorded: dict[str, Any] | None = None) -> None:
         self.s, self.comm, self.signals, self.on_step = s, comm, signals, on_step
         self.recorded_model = recorded_model  # a resumed run's model, as its config.json recorded it
+        self.recorded = recorded or {}  # a resumed run's whole config.json (its data fingerprint, normalisation)
         self.writer = comm.rank == 0
         self.folder = RunFolder(s["out"])
         self.state = RunState()
@@ -173,6 +176,16 @@ class Trainer:
                           else recorded_config(self.recorded_model, self.folder.config))
         check_labels(data.y_train, data.num_classes)  # once, on the host
         mean, variance = channel_stats(data.x_train)  # Keras adapt(x_train): before the validation split
+        fingerprint = dataset_fingerprint(data.x_train, data.y_train, data.x_test, data.y_test)
+        difference = fingerprint_difference(self.recorded.get("data"), fingerprint)
+        if difference is not None:
+            if not s["allow_different_data"]:
+                raise UsageError(f"the data differs from the data {self.folder.path} was trained on ({difference})"
+                                 "; resume with the run's own data, or add --allow-different-data if training "
+                                 "on other data is intended")
+            self.say(f"note: training on other data than before ({difference}), as --allow-different-data "
+                     "allows; the run keeps its normalisation")
+            mean, variance = recorded_normalization(self.recorded, mean, variance)
         x_train, y_train, x_val, y_val = split_train_val(data.x_train, data.y_train, s["validation_split"])
         if s["train_subset"] is not None:
             x_train, y_train = x_train[: s["train_subset"]], y_train[: s["train_subset"]]
@@ -204,15 +217,34 @@ class Trainer:
             self.total_steps = min(self.total_steps, s["max_steps"])
         self.base_meta = {"model": cfg.to_dict(), "dtype": s["dtype"], "class_names": data.class_names,
                           "normalization": {"mean": mean.tolist(), "variance": variance.tolist()},
-                          "run": {k: v for k, v in s.items() if k != "out"}}
+                          "data": fingerprint,
+                          # --allow-different-data allows one resume; it is not a setting of the run
+                          "run": {k: v for k, v in s.items() if k not in ("out", "allow_different_data")}}
         if has_checkpoint:
             self.restore()
+        self.agree(fingerprint)  # before anything is written
         if self.writer:
             self.metrics = MetricsLog.resume(self.folder.metrics, self.state.global_step)
             if s["tensorboard"]:
                 self.tensorboard = TensorBoardLog(self.folder.tensorboard, self.state.global_step)
             write_json(self.folder.config, self.base_meta)
         comm.barrier()
+
+    def agree(self, fingerprint: dict[str, Any]) -> None:
+        """Every rank holds the same settings, step, weights, optimizer state and data, or every rank stops
+        saying where they differ (npvit.distributed.agree; nothing to do on one process)."""
+        if self.comm.size == 1:
+            return
+        local = ("data_dir", "cache_dir", "download", "threads", "quiet", "out")  # where and how, per rank
+        record: dict[str, Any] = {BY_NAME[k].flag: v for k, v in self.s.items() if k not in local and k in BY_NAME}
+        record["the step"] = self.state.global_step
+        record["the weights (a hash)"] = distributed.digest(sorted((k, to_numpy(v))
+                                                                   for k, v in self.model.params.items()))
+        record["the optimizer state (a hash)"] = distributed.digest(sorted(self.opt.state_dict().items()))
+        if self.ema is not None:
+            record["the EMA weights (a hash)"] = distributed.digest(sorted(self.ema.state_dict().items()))
+        record["the dataset (its fingerprint)"] = fingerprint
+        distributed.agree(self.comm, record, " on how to train")
 
     def restore(self) -> None:
         """Continue from last.npz: weights, AdamW state, the EMA of the weights (with --ema) and RunState,
@@ -297,6 +329,18 @@ def recorded_config(doc: Any, source: Path) -> ViTConfig:
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{source}: its \"model\" entry is not a model config ({str(exc)[:160]}); the file is "
                          "damaged or was edited by hand") from None
+
+
+def recorded_normalization(doc: dict[str, Any], mean: np.ndarray, variance: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The channel mean and variance a run recorded in its config.json, or the given ones if none is readable."""
+    try:
+        norm = doc["normalization"]
+        recorded = (np.asarray(norm["mean"], dtype=mean.dtype), np.asarray(norm["variance"], dtype=variance.dtype))
+    except (KeyError, TypeError, ValueError):
+        return mean, variance
+    if recorded[0].shape != mean.shape or recorded[1].shape != variance.shape:
+        return mean, variance
+    return recorded
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:

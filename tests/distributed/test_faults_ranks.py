@@ -133,3 +133,56 @@ def test_a_frozen_peer_leaves_a_rank_that_sleeps_and_stops_at_a_second_signal(tm
     assert seconds < 10, f"the job took {seconds:.1f} s to end after the second signal"
     assert proc.returncode == 143, err
     assert "rank 0 of 2:" in err, err
+
+
+# ---- ranks that disagree --------------------------------------------------------------------------------------
+TINY = ["--dataset", "synthetic", "--synthetic-size", "240,60", "--synthetic-image-size", "16",
+        "--synthetic-classes", "4", "--preset", "tiny", "--batch-size", "32", "--learning-rate", "3e-3",
+        "--threads", "1", "--quiet", "--seed", "1"]
+
+
+@needs_mpi
+@pytest.mark.parametrize("rank1, message", [
+    (["--seed", "2"], '--seed is 1 on rank 0 and 2 on rank 1'),
+    (["--learning-rate", "0.01"], "--learning-rate is 0.003 on rank 0 and 0.01 on rank 1"),
+    (["--batch-size", "16"], "--batch-size is 32 on rank 0 and 16 on rank 1"),
+])
+def test_ranks_started_with_different_flags_stop_naming_the_first_difference(tmp_path, rank1, message) -> None:
+    out = str(tmp_path / "run")
+    done, seconds = job([*TRAIN, *TINY, "--epochs", "1", "--out", out],
+                        [*TRAIN, *TINY, "--epochs", "1", "--out", out, *rank1])
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"the 2 processes disagree on how to train: {message} (rank 1 differ" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "epoch 1/1" not in done.stdout
+    assert not (tmp_path / "run").exists()  # the refused new run left nothing
+
+
+@needs_mpi
+def test_ranks_resuming_from_different_checkpoints_stop_naming_the_step(tmp_path) -> None:
+    """What an unshared or stale file system does: rank 0 reads a run at step 14, rank 1 a copy at step 7."""
+    ahead, behind = tmp_path / "ahead", tmp_path / "behind"
+    for folder, epochs in ((ahead, "2"), (behind, "1")):
+        done = subprocess.run([*TRAIN, *TINY, "--epochs", epochs, "--out", str(folder)], env=environment(),
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+    before = (ahead / "last.npz").read_bytes()
+    done, _ = job([*TRAIN, "--resume", str(ahead), "--epochs", "3"],
+                  [*TRAIN, "--resume", str(behind), "--epochs", "3"])
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "disagree on how to train: the step is 14 on rank 0 and 7 on rank 1" in done.stderr, done.stderr
+    assert (ahead / "last.npz").read_bytes() == before
+
+    # The same step, other weights: a run with the same settings continued elsewhere.
+    (behind / "last.npz").write_bytes(before)
+    for name in ("config.json",):
+        (behind / name).write_bytes((ahead / name).read_bytes())
+    other = tmp_path / "other"
+    done = subprocess.run([*TRAIN, *TINY[:-1], "9", "--epochs", "2", "--out", str(other)], env=environment(),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    config = (ahead / "config.json").read_text()
+    (other / "config.json").write_text(config)  # the same recorded settings, weights trained from seed 9
+    done, _ = job([*TRAIN, "--resume", str(ahead), "--epochs", "3"],
+                  [*TRAIN, "--resume", str(other), "--epochs", "3"])
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "disagree on how to train: the weights (a hash) is" in done.stderr, done.stderr

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from data_fixtures import write_cifar
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--dataset", "synthetic", "--synthetic-size", "240,60", "--synthetic-image-size", "16",
@@ -81,3 +82,50 @@ def test_a_run_stopped_before_its_first_checkpoint_still_starts_over(tmp_path) -
     done = cli("--resume", str(run), "--max-steps", "2")
     assert done.returncode == 0, done.stderr
     assert "starting it over from step 0" in done.stdout and (run / "last.npz").is_file()
+
+
+CIFAR = ["--dataset", "cifar10", "--preset", "tiny", "--batch-size", "16", "--threads", "1", "--quiet",
+         "--no-download"]
+
+
+@pytest.mark.parametrize("change", ["labels shifted", "pixels inverted"])
+def test_a_resume_on_other_data_is_refused_unless_allowed(tmp_path, change) -> None:
+    """The run records its data's fingerprint; other data on --resume is refused (nothing written), and with
+    --allow-different-data accepted, keeping the run's normalisation."""
+    import json
+
+    import numpy as np
+
+    same = write_cifar(tmp_path / "a", "cifar10", "binary", per_file=4, n_test=4)
+    run = tmp_path / "run"
+    done = cli(*CIFAR, "--data-dir", str(same.folder), "--epochs", "1", "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    recorded = json.loads((run / "config.json").read_text())
+    assert set(recorded["data"]) == {"train", "test", "labels", "pixels"}
+
+    # The same records, changed: each binary record is a label byte then 3,072 pixel bytes.
+    other = tmp_path / "b" / same.folder.name
+    other.mkdir(parents=True)
+    for p in same.folder.iterdir():
+        raw = np.frombuffer(p.read_bytes(), dtype=np.uint8).copy()
+        if p.name.endswith(".bin"):
+            records = raw.reshape(-1, 3073)
+            if change == "labels shifted":
+                records[:, 0] = (records[:, 0] + 1) % 10
+            else:
+                records[:, 1:] = 255 - records[:, 1:]
+        (other / p.name).write_bytes(raw.tobytes())
+    before = snapshot(run)
+    done = cli("--resume", str(run), "--data-dir", str(other), "--epochs", "2")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"the data differs from the data {run} was trained on (" in done.stderr
+    assert ("labels" if change == "labels shifted" else "pixels (a sample of images)") in done.stderr
+    assert "--allow-different-data" in done.stderr and "Traceback" not in done.stderr
+    assert snapshot(run) == before
+
+    done = cli("--resume", str(run), "--data-dir", str(other), "--epochs", "2", "--allow-different-data")
+    assert done.returncode == 0, done.stderr
+    assert "training on other data than before" in done.stdout
+    after = json.loads((run / "config.json").read_text())
+    assert after["normalization"] == recorded["normalization"]  # the run's own, not the other data's
+    assert after["data"] != recorded["data"] and "allow_different_data" not in after["run"]
