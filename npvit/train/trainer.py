@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import distributed
 from ..backend import get_backend, to_numpy
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, check_array_dtypes, load_checkpoint, save_checkpoint
 from ..cli.progress import ProgressBar
 from ..config import ViTConfig
 from ..settings import load_run_dataset
@@ -255,6 +255,10 @@ class Trainer:
             raise CheckpointError(f"{path} has no training state (no 'state' in its meta): it was not written by "
                                   "npvit.train, so it cannot be resumed; evaluate it with npvit.evaluate instead")
         state = RunState.from_dict(ckpt.meta["state"], str(path))
+        dtype = self.s["dtype"]
+        check_array_dtypes(ckpt.params, dtype, "parameter", path)
+        check_array_dtypes({k: a for k, a in ckpt.optimizer.items() if k != "step"}, dtype, "optimizer state", path)
+        check_array_dtypes(ckpt.ema, dtype, "EMA weight", path)
         for name, arrays in (("parameters", ckpt.params), ("optimizer state", ckpt.optimizer),
                              ("EMA weights", ckpt.ema)):
             bad = sorted(k for k, a in arrays.items() if a.dtype.kind in "fc" and not np.isfinite(a).all())

@@ -129,3 +129,47 @@ def test_a_resume_on_other_data_is_refused_unless_allowed(tmp_path, change) -> N
     after = json.loads((run / "config.json").read_text())
     assert after["normalization"] == recorded["normalization"]  # the run's own, not the other data's
     assert after["data"] != recorded["data"] and "allow_different_data" not in after["run"]
+
+
+def rewrite_params(path: Path, dtype: str) -> None:
+    from npvit.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(path)
+    params = {k: (v * 1000).astype(dtype) for k, v in ckpt.params.items()}  # * 1000: not all zeros as ints
+    save_checkpoint(path, params, ckpt.optimizer, ckpt.meta, ema=ckpt.ema or None)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "bool", "float16", "float64"])
+def test_parameters_of_another_dtype_are_refused_by_resume_and_evaluate(trained, tmp_path, dtype) -> None:
+    run = copy_run(trained, tmp_path / "run")
+    rewrite_params(run / "last.npz", dtype)
+    rewrite_params(run / "best.npz", dtype)
+    before = snapshot(run)
+    done = cli("--resume", str(run), "--epochs", "3")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "last.npz: parameter " in done.stderr and f" is {dtype}, not float32 as the checkpoint" in done.stderr
+    assert "Traceback" not in done.stderr and snapshot(run) == before
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "npvit.evaluate", str(run / "best.npz")],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f" is {dtype}, not float32 as the checkpoint" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_checkpoint_with_a_member_twice_is_refused(trained, tmp_path) -> None:
+    """A zip may hold two members of one name; the last would silently win. Refused on --resume."""
+    import zipfile
+
+    run = copy_run(trained, tmp_path / "run")
+    with zipfile.ZipFile(run / "last.npz") as zf:
+        name = next(n for n in zf.namelist() if n.startswith("param/"))
+        data = zf.read(name)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate it is asked to write
+        with zipfile.ZipFile(run / "last.npz", "a") as zf:
+            zf.writestr(name, data)
+    done = cli("--resume", str(run), "--epochs", "3")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"holds member {name!r} more than once" in done.stderr and "Traceback" not in done.stderr
