@@ -19,7 +19,9 @@ written is then left as it was).
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -59,7 +61,7 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
     """
     run = Trainer(dict(settings), comm or SingleProcess(), StopSignals(), on_step,
               recorded_model=resumed.get("model") if resumed is not None else None, recorded=resumed)
-    with run.signals, run.folder, closing_tensorboard(run):
+    with run.signals, run.folder, closing_tensorboard(run), quiet_float_warnings():
         try:
             run.setup(resumed is not None)
             run.say(f"npvit: {run.data.name}, {len(run.x_train)} train / {len(run.x_val)} validation / "
@@ -85,6 +87,10 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
             return FAILED
         except MemoryError:
             raise OutOfMemory(out_of_memory_advice(run)) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UsageError(disk_full_advice(run, exc)) from None
+            raise
         try:
             return final_test(run)
         except (KeyboardInterrupt, Terminated) as exc:
@@ -96,6 +102,16 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
 
 
 @contextmanager
+def quiet_float_warnings() -> Iterator[None]:
+    """NumPy's overflow and invalid-value warnings off: the loop finds every non-finite loss, gradient or
+    parameter itself and stops with one message saying what to change; the warnings would only precede it
+    with source lines. (A filter, not np.errstate, which holds for the calling thread alone.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning)
+        yield
+
+
+@contextmanager
 def closing_tensorboard(run: Trainer) -> Iterator[None]:
     """Close the run's event files however training ends (they are flushed at every epoch)."""
     try:
@@ -103,6 +119,20 @@ def closing_tensorboard(run: Trainer) -> Iterator[None]:
     finally:
         if run.tensorboard is not None:
             run.tensorboard.close()
+
+
+def disk_full_advice(run: Trainer, exc: OSError) -> str:
+    """Which disk is full, what is safe, and how to go on."""
+    last = f"the last good checkpoint is {run.last_good}" if run.last_good else "no checkpoint was written"
+    if run.last_good:
+        go_on = f"--resume {run.folder.path} continues from it"
+    elif run.folder.config.exists():
+        go_on = f"--resume {run.folder.path} starts the run over"
+    else:
+        go_on = "start the run again"
+    return (f"{exc.strerror or 'no space left'} while {run.phase} in {run.folder.path}"
+            + (f" ({exc.filename})" if exc.filename else "")
+            + f"; {last} (nothing half-written replaces a file). Free space on that disk, then {go_on}")
 
 
 def out_of_memory_advice(run: Trainer) -> str:

@@ -66,8 +66,23 @@ class RunFolder:
         Raises FolderInUse when another process holds the lock.
         """
         self.created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        if os.path.lexists(self.path) and not self.path.is_dir():
+            raise UsageError(f"--out {self.path} is a file, not a folder: name a new or existing run folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UsageError(f"--out {self.path}: a part of the path is a file, not a folder; choose another "
+                             "--out") from None
+        try:
+            self._lock()
+        except BaseException:  # a full disk, say: a folder made here for nothing is taken back
+            if self.created:
+                (self.path / LOCK_NAME).unlink(missing_ok=True)
+                try:
+                    self.path.rmdir()
+                except OSError:
+                    pass
+            raise
         return sorted(p.name for p in remove_stale_temp_files(self.path))
 
     def _lock(self) -> None:
@@ -160,8 +175,9 @@ class FolderContents:
 
     @property
     def trained(self) -> bool:
-        """Whether anything shows that training happened here (beyond a config)."""
-        return self.last or self.best or self.metrics_rows > 0 or self.summary
+        """Whether a checkpoint or a summary shows that training happened here. (Metrics rows alone, of a run
+        that never saved a checkpoint, are logged again when it starts over.)"""
+        return self.last or self.best or self.summary
 
     def describe(self) -> str:
         """The evidence of training, e.g. ``best.npz, 6 metrics rows, summary.json``."""
@@ -248,7 +264,7 @@ def _parse_row(line: bytes) -> dict[str, Any] | None:
     """A metrics row, or None unless the line is a JSON object with integer "epoch" and "step"."""
     try:
         row = json.loads(line)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep to read
         return None
     if not isinstance(row, dict):
         return None
