@@ -37,7 +37,8 @@ def top_k(probs: np.ndarray, class_names: list[str], k: int) -> list[list[dict[s
 
 
 def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, backend: str = "numpy",
-                  fit: str = "crop", flip: bool | None = None) -> list[dict[str, Any]]:
+                  fit: str = "crop", flip: bool | None = None,
+                  max_pixels: int | None = None) -> list[dict[str, Any]]:
     """[{file, predictions: [{class, probability}, ...]}] for image files and folders, in the order given.
     ``flip``: test-time flip (``npvit.evaluate.inference_logits``); None: as the run that wrote the checkpoint."""
     from .evaluate import inference_logits
@@ -48,7 +49,7 @@ def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, b
     files = image_files(list(paths))
     loaded = load_model(checkpoint, backend)
     size = loaded.native_size
-    images = [read_image(f, size, fit) for f in files]  # every file readable, or stop
+    images = [read_image(f, size, fit, **({"max_pixels": max_pixels} if max_pixels else {})) for f in files]  # every file readable, or stop
     flip = loaded.eval_flip if flip is None else flip
     results = []
     for start in range(0, len(images), BATCH):
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image (default 5)")
     parser.add_argument("--fit", choices=FITS, default="crop",
                         help="non-square images: centre crop (default) or stretch to a square")
+    parser.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                        help="refuse images of more pixels than this (default 64000000), before decoding them")
     parser.add_argument("--backend", choices=BACKEND_NAMES, default="numpy")
     parser.add_argument("--eval-flip", action=argparse.BooleanOptionalAction, default=None,
                         help="predict from the mean of the logits of each image and its mirror image (test-time "
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    results = predict_files(args.checkpoint, args.images, args.top_k, args.backend, args.fit, args.eval_flip)
+    results = predict_files(args.checkpoint, args.images, args.top_k, args.backend, args.fit, args.eval_flip,
+                            args.max_pixels)
     if not args.json:
         print(format_results(results))
         return 0

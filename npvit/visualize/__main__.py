@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--data-dir", help="existing copy of the dataset (archive or extracted folder)")
     image.add_argument("--cache-dir", help="download cache (default $NPVIT_CACHE or ~/.cache/npvit)")
     image.add_argument("--no-download", dest="download", action="store_false", help="fail instead of downloading")
+    image.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                       help="refuse image files of more pixels than this (default 64000000), before decoding them")
     image.add_argument("--fit", choices=FITS, default="crop",
                        help="non-square image files: centre crop (default) or stretch to a square")
 
@@ -92,7 +94,8 @@ def pick_image(args: argparse.Namespace, loaded: Any) -> tuple[np.ndarray, str]:
     from .inputs import dataset_image, read_image
 
     if args.image:
-        return read_image(args.image, loaded.native_size, args.fit), Path(args.image).name
+        return read_image(args.image, loaded.native_size, args.fit,
+                          **({"max_pixels": args.max_pixels} if args.max_pixels else {})), Path(args.image).name
     image, label = dataset_image(loaded, args.test_index, args.data_dir, args.cache_dir, args.download)
     return image, f"{loaded.run.get('dataset', 'dataset')} test image {args.test_index} ({label})"
 

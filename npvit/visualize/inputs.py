@@ -71,11 +71,15 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     return files
 
 
-def read_image(path: str | Path, size: int, fit: str = "crop") -> np.ndarray:
+MAX_PIXELS = 64_000_000  # the default limit on an image's pixels: a large camera photo, not a decompression bomb
+
+
+def read_image(path: str | Path, size: int, fit: str = "crop", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An image file as uint8 (size, size, 3) RGB, reduced as the module docstring explains.
 
     EXIF orientation is applied (photos from phones), every mode is converted by its real range
-    (:func:`to_rgb`), and transparent pixels are laid on white.
+    (:func:`to_rgb`), and transparent pixels are laid on white. An image of more than ``max_pixels`` pixels
+    is refused from its header, before it is decoded (121 megapixels of RGB are 1.4 GB in memory).
     """
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
@@ -84,14 +88,23 @@ def read_image(path: str | Path, size: int, fit: str = "crop") -> np.ndarray:
 
     if not Path(path).is_file():
         raise InputError(f"no such file: {path}" if not Path(path).exists() else f"{path} is not a file")
+    previous = image_mod.MAX_IMAGE_PIXELS
+    image_mod.MAX_IMAGE_PIXELS = None  # the limit is max_pixels, checked below with a message that says how
     try:
         with image_mod.open(path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise InputError(f"it is {width}x{height}, {width * height / 1e6:.1f} megapixels, more than the "
+                                 f"limit of {max_pixels / 1e6:g}; reduce it, or raise the limit with --max-pixels "
+                                 f"{width * height} if it is meant")
             img.load()
             img = to_rgb(ImageOps.exif_transpose(img))
     except InputError as exc:
         raise InputError(f"cannot use image {path}: {exc}") from None
     except (OSError, ValueError, SyntaxError, image_mod.DecompressionBombError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from exc
+    finally:
+        image_mod.MAX_IMAGE_PIXELS = previous
     lanczos = image_mod.LANCZOS  # Image.Resampling.LANCZOS from Pillow 9.1; the constant works on every version
     if fit == "crop":
         img = ImageOps.fit(img, (size, size), method=lanczos)
@@ -116,7 +129,8 @@ def value_range(mode: str, pixels: np.ndarray) -> tuple[float, float]:
         return 0.0, 1.0
     if mode == "F" and lo >= 0 and hi <= 255:
         return 0.0, 255.0
-    return lo, hi if hi > lo else lo + 1.0
+    # A constant image maps to 0; lo + 1 would equal lo from 2**53 on (float64), and divide by zero.
+    return lo, hi if hi > lo else lo + max(1.0, abs(lo))
 
 
 def to_rgb(img: Any) -> Any:
