@@ -87,7 +87,7 @@ def table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", help="the CIFAR-10 archive or folder (see README, Data)")
+    parser.add_argument("--data-dir", help="the CIFAR-10 archive or folder (see docs/training.md, Data)")
     parser.add_argument("--out", default="runs/ablation", help="folder for the runs and ablation.json")
     parser.add_argument("--only", help="comma-separated variant names (default: all): "
                         + ", ".join(name for name, _, _ in VARIANTS))

@@ -50,7 +50,7 @@ Fairness rules:
   compares stock torch; the header and the per-sample CPU/system time and page faults make this visible.
 * Allocator: ``--keep-freed-memory`` sets glibc's malloc as ``python -m npvit.train`` does
   (``npvit.cli.allocator``; NOTES entry 18), for the whole process and so for both frameworks; without it (the
-  default, as the tables in the README were measured) small models pay page faults on every step.
+  default, as the tables in benchmarks/README.md were measured) small models pay page faults on every step.
 * Threads: ``--threads N`` (default: OMP_NUM_THREADS if set, else the CPUs this process may use) is written
   to OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS *before NumPy is imported* (so run this file
   as a script, not imported), and given to ``torch.set_num_threads``. The header reports the BLAS thread

@@ -51,7 +51,7 @@ class ViTConfig:
             and (H d, H D): query/key/value limits sqrt(D (H + d) / (D + H d)) times narrower (3.7 times at
             D = d = 64, H = 4). Keras' ``Dense`` kernels are 2-D, the same under both rules. The default is
             "receptive", the rule of the example's published result; "axes" reproduces a run of the example
-            on Keras 3.15 or later (README, "The Keras recipe against Keras itself").
+            on Keras 3.15 or later (docs/training.md, "The Keras recipe against Keras itself").
     """
 
     image_size: int = 72

@@ -21,8 +21,8 @@ from .nccl import NCCLCommunicator, load_nccl, select_device
 from .watchdog import timeout_from_environment
 
 INSTALL_HINT = ("install it with pip install -e '.[mpi]' in an npvit checkout (or pip install 'npvit[mpi]'); on a "
-                "cluster, build it against the cluster's own MPI instead (see the \"Many processes\" section of "
-                "the README)")
+                "cluster, build it against the cluster's own MPI instead (docs/distributed.md, \"A Slurm cluster, "
+                "with the cluster's own MPI\")")
 
 
 def connect(environ: Mapping[str, str] | None = None, timeout: float | None = None) -> Communicator:

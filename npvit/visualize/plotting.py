@@ -42,7 +42,7 @@ def render(fig: Any, dpi: float = DEFAULT_DPI) -> np.ndarray:
 
 
 def save_png(fig: Any, path: str | Path, dpi: float = DEFAULT_DPI) -> tuple[int, int]:
-    """Write the figure as an RGB PNG (optimised, so README figures stay small). Returns (width, height)."""
+    """Write the figure as an RGB PNG (optimised, so the figures in docs/ stay small). Returns (width, height)."""
     pixels = render(fig, dpi)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
