@@ -43,13 +43,14 @@ def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, b
     ``flip``: test-time flip (``npvit.evaluate.inference_logits``); None: as the run that wrote the checkpoint."""
     from .evaluate import inference_logits
     from .visualize.extras import pillow_image
-    from .visualize.inputs import image_files, load_model, probabilities, read_image
+    from .visualize.inputs import MAX_PIXELS, image_files, load_model, probabilities, read_image
 
     pillow_image("npvit.predict", needs="Pillow")  # before anything slow: a missing extra is one message
     files = image_files(list(paths))
     loaded = load_model(checkpoint, backend)
     size = loaded.native_size
-    images = [read_image(f, size, fit, **({"max_pixels": max_pixels} if max_pixels else {})) for f in files]  # every file readable, or stop
+    limit = max_pixels or MAX_PIXELS
+    images = [read_image(f, size, fit, limit) for f in files]  # every file readable, or stop
     flip = loaded.eval_flip if flip is None else flip
     results = []
     for start in range(0, len(images), BATCH):

@@ -91,11 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def pick_image(args: argparse.Namespace, loaded: Any) -> tuple[np.ndarray, str]:
     """The uint8 image at the run's native size, and words saying where it came from."""
-    from .inputs import dataset_image, read_image
+    from .inputs import MAX_PIXELS, dataset_image, read_image
 
     if args.image:
-        return read_image(args.image, loaded.native_size, args.fit,
-                          **({"max_pixels": args.max_pixels} if args.max_pixels else {})), Path(args.image).name
+        return read_image(args.image, loaded.native_size, args.fit, args.max_pixels or MAX_PIXELS), \
+            Path(args.image).name
     image, label = dataset_image(loaded, args.test_index, args.data_dir, args.cache_dir, args.download)
     return image, f"{loaded.run.get('dataset', 'dataset')} test image {args.test_index} ({label})"
 
