@@ -7,6 +7,9 @@
     loss, cache = npvit.cross_entropy_forward(logits, labels)
     model.backward(npvit.cross_entropy_backward(cache))     # fills model.grads
     opt.step(model.grads)
+
+    model = npvit.load_timm("model.safetensors", "vit_base_patch16_224")   # timm's or Google's weights
+    npvit.export(model, "model.onnx")                                      # .safetensors, .onnx, .pt
 """
 
 import warnings
@@ -21,6 +24,7 @@ from .backend import (
 )
 from .config import ViTConfig
 from .gradcheck import GradcheckResult, gradcheck
+from .interop import export, load_timm
 from .kernels import cross_entropy_backward, cross_entropy_forward
 from .loading import LoadedModel, load
 from .model import ViT
@@ -39,10 +43,12 @@ __all__ = [
     "available_backends",
     "cross_entropy_backward",
     "cross_entropy_forward",
+    "export",
     "get_array_module",
     "get_backend",
     "gradcheck",
     "load",
+    "load_timm",
     "__version__",
 ]
 

@@ -1,18 +1,29 @@
 """ViTConfig: every architectural choice of a Vision Transformer, as a plain dataclass.
 
 Presets reproduce the Keras example "Image classification with Vision Transformer" (both revisions), a
-32x32 variant for CIFAR images at their native size, and a tiny model for tests. ``dataclasses.replace``
-makes any variant: ``replace(ViTConfig.keras(), pool="cls", depth=4)``.
+32x32 variant for CIFAR images at their native size, and a tiny model for tests; ``ViTConfig.timm(arch)`` is
+timm's ``VisionTransformer`` for the plain ViTs ``vit_{tiny,small,base,large}_patch{16,32}_{224,384}`` (the
+paper's arrangement). ``dataclasses.replace`` makes any variant: ``replace(ViTConfig.keras(), pool="cls",
+depth=4)``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 POOLS = ("flatten", "cls", "gap")
 GELUS = ("erf", "tanh")
 ATTENTION_FANS = ("axes", "receptive")
+ARRANGEMENTS = ("keras", "timm")
+
+# timm's plain ViT sizes: name -> (width, depth, heads); every one has MLP ratio 4.
+TIMM_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
+TIMM_ARCHS = tuple(f"vit_{size}_patch{patch}_{side}" for size in TIMM_SIZES for patch in (16, 32)
+                   for side in (224, 384) if (size, patch) != ("tiny", 32))  # timm has no tiny/32
+"""The timm architectures npvit builds exactly (``ViTConfig.timm``)."""
+GLOBAL_POOLS = ("token", "avg")
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,8 @@ class ViTConfig:
             itself). 0 (every preset) draws nothing.
         ln_eps: layer-norm epsilon.
         pool: how tokens become one vector: "flatten" (the Keras example: all tokens concatenated),
-            "cls" (the paper: a learned class token, prepended), "gap" (mean over tokens).
+            "cls" (the paper: a learned class token, prepended, and its output taken), "gap" (mean over the
+            patch tokens: the class token, when there is one, is left out, as timm's global_pool="avg").
         gelu: "erf" (exact) or "tanh" (approximation).
         attention_fans: the fans of the Glorot-uniform query, key, value and output kernels. "axes": Keras 3.15
             and later, which read them from the einsum axes of its (D, H, d) and (H, d, D) kernels: fans (D, H d)
@@ -52,6 +64,15 @@ class ViTConfig:
             D = d = 64, H = 4). Keras' ``Dense`` kernels are 2-D, the same under both rules. The default is
             "receptive", the rule of the example's published result; "axes" reproduces a run of the example
             on Keras 3.15 or later (docs/training.md, "The Keras recipe against Keras itself").
+        arrangement: "keras" (every preset but the timm ones): GELU after every layer of the block MLP, the
+            last one too, as the Keras example's ``mlp`` helper, and Keras' initializers. "timm" (the paper
+            and timm's ``Mlp``): GELU only between the block MLP's layers, and timm's initializers (linear
+            kernels normal with std 0.02, zero biases, pos_embed normal std 0.02, cls_token normal std 1e-6,
+            the patch projection as torch's Conv2d: uniform within 1 / sqrt(fan_in), bias too).
+        class_token: prepend a learned class token (with its own position in pos_embed). None (the default)
+            means pool == "cls"; True with pool "gap" is timm's global_pool="avg" on a model that has one.
+        fc_norm: True: the final LayerNorm acts on the pooled vector (named ``fc_norm``) instead of on every
+            token (``norm``), as timm's default for global_pool="avg". False: norm before pooling.
     """
 
     image_size: int = 72
@@ -73,6 +94,9 @@ class ViTConfig:
     pool: str = "flatten"
     gelu: str = "erf"
     attention_fans: str = "receptive"
+    arrangement: str = "keras"
+    class_token: bool | None = None
+    fc_norm: bool = False
 
     def __post_init__(self) -> None:
         # Lists from JSON or the command line become tuples, so configs stay hashable and comparable.
@@ -92,9 +116,14 @@ class ViTConfig:
         return self.grid_size**2
 
     @property
+    def has_class_token(self) -> bool:
+        """Whether a class token is prepended: ``class_token``, or pool == "cls" when that is None."""
+        return self.pool == "cls" if self.class_token is None else self.class_token
+
+    @property
     def num_tokens(self) -> int:
-        """Tokens the transformer blocks see: the patches, plus the class token when pool is "cls"."""
-        return self.num_patches + (1 if self.pool == "cls" else 0)
+        """Tokens the transformer blocks see: the patches, plus the class token when there is one."""
+        return self.num_patches + (1 if self.has_class_token else 0)
 
     @property
     def patch_window(self) -> int:
@@ -126,10 +155,10 @@ class ViTConfig:
         def dense_chain(sizes: tuple[int, ...]) -> int:  # weights and biases of Dense layers in a row
             return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
 
-        embed = self.patch_dim * d + d + self.num_tokens * d + (d if self.pool == "cls" else 0)
+        embed = self.patch_dim * d + d + self.num_tokens * d + (d if self.has_class_token else 0)
         block = 2 * d + dense_chain((d, 3 * qkv)) + dense_chain((qkv, d)) + 2 * d + dense_chain((d, *self.mlp_units))
         head = dense_chain((self.pooled_dim, *self.head_units, self.num_classes))
-        return embed + self.depth * block + 2 * d + head
+        return embed + self.depth * block + 2 * d + head  # 2 d: the final norm, or fc_norm in its place
 
     # ---- checks and conversion ----------------------------------------------------------------------------
     def validate(self) -> None:
@@ -166,6 +195,17 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.gelu must be one of {GELUS}, got {self.gelu!r}")
         if self.attention_fans not in ATTENTION_FANS:
             raise ValueError(f"ViTConfig.attention_fans must be one of {ATTENTION_FANS}, got {self.attention_fans!r}")
+        if self.arrangement not in ARRANGEMENTS:
+            raise ValueError(f"ViTConfig.arrangement must be one of {ARRANGEMENTS}, got {self.arrangement!r}")
+        if self.class_token not in (None, True, False):
+            raise ValueError(f"ViTConfig.class_token must be true, false or null, got {self.class_token!r}")
+        if self.pool == "cls" and self.class_token is False:
+            raise ValueError('ViTConfig.pool "cls" takes the class token\'s output: class_token cannot be false')
+        if not isinstance(self.fc_norm, bool):
+            raise ValueError(f"ViTConfig.fc_norm must be true or false, got {self.fc_norm!r}")
+        if self.fc_norm and self.pool == "flatten":
+            raise ValueError('ViTConfig.fc_norm normalises one pooled token: it needs pool "cls" or "gap", not '
+                             '"flatten"')
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (tuples become lists)."""
@@ -217,6 +257,33 @@ class ViTConfig:
             num_classes=num_classes, image_size=32, patch_size=4, dim=64, depth=6, num_heads=2, key_dim=32,
             mlp_units=(128, 64), head_units=(), dropout=0.0, attention_dropout=0.0, head_dropout=0.0,
             pool="gap", gelu="tanh", attention_fans="receptive",
+        )
+
+    @classmethod
+    def timm(cls, arch: str, num_classes: int = 1000, image_size: int | None = None, global_pool: str = "token",
+             class_token: bool = True, fc_norm: bool | None = None) -> "ViTConfig":
+        """timm's ``VisionTransformer`` for ``arch``, one of TIMM_ARCHS (``vit_base_patch16_224``, ...).
+
+        A class token with its own position, one fused qkv projection with bias, pre-norm blocks whose MLP
+        (ratio 4) has GELU (erf) only between its two layers, LayerNorm epsilon 1e-6, a linear classifier,
+        no dropout (timm's defaults). ``global_pool`` as timm's: "token" (the class token's output after the
+        final norm) or "avg" (the mean of the patch tokens; then ``fc_norm``, None meaning True as in timm,
+        puts the final norm after the mean). ``image_size`` defaults to the arch's (224 or 384).
+        """
+        match = re.fullmatch(r"vit_(tiny|small|base|large)_patch(16|32)_(224|384)", arch)
+        if match is None or arch not in TIMM_ARCHS:
+            raise ValueError(f"unknown timm architecture {arch!r}; npvit builds {', '.join(TIMM_ARCHS)}")
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS} (timm's names), got {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ValueError('global_pool="token" takes the class token\'s output: it needs class_token=True')
+        dim, depth, heads = TIMM_SIZES[match.group(1)]
+        return cls(
+            image_size=int(match.group(3)) if image_size is None else image_size, patch_size=int(match.group(2)),
+            num_classes=num_classes, dim=dim, depth=depth, num_heads=heads, key_dim=dim // heads,
+            mlp_units=(4 * dim, dim), head_units=(), dropout=0.0, attention_dropout=0.0, head_dropout=0.0,
+            ln_eps=1e-6, pool="cls" if global_pool == "token" else "gap", gelu="erf", arrangement="timm",
+            class_token=class_token, fc_norm=(global_pool == "avg") if fc_norm is None else fc_norm,
         )
 
     @classmethod

@@ -128,6 +128,9 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         keep_freed_memory()  # as npvit.train does: freed activations are not page-faulted back in
     loaded = load(args.checkpoint, args.backend)
     path, model, augmenter = loaded.path, loaded.model, loaded.augmenter
+    if not loaded.run:  # a model from another library's file, exported without a run
+        raise CheckpointError(f"{path} records no run, so no dataset to evaluate on: evaluate a run folder or a "
+                              "checkpoint written by npvit.train")
     data = load_run_dataset(loaded.run, args.data_dir, args.cache_dir, progress=not args.json)
     if len(data.y_test) == 0:
         raise DataError(f"the test split of the run in {path} is empty: nothing to evaluate")

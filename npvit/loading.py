@@ -2,6 +2,8 @@
 
     loaded = npvit.load("runs/cifar10-fast")           # a run folder: its best.npz, else last.npz
     loaded = npvit.load("runs/cifar10-fast/last.npz")  # a checkpoint file
+    loaded = npvit.load("model.safetensors", arch="vit_base_patch16_224")   # timm's or Google's weights
+    loaded = npvit.load("exported.safetensors")        # a file npvit.export wrote (its metadata says the rest)
     logits = loaded.model.forward(loaded.model_input(uint8_images))
 
 What comes back is the model with its weights and everything needed to feed it as its training did: the
@@ -24,8 +26,12 @@ from .backend import Backend, get_backend, to_numpy
 from .checkpoint import Checkpoint, CheckpointError, check_model_meta, load_checkpoint, resolve_checkpoint
 from .config import ViTConfig
 from .data.augment import Augmenter
+from .interop import InteropError, imagenet_class_names, load_timm
+from .interop.readback import load_export
 from .model import ViT
 from .settings import native_image_size
+
+FOREIGN_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")  # never npvit checkpoints: read by npvit.interop
 
 __all__ = ["LoadedModel", "load", "model_from_checkpoint"]
 
@@ -38,6 +44,9 @@ class LoadedModel:
     model: ViT
     augmenter: Augmenter  # inference preprocessing: normalisation with the training statistics, then the resize
     meta: dict[str, Any]
+    # A timm model's resize and crop of image files (npvit.interop.Preprocess): the images model_input takes
+    # are what its ``resized`` makes of a file, input_size pixels square
+    preprocess: Any = None
 
     @property
     def config(self) -> ViTConfig:
@@ -57,7 +66,9 @@ class LoadedModel:
 
     @property
     def native_size(self) -> int:
-        """Side of the images the run trained on, before the Augmenter resized them."""
+        """Side of the images the run trained on, before the Augmenter resized them (a timm model's: its input)."""
+        if self.preprocess is not None:
+            return self.preprocess.input_size
         return native_image_size(self.run)
 
     @property
@@ -74,16 +85,49 @@ class LoadedModel:
         return self.augmenter(self.model.backend.asarray(images), training=False)
 
 
-def load(source: str | os.PathLike, backend: str | Backend = "numpy", dtype: str | None = None) -> LoadedModel:
+def load(source: str | os.PathLike, backend: str | Backend = "numpy", dtype: str | None = None, *,
+         arch: str | None = None, num_classes: int | None = None, image_size: int | None = None,
+         global_pool: str = "token") -> LoadedModel:
     """The model ``source`` holds: a checkpoint file written by ``npvit.train`` (best.npz, last.npz) or a run
-    folder (its best.npz, else last.npz). ``dtype`` overrides the stored one ("float32" or "float64").
+    folder (its best.npz, else last.npz); with ``arch`` (a timm architecture), a timm ``.safetensors`` or
+    Google ``.npz`` file (``npvit.load_timm``, whose ``num_classes``, ``image_size`` and ``global_pool`` these
+    are); a ``.safetensors`` file ``npvit.export`` wrote. ``dtype`` overrides the stored one ("float32" or
+    "float64"; float32 for other libraries' files).
 
     Raises :class:`CheckpointError` (a message naming the file and what is wrong) when it cannot be used.
     """
+    if arch is not None or Path(source).suffix.lower() in FOREIGN_SUFFIXES:
+        return _load_foreign(Path(source), get_backend(backend), dtype or "float32", arch,
+                             dict(num_classes=num_classes, image_size=image_size, global_pool=global_pool))
     path = resolve_checkpoint(source)
     ckpt = load_checkpoint(path)
     model, augmenter = model_from_checkpoint(ckpt, get_backend(backend), dtype=dtype, source=str(path))
     return LoadedModel(path, model, augmenter, ckpt.meta)
+
+
+def _load_foreign(path: Path, backend: Backend, dtype: str, arch: str | None, options: dict) -> LoadedModel:
+    """A timm or Google file (``arch`` given), or an npvit export; its preprocessing as an Augmenter too."""
+    try:
+        if arch is None:
+            model, doc = load_export(path, backend, dtype)
+        else:
+            model, doc = load_timm(path, arch, backend=backend, dtype=dtype, **options), {}
+    except InteropError as exc:
+        raise CheckpointError(str(exc)) from None
+    cfg, pre = model.config, model.preprocess
+    names = doc.get("class_names")
+    if names is None and cfg.num_classes == 1000 and arch is not None:
+        names = imagenet_class_names()  # timm's ImageNet-1k heads
+    if pre is not None:  # (x / 255 - m) / s is Keras' normalisation with mean 255 m and variance (255 s)^2
+        mean, variance = 255.0 * np.asarray(pre.mean), (255.0 * np.asarray(pre.std)) ** 2
+    elif "normalization" in doc:
+        mean, variance = doc["normalization"]["mean"], doc["normalization"]["variance"]
+    else:
+        raise CheckpointError(f"{path} records no preprocessing (neither a timm preprocess nor a normalization)")
+    augmenter = Augmenter(mean, variance, image_size=cfg.image_size, dtype=str(model.dtype))
+    meta = {"model": cfg.to_dict(), "dtype": str(model.dtype), "class_names": names, "arch": arch,
+            "run": doc.get("run", {})}
+    return LoadedModel(path, model, augmenter, meta, preprocess=pre)
 
 
 def model_from_checkpoint(ckpt: Checkpoint, backend: str | Backend = "numpy", dtype: str | None = None,

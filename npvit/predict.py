@@ -2,12 +2,15 @@
 
     python -m npvit.predict runs/cifar10-small/best.npz cat.jpg dog.png
     python -m npvit.predict runs/cifar10-small photos/ --top-k 3 --json
+    python -m npvit.predict vit.safetensors cat.jpg --arch vit_base_patch16_224   # a timm or Google file
 
 PNG and JPEG files of any size (any format Pillow reads, when named directly; a folder stands for its PNG
 and JPEG files, sorted by name). Each image is reduced to the dataset's native size (32x32 for CIFAR) with an
 antialiased resize, then preprocessed exactly as evaluation does; ``npvit.visualize.inputs`` says why. A run
 trained with ``--eval-flip`` predicts from the mean of the logits of each image and its mirror image, as its
-evaluation did (``--no-eval-flip`` to turn that off, ``--eval-flip`` to turn it on for any run).
+evaluation did (``--no-eval-flip`` to turn that off, ``--eval-flip`` to turn it on for any run). A timm model
+sees each image as timm's evaluation transform makes it (npvit.interop.Preprocess) and, with a 1000-class
+head, predicts ImageNet's class names.
 Needs Pillow, from the ``viz`` extra: ``pip install 'npvit[viz]'``.
 """
 
@@ -24,6 +27,7 @@ from .backend import BACKEND_NAMES, BackendUnavailableError
 from .checkpoint import CheckpointError
 from .cli.args import positive_int
 from .cli.status import run_command
+from .config import TIMM_ARCHS
 from .files import dumps_finite
 
 BATCH = 64  # images per forward pass: bounds memory for large folders
@@ -37,20 +41,20 @@ def top_k(probs: np.ndarray, class_names: list[str], k: int) -> list[list[dict[s
 
 
 def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, backend: str = "numpy",
-                  fit: str = "crop", flip: bool | None = None,
+                  fit: str = "crop", flip: bool | None = None, arch: str | None = None,
                   max_pixels: int | None = None) -> list[dict[str, Any]]:
     """[{file, predictions: [{class, probability}, ...]}] for image files and folders, in the order given.
-    ``flip``: test-time flip (``npvit.evaluate.inference_logits``); None: as the run that wrote the checkpoint."""
+    ``flip``: test-time flip (``npvit.evaluate.inference_logits``); None: as the run that wrote the checkpoint.
+    ``arch``: the timm architecture of a timm or Google ``checkpoint`` file."""
     from .evaluate import inference_logits
     from .visualize.extras import pillow_image
-    from .visualize.inputs import MAX_PIXELS, image_files, load_model, probabilities, read_image
+    from .visualize.inputs import MAX_PIXELS, image_files, load_model, model_image, probabilities
 
     pillow_image("npvit.predict", needs="Pillow")  # before anything slow: a missing extra is one message
     files = image_files(list(paths))
-    loaded = load_model(checkpoint, backend)
-    size = loaded.native_size
+    loaded = load_model(checkpoint, backend, arch)
     limit = max_pixels or MAX_PIXELS
-    images = [read_image(f, size, fit, limit) for f in files]  # every file readable, or stop
+    images = [model_image(loaded, f, fit, limit) for f in files]  # every file readable, or stop
     flip = loaded.eval_flip if flip is None else flip
     results = []
     for start in range(0, len(images), BATCH):
@@ -74,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     from .visualize.inputs import FITS, InputError
 
     parser = argparse.ArgumentParser(prog="python -m npvit.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="a .npz checkpoint written by npvit.train, or its run folder")
+    parser.add_argument("checkpoint", help="a .npz checkpoint written by npvit.train, or its run folder; with "
+                        "--arch, a timm .safetensors or Google .npz file; a .safetensors npvit.export wrote")
+    parser.add_argument("--arch", choices=TIMM_ARCHS, metavar="ARCH",
+                        help="the timm architecture of a timm or Google file (e.g. vit_base_patch16_224)")
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders of them")
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image (default 5)")
     parser.add_argument("--fit", choices=FITS, default="crop",
@@ -94,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _predict_command(args: argparse.Namespace) -> int:
     results = predict_files(args.checkpoint, args.images, args.top_k, args.backend, args.fit, args.eval_flip,
-                            args.max_pixels)
+                            args.arch, args.max_pixels)
     if not args.json:
         print(format_results(results))
         return 0

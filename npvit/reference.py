@@ -1,7 +1,8 @@
 """The Vision Transformer written to be read: every forward and backward pass of npvit, and AdamW, in one file.
 
-This is the model of ``npvit.ViT`` (Dosovitskiy et al., 2020, laid out as the Keras example builds it) as
-plain functions on arrays, in the order the data flows. It reads the same ``params`` dict as ``npvit.ViT``
+This is the model of ``npvit.ViT`` (Dosovitskiy et al., 2020, laid out as the Keras example builds it, or as
+timm's ``VisionTransformer`` does with ``cfg.arrangement == "timm"``: no GELU after the block MLP's last
+layer) as plain functions on arrays, in the order the data flows. It reads the same ``params`` dict as ``npvit.ViT``
 (same names, same layouts) and computes the same numbers: the tests hold the two to 1e-12 in float64. The
 fast model gets its speed from tricks (thread shards, cache-sized pieces and chunks, transposed scores,
 exp2, a query scale folded into the weights, in-place buffers) that this file leaves out;
@@ -17,8 +18,8 @@ Conventions:
 - Every layer is a pair ``<name>_forward(...) -> (output, cache)`` and ``<name>_backward(doutput, cache,
   ...) -> gradients``; the cache holds what the backward pass needs. ``dz`` is dLoss/dz, shaped like z.
 - Parameter names are timm's: ``patch_embed``, ``cls_token``, ``pos_embed``, ``blocks.{i}.norm1``,
-  ``blocks.{i}.attn`` (``qkv``, ``proj``), ``blocks.{i}.norm2``, ``blocks.{i}.mlp`` (``fc0``, ``fc1``), ``norm``,
-  ``head`` (``fc0`` ... and ``out``).
+  ``blocks.{i}.attn`` (``qkv``, ``proj``), ``blocks.{i}.norm2``, ``blocks.{i}.mlp`` (``fc0``, ``fc1``), ``norm``
+  (or ``fc_norm``, after the pooling), ``head`` (``fc0`` ... and ``out``).
 - Dropout takes its keep masks from a function ``masks(site, shape, rate) -> boolean array`` (True = kept),
   called with the name of the dropout site (``blocks.0.attn.attn_drop``, ``blocks.0.mlp.drop0``,
   ``head_drop``, ``head.drop0``, ...); ``masks=None`` means no dropout (inference). Drop path (stochastic
@@ -338,21 +339,24 @@ def attention_backward(
 # ---- MLP ------------------------------------------------------------------------------------------------------
 def mlp_forward(
     params: Mapping[str, Array], prefix: str, x: Array, layers: int, gelu: str, rate: float,
-    masks: Masks | None,
+    masks: Masks | None, act_last: bool = True,
 ) -> tuple[Array, list]:
     """The Keras example's ``mlp``: for each layer i, Dense (``{prefix}.fc{i}``) -> GELU -> Dropout
-    (``{prefix}.drop{i}``), the last layer included.   x (..., I) -> (..., U_last)."""
+    (``{prefix}.drop{i}``), the last layer included; ``act_last=False`` leaves out the last layer's GELU (the
+    paper's MLP, timm's ``Mlp``: fc1 -> GELU -> drop -> fc2 -> drop).   x (..., I) -> (..., U_last)."""
     caches = []
     for i in range(layers):
         name = f"{prefix}.fc{i}"
         x, c_fc = dense_forward(x, params[f"{name}.w"], params[f"{name}.b"])  # (..., U_i)
-        x, c_gelu = gelu_forward(x, gelu)  # (..., U_i)
+        c_gelu = None
+        if act_last or i < layers - 1:
+            x, c_gelu = gelu_forward(x, gelu)  # (..., U_i)
         x, c_drop = dropout_forward(x, draw_keep(masks, f"{prefix}.drop{i}", x.shape, rate), rate)  # (..., U_i)
         caches.append((c_fc, c_gelu, c_drop))
     return x, caches
 
 
-# The layers in reverse, each one's three steps in reverse: dropout, GELU, dense.
+# The layers in reverse, each one's three steps in reverse: dropout, GELU (where there is one), dense.
 def mlp_backward(
     dy: Array, cache: list, params: Mapping[str, Array], prefix: str, grads: Params
 ) -> Array:
@@ -361,7 +365,8 @@ def mlp_backward(
         c_fc, c_gelu, c_drop = cache[i]
         name = f"{prefix}.fc{i}"
         dy = dropout_backward(dy, c_drop)  # (..., U_i)
-        dy = gelu_backward(dy, c_gelu)  # (..., U_i)
+        if c_gelu is not None:
+            dy = gelu_backward(dy, c_gelu)  # (..., U_i)
         dy, grads[f"{name}.w"], grads[f"{name}.b"] = dense_backward(
             dy, c_fc, params[f"{name}.w"])  # (..., U_i-1)
     return dy
@@ -390,7 +395,8 @@ def block_forward(
     x = x + h  # (B, T, D)  residual
     h, c_norm2 = layernorm_forward(
         x, params[f"{p}.norm2.gamma"], params[f"{p}.norm2.beta"], cfg.ln_eps)  # (B, T, D)
-    h, c_mlp = mlp_forward(params, f"{p}.mlp", h, len(cfg.mlp_units), cfg.gelu, cfg.dropout, masks)  # (B, T, D)
+    h, c_mlp = mlp_forward(params, f"{p}.mlp", h, len(cfg.mlp_units), cfg.gelu, cfg.dropout, masks,
+                           act_last=cfg.arrangement != "timm")  # (B, T, D)
     h, c_dp2 = drop_path_forward(h, draw_keep(masks, f"{p}.drop_path2", (batch, 1, 1), rate), rate)  # (B, T, D)
     y = x + h  # (B, T, D)  residual
     return y, (c_norm1, c_attn, c_dp1, c_norm2, c_mlp, c_dp2)
@@ -418,21 +424,23 @@ def block_backward(
 
 
 # ---- pooling --------------------------------------------------------------------------------------------------
-def pool_forward(t: Array, pool: str) -> Array:
+def pool_forward(t: Array, pool: str, class_token: bool = False) -> Array:
     """Tokens (B, T, D) -> one vector per image: "flatten" (B, T*D), every token concatenated (Keras'
-    Flatten, row-major over (token, channel)); "cls" (B, D), the class token; "gap" (B, D), the token mean."""
+    Flatten, row-major over (token, channel)); "cls" (B, D), the class token; "gap" (B, D), the mean of the
+    patch tokens (token 0 left out when it is a class token, as timm's global_pool="avg")."""
     if pool == "flatten":
         return t.reshape(t.shape[0], -1)  # (B, T*D)
     if pool == "cls":
         return t[:, 0]  # (B, D)
     if pool == "gap":
-        return t.mean(axis=1)  # (B, D)
+        patches = t[:, 1:] if class_token else t  # (B, N, D)
+        return patches.mean(axis=1)  # (B, D)
     raise ValueError(f"unknown pool {pool!r}: expected 'flatten', 'cls' or 'gap'")
 
 
 # flatten: the inverse reshape;  cls: token 0 gets the gradient, the others none (through the pool);
-# gap: each of the T tokens gets 1/T of it.
-def pool_backward(dpooled: Array, pool: str, shape: tuple[int, ...]) -> Array:
+# gap: each of the N patch tokens gets 1/N of it (a class token none).
+def pool_backward(dpooled: Array, pool: str, shape: tuple[int, ...], class_token: bool = False) -> Array:
     """Gradient of pool_forward with respect to the tokens of ``shape`` (B, T, D)."""
     xp = get_array_module(dpooled)
     if pool == "flatten":
@@ -441,7 +449,8 @@ def pool_backward(dpooled: Array, pool: str, shape: tuple[int, ...]) -> Array:
     if pool == "cls":
         dt[:, 0] = dpooled
     else:
-        dt[...] = dpooled[:, None, :] / shape[1]
+        first = 1 if class_token else 0
+        dt[:, first:] = dpooled[:, None, :] / (shape[1] - first)
     return dt
 
 
@@ -471,13 +480,16 @@ def head_backward(dlogits: Array, cache: tuple, params: Mapping[str, Array], gra
 def vit_forward(
     params: Mapping[str, Array], images: Array, cfg: ViTConfig, masks: Masks | None = None
 ) -> tuple[Array, tuple]:
-    """Logits (B, K) of images (B, S, S, C). Returns (logits, cache); ``masks=None`` applies no dropout."""
+    """Logits (B, K) of images (B, S, S, C). Returns (logits, cache); ``masks=None`` applies no dropout.
+
+    The final LayerNorm acts on every token before the pooling (``norm``), or with ``cfg.fc_norm`` on the
+    pooled vector (``fc_norm``, timm's global_pool="avg")."""
     xp = get_array_module(images)
     batch = images.shape[0]
     t, c_embed = patch_embed_forward(
         images, params["patch_embed.proj.w"], params["patch_embed.proj.b"], cfg.patch_size,
         cfg.patch_overlap)  # (B, N, D)
-    if cfg.pool == "cls":
+    if cfg.has_class_token:
         cls = xp.broadcast_to(params["cls_token"], (batch, 1, cfg.dim))  # (B, 1, D)
         t = xp.concatenate([cls, t], axis=1)  # (B, T, D)  T = N + 1
     t = t + params["pos_embed"]  # (B, T, D)
@@ -485,8 +497,13 @@ def vit_forward(
     for i in range(cfg.depth):
         t, c = block_forward(params, i, t, cfg, masks)  # (B, T, D)
         c_blocks.append(c)
-    t, c_norm = layernorm_forward(t, params["norm.gamma"], params["norm.beta"], cfg.ln_eps)  # (B, T, D)
-    pooled = pool_forward(t, cfg.pool)  # (B, T*D) for flatten, else (B, D)
+    c_norm = None
+    if not cfg.fc_norm:
+        t, c_norm = layernorm_forward(t, params["norm.gamma"], params["norm.beta"], cfg.ln_eps)  # (B, T, D)
+    pooled = pool_forward(t, cfg.pool, cfg.has_class_token)  # (B, T*D) for flatten, else (B, D)
+    if cfg.fc_norm:
+        pooled, c_norm = layernorm_forward(
+            pooled, params["fc_norm.gamma"], params["fc_norm.beta"], cfg.ln_eps)  # (B, D)
     logits, c_head = head_forward(params, pooled, cfg, masks)  # (B, K)
     return logits, (c_embed, c_blocks, c_norm, t.shape, c_head)
 
@@ -500,13 +517,17 @@ def vit_backward(
     c_embed, c_blocks, c_norm, t_shape, c_head = cache
     grads: Params = {}
     dpooled = head_backward(dlogits, c_head, params, grads)  # (B, F)
-    dt = pool_backward(dpooled, cfg.pool, t_shape)  # (B, T, D)
-    dt, grads["norm.gamma"], grads["norm.beta"] = layernorm_backward(
-        dt, c_norm, params["norm.gamma"])  # (B, T, D)
+    if cfg.fc_norm:
+        dpooled, grads["fc_norm.gamma"], grads["fc_norm.beta"] = layernorm_backward(
+            dpooled, c_norm, params["fc_norm.gamma"])  # (B, D)
+    dt = pool_backward(dpooled, cfg.pool, t_shape, cfg.has_class_token)  # (B, T, D)
+    if not cfg.fc_norm:
+        dt, grads["norm.gamma"], grads["norm.beta"] = layernorm_backward(
+            dt, c_norm, params["norm.gamma"])  # (B, T, D)
     for i in reversed(range(cfg.depth)):
         dt = block_backward(dt, c_blocks[i], params, i, grads)  # (B, T, D)
     grads["pos_embed"] = dt.sum(axis=0)  # (T, D)
-    if cfg.pool == "cls":
+    if cfg.has_class_token:
         grads["cls_token"] = dt[:, 0].sum(axis=0)  # (D,)
         dt = dt[:, 1:]  # (B, N, D)
     dimages, grads["patch_embed.proj.w"], grads["patch_embed.proj.b"] = patch_embed_backward(
@@ -595,47 +616,73 @@ def adamw_step(
 
 # ---- initial parameters ---------------------------------------------------------------------------------------
 def init_params(cfg: ViTConfig, seed: int = 0, dtype: Any = "float64", xp: Any = np) -> Params:
-    """The initial parameters npvit.ViT(cfg, seed=seed) starts from, with Keras' initializers: Glorot uniform
-    kernels, zero biases, layer norms gamma 1 and beta 0, a zero class token, pos_embed U(-0.05, 0.05).
+    """The initial parameters npvit.ViT(cfg, seed=seed) starts from.
 
-    Drawn in float64 on the host from one seeded generator, in the model's parameter order. Glorot uniform is
-    U(-a, a), a = sqrt(6 / (fan_in + fan_out)). The query, key and value kernels are (D, h, d) each in Keras,
-    the output kernel (h, d, D); their fans depend on ``cfg.attention_fans``: "axes" (Keras 3.15+: the input
-    and output axes, (D, h d) and (h d, D)) or "receptive" (older Keras: leading axes as a receptive field,
-    (h D, d D) and (h d, h D)).
+    Keras' initializers (``cfg.arrangement == "keras"``): Glorot uniform kernels, zero biases, layer norms
+    gamma 1 and beta 0, a zero class token, pos_embed U(-0.05, 0.05). Glorot uniform is U(-a, a),
+    a = sqrt(6 / (fan_in + fan_out)). The query, key and value kernels are (D, h, d) each in Keras, the output
+    kernel (h, d, D); their fans depend on ``cfg.attention_fans``: "axes" (Keras 3.15+: the input and output
+    axes, (D, h d) and (h d, D)) or "receptive" (older Keras: leading axes as a receptive field, (h D, d D)
+    and (h d, h D)).
+
+    timm's (``"timm"``, VisionTransformer.init_weights with its default mode): every linear kernel normal
+    with std 0.02 truncated to [-2, 2], zero biases, pos_embed the same normal, the class token normal with
+    std 1e-6, and the patch projection (a Conv2d in timm, which keeps torch's default) U(-a, a) with
+    a = 1 / sqrt(fan_in) = 1 / sqrt(P P C), its bias too.
+
+    Drawn in float64 on the host from one seeded generator, in the model's parameter order.
     """
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
+    timm = cfg.arrangement == "timm"
 
     def glorot(shape: tuple[int, ...], fans: tuple[int, int] | None = None) -> np.ndarray:
         fan_in, fan_out = fans or shape
         limit = math.sqrt(6.0 / (fan_in + fan_out))
         return rng.uniform(-limit, limit, size=shape)
 
+    def trunc_normal(shape: tuple[int, ...], std: float = 0.02) -> np.ndarray:
+        x = rng.normal(0.0, std, size=shape)
+        while (outside := np.abs(x) > 2.0).any():  # drawn again until inside [-2, 2]
+            x[outside] = rng.normal(0.0, std, size=int(outside.sum()))
+        return x
+
+    def kernel(shape: tuple[int, ...], fans: tuple[int, int] | None = None) -> np.ndarray:
+        return trunc_normal(shape) if timm else glorot(shape, fans)
+
     def dense(name: str, fan_in: int, fan_out: int) -> None:
-        params[f"{name}.w"], params[f"{name}.b"] = glorot((fan_in, fan_out)), np.zeros(fan_out)
+        params[f"{name}.w"], params[f"{name}.b"] = kernel((fan_in, fan_out)), np.zeros(fan_out)
 
     def layernorm(name: str) -> None:
         params[f"{name}.gamma"], params[f"{name}.beta"] = np.ones(cfg.dim), np.zeros(cfg.dim)
 
     dim, h, d = cfg.dim, cfg.num_heads, cfg.key_dim
-    dense("patch_embed.proj", cfg.patch_dim, dim)
-    if cfg.pool == "cls":
-        params["cls_token"] = np.zeros(dim)
-    params["pos_embed"] = rng.uniform(-0.05, 0.05, size=(cfg.num_tokens, dim))
+    if timm:
+        bound = 1.0 / math.sqrt(cfg.patch_dim)
+        params["patch_embed.proj.w"] = rng.uniform(-bound, bound, size=(cfg.patch_dim, dim))
+        params["patch_embed.proj.b"] = rng.uniform(-bound, bound, size=dim)
+    else:
+        dense("patch_embed.proj", cfg.patch_dim, dim)
+    if cfg.has_class_token:
+        params["cls_token"] = rng.normal(0.0, 1e-6, size=dim) if timm else np.zeros(dim)
+    params["pos_embed"] = (trunc_normal((cfg.num_tokens, dim)) if timm else
+                           rng.uniform(-0.05, 0.05, size=(cfg.num_tokens, dim)))
     for i in range(cfg.depth):
         p = f"blocks.{i}"
         layernorm(f"{p}.norm1")
-        qkv_fans, out_fans = ((dim, h * d), (h * d, dim)) if cfg.attention_fans == "axes" else (
-            (h * dim, d * dim), (h * d, h * dim))
-        params[f"{p}.attn.qkv.w"] = np.concatenate([glorot((dim, h * d), qkv_fans) for _ in range(3)], axis=1)
+        if timm:  # the fused kernel drawn whole
+            params[f"{p}.attn.qkv.w"] = trunc_normal((dim, 3 * h * d))
+        else:
+            qkv_fans = (dim, h * d) if cfg.attention_fans == "axes" else (h * dim, d * dim)
+            params[f"{p}.attn.qkv.w"] = np.concatenate([glorot((dim, h * d), qkv_fans) for _ in range(3)], axis=1)
         params[f"{p}.attn.qkv.b"] = np.zeros(3 * h * d)
-        params[f"{p}.attn.proj.w"], params[f"{p}.attn.proj.b"] = glorot((h * d, dim), out_fans), np.zeros(dim)
+        out_fans = (h * d, dim) if cfg.attention_fans == "axes" else (h * d, h * dim)
+        params[f"{p}.attn.proj.w"], params[f"{p}.attn.proj.b"] = kernel((h * d, dim), out_fans), np.zeros(dim)
         layernorm(f"{p}.norm2")
         sizes = (dim, *cfg.mlp_units)
         for j in range(len(cfg.mlp_units)):
             dense(f"{p}.mlp.fc{j}", sizes[j], sizes[j + 1])
-    layernorm("norm")
+    layernorm("fc_norm" if cfg.fc_norm else "norm")
     sizes = (cfg.pooled_dim, *cfg.head_units)
     for j in range(len(cfg.head_units)):
         dense(f"head.fc{j}", sizes[j], sizes[j + 1])

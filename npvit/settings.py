@@ -31,7 +31,7 @@ from .cli.args import (
     positive_int,
     unit_interval,
 )
-from .config import ATTENTION_FANS, GELUS, POOLS, PRESETS, ViTConfig
+from .config import ATTENTION_FANS, GELUS, GLOBAL_POOLS, POOLS, PRESETS, TIMM_ARCHS, ViTConfig
 from .data import DATASETS, LABEL_MODES, NATIVE_SIZES, DataError, Dataset, load_dataset
 from .data import synthetic as synthetic_limits
 from .files import is_finite_number, is_int
@@ -99,11 +99,8 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="DIR", nullable=True),
     Setting("label_mode", "fine", "CIFAR-100 labels: fine (100 classes) or coarse (20)", "data", "str",
             choices=LABEL_MODES),
-    Setting("download", True, "download the dataset when no copy is found (else stop with an error)", "data",
-            "bool"),
-    Setting("allow_different_data", False, "resume on data that differs from the data the run recorded "
-            "(sizes, labels or pixels): without it such a resume is refused; the normalisation stays the run's",
-            "data", "bool"),
+    Setting("download", True, "download the dataset when no copy is found (else stop with an error)", "data", "bool"),
+    Setting("allow_different_data", False, "resume on data other than the run recorded (else refused)", "data", "bool"),
     Setting("synthetic_size", (1000, 200), "synthetic train,test image counts", "data", "ints", int_list,
             metavar="TRAIN,TEST"),
     Setting("synthetic_image_size", 32, "synthetic image side", "data", "int", positive_int, metavar="N"),
@@ -117,6 +114,15 @@ SETTINGS: tuple[Setting, ...] = (
         choices=tuple(RECIPES)),
     Setting("preset", "keras", "the model: " + ", ".join(f"{k} ({v})" for k, v in PRESET_HELP.items()),
             "model", "str", choices=tuple(sorted(PRESETS))),
+    Setting("arch", None, "a timm ViT instead of --preset: " + ", ".join(TIMM_ARCHS) + " (timm's "
+            "VisionTransformer, at --image-size, default the arch's)", "model", "str", choices=TIMM_ARCHS,
+            metavar="ARCH", nullable=True),
+    Setting("init_from", None, "start from pretrained weights: a timm .safetensors or Google .npz file of --arch "
+            "(a new head for the dataset's classes, the position embedding resampled to --image-size; the "
+            "arch's mean and std normalise the images); the default recipe is then finetune", "model", "str",
+            metavar="FILE", nullable=True),
+    Setting("global_pool", "token", "with --arch: token (the class token's output) or avg (the patch tokens' "
+            "mean, then the norm)", "model", "str", choices=GLOBAL_POOLS),
     _model("image_size", "image_size", "int", positive_int, "input side after resizing", "N"),
     _model("patch_size", "patch_size", "int", positive_int, "patch side", "N"),
     _model("patch_overlap", "patch_overlap", "int", non_negative_int, "pixels each patch reaches past its cell on "
@@ -208,8 +214,7 @@ BY_NAME = {setting.name: setting for setting in SETTINGS}
 DEFAULTS: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
 """Every setting of a run with its default. Model settings left as None come from the preset."""
 RESUMABLE = frozenset({"data_dir", "cache_dir", "download", "allow_different_data", "backend", "threads",
-                       "eval_batch_size", "quiet",
-                       "epochs", "max_steps", "save_every", "tensorboard"})
+                       "eval_batch_size", "quiet", "epochs", "max_steps", "save_every", "tensorboard"})
 """What may differ when a run is resumed: where things are, how it runs, and how long it goes on."""
 
 
@@ -400,10 +405,14 @@ def resolve_settings(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
             folder = Path(config).parent if Path(config).is_file() else Path(config)
             settings.update({k: v for k, v in read_run_config(folder, "--config")[1].items() if k != "out"})
         if config is None or "recipe" in given:
-            settings.update(RECIPES.get(given.get("recipe", DEFAULTS["recipe"]), {}))
+            # Pretrained weights are fine-tuned unless a recipe is named
+            recipe = given.get("recipe", "finetune" if given.get("init_from") else DEFAULTS["recipe"])
+            settings.update(RECIPES.get(recipe, {}), recipe=recipe)
         settings.update(given)
+        check_arch_settings(settings, given)
         if settings["out"] is None:
-            settings["out"] = str(Path("runs") / f"{settings['dataset']}-{settings['preset']}")
+            model = settings["arch"] or settings["preset"]
+            settings["out"] = str(Path("runs") / f"{settings['dataset']}-{model}")
         try:
             return check_settings(settings), None
         except ValueError as exc:
@@ -423,6 +432,21 @@ def resolve_settings(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
         return check_settings(settings), doc
     except ValueError as exc:  # a flag given now, since the saved ones were checked on reading
         raise UsageError(str(exc)) from None
+
+
+ARCH_MODEL_SETTINGS = ("image_size", "dropout", "attention_dropout", "head_dropout", "drop_path")
+"""The model settings a timm arch (--arch) leaves free; the arch fixes the others."""
+
+
+def check_arch_settings(settings: dict[str, Any], given: dict[str, Any]) -> None:
+    """UsageError for flags that contradict --arch or need it."""
+    if settings["arch"] is None and (settings["init_from"] is not None or "global_pool" in given):
+        raise UsageError("--init-from and --global-pool need --arch: a timm architecture (vit_tiny_patch16_224 ...)")
+    fixed = [s.flag for s in SETTINGS if s.preset_field is not None and s.name not in ARCH_MODEL_SETTINGS
+             and settings[s.name] is not None] + (["--preset"] if "preset" in given else [])
+    if settings["arch"] is not None and fixed:
+        raise UsageError(f"--arch {settings['arch']} fixes the model: {', '.join(fixed)} cannot change it (only "
+                         f"{', '.join(BY_NAME[n].flag for n in ARCH_MODEL_SETTINGS)} may)")
 
 
 def _as_json(value: Any) -> Any:
@@ -454,16 +478,22 @@ def read_run_config(folder: Path, flag: str = "--resume") -> tuple[dict[str, Any
 
 
 def model_config(settings: dict[str, Any], num_classes: int) -> ViTConfig:
-    """The ViTConfig of a run: the preset, then every model flag that was given."""
-    cfg = PRESETS[settings["preset"]](num_classes=num_classes)
-    dim = settings["projection_dim"]
+    """The ViTConfig of a run: the preset (or timm's arch), then every model flag that was given."""
+    arch = settings.get("arch")
+    if arch is not None:  # the arch fixes every field but the image size and the regularisation
+        cfg = ViTConfig.timm(arch, num_classes, settings["image_size"], settings["global_pool"])
+        settings = {k: v for k, v in settings.items() if k in ARCH_MODEL_SETTINGS
+                    or getattr(BY_NAME.get(k), "preset_field", None) is None}
+    else:
+        cfg = PRESETS[settings["preset"]](num_classes=num_classes)
+    dim = settings.get("projection_dim")
     if dim is not None and settings["preset"] != "keras-wide":
         # As in the 2021 example: key_dim = projection_dim, transformer_units = [2 * dim, dim].
         cfg = dataclasses.replace(cfg, dim=dim, key_dim=dim, mlp_units=(2 * dim, dim))
     elif dim is not None:
         cfg = dataclasses.replace(cfg, dim=dim, mlp_units=(2 * dim, dim))
     changes = {setting.preset_field: settings[setting.name] for setting in SETTINGS
-               if setting.preset_field not in (None, "dim") and settings[setting.name] is not None}
+               if setting.preset_field not in (None, "dim") and settings.get(setting.name) is not None}
     try:
         return dataclasses.replace(cfg, **changes)
     except ValueError as exc:

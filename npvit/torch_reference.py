@@ -75,16 +75,17 @@ class PatchEmbed(nn.Module):
 class Mlp(nn.Module):
     """For each size u in ``units``: Linear(u) -> GELU -> Dropout; then an optional Linear(out_dim).
 
-    The Keras example applies GELU and dropout after the last hidden layer too. Layers are named ``fc0``,
-    ``fc1``, ... and ``out``, as in npvit.
+    The Keras example applies GELU and dropout after the last hidden layer too; ``act_last=False`` leaves that
+    GELU out (the paper's MLP, timm's). Layers are named ``fc0``, ``fc1``, ... and ``out``, as in npvit.
     """
 
     def __init__(
-        self, in_dim: int, units: tuple[int, ...], rate: float, gelu: str, out_dim: int | None = None
+        self, in_dim: int, units: tuple[int, ...], rate: float, gelu: str, out_dim: int | None = None,
+        act_last: bool = True,
     ) -> None:
         super().__init__()
         sizes = (in_dim, *units)
-        self.num_layers = len(units)
+        self.num_layers, self.act_last = len(units), act_last
         for i in range(self.num_layers):
             self.add_module(f"fc{i}", nn.Linear(sizes[i], sizes[i + 1]))
         self.drop = nn.Dropout(rate)
@@ -93,7 +94,10 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for i in range(self.num_layers):
-            x = self.drop(F.gelu(getattr(self, f"fc{i}")(x), approximate=self.approximate))
+            x = getattr(self, f"fc{i}")(x)
+            if self.act_last or i < self.num_layers - 1:
+                x = F.gelu(x, approximate=self.approximate)
+            x = self.drop(x)
         return x if self.out is None else self.out(x)
 
 
@@ -145,7 +149,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.attn = Attention(cfg.dim, cfg.num_heads, cfg.key_dim, cfg.attention_dropout, attention)
         self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
-        self.mlp = Mlp(cfg.dim, cfg.mlp_units, cfg.dropout, cfg.gelu)
+        self.mlp = Mlp(cfg.dim, cfg.mlp_units, cfg.dropout, cfg.gelu, act_last=cfg.arrangement != "timm")
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
@@ -153,7 +157,8 @@ class Block(nn.Module):
 
 
 class TorchViT(nn.Module):
-    """The Keras-example ViT in PyTorch: patches, pre-norm blocks, final LayerNorm, pool, MLP head.
+    """The Keras-example ViT in PyTorch: patches, pre-norm blocks, final LayerNorm, pool, MLP head (and the
+    timm arrangement, the final LayerNorm after the pooling with fc_norm, a class token with gap pooling).
 
     Args:
         config: the architecture (every field of ViTConfig is honoured, dropout rates included, except
@@ -175,11 +180,14 @@ class TorchViT(nn.Module):
                              "compare with drop_path=0")
         cfg = self.config = config
         self.patch_embed = PatchEmbed(cfg)
-        if cfg.pool == "cls":
+        if cfg.has_class_token:
             self.cls_token = nn.Parameter(torch.zeros(cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(cfg.num_tokens, cfg.dim))
         self.blocks = nn.ModuleList([Block(cfg, attention) for _ in range(cfg.depth)])
-        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+        if cfg.fc_norm:  # timm's name for the norm after the pooling
+            self.fc_norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+        else:
+            self.norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.head_drop = nn.Dropout(cfg.head_dropout)
         self.head = Mlp(cfg.pooled_dim, cfg.head_units, cfg.head_dropout, cfg.gelu, out_dim=cfg.num_classes)
         self.to(dtype=as_torch_dtype(dtype), device=device)
@@ -198,18 +206,21 @@ class TorchViT(nn.Module):
         """Logits (B, num_classes) for normalised images (B, image_size, image_size, channels)."""
         cfg = self.config
         x = self.patch_embed(images)
-        if cfg.pool == "cls":
+        if cfg.has_class_token:
             x = torch.cat([self.cls_token.expand(x.shape[0], 1, cfg.dim), x], dim=1)
         x = x + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        x = self.norm(x)
+        if not cfg.fc_norm:
+            x = self.norm(x)
         if cfg.pool == "flatten":
             pooled = x.reshape(x.shape[0], -1)  # row-major over (token, channel), as keras Flatten
         elif cfg.pool == "cls":
             pooled = x[:, 0]
         else:
-            pooled = x.mean(dim=1)
+            pooled = x[:, 1 if cfg.has_class_token else 0:].mean(dim=1)  # the patch tokens
+        if cfg.fc_norm:
+            pooled = self.fc_norm(pooled)
         return self.head(self.head_drop(pooled))
 
     # ---- npvit names --------------------------------------------------------------------------------------
@@ -267,7 +278,7 @@ def npvit_name(torch_name: str) -> str:
     prefix, _, last = torch_name.rpartition(".")
     if last not in _SUFFIXES:
         return torch_name  # pos_embed, cls_token
-    is_norm = prefix == "norm" or prefix.endswith((".norm1", ".norm2"))
+    is_norm = prefix in ("norm", "fc_norm") or prefix.endswith((".norm1", ".norm2"))
     return f"{prefix}.{_SUFFIXES[last][1 if is_norm else 0]}"
 
 

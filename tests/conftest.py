@@ -12,11 +12,11 @@ import pytest
 import npvit
 from npvit.backend import BackendUnavailableError
 
-# The helpers every folder shares (the fake CuPy, tiny CIFAR archives) live in tests/support/.
-HERE = Path(__file__).resolve().parent
-for folder in (HERE / "support", HERE / "train"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+# The helpers every folder shares (the fake CuPy, tiny CIFAR archives, training runs, fresh processes, fault
+# checks) live in tests/support/ and are imported by module name.
+SUPPORT = Path(__file__).resolve().parent / "support"
+if str(SUPPORT) not in sys.path:
+    sys.path.insert(0, str(SUPPORT))
 
 
 @pytest.fixture(params=["numpy", "cupy"])
@@ -30,3 +30,18 @@ def backend(request: pytest.FixtureRequest) -> npvit.Backend:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The dataset cache in a temporary folder: a test never reads or fills the user's real one."""
+    monkeypatch.setenv("NPVIT_CACHE", str(tmp_path / "default-cache"))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001  (pytest's hook)
+    """The worst differences the interop tests measured against the other libraries, one line per bridge."""
+    worst = getattr(sys.modules.get("timm_models"), "WORST", None)
+    if worst:
+        terminalreporter.section("worst relative differences, npvit against the other side")
+        for bridge, value in sorted(worst.items()):
+            terminalreporter.write_line(f"{value:9.2e}  {bridge}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..kernels import mha_backward, mha_forward
-from .init import concat_columns, glorot_uniform, zeros
+from .init import Initializer, concat_columns, glorot_uniform, zeros
 from .module import Context, ParamSpecs
 
 Array = Any
@@ -20,13 +20,17 @@ class Attention:
     """Multi-head self-attention with ``num_heads`` heads of width ``key_dim`` and dropout on the weights."""
 
     def __init__(self, prefix: str, dim: int, num_heads: int, key_dim: int, attention_dropout: float,
-                 fans: str = "receptive") -> None:
+                 fans: str = "receptive", w_init: Initializer | None = None) -> None:
         self.prefix, self.dim, self.num_heads, self.key_dim = prefix, dim, num_heads, key_dim
         self.attention_dropout = attention_dropout
         self.fans = fans  # ViTConfig.attention_fans (same default): how Keras counts the fans of its 3-D kernels
+        self.w_init = w_init  # one initializer for both kernels (timm's), instead of Keras' Glorot
 
     def param_specs(self) -> ParamSpecs:
         p, d, h, k = self.prefix, self.dim, self.num_heads, self.key_dim
+        if self.w_init is not None:  # timm: the fused qkv kernel and the output kernel, each drawn whole
+            return {f"{p}.qkv.w": ((d, 3 * h * k), self.w_init), f"{p}.qkv.b": ((3 * h * k,), zeros),
+                    f"{p}.proj.w": ((h * k, d), self.w_init), f"{p}.proj.b": ((d,), zeros)}
         # Keras initialises each of query/key/value as an EinsumDense kernel (D, H, d), the output kernel as
         # (H, d, D). Keras 3.15+ gives Glorot their input and output axes ("axes"); older Keras counted every
         # axis but the last two as a receptive field ("receptive").

@@ -17,6 +17,7 @@ from typing import Any
 from ..config import ViTConfig
 from ..kernels import drop_path_backward
 from .attention import Attention
+from .init import trunc_normal
 from .mlp import Mlp
 from .module import Context, LayerNorm, ParamSpecs
 
@@ -24,14 +25,21 @@ Array = Any
 
 
 class Block:
-    """LayerNorm -> Attention -> residual, LayerNorm -> Mlp -> residual."""
+    """LayerNorm -> Attention -> residual, LayerNorm -> Mlp -> residual.
+
+    The timm arrangement (``cfg.arrangement``) has no GELU after the MLP's last layer, and timm's kernels
+    (normal, std 0.02); the Keras one has both GELUs and Keras' Glorot kernels.
+    """
 
     def __init__(self, prefix: str, cfg: ViTConfig, drop_path: float = 0.0) -> None:
+        timm = cfg.arrangement == "timm"
+        w_init = trunc_normal(0.02) if timm else None
         self.norm1 = LayerNorm(f"{prefix}.norm1", cfg.dim, cfg.ln_eps)
         self.attn = Attention(f"{prefix}.attn", cfg.dim, cfg.num_heads, cfg.key_dim, cfg.attention_dropout,
-                              cfg.attention_fans)
+                              cfg.attention_fans, w_init)
         self.norm2 = LayerNorm(f"{prefix}.norm2", cfg.dim, cfg.ln_eps)
-        self.mlp = Mlp(f"{prefix}.mlp", cfg.dim, cfg.mlp_units, cfg.dropout, cfg.gelu)
+        self.mlp = Mlp(f"{prefix}.mlp", cfg.dim, cfg.mlp_units, cfg.dropout, cfg.gelu, act_last=not timm,
+                       w_init=w_init)
         self.parts = (self.norm1, self.attn, self.norm2, self.mlp)
         self.drop_path = drop_path  # this block's stochastic depth rate
         self.drop_sites = (f"{prefix}.drop_path1", f"{prefix}.drop_path2")  # attention branch, MLP branch

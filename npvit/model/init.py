@@ -1,4 +1,5 @@
-"""Weight initializers with Keras' defaults, drawn on the host in float64 from a seeded NumPy generator.
+"""Weight initializers with Keras' defaults (and timm's, for the timm arrangement), drawn on the host in
+float64 from a seeded NumPy generator.
 
 Drawing on the host makes a seed give the same initial weights on every backend and in every dtype; the
 arrays are then cast and copied to the backend once.
@@ -60,6 +61,24 @@ def glorot_uniform(
 def uniform(limit: float) -> Initializer:
     """U(-limit, limit); Keras' ``Embedding`` default is limit 0.05."""
     return lambda rng, shape: rng.uniform(-limit, limit, size=shape)
+
+
+def trunc_normal(std: float, bound: float = 2.0) -> Initializer:
+    """Normal(0, std) truncated to [-bound, bound] (timm's ``trunc_normal_``, whose bounds are absolute: at std
+    0.02 they lie 100 standard deviations out). Entries outside are drawn again, in order, until none is."""
+
+    def init(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        x = rng.normal(0.0, std, size=shape)
+        while (outside := np.abs(x) > bound).any():
+            x[outside] = rng.normal(0.0, std, size=int(outside.sum()))
+        return x
+
+    return init
+
+
+def normal(std: float) -> Initializer:
+    """Normal(0, std) (timm's class token: std 1e-6)."""
+    return lambda rng, shape: rng.normal(0.0, std, size=shape)
 
 
 def zeros(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 The Keras example's ``mlp`` helper puts GELU and dropout after every dense layer, the last one included; it
 serves both as the transformer block's feed-forward network and as the classifier head's hidden layers.
+The paper's MLP (timm's ``Mlp``, the timm arrangement) has no GELU after its last layer: ``act_last=False``.
 """
 
 from __future__ import annotations
@@ -9,34 +10,40 @@ from __future__ import annotations
 from typing import Any
 
 from ..kernels import dropout_backward, gelu_backward, gelu_forward
+from .init import Initializer
 from .module import Context, Dense, ParamSpecs
 
 Array = Any
 
 
 class Mlp:
-    """For each size u in ``units``: Dense(u) -> GELU -> Dropout(rate)."""
+    """For each size u in ``units``: Dense(u) -> GELU -> Dropout(rate); no GELU after the last layer when
+    ``act_last`` is False. ``w_init`` sets the kernels' initializer (default Glorot uniform)."""
 
-    def __init__(self, prefix: str, in_dim: int, units: tuple[int, ...], rate: float, gelu: str) -> None:
+    def __init__(self, prefix: str, in_dim: int, units: tuple[int, ...], rate: float, gelu: str,
+                 act_last: bool = True, w_init: Initializer | None = None) -> None:
         sizes = (in_dim, *units)
-        self.layers = [Dense(f"{prefix}.fc{i}", sizes[i], sizes[i + 1]) for i in range(len(units))]
+        self.layers = [Dense(f"{prefix}.fc{i}", sizes[i], sizes[i + 1], w_init) for i in range(len(units))]
         self.drop_sites = [f"{prefix}.drop{i}" for i in range(len(units))]  # dropout layers' names
         self.rate, self.gelu = rate, gelu
+        self.acts = [act_last or i < len(units) - 1 for i in range(len(units))]  # GELU after layer i?
 
     def param_specs(self) -> ParamSpecs:
         return {k: v for layer in self.layers for k, v in layer.param_specs().items()}
 
     def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, list]:
         caches = []
-        for layer, site in zip(self.layers, self.drop_sites):
+        for layer, site, act in zip(self.layers, self.drop_sites, self.acts):
             x, c_dense = layer.forward(params, x, ctx)
-            x, c_gelu = gelu_forward(x, self.gelu)
+            x, c_gelu = gelu_forward(x, self.gelu) if act else (x, None)
             x, c_drop = ctx.dropout(x, self.rate, site)
             caches.append((c_dense, c_gelu, c_drop))
         return x, caches
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: list) -> Array:
-        for layer, (c_dense, c_gelu, c_drop) in zip(reversed(self.layers), reversed(cache)):
-            dy = gelu_backward(dropout_backward(dy, c_drop), c_gelu, self.gelu)
+        for layer, act, (c_dense, c_gelu, c_drop) in zip(reversed(self.layers), reversed(self.acts), reversed(cache)):
+            dy = dropout_backward(dy, c_drop)
+            if act:
+                dy = gelu_backward(dy, c_gelu, self.gelu)
             dy = layer.backward(params, grads, dy, c_dense)
         return dy

@@ -69,16 +69,17 @@ class Context:
 
 
 class Dense:
-    """y = x W + b with Glorot-uniform W and zero b (Keras ``Dense`` defaults)."""
+    """y = x W + b with Glorot-uniform W and zero b (Keras ``Dense`` defaults) unless told otherwise."""
 
-    def __init__(self, prefix: str, in_dim: int, out_dim: int, w_init: Initializer | None = None) -> None:
+    def __init__(self, prefix: str, in_dim: int, out_dim: int, w_init: Initializer | None = None,
+                 b_init: Initializer | None = None) -> None:
         self.prefix, self.in_dim, self.out_dim = prefix, in_dim, out_dim
-        self.w_init = w_init or glorot_uniform()
+        self.w_init, self.b_init = w_init or glorot_uniform(), b_init or zeros
 
     def param_specs(self) -> ParamSpecs:
         return {
             f"{self.prefix}.w": ((self.in_dim, self.out_dim), self.w_init),
-            f"{self.prefix}.b": ((self.out_dim,), zeros),
+            f"{self.prefix}.b": ((self.out_dim,), self.b_init),
         }
 
     def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, Any]:

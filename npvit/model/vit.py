@@ -3,6 +3,7 @@
     tokens = PatchEmbed(images) [+ cls_token in front] + pos_embed      (B, T, dim)
     tokens = Block(tokens), depth times                                (pre-norm transformer layers)
     pooled = pool(LayerNorm(tokens))                                   flatten | cls | gap
+             or LayerNorm(pool(tokens)) with fc_norm                   (timm's global_pool="avg")
     logits = Dense(Mlp(Dropout(pooled)))                               classifier head
 
 The model owns its parameters (``params``) and their gradients (``grads``, same keys), each a FlatDict: named
@@ -11,8 +12,8 @@ network, written as the data flows, each returning its output and the cache its 
 and ``backward`` run them over a batch, which on NumPy is cut into thread shards and cache-sized pieces
 (``npvit.model.batched``). ``forward(training=True)`` keeps the caches that ``backward`` consumes;
 ``forward(training=False)`` keeps nothing. ``forward_features`` and ``forward_head`` mean what they mean in
-timm: images -> normalised tokens and tokens -> logits, in evaluation mode, so that
-``forward_head(forward_features(x))`` equals ``forward(x)``.
+timm: images -> the blocks' tokens after the final norm (none with fc_norm) and tokens -> logits, in
+evaluation mode, so that ``forward_head(forward_features(x))`` equals ``forward(x)``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..kernels import DropoutKey, dropout_backward
 from ..parallel import available_cores
 from .batched import batch_size, batched_backward, batched_forward
 from .block import Block
-from .init import uniform, zeros
+from .init import normal, trunc_normal, uniform, zeros
 from .mlp import Mlp
 from .module import Context, Dense, LayerNorm, ParamSpecs
 from .patch_embed import PatchEmbed
@@ -67,9 +68,12 @@ class ViT:
         cfg = config
         self.patch_embed = PatchEmbed("patch_embed", cfg)
         self.blocks = [Block(f"blocks.{i}", cfg, cfg.drop_path_rate(i)) for i in range(cfg.depth)]
-        self.norm = LayerNorm("norm", cfg.dim, cfg.ln_eps)
-        self.head = Mlp("head", cfg.pooled_dim, cfg.head_units, cfg.head_dropout, cfg.gelu)
-        self.head_out = Dense("head.out", (cfg.head_units or (cfg.pooled_dim,))[-1], cfg.num_classes)
+        # The final LayerNorm: on every token ("norm"), or on the pooled vector ("fc_norm", timm's for avg).
+        self.norm = LayerNorm("fc_norm" if cfg.fc_norm else "norm", cfg.dim, cfg.ln_eps)
+        w_init = trunc_normal(0.02) if cfg.arrangement == "timm" else None
+        self.head = Mlp("head", cfg.pooled_dim, cfg.head_units, cfg.head_dropout, cfg.gelu, w_init=w_init)
+        self.head_out = Dense("head.out", (cfg.head_units or (cfg.pooled_dim,))[-1], cfg.num_classes, w_init)
+        self.preprocess: Any = None  # how images become its input, when the loader knows (npvit.load_timm)
 
         init_rng = np.random.default_rng(seed)
         specs = self.param_specs()
@@ -86,9 +90,11 @@ class ViT:
         """Name -> (shape, initializer) for every parameter, in forward order."""
         cfg = self.config
         specs: ParamSpecs = dict(self.patch_embed.param_specs())
-        if cfg.pool == "cls":
-            specs["cls_token"] = ((cfg.dim,), zeros)
-        specs["pos_embed"] = ((cfg.num_tokens, cfg.dim), uniform(0.05))  # Keras Embedding's default
+        timm = cfg.arrangement == "timm"
+        if cfg.has_class_token:  # the paper's zeros; timm's normal with std 1e-6
+            specs["cls_token"] = ((cfg.dim,), normal(1e-6) if timm else zeros)
+        # Keras Embedding's default; timm's truncated normal
+        specs["pos_embed"] = ((cfg.num_tokens, cfg.dim), trunc_normal(0.02) if timm else uniform(0.05))
         for block in self.blocks:
             specs.update(block.param_specs())
         specs.update(self.norm.param_specs())
@@ -190,12 +196,14 @@ class ViT:
 
     # ---- timm's forward_features / forward_head: evaluation mode, no caches ---------------------------------
     def forward_features(self, images: Any) -> Array:
-        """Normalised tokens (B, T, dim) of ``images`` (B, H, W, C), in evaluation mode (as timm's)."""
+        """Tokens (B, T, dim) of ``images`` (B, H, W, C) after the blocks and the final norm (no norm with
+        fc_norm: it comes after the pooling), in evaluation mode (as timm's)."""
         x = self.check_images(images)
         return self.features_forward(x, Context(training=False))[0]
 
     def forward_head(self, tokens: Any) -> Array:
-        """Logits (B, num_classes) of normalised tokens (B, T, dim), in evaluation mode (as timm's)."""
+        """Logits (B, num_classes) of tokens (B, T, dim) as forward_features returns them, in evaluation mode
+        (as timm's)."""
         cfg, xp = self.config, self.backend.xp
         shape = getattr(tokens, "shape", None)
         if shape is None or len(shape) != 3 or tuple(shape[1:]) != (cfg.num_tokens, cfg.dim):
@@ -205,10 +213,11 @@ class ViT:
 
     # ---- the network, as the data flows: forward / backward pairs with explicit caches ---------------------
     def features_forward(self, x: Array, ctx: Context) -> tuple[Array, tuple | None]:
-        """Images (B, H, W, C) -> normalised tokens (B, T, dim). Returns (tokens, cache); no cache unless training."""
+        """Images (B, H, W, C) -> tokens (B, T, dim) after the final norm (none with fc_norm). Returns (tokens,
+        cache); no cache unless training."""
         cfg, xp, params = self.config, self.backend.xp, self.params
         t, c_embed = self.patch_embed.forward(params, x, ctx)                # (B, N, dim), N patches
-        if cfg.pool == "cls":
+        if cfg.has_class_token:
             cls = xp.broadcast_to(params["cls_token"], (t.shape[0], 1, cfg.dim))  # (B, 1, dim)
             t = xp.concatenate([cls, t], axis=1)                            # (B, T, dim), T = N + 1
         t = t + params["pos_embed"]                                         # (B, T, dim)
@@ -216,55 +225,69 @@ class ViT:
         for block in self.blocks:
             t, c = block.forward(params, t, ctx)                            # (B, T, dim)
             c_blocks.append(c)
-        t, c_norm = self.norm.forward(params, t, ctx)                       # (B, T, dim)
+        c_norm = None
+        if not cfg.fc_norm:
+            t, c_norm = self.norm.forward(params, t, ctx)                   # (B, T, dim)
         return t, ((c_embed, c_blocks, c_norm) if ctx.training else None)
 
     def head_forward(self, t: Array, ctx: Context) -> tuple[Array, tuple | None]:
-        """Normalised tokens (B, T, dim) -> logits (B, num_classes). Returns (logits, cache)."""
+        """Tokens (B, T, dim) -> logits (B, num_classes). Returns (logits, cache)."""
         cfg, params = self.config, self.params
         pooled = self._pool(t)                                              # (B, pooled_dim)
+        c_fc_norm = None
+        if cfg.fc_norm:
+            pooled, c_fc_norm = self.norm.forward(params, pooled, ctx)      # (B, dim)
         h, c_drop = ctx.dropout(pooled, cfg.head_dropout, "head_drop")      # (B, pooled_dim)
         h, c_head = self.head.forward(params, h, ctx)                       # (B, head_units[-1])
         logits, c_out = self.head_out.forward(params, h, ctx)               # (B, num_classes)
-        return logits, ((t.shape, c_drop, c_head, c_out) if ctx.training else None)
+        return logits, ((t.shape, c_fc_norm, c_drop, c_head, c_out) if ctx.training else None)
 
     def features_backward(self, dt: Array, cache: tuple, grads: dict[str, Array]) -> Array:
         """Backward of ``features_forward``: writes its parameters' gradients into ``grads``, returns d images."""
         c_embed, c_blocks, c_norm = cache
         params = self.params
-        dt = self.norm.backward(params, grads, dt, c_norm)                  # (B, T, dim)
+        if not self.config.fc_norm:
+            dt = self.norm.backward(params, grads, dt, c_norm)              # (B, T, dim)
         for block, c in zip(reversed(self.blocks), reversed(c_blocks)):
             dt = block.backward(params, grads, dt, c)                       # (B, T, dim)
         grads["pos_embed"] = dt.sum(axis=0)                                 # (T, dim)
-        if self.config.pool == "cls":
+        if self.config.has_class_token:
             grads["cls_token"] = dt[:, 0].sum(axis=0)                       # (dim,)
             dt = dt[:, 1:]                                                  # (B, N, dim)
         return self.patch_embed.backward(params, grads, dt, c_embed)        # (B, H, W, C)
 
     def head_backward(self, dlogits: Array, cache: tuple, grads: dict[str, Array]) -> Array:
         """Backward of ``head_forward``: writes its parameters' gradients into ``grads``, returns d tokens."""
-        t_shape, c_drop, c_head, c_out = cache
+        t_shape, c_fc_norm, c_drop, c_head, c_out = cache
         params = self.params
         dh = self.head_out.backward(params, grads, dlogits, c_out)          # (B, head_units[-1])
         dh = self.head.backward(params, grads, dh, c_head)                  # (B, pooled_dim)
-        return self._pool_backward(dropout_backward(dh, c_drop), t_shape)   # (B, T, dim)
+        dh = dropout_backward(dh, c_drop)                                   # (B, pooled_dim)
+        if self.config.fc_norm:
+            dh = self.norm.backward(params, grads, dh, c_fc_norm)           # (B, dim)
+        return self._pool_backward(dh, t_shape)                             # (B, T, dim)
 
     def _pool(self, t: Array) -> Array:
-        pool = self.config.pool
-        if pool == "flatten":
+        cfg = self.config
+        if cfg.pool == "flatten":
             return t.reshape(t.shape[0], -1)  # row-major over (token, channel), as keras Flatten
-        if pool == "cls":
+        if cfg.pool == "cls":
             return t[:, 0]
-        return t.mean(axis=1)
+        return t[:, 1:].mean(axis=1) if cfg.has_class_token else t.mean(axis=1)  # the patch tokens' mean
 
     def _pool_backward(self, dpooled: Array, shape: tuple[int, ...]) -> Array:
-        pool, xp = self.config.pool, self.backend.xp
-        if pool == "flatten":
+        cfg, xp = self.config, self.backend.xp
+        if cfg.pool == "flatten":
             return dpooled.reshape(shape)
-        if pool == "cls":
+        if cfg.pool == "cls" or cfg.has_class_token:  # one token gets it all, or the N patch tokens 1/N each
             dt = xp.zeros(shape, dtype=dpooled.dtype)
-            dt[:, 0] = dpooled
+            if cfg.pool == "cls":
+                dt[:, 0] = dpooled
+            else:
+                dt[:, 1:] = dpooled[:, None, :] / (shape[1] - 1)
             return dt
+        if cfg.fc_norm:  # the blocks' backward comes next: give it an array of its own
+            return xp.repeat(dpooled[:, None, :] / shape[1], shape[1], axis=1)
         # A read-only broadcast view, not a copy: layernorm_backward only reads its dy.
         return xp.broadcast_to(dpooled[:, None, :] / shape[1], shape)
 

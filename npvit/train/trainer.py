@@ -36,6 +36,7 @@ from ..data.fingerprint import dataset_fingerprint, fingerprint_difference
 from . import memory
 from .evaluation import evaluate_split
 from .folder import MetricsLog, RunFolder
+from .pretrained import arch_normalization, pretrained_model
 from .signals import StopSignals
 from .state import RunState
 from .tensorboard import TensorBoardLog
@@ -175,7 +176,15 @@ class Trainer:
         self.cfg = cfg = (model_config(s, data.num_classes) if self.recorded_model is None
                           else recorded_config(self.recorded_model, self.folder.config))
         check_labels(data.y_train, data.num_classes)  # once, on the host
-        mean, variance = channel_stats(data.x_train)  # Keras adapt(x_train): before the validation split
+        pretrained = None
+        if s["init_from"] is not None and self.recorded_model is None:  # a new run from pretrained weights
+            self.phase = "reading the pretrained weights"
+            pretrained = pretrained_model(s, cfg)
+            self.cfg = cfg = pretrained.config  # the file's details (class token, depth, norm placement)
+        if s["arch"] is not None:  # a timm model sees its images normalised as timm normalises them
+            mean, variance = arch_normalization(s["arch"])
+        else:
+            mean, variance = channel_stats(data.x_train)  # Keras adapt(x_train): before the validation split
         fingerprint = dataset_fingerprint(data.x_train, data.y_train, data.x_test, data.y_test)
         difference = fingerprint_difference(self.recorded.get("data"), fingerprint)
         if difference is not None:
@@ -199,6 +208,9 @@ class Trainer:
         # processes takes its own share of the cores.
         self.model = model = ViT(cfg, backend=self.backend, dtype=s["dtype"], seed=s["seed"],
                                  threads=s["threads"] or distributed.threads_per_process(comm))
+        if pretrained is not None:
+            model.load_params(pretrained.params)
+            del pretrained
         self.opt = AdamW(model.params, lr=s["learning_rate"], weight_decay=s["weight_decay"], epsilon=s["epsilon"],
                          decay_convention=s["decay_convention"], clip_norm=s["clip_norm"],
                          exclude_from_decay=model.no_decay_names() if s["exclude_from_decay"] else ())

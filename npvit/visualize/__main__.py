@@ -6,6 +6,7 @@
     python -m npvit.visualize pos-embed RUN_OR_CHECKPOINT
     python -m npvit.visualize filters   RUN_OR_CHECKPOINT [--pca]
     python -m npvit.visualize curves    RUN_FOLDER
+    python -m npvit.visualize attention vit.safetensors cat.jpg --arch vit_base_patch16_224   # a timm file
 
 Without IMAGE, the image is one of the run's test split (``--test-index``, default 0; ``--data-dir`` as for
 ``npvit.evaluate``). Each writes one PNG (``--out``, default FIGURE.png) at ``--dpi`` (default 100).
@@ -24,6 +25,7 @@ from ..backend import BACKEND_NAMES, BackendUnavailableError
 from ..checkpoint import CheckpointError
 from ..cli.args import bounded, non_negative_int, positive_int
 from ..cli.status import run_command
+from ..config import TIMM_ARCHS
 from .extras import MissingExtraError
 from .inputs import FITS, InputError
 
@@ -54,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--title", help="figure title (default: says what is shown)")
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("checkpoint", help="a .npz checkpoint written by npvit.train, or its run folder "
-                                          "(best.npz, else last.npz)")
+                                          "(best.npz, else last.npz); with --arch, a timm or Google file")
+    model.add_argument("--arch", choices=TIMM_ARCHS, metavar="ARCH",
+                       help="the timm architecture of a timm .safetensors or Google .npz file")
     model.add_argument("--backend", choices=BACKEND_NAMES, default="numpy")
     image = argparse.ArgumentParser(add_help=False)
     image.add_argument("image", nargs="?", help="an image file (default: a test image of the run's dataset)")
@@ -91,11 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def pick_image(args: argparse.Namespace, loaded: Any) -> tuple[np.ndarray, str]:
     """The uint8 image at the run's native size, and words saying where it came from."""
-    from .inputs import MAX_PIXELS, dataset_image, read_image
+    from .inputs import MAX_PIXELS, dataset_image, model_image
 
     if args.image:
-        return read_image(args.image, loaded.native_size, args.fit, args.max_pixels or MAX_PIXELS), \
-            Path(args.image).name
+        return model_image(loaded, args.image, args.fit, args.max_pixels or MAX_PIXELS), Path(args.image).name
     image, label = dataset_image(loaded, args.test_index, args.data_dir, args.cache_dir, args.download)
     return image, f"{loaded.run.get('dataset', 'dataset')} test image {args.test_index} ({label})"
 
@@ -110,7 +113,7 @@ def make_figure(args: argparse.Namespace) -> Any:
 
     from .inputs import display_image, load_model
 
-    loaded = load_model(args.checkpoint, args.backend)
+    loaded = load_model(args.checkpoint, args.backend, args.arch)
     cfg, name = loaded.config, loaded.path.parent.name or loaded.path.name
     if args.figure == "pos-embed":
         from .pos_embed import pos_embed_figure, position_similarity

@@ -48,7 +48,7 @@ def parse_query(text: str) -> Query:
 
 def query_token(config: ViTConfig, query: Query, rollout: bool = False) -> int | None:
     """The token index a query names (None: the mean over all queries); InputError if it does not exist."""
-    cls = config.pool == "cls"
+    cls = config.has_class_token
     g = config.grid_size
     if query is None:
         if cls:
@@ -56,7 +56,7 @@ def query_token(config: ViTConfig, query: Query, rollout: bool = False) -> int |
         return None if rollout else (g // 2) * g + g // 2
     if query == "cls":
         if not cls:
-            raise InputError(f"this model has no class token (pool={config.pool}); give a patch as row,col")
+            raise InputError("this model has no class token; give a patch as row,col")
         return 0
     if query == "mean":
         if not rollout:
@@ -72,7 +72,7 @@ def describe_query(config: ViTConfig, token: int | None) -> tuple[str, tuple[int
     """('query: patch 3,4' or the like, the patch's (row, col) or None)."""
     if token is None:
         return "query: mean over all tokens", None
-    if config.pool == "cls":
+    if config.has_class_token:
         if token == 0:
             return "query: class token", None
         token -= 1
@@ -82,7 +82,7 @@ def describe_query(config: ViTConfig, token: int | None) -> tuple[str, tuple[int
 
 def patch_map(weights: np.ndarray, config: ViTConfig) -> np.ndarray:
     """Weights over the keys (T,) -> the patch part on the grid (g, g) (the class token's key dropped)."""
-    patches = weights[1:] if config.pool == "cls" else weights
+    patches = weights[1:] if config.has_class_token else weights
     return patches.reshape(config.grid_size, config.grid_size)
 
 
@@ -114,7 +114,7 @@ def rollout_figure(image: np.ndarray, maps: list[np.ndarray], config: ViTConfig,
                    head_fusion: str = "mean", title: str = "") -> Any:
     """The image, the rollout weights on the patch grid, and the two overlaid."""
     rollout = attention_rollout(maps, head_fusion=head_fusion)
-    weights = query_weights(rollout, token, cls_token=config.pool == "cls")
+    weights = query_weights(rollout, token, cls_token=config.has_class_token)
     heat = weights.reshape(config.grid_size, config.grid_size)
     label, where = describe_query(config, token)
     fig = new_figure(9.0, 3.6)

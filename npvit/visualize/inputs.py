@@ -11,7 +11,9 @@ Image files of any size go through two steps, and the order matters:
    normalisation with the training-set statistics, then the bilinear resize to the model's ``image_size``
    (72x72 for the Keras preset, which was trained on 32x32 CIFAR images upsampled this very way).
 
-So an image file reaches the model as a CIFAR test image would.
+So an image file reaches the model as a CIFAR test image would. A model loaded from a timm file (``--arch``)
+gets its image files as timm gives them to it instead: resized and centre-cropped by its arch's preprocessing
+(``npvit.interop.Preprocess``: bicubic, the shorter side to input / crop_pct), then normalised.
 
 Before that, every Pillow mode becomes 8-bit RGB by its real range (:func:`to_rgb`): 16-bit greyscale is
 scaled, not clipped (Pillow's own ``convert("RGB")`` clips 0..65535 to 0..255, turning a 16-bit PNG white),
@@ -45,9 +47,10 @@ class InputError(Exception):
     """An image file or folder that cannot be used; the message names it and says why."""
 
 
-def load_model(path: str | Path, backend: str | Backend = "numpy") -> LoadedModel:
-    """The trained model at ``path`` (a checkpoint file or run folder), through :func:`npvit.load`."""
-    return load(path, backend)
+def load_model(path: str | Path, backend: str | Backend = "numpy", arch: str | None = None) -> LoadedModel:
+    """The trained model at ``path`` (a checkpoint file or run folder; with ``arch``, a timm or Google file),
+    through :func:`npvit.load`."""
+    return load(path, backend, arch=arch)
 
 
 def probabilities(logits: Any) -> np.ndarray:
@@ -78,11 +81,36 @@ def read_image(path: str | Path, size: int, fit: str = "crop", max_pixels: int =
     """An image file as uint8 (size, size, 3) RGB, reduced as the module docstring explains.
 
     EXIF orientation is applied (photos from phones), every mode is converted by its real range
-    (:func:`to_rgb`), and transparent pixels are laid on white. An image of more than ``max_pixels`` pixels
-    is refused from its header, before it is decoded (121 megapixels of RGB are 1.4 GB in memory).
+    (:func:`to_rgb`), and transparent pixels are laid on white; more than ``max_pixels`` pixels are refused
+    (:func:`open_rgb`).
     """
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    image_mod = pillow_image()
+    from PIL import ImageOps  # Pillow is there: pillow_image checked
+
+    img = open_rgb(path, max_pixels)
+    lanczos = image_mod.LANCZOS  # Image.Resampling.LANCZOS from Pillow 9.1; the constant works on every version
+    if fit == "crop":
+        img = ImageOps.fit(img, (size, size), method=lanczos)
+    elif img.size != (size, size):
+        img = img.resize((size, size), lanczos)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def model_image(loaded: LoadedModel, path: str | Path, fit: str = "crop",
+                max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file as the uint8 (native, native, 3) image ``loaded.model_input`` takes: reduced as the
+    module docstring explains, or for a timm model resized and cropped by its preprocessing (``fit`` unused)."""
+    if loaded.preprocess is None:
+        return read_image(path, loaded.native_size, fit, max_pixels)
+    return np.asarray(loaded.preprocess.resized(open_rgb(path, max_pixels)), dtype=np.uint8).copy()
+
+
+def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Any:
+    """An image file as an 8-bit RGB Pillow image at its own size (EXIF orientation applied, every mode
+    converted by its real range). More than ``max_pixels`` pixels are refused from the header, before the
+    image is decoded (121 megapixels of RGB are 1.4 GB in memory)."""
     image_mod = pillow_image()
     from PIL import ImageOps  # Pillow is there: pillow_image checked
 
@@ -105,12 +133,7 @@ def read_image(path: str | Path, size: int, fit: str = "crop", max_pixels: int =
         raise InputError(f"cannot read image {path}: {exc}") from exc
     finally:
         image_mod.MAX_IMAGE_PIXELS = previous
-    lanczos = image_mod.LANCZOS  # Image.Resampling.LANCZOS from Pillow 9.1; the constant works on every version
-    if fit == "crop":
-        img = ImageOps.fit(img, (size, size), method=lanczos)
-    elif img.size != (size, size):
-        img = img.resize((size, size), lanczos)
-    return np.asarray(img, dtype=np.uint8).copy()
+    return img
 
 
 def value_range(mode: str, pixels: np.ndarray) -> tuple[float, float]:
@@ -161,6 +184,9 @@ def dataset_image(loaded: LoadedModel, index: int, data_dir: str | None = None, 
                   download: bool = True) -> tuple[np.ndarray, str]:
     """Test image ``index`` of the run's dataset (uint8, native size) and its class name. Without
     ``data_dir``, the copy the run was trained from is used when it is still there."""
+    if not loaded.run:
+        raise InputError(f"{loaded.path} records no dataset (a model from another library's file): give an image "
+                         "file")
     recorded = loaded.run.get("data_dir")
     if data_dir is None and recorded and Path(recorded).exists():
         data_dir = recorded

@@ -20,7 +20,7 @@ from .plotting import mosaic, new_figure
 def position_similarity(pos_embed: np.ndarray, config: ViTConfig) -> np.ndarray:
     """(N, N) cosine similarities between the patches' position embeddings (rows and columns row-major)."""
     e = np.asarray(pos_embed, dtype=np.float64)
-    if config.pool == "cls":
+    if config.has_class_token:
         e = e[1:]
     norms = np.linalg.norm(e, axis=1, keepdims=True)
     e = e / np.where(norms > 0, norms, 1.0)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import operator
-import os
-import subprocess
 import sys
 import time
 from importlib import metadata
@@ -22,6 +20,7 @@ import pytest
 
 import npvit
 import npvit.backend as backend_module
+from processes import ROOT, run_python
 from fakecupy import HostSyncError, fake_cupy, from_fake, host_syncs, to_fake  # noqa: F401 (fixtures)
 from npvit.data.affine import affine_resample, rotation_matrices
 from npvit.data.augment import Augmenter, draw_crops, resize_bilinear
@@ -42,8 +41,6 @@ from npvit.kernels import (
     softmax_backward,
     softmax_forward,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def on_both(fn, *host_arrays):
@@ -338,8 +335,13 @@ def test_multi_head_attention_gpu_path(fake_cupy) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ model
-def test_model_forward_backward_gpu_path_equals_numpy(fake_cupy, host_syncs) -> None:
-    cfg = dataclasses.replace(npvit.ViTConfig.tiny(), dropout=0.0, attention_dropout=0.0, head_dropout=0.0)
+@pytest.mark.parametrize("layout", [{}, dict(arrangement="timm", pool="cls"),
+                                    dict(arrangement="timm", pool="gap", class_token=True, fc_norm=True),
+                                    dict(pool="gap", fc_norm=True)])
+def test_model_forward_backward_gpu_path_equals_numpy(fake_cupy, host_syncs, layout) -> None:
+    """The Keras arrangement, timm's (token and avg pooling), and the norm after the pooling."""
+    cfg = dataclasses.replace(npvit.ViTConfig.tiny(), dropout=0.0, attention_dropout=0.0, head_dropout=0.0,
+                              **layout)
     rng = np.random.default_rng(5)
     images, dlogits = rng.standard_normal((3, 8, 8, 3)), rng.standard_normal((3, cfg.num_classes))
     cpu = npvit.ViT(cfg, backend="numpy", dtype="float64", seed=2, threads=1)
@@ -470,10 +472,8 @@ def test_gpu_check_stops_at_once_without_a_gpu(tmp_path) -> None:
     if any((d.metadata["Name"] or "").lower().startswith("cupy") for d in metadata.distributions()):
         pytest.skip("CuPy is installed here: the no-GPU path is not what this machine would take")
     report = tmp_path / "report.md"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.perf_counter()
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(report)],
-                       capture_output=True, text=True, env=env, timeout=120)
+    p = run_python(str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(report))
     assert p.returncode == 2, p.stderr
     assert "no usable GPU" in p.stderr and "npvit[cuda12]" in p.stderr and "Traceback" not in p.stderr
     assert time.perf_counter() - start < 60 and not report.exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from training_runs import TINY as ONE_EPOCH
 
 PIL_Image = pytest.importorskip("PIL.Image")
 
@@ -18,9 +19,7 @@ from npvit.settings import load_run_dataset  # noqa: E402
 from npvit.visualize.inputs import load_model, probabilities  # noqa: E402
 
 # The tiny model on 16x16 synthetic images (resized to 8x8 by its Augmenter), two epochs: well under 1 s.
-TINY = ["--dataset", "synthetic", "--synthetic-size", "64,32", "--synthetic-image-size", "16",
-        "--synthetic-classes", "4", "--preset", "tiny", "--batch-size", "32", "--epochs", "2", "--threads", "1",
-        "--quiet"]
+TINY = [*ONE_EPOCH, "--epochs", "2"]
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,13 @@ choices, attention from the engine on each backend, and clear errors (missing ex
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import run_python
+from training_runs import TINY as ONE_EPOCH
 
 pytest.importorskip("matplotlib")
 PIL_Image = pytest.importorskip("PIL.Image")
@@ -26,9 +27,7 @@ from npvit.visualize.plotting import mosaic  # noqa: E402
 from npvit.visualize.pos_embed import position_similarity  # noqa: E402
 
 # The tiny preset with 2x2 patches (a 4x4 grid of 16 patches) on 16x16 synthetic images, two epochs: <1 s.
-TINY = ["--dataset", "synthetic", "--synthetic-size", "64,32", "--synthetic-image-size", "16",
-        "--synthetic-classes", "4", "--preset", "tiny", "--patch-size", "2", "--batch-size", "32",
-        "--epochs", "2", "--threads", "1", "--quiet"]
+TINY = [*ONE_EPOCH, "--patch-size", "2", "--epochs", "2"]
 DPI = 40
 # Pixel sizes at DPI 40 of each figure of the tiny model (2 blocks of 2 heads, 4x4 grid, width 8): the
 # figure sizes in inches the modules use, times 40.
@@ -214,4 +213,5 @@ def test_engine_never_imports_the_extra() -> None:
     code = ("import sys, npvit, npvit.train, npvit.evaluate, npvit.predict, npvit.visualize, "
             "npvit.visualize.__main__; bad = {'matplotlib', 'PIL'} & {m.split('.')[0] for m in sys.modules}; "
             "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+    proc = run_python("-c", code)
+    assert proc.returncode == 0, proc.stderr

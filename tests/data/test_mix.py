@@ -25,11 +25,9 @@ from npvit.kernels import (
     soft_cross_entropy_forward,
 )
 from npvit.data.mix import MixDraws, draw_mix, mix_images, mix_targets
-from npvit.model import ViT
-from npvit.optim.adamw import AdamW
 from npvit.data.device import DeviceDataset
-from npvit.train.step import AUGMENT, DROPOUT, RunningSums, StepSettings, mix_slice, stream_seed, train_step
-from test_train import assert_thread_ranks_train_what_one_process_trains  # ranks as threads
+from npvit.train.step import AUGMENT, DROPOUT, StepSettings, mix_slice, stream_seed
+from training_runs import assert_thread_ranks_train_what_one_process_trains, toy_model, train_toy
 
 
 # ---- the reference: timm's elem mode, one image at a time ----------------------------------------------------
@@ -177,17 +175,13 @@ def _setup(dropout: float = 0.1):
     data = np.random.default_rng(0)
     x = data.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
     y = data.integers(0, 4, 40).astype(np.int64)
-    model = ViT(cfg, dtype="float64", seed=3, threads=1)
-    return model, AdamW(model.params, lr=1e-2), _augmenter(), x, y
+    model, opt = toy_model(cfg)
+    return model, opt, _augmenter(), x, y
 
 
 def _train(comm, batches, settings: StepSettings, dropout: float = 0.1):
     model, opt, augmenter, x, y = _setup(dropout)
-    sums = RunningSums(np)
-    for step, batch in enumerate(batches):
-        train_step(model, opt, augmenter, DeviceDataset(model.backend, x, y), batch, step, settings, sums, comm)
-    loss_sum, correct, nonfinite, _ = sums.read()
-    return model.params, tuple(comm.allreduce_scalars([loss_sum, correct, nonfinite]))
+    return train_toy(comm, model, opt, augmenter, x, y, batches, settings)
 
 
 @pytest.mark.parametrize("size", [2, 3])

@@ -59,8 +59,45 @@ def test_dict_round_trip_through_json() -> None:
         ({"gelu": "relu"}, "gelu must be one of"),
         ({"attention_fans": "fan_avg"}, "attention_fans must be one of"),
         ({"ln_eps": 0.0}, "ln_eps must be positive"),
+        ({"arrangement": "paper"}, "arrangement must be one of"),
+        ({"pool": "cls", "class_token": False}, "class_token cannot be false"),
+        ({"class_token": "yes"}, "class_token must be true, false or null"),
+        ({"fc_norm": True}, "fc_norm normalises one pooled token"),
+        ({"fc_norm": 1}, "fc_norm must be true or false"),
     ],
 )
 def test_validation(change, message) -> None:
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(ViTConfig.keras(), **change)
+
+
+def test_timm_configs() -> None:
+    """timm's sizes, and the parameter counts timm's own models have (sum of numel over model.parameters())."""
+    base = ViTConfig.timm("vit_base_patch16_224")
+    assert (base.dim, base.depth, base.num_heads, base.key_dim, base.mlp_units) == (768, 12, 12, 64, (3072, 768))
+    assert (base.pool, base.has_class_token, base.fc_norm, base.arrangement) == ("cls", True, False, "timm")
+    assert base.num_tokens == 197 and base.num_params() == 86_567_656
+    assert ViTConfig.timm("vit_tiny_patch16_224").num_params() == 5_717_416
+    assert ViTConfig.timm("vit_small_patch32_384", num_classes=10).num_tokens == 145
+    assert ViTConfig.timm("vit_large_patch16_384").num_params() == 304_715_752
+    avg = ViTConfig.timm("vit_tiny_patch16_224", global_pool="avg")
+    assert (avg.pool, avg.has_class_token, avg.fc_norm) == ("gap", True, True)
+    assert avg.num_params() == ViTConfig.timm("vit_tiny_patch16_224").num_params()
+    assert ViTConfig.timm("vit_tiny_patch16_224", global_pool="avg", class_token=False).num_tokens == 196
+    assert ViTConfig.timm("vit_tiny_patch16_224", image_size=64).num_patches == 16
+    with pytest.raises(ValueError, match="unknown timm architecture 'vit_tiny_patch32_224'"):
+        ViTConfig.timm("vit_tiny_patch32_224")
+    with pytest.raises(ValueError, match="global_pool must be one of"):
+        ViTConfig.timm("vit_tiny_patch16_224", global_pool="max")
+    with pytest.raises(ValueError, match="needs class_token=True"):
+        ViTConfig.timm("vit_tiny_patch16_224", class_token=False)
+
+
+def test_configs_written_before_the_timm_fields_still_load() -> None:
+    for preset in (ViTConfig.keras(), dataclasses.replace(ViTConfig.tiny(), pool="cls")):
+        recorded = preset.to_dict()
+        for field in ("arrangement", "class_token", "fc_norm"):
+            del recorded[field]
+        assert ViTConfig.from_dict(recorded) == preset
+    timm = ViTConfig.timm("vit_small_patch16_224", global_pool="avg")
+    assert ViTConfig.from_dict(json.loads(json.dumps(timm.to_dict()))) == timm

@@ -32,6 +32,7 @@ F = torch.nn.functional
 
 import npvit  # noqa: E402  (after the skip: nothing below runs without torch)
 from npvit.torch_reference import TorchViT  # noqa: E402
+from key_bias import key_bias, zero_key_bias_grads  # noqa: E402
 
 POOLS = ("flatten", "cls", "gap")
 GELUS = ("erf", "tanh")
@@ -98,12 +99,6 @@ def torch_step(tm: "TorchViT", images: np.ndarray, labels: np.ndarray, smoothing
     loss = F.cross_entropy(logits, torch.from_numpy(labels), label_smoothing=smoothing)
     loss.backward()
     return logits.detach().numpy(), loss.item(), x.grad.numpy()
-
-
-def key_bias(cfg: npvit.ViTConfig) -> slice:
-    """Columns of ``qkv.b`` that hold the key bias (the fused columns are ordered q | k | v)."""
-    hd = cfg.num_heads * cfg.key_dim
-    return slice(hd, 2 * hd)
 
 
 def assert_close(actual, expected, what: str) -> None:
@@ -192,21 +187,17 @@ def test_overlapping_patches_match_torch(overlap: int) -> None:
     assert_step_matches_torch(cfg, model_seed=5, batch_seed=6)
 
 
+@pytest.mark.parametrize("layout", [dict(arrangement="timm", pool="cls"),
+                                    dict(arrangement="timm", pool="gap", class_token=True, fc_norm=True),
+                                    dict(pool="gap", fc_norm=True)])
+def test_timm_arrangement_and_fc_norm_match_torch(layout: dict) -> None:
+    """No GELU after the block MLP's last layer, the final norm after the pooling, gap beside a class token."""
+    assert_step_matches_torch(replace(make_config("cls", "erf"), **layout), model_seed=7, batch_seed=8)
+
+
 # ---- AdamW -------------------------------------------------------------------------------------------------
 LR, WEIGHT_DECAY, EPS, STEPS = 1e-2, 0.05, 1e-8, 5
 CLIP_NORM = 2.5  # within the range of this run's gradient norms (about 1.9 to 6.1): some steps clip, some not
-
-
-def zero_key_bias_grads(cfg: npvit.ViTConfig, grads: dict) -> None:
-    """Set the key-bias gradients, zero but for rounding noise (see test_gradients_match_torch), to exactly 0.
-
-    The noise (~1e-17) differs between the two implementations, and Adam divides by sqrt(v) + eps, so it
-    turns into updates of about lr * 1e-17 / eps ~ 1e-11 that differ in sign and size between the two -- a
-    difference of ~1e-10 after a few steps that says nothing about either implementation. Zeroing both sides
-    keeps the comparison exact; the gradient itself is checked against torch above.
-    """
-    for i in range(cfg.depth):
-        grads[f"blocks.{i}.attn.qkv.b"][key_bias(cfg)] = 0.0
 
 
 def torch_clip_(P: dict, clip_norm: float) -> float:

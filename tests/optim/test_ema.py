@@ -9,8 +9,6 @@ import json
 import math
 import os
 import signal
-import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,8 +29,8 @@ from npvit.optim.adamw import AdamW
 from npvit.data.device import DeviceDataset
 from npvit.train.step import RunningSums, StepSettings, train_step
 
-# The runs of tests/train/test_train.py: the tiny model on 16x16 synthetic images, a few seconds each, 7 steps/epoch.
-from test_train import BASE, comparable, rows, run  # noqa: E402
+# The training runs tests share: the tiny model on 16x16 synthetic images, a few seconds each, 7 steps/epoch.
+from training_runs import BASE, comparable, on_thread_ranks, rows, run, toy_model, train_toy
 
 
 def tiny_model(dtype: str = "float64", backend: str = "numpy", seed: int = 0) -> npvit.ViT:
@@ -256,8 +254,6 @@ def test_two_ranks_keep_the_average_of_one_process() -> None:
     """Every rank holds the same weights after a step, so each updates its average alone: two ranks (threads,
     real collectives) end with identical averages, equal to one process's (float64, to the rounding of the
     gradient sums). The 2-process run under mpiexec is in tests/distributed/test_distributed.py."""
-    from test_train import ThreadComm, ThreadGroup
-
     cfg = dataclasses.replace(npvit.ViTConfig.tiny(num_classes=4), dropout=0.2)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
@@ -265,22 +261,14 @@ def test_two_ranks_keep_the_average_of_one_process() -> None:
     batches = [rng.permutation(40)[:16], rng.permutation(40)[:9]]
 
     def train(comm) -> np.ndarray:
-        model = npvit.ViT(cfg, dtype="float64", seed=3, threads=1)
-        opt, ema = AdamW(model.params, lr=1e-2), WeightEMA(model.params, 0.9)
+        model, opt = toy_model(cfg)
+        ema = WeightEMA(model.params, 0.9)
         augmenter = Augmenter(np.full(3, 120.0), np.full(3, 3000.0), image_size=8, dtype="float64")
-        for step, batch in enumerate(batches):
-            train_step(model, opt, augmenter, DeviceDataset(model.backend, x, y), batch, step, StepSettings(seed=0), RunningSums(np), comm,
-                       ema=ema)
+        train_toy(comm, model, opt, augmenter, x, y, batches, StepSettings(seed=0), ema=ema)
         return ema.weights.flat.copy()
 
     single = train(SingleProcess())
-    group, results = ThreadGroup(2), [None, None]
-    threads = [threading.Thread(target=lambda r=r: results.__setitem__(r, train(ThreadComm(group, r))))
-               for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = on_thread_ranks(train, 2)
     assert results[0].tobytes() == results[1].tobytes()
     np.testing.assert_allclose(results[0], single, rtol=1e-10, atol=1e-12)
 

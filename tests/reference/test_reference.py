@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from key_bias import zero_key_bias_grads
+from processes import run_python
 
 import npvit
 from npvit import AdamW, ViT, ViTConfig, gradcheck, cross_entropy_backward, cross_entropy_forward
@@ -342,15 +342,6 @@ def test_keyed_masks_follow_the_global_sample_index() -> None:
     assert not np.allclose(other, whole)  # another seed, other masks
 
 
-def zero_key_bias_grads(cfg: ViTConfig, grads: dict) -> None:
-    """Set the key-bias gradients to exactly 0. They are 0 in exact arithmetic (the softmax over the keys does
-    not change when every score of a row moves by the same q . b_k), so both models hold rounding noise
-    (~1e-17) there, and Adam's m / (sqrt(v) + eps) turns different noise into different updates."""
-    hd = cfg.num_heads * cfg.key_dim
-    for i in range(cfg.depth):
-        grads[f"blocks.{i}.attn.qkv.b"][hd:2 * hd] = 0.0
-
-
 @pytest.mark.parametrize("decay_convention,epsilon_convention,clip_norm", [
     ("keras", "keras", None), ("keras", "pytorch", 0.5), ("tfa", "keras", 0.5), ("tfa", "pytorch", None)])
 def test_same_parameters_after_three_adamw_steps(decay_convention, epsilon_convention, clip_norm) -> None:
@@ -451,7 +442,6 @@ def test_training_demo_runs_and_learns(capsys) -> None:
 
 
 def test_module_runs_as_a_program() -> None:
-    out = subprocess.run([sys.executable, "-m", "npvit.reference", "--steps", "2"], capture_output=True,
-                         text=True, timeout=60)
+    out = run_python("-m", "npvit.reference", "--steps", "2", timeout=60)
     assert out.returncode == 0, out.stderr
     assert "step   2  loss" in out.stdout

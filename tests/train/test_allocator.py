@@ -9,7 +9,7 @@ import pytest
 from npvit.train import command as train_cli
 from npvit.cli import allocator
 
-from test_train import run
+from training_runs import run
 
 ON_GLIBC = platform.libc_ver()[0] == "glibc"
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import ROOT, checkout_env, run_python
+from training_runs import BASE
 
 from npvit.train import memory
 from npvit.optim.adamw import AdamW
@@ -26,29 +28,21 @@ from npvit.train import command as train_cli
 from npvit.train import evaluation
 from npvit.checkpoint import load_checkpoint, save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--dataset", "synthetic", "--synthetic-size", "240,60", "--synthetic-image-size", "16",
-        "--synthetic-classes", "4", "--preset", "tiny", "--batch-size", "32", "--learning-rate", "3e-3",
-        "--threads", "1", "--quiet"]
+TINY = [*BASE, "--threads", "1"]  # the runs of test_train.py, on one thread
 # A run of a few seconds, 135 steps per epoch, for signals to land in the middle of.
 LONG = ["--dataset", "synthetic", "--synthetic-size", "1200,40", "--synthetic-image-size", "8",
         "--synthetic-classes", "4", "--preset", "tiny", "--batch-size", "8", "--epochs", "2", "--threads", "1",
         "--quiet"]
 
 
-def env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-
-
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """``python -m npvit.train ARGS`` in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "npvit.train", *args], capture_output=True, text=True,
-                          env=env(), timeout=timeout, cwd=ROOT)
+    return run_python("-m", "npvit.train", *args, timeout=timeout, cwd=ROOT)
 
 
 def start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "npvit.train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, env=checkout_env(), cwd=ROOT)
 
 
 def wait_for(condition, what: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
@@ -304,7 +298,7 @@ def test_memory_error_in_a_real_process_is_a_clear_message(tmp_path) -> None:
     code = ("import resource, sys; import npvit.train.memory as m; m.available_bytes = lambda: 1 << 50; "
             "from npvit.train import main; resource.setrlimit(resource.RLIMIT_AS, (1024 << 20, 1024 << 20)); "
             f"sys.exit(main({flags!r}))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=120)
+    result = run_python("-c", code)
     assert result.returncode == 3, result.stderr
     assert "out of memory while training (a step at batch 2000 needs about" in result.stderr
     assert "a lower --batch-size, e.g. 1000" in result.stderr and "Traceback" not in result.stderr

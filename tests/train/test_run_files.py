@@ -10,16 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from training_runs import rows
 
 from npvit.train import command as train_cli
 
 TINY = ["--dataset", "synthetic", "--synthetic-size", "96,16", "--synthetic-image-size", "8", "--synthetic-classes",
         "3", "--preset", "tiny", "--batch-size", "32", "--learning-rate", "3e-3", "--threads", "1", "--quiet",
         "--seed", "1"]
-
-
-def rows_of(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_metrics_csv_is_keras_csvlogger_layout_and_a_resume_adds_no_duplicate(tmp_path: Path) -> None:
@@ -30,7 +27,7 @@ def test_metrics_csv_is_keras_csvlogger_layout_and_a_resume_adds_no_duplicate(tm
         table = list(csv.DictReader(f))
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[0] == "epoch" and header[1:] == sorted(header[1:])  # CSVLogger: epoch, then sorted keys
-    jsonl = rows_of(out)
+    jsonl = rows(out)
     assert [int(r["epoch"]) for r in table] == [1, 2, 3] == [r["epoch"] for r in jsonl]
     for row, expected in zip(table, jsonl):
         assert float(row["val_loss"]) == expected["val_loss"] and int(row["step"]) == expected["step"]
@@ -39,7 +36,7 @@ def test_metrics_csv_is_keras_csvlogger_layout_and_a_resume_adds_no_duplicate(tm
 def test_an_epoch_stopped_part_way_has_one_csv_row_once_it_is_finished(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert train_cli.main([*TINY, "--epochs", "2", "--max-steps", "4", "--out", str(out)]) == 0  # 3 steps/epoch
-    assert [r["partial"] for r in rows_of(out)] == [False, True]
+    assert [r["partial"] for r in rows(out)] == [False, True]
     assert train_cli.main(["--resume", str(out), "--epochs", "2", "--max-steps", "6"]) == 0
     with open(out / "metrics.csv", newline="") as f:
         table = list(csv.DictReader(f))
@@ -72,8 +69,8 @@ def test_tensorboard_event_files_hold_the_rows_and_every_steps_learning_rate(tmp
     scalars = event_scalars(out / "tensorboard")
     assert [step for step, _ in scalars["lr"]] == list(range(6))  # 3 steps per epoch
     assert scalars["lr"][0][1] > scalars["lr"][-1][1]  # the cosine schedule, step by step
-    rows = rows_of(out)
-    assert [(s, pytest.approx(v)) for s, v in scalars["epoch/val_top1"]] == [(r["step"], r["val_top1"]) for r in rows]
+    log = rows(out)
+    assert [(s, pytest.approx(v)) for s, v in scalars["epoch/val_top1"]] == [(r["step"], r["val_top1"]) for r in log]
 
 
 def test_tensorboard_without_tensorboardx_is_one_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:

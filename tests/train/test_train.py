@@ -9,9 +9,7 @@ import math
 import os
 import re
 import signal
-import threading
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,24 +29,9 @@ from npvit.data.device import DeviceDataset
 from npvit.train.loop import ReadSchedule
 from npvit.train.step import RunningSums, StepSettings, train_step
 from npvit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training_runs import (BASE, ThreadComm, ThreadGroup, assert_thread_ranks_train_what_one_process_trains,
+                           comparable, rows, run, toy_model, train_toy)
 
-# A few seconds per run: the tiny model on 16x16 synthetic images, resized to 8x8 by the augmentation.
-BASE = ["--dataset", "synthetic", "--synthetic-size", "240,60", "--synthetic-image-size", "16",
-        "--synthetic-classes", "4", "--preset", "tiny", "--batch-size", "32", "--learning-rate", "3e-3",
-        "--quiet"]
-
-
-def run(tmp_path: Path, name: str, *flags: str) -> tuple[int, Path]:
-    out = tmp_path / name
-    return train_cli.main([*BASE, "--out", str(out), *flags]), out
-
-
-def rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def comparable(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in ("seconds", "images_per_s")}
 
 
 def test_end_to_end_run_learns_and_writes_its_folder(tmp_path, capsys) -> None:
@@ -280,47 +263,6 @@ def test_running_sums_never_read_the_device_until_asked() -> None:
     assert sums.read()[0] == partial  # bit for bit: resume and read points change nothing
 
 
-class ThreadGroup:
-    """Ranks as threads of one process, for testing: collectives meet at a barrier and add in rank order."""
-
-    def __init__(self, size: int) -> None:
-        self.size, self.slots, self.wall = size, [None] * size, threading.Barrier(size, timeout=60)
-
-    def reduce(self, rank: int, value):
-        self.slots[rank] = value
-        self.wall.wait()
-        total = self.slots[0]
-        for other in self.slots[1:]:
-            total = total + other
-        self.wall.wait()  # every rank has read the slots before they are reused
-        return total
-
-
-class ThreadComm:
-    """A rank of a ThreadGroup, as a Communicator (the collectives a training step uses are real)."""
-
-    name = "threads"
-
-    def __init__(self, group: ThreadGroup, rank: int) -> None:
-        self.group, self.rank, self.size = group, rank, group.size
-        self.local_rank, self.local_size = rank, group.size
-
-    def broadcast(self, obj, root: int = 0):
-        return self.group.reduce(self.rank, [obj] if self.rank == root else [])[0]
-
-    def abort(self, status: int = 1):
-        raise SystemExit(status)
-
-    def allreduce_sum(self, array) -> None:
-        array[...] = self.group.reduce(self.rank, array.copy())
-
-    def allreduce_scalars(self, values):
-        return [float(v) for v in self.group.reduce(self.rank, np.asarray(values, dtype=np.float64))]
-
-    def barrier(self) -> None:
-        self.group.wall.wait()
-
-
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_train_step_data_parallel_equals_one_process(dropout) -> None:
     """Two ranks, each with its slice of every global batch and its gradients summed, end with the weights and
@@ -336,40 +278,14 @@ def test_train_step_data_parallel_equals_one_process(dropout) -> None:
     settings = StepSettings(seed=0)
 
     def run(comm: Communicator) -> tuple[dict, tuple]:
-        model = ViT(cfg, dtype="float64", seed=3, threads=1)
-        opt = AdamW(model.params, lr=1e-2)
+        model, opt = toy_model(cfg)
         randomness = dropout > 0  # augmentation on together with dropout
         augmenter = Augmenter(np.full(3, 120.0), np.full(3, 3000.0), image_size=8, flip=randomness,
                               rotation=0.05 if randomness else 0.0, zoom=0.2 if randomness else 0.0, dtype="float64")
-        sums = RunningSums(np)
-        for step, batch in enumerate(batches):
-            train_step(model, opt, augmenter, DeviceDataset(model.backend, x, y), batch, step, settings, sums, comm)
-        loss_sum, correct, nonfinite, _ = sums.read()
-        return model.params, tuple(comm.allreduce_scalars([loss_sum, correct, nonfinite]))
+        return train_toy(comm, model, opt, augmenter, x, y, batches, settings)
 
     single_params, single_sums = assert_thread_ranks_train_what_one_process_trains(run, 2)
     assert single_sums[1] > 0 and single_sums[2] == 0
-
-
-def assert_thread_ranks_train_what_one_process_trains(run, size: int) -> tuple[dict, tuple]:
-    """``run(comm)`` -> (params, summed (loss, correct, nonfinite)) once alone and as ``size`` thread-ranks;
-    asserts every rank ends with the single process's sums and weights. Returns the single process's."""
-    single_params, single_sums = run(SingleProcess())
-    group, results = ThreadGroup(size), [None] * size
-
-    def rank(r: int) -> None:
-        results[r] = run(ThreadComm(group, r))
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for params, sums in results:
-        np.testing.assert_allclose(sums, single_sums, rtol=1e-13)
-        for name, p in single_params.items():
-            np.testing.assert_allclose(params[name], p, rtol=1e-10, atol=1e-12, err_msg=name)
-    return single_params, single_sums
 
 
 def test_memory_estimate_is_a_close_upper_bound_of_the_measured_peak() -> None:
