@@ -1,404 +1,642 @@
-"""What to run first on a new GPU: does npvit's CuPy path work there, is it exact, and how fast is it?
+"""The first run on a GPU: does npvit's CuPy path work there, wait for nothing, match NumPy and PyTorch, and how fast?
 
-    python benchmarks/gpu_check.py                          # everything: under 10 minutes on one GPU
-    python benchmarks/gpu_check.py --out report.md --skip kernels,tests
+    python benchmarks/gpu_check.py --out DIR                       # on a GPU: about 5 minutes (--budget 300)
+    python benchmarks/gpu_check.py --out DIR --kernel-cache OLD/kernel-cache.tar.gz   # a second run, warm
+    python benchmarks/gpu_check.py --simulate --out DIR            # on a CPU, through the test suite's fake CuPy
 
-One markdown report (default ``benchmarks/results/<date>-gpu-check.md``) with the GPU, driver, CUDA and CuPy
-versions and one section per step. Each step has a time limit; a step that fails or runs out of time is
-reported as such and the others still run. Steps (``--skip`` takes their names):
+Made for a short device lease: the sections run cheapest and most informative first, each with its own share
+of ``--budget`` seconds, and after every section ``DIR/report.md`` and ``DIR/results.json`` are rewritten
+atomically, so a run cut short loses at most the section in progress. ``faulthandler`` writes the tracebacks
+of a hang to ``DIR/faulthandler.txt``. CuPy's compiled kernels are packed into ``DIR/kernel-cache.tar.gz``;
+``--kernel-cache`` unpacks such a file before CuPy starts. At most 8 files are written, all directly in DIR.
 
-* ``checks``: TF32 really switches (the relative error of a float32 batched and a 2-D product against float64,
-  TF32 off and on: about 1e-7 off, about 1e-3 on), and a fingerprint of the Philox draws of a fixed seed
-  (compare it between GPUs: equal fingerprints mean the random streams do not depend on the GPU model).
-* ``tests``: the test suite's CuPy cases (``pytest -k cupy``) and the GPU-path tests, on this GPU.
-* ``step``: one training step of the Keras preset at batch 256 (float32), median of a few: forward, loss,
-  backward and AdamW each timed between device synchronisations, then whole steps with a single
-  synchronisation at the end (images/s), and how long Python takes to queue a step: when queueing takes
-  about as long as the step, the GPU waits on Python (launch overhead or a hidden host synchronisation).
-* ``resume``: a short training run, and the same run interrupted (``--max-steps k``) and resumed: the final
-  weights and optimizer state must be bit-identical.
-* ``kernels``: ``benchmarks/run.py --backend cupy --sections kernels`` against PyTorch CUDA, TF32 off and on
-  (needs torch with CUDA for the comparison column).
+Sections (``--skip`` takes their names):
 
-Without a usable GPU it stops at once with the reason (exit status 2).
+* ``environment``: GPU, driver, CUDA, CuPy, NCCL, PyTorch; which way gradients would go between GPUs.
+* ``selftest``: the backend's own smoke test, and whether TF32 switches.
+* ``steps``: one training step of ``--recipe fast`` (TrivialAugment, AdamW, the running sums, EMA) and of the
+  Keras preset: host synchronisations per step (on a GPU, a clock-spinning kernel queued ahead of the step
+  shows whether the host waited for it), launches per step (counted by the fake under ``--simulate``), and
+  those of one evaluation pass.
+* ``correctness``: the model's loss and gradients against NumPy float64 (float64 <= 1e-10, float32 with TF32
+  off <= 1e-4, on <= 1e-2) and against the PyTorch model on CUDA when torch has CUDA.
+* ``nccl``: one NCCL rank initialised (the id as bytes) and an allreduce.
+* ``speed``: the training step, Keras preset at batch 256 and 1024, fast at 128 and 512, TF32 off and on,
+  against PyTorch CUDA eager on the same model in the same process.
+* ``colsum``: column sums of (B*T, C) arrays: CuPy's one reduction against npvit's two-stage sum.
+* ``tests``: the CuPy test cases, with what time remains.
+
+Runs from a checkout with ``PYTHONPATH=.``; nothing is installed. Without a usable GPU (and without
+``--simulate``) it stops at once with the reason (exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import faulthandler
+import json
 import os
 import platform
-import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import npvit  # noqa: E402
-from npvit.backend import PHILOX_STATES, Backend, BackendUnavailableError, _env_tf32, get_backend  # noqa: E402
-from npvit.config import PRESETS  # noqa: E402
+SECTIONS = ("environment", "selftest", "steps", "correctness", "nccl", "speed", "colsum", "tests")
+# Each section's share of the budget: it may use at most this fraction of it (and never more than remains).
+SHARES = {"environment": 0.05, "selftest": 0.05, "steps": 0.25, "correctness": 0.15, "nccl": 0.05,
+          "speed": 0.35, "colsum": 0.05, "tests": 1.0}
+MAX_FILES = 8
+SPIN = r'''
+extern "C" __global__ void npvit_spin(long long cycles) {
+    long long start = clock64();
+    while (clock64() - start < cycles) { }
+}
+'''
 
-STEPS = ("checks", "tests", "step", "resume", "kernels")
-TOTAL_SECONDS = 570
-# The kernel table comes from the benchmark suite's command line, the one interface of it this script uses.
-KERNEL_TABLE = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--backend", "cupy", "--sections", "kernels",
-                "--quick", "--no-memory"]
+
+class SectionTimeout(Exception):
+    """A section ran past its share of the budget."""
 
 
 @dataclass
 class Section:
-    """One step's outcome: a status line and markdown lines for the report."""
-
     name: str
     status: str = "not run"
     seconds: float = 0.0
     lines: list[str] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------------- environment
-def environment(backend: Backend) -> dict[str, str]:
-    """GPU, compute capability, driver, CUDA runtime and library versions."""
-    cp = backend.xp
-    device = cp.cuda.Device()
-    props = cp.cuda.runtime.getDeviceProperties(device.id)
+# --------------------------------------------------------------------------------------------- the run
+@dataclass
+class Run:
+    out: Path
+    simulate: bool
+    budget: float
+    started: float = field(default_factory=time.monotonic)
+    sections: list[Section] = field(default_factory=list)
+    backend: Any = None
+    fake: Any = None  # the fake CuPy under --simulate
+    command: str = ""
+
+    def remaining(self) -> float:
+        return self.budget - (time.monotonic() - self.started)
+
+    def write(self) -> None:
+        """report.md and results.json, each replaced atomically."""
+        from npvit.files import atomic_write
+
+        doc = {"command": self.command, "simulate": self.simulate, "budget_s": self.budget,
+               "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+               "sections": {s.name: {"status": s.status, "seconds": round(s.seconds, 2), **s.results}
+                            for s in self.sections}}
+        steps = next((s.results.get("steps") for s in self.sections if s.name == "steps"), None)
+        if steps:
+            doc["steps"] = steps
+        atomic_write(self.out / "results.json", lambda f: f.write(json.dumps(doc, indent=1, default=str).encode()))
+        atomic_write(self.out / "report.md", lambda f: f.write(self.render().encode()))
+
+    def render(self) -> str:
+        kind = "simulated on the fake CuPy (CPU): counts are real, times are not" if self.simulate else "GPU"
+        lines = ["# npvit GPU check", "", f"- command: `{self.command}`", f"- {kind}",
+                 f"- date: {datetime.now().astimezone().isoformat(timespec='seconds')}", "",
+                 "| section | status | seconds |", "|---|---|---:|",
+                 *[f"| {s.name} | {s.status} | {s.seconds:.1f} |" for s in self.sections], ""]
+        for s in self.sections:
+            lines += [f"## {s.name}", "", *s.lines, ""]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise SectionTimeout in the main thread after ``seconds`` (SIGALRM; no limit where it is missing)."""
+    if not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise SectionTimeout(f"ran past its {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(0.01, seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# --------------------------------------------------------------------------------------- the backends
+def load_fake() -> Any:
+    """The test suite's fake CuPy, installed; host syncs recorded (not raised), launches counted."""
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
+    import fakecupy
+
+    fake = fakecupy.install()
+    fake.syncs.strict = False
+    np.seterr(all="ignore")  # TrivialAugment computes every operation on every image on a GPU: no warnings there
+    fakecupy.emulate_kernel("npvit_spin", lambda cycles: None)
+    return fake
+
+
+def xp_sync(backend: Any) -> None:
+    backend.synchronize()
+
+
+# ------------------------------------------------------------------------------------------ sections
+def s_environment(run: Run, sec: Section) -> None:
+    from npvit import __version__
+    from npvit.distributed import SingleProcess, gradient_path
+    from npvit.distributed.nccl import load_nccl
+
+    cp = run.backend.xp
+    props = cp.cuda.runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-
-    def cuda_version(v: int) -> str:
-        return f"{v // 1000}.{v % 1000 // 10}"
-
-    env = {
-        "GPU": f"{name} (compute capability {device.compute_capability[:-1]}.{device.compute_capability[-1]}, "
-               f"{props.get('multiProcessorCount', '?')} SMs, {props.get('totalGlobalMem', 0) / 2**30:.0f} GiB)",
-        "driver": f"CUDA {cuda_version(cp.cuda.runtime.driverGetVersion())}" + _nvidia_smi_driver(),
-        "CUDA runtime": cuda_version(cp.cuda.runtime.runtimeGetVersion()),
-        "CuPy": cp.__version__,
-        "NumPy": np.__version__,
-        "npvit": npvit.__version__,
-        "Python": platform.python_version(),
-        "host": f"{platform.machine()}, {os.cpu_count()} logical CPUs",
-    }
+    nccl = load_nccl()
+    env = {"GPU": f"{name} ({props.get('multiProcessorCount', '?')} SMs, "
+                  f"{props.get('totalGlobalMem', 0) / 2**30:.0f} GiB, compute capability "
+                  f"{props.get('major')}.{props.get('minor')})",
+           "CUDA runtime / driver": f"{cp.cuda.runtime.runtimeGetVersion()} / {cp.cuda.runtime.driverGetVersion()}",
+           "CuPy": cp.__version__, "NumPy": np.__version__, "npvit": __version__,
+           "Python": platform.python_version(), "host": f"{platform.machine()}, {os.cpu_count()} CPUs",
+           "NCCL": "not available to CuPy" if nccl is None else f"version {nccl.get_version()}",
+           "gradients (one process)": gradient_path(SingleProcess(), "cupy")}
     try:
         import torch
 
-        env["PyTorch"] = f"{torch.__version__} (CUDA {torch.version.cuda}, available: {torch.cuda.is_available()})"
+        env["PyTorch"] = f"{torch.__version__}, CUDA available: {torch.cuda.is_available()}"
     except ImportError:
-        env["PyTorch"] = "not installed (the kernel table has no comparison column)"
-    return env
+        env["PyTorch"] = "not installed"
+    sec.results["env"] = env
+    sec.lines += [f"- {k}: {v}" for k, v in env.items()]
+    sec.status = "passed"
 
 
-def _nvidia_smi_driver() -> str:
-    if shutil.which("nvidia-smi") is None:
-        return ""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return f", driver {out[0]}" if out else ""
+def s_selftest(run: Run, sec: Section) -> None:
+    from npvit.backend import _smoke_test
 
-
-# ------------------------------------------------------------------------------------------------ checks
-def tf32_check(backend: Backend, size: int = 256) -> list[dict[str, Any]]:
-    """Relative error (max |got - exact| / max |exact|) of float32 products against float64, TF32 off and on:
-    a batched (8, size, size) product, which TF32 reaches through the cuBLAS math mode, and a 2-D one, which
-    it reaches through CuPy's compute type. Restores the setting CUPY_TF32 asks for."""
+    b = run.backend
+    _smoke_test(b.xp)
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((2, 8, size, size))
-    exact = a.astype(np.float32).astype(np.float64) @ b.astype(np.float32).astype(np.float64)
-    da, db = backend.asarray(a, dtype="float32"), backend.asarray(b, dtype="float32")
-    rows = []
-    try:
-        for enabled in (False, True):
-            in_use = backend.set_tf32(enabled)
-            batched = backend.to_numpy(backend.xp.matmul(da, db))
-            flat = backend.to_numpy(da[0] @ db[0])
-            rows.append({"asked": enabled, "in_use": in_use,
-                         "batched": float(np.abs(batched - exact).max() / np.abs(exact).max()),
-                         "2-D": float(np.abs(flat - exact[0]).max() / np.abs(exact[0]).max())})
-    finally:
-        backend.set_tf32(_env_tf32())  # what the backend applied when it loaded
-    return rows
+    a, c = rng.standard_normal((2, 4, 128, 128))
+    exact = a.astype(np.float32).astype(np.float64) @ c.astype(np.float32).astype(np.float64)
+    rows = {}
+    for on in (False, True):
+        in_use = b.set_tf32(on)
+        got = b.to_numpy(b.xp.matmul(b.asarray(a, dtype="float32"), b.asarray(c, dtype="float32")))
+        rows[f"tf32_{'on' if on else 'off'}"] = {"in_use": in_use,
+                                                 "rel_error": float(np.abs(got - exact).max() / np.abs(exact).max())}
+    b.set_tf32(False)
+    sec.results.update(rows)
+    sec.lines += ["| TF32 | in use | relative error of a float32 batched product |", "|---|---|---:|",
+                  *[f"| {k[5:]} | {v['in_use']} | {v['rel_error']:.2e} |" for k, v in rows.items()]]
+    ok = rows["tf32_off"]["rel_error"] < 1e-5 and (not rows["tf32_on"]["in_use"] or rows["tf32_on"]["rel_error"] > 1e-5)
+    sec.status = "passed" if ok else "FAILED"
 
 
-def tf32_verdict(rows: list[dict[str, Any]]) -> tuple[bool, str]:
-    off, on = rows
-    ok = off["batched"] < 1e-5 and off["2-D"] < 1e-5
-    if on["in_use"]:
-        ok = ok and on["batched"] > 1e-4 and on["2-D"] > 1e-4
-        return ok, "off: float32 accuracy; on: TF32 accuracy in both kinds of product" if ok else \
-            "TF32 does not switch as Backend.set_tf32 says (see the table)"
-    return ok, "this GPU has no TF32 (compute capability below 8.0): products stay float32"
+def recipe_settings(recipe: str, batch: int, out: str, steps: int, image_size: int | None = None) -> dict[str, Any]:
+    from npvit.settings import build_parser, resolve_settings
+
+    args = ["--recipe", recipe, "--dataset", "synthetic", "--synthetic-size", f"{batch * (steps + 1)},{batch}",
+            "--synthetic-image-size", "32", "--batch-size", str(batch), "--epochs", "1", "--max-steps",
+            str(steps), "--quiet", "--out", out, "--seed", "1", "--ema", "0.999", "--backend", "cupy",
+            "--validation-split", "0.1", *(["--image-size", str(image_size)] if image_size else [])]
+    settings, _ = resolve_settings(vars(build_parser().parse_args(args)))
+    return settings
 
 
-def rng_fingerprint(backend: Backend, seed: int = 1234, count: int = 1 << 20) -> dict[str, Any]:
-    """SHA-256 (first 16 hex digits) of ``count`` float32 draws of ``backend.rng(seed)``, and whether a second
-    generator of the same seed repeats them."""
-    first = backend.to_numpy(backend.rng(seed).random(count, dtype="float32"))
-    again = backend.to_numpy(backend.rng(seed).random(count, dtype="float32"))
-    return {"sha256": hashlib.sha256(first.tobytes()).hexdigest()[:16], "first": first[:3].tolist(),
-            "repeatable": bool(np.array_equal(first, again)), "states": PHILOX_STATES, "count": count}
+def count_steps(run: Run, recipe: str, batch: int, steps: int = 3) -> dict[str, Any]:
+    """Train ``steps`` steps of ``recipe`` through the training program; per step: launches (fake only) and
+    host synchronisations; then one evaluation pass. The last step's counts are reported (the first compiles
+    and uploads constants). On a GPU a spinning kernel is queued before each step: if queueing the step takes
+    as long as the spin, the host waited for the device."""
+    from npvit.train.command import train
 
+    fake, b = run.fake, run.backend
+    rows: list[dict[str, Any]] = []
+    spin = None if fake else b.xp.RawKernel(SPIN, "npvit_spin")
+    marks = {"t": time.perf_counter()}
 
-def run_checks(backend: Backend, section: Section) -> None:
-    rows = tf32_check(backend)
-    ok, verdict = tf32_verdict(rows)
-    section.lines += ["TF32 (`Backend.set_tf32`): relative error of float32 products against float64.", "",
-                      "| TF32 asked | in use | batched (8x256x256) | 2-D (256x256) |", "|---|---|---:|---:|"]
-    section.lines += [f"| {r['asked']} | {r['in_use']} | {r['batched']:.2e} | {r['2-D']:.2e} |" for r in rows]
-    section.lines += ["", f"Verdict: {verdict}.", ""]
-    fp = rng_fingerprint(backend)
-    section.lines += [f"Philox draws, seed 1234, {fp['count']:,} float32 values, {fp['states']:,} states: "
-                      f"fingerprint `{fp['sha256']}`, first values {fp['first']}; repeatable: {fp['repeatable']}. "
-                      "The same fingerprint on another GPU model means the same random streams there."]
-    section.status = "passed" if ok and fp["repeatable"] else "FAILED"
+    def before_next() -> None:  # queue the spin, then the next step is queued behind it
+        if spin is not None:
+            b.synchronize()
+            spin((1,), (1,), (np.int64(2_000_000_000 // 10),))  # about 0.1 s at 2 GHz
+        marks["t"] = time.perf_counter()
 
+    def on_step(step: int) -> None:
+        queued = time.perf_counter() - marks["t"]
+        row: dict[str, Any] = {"step": step, "queue_ms": 1e3 * queued}
+        if fake:
+            row.update(launches=fake.launches.total, kinds=dict(fake.launches.counts),
+                       host_syncs=len(fake.syncs.sites), gets=fake.syncs.gets,
+                       sites=sorted({str(s).rsplit("/npvit/", 1)[-1] for s in fake.syncs.sites}))
+            fake.launches.reset()
+            fake.syncs.reset()
+        else:
+            row["host_waited"] = queued > 0.08  # the spin takes about 0.1 s: queueing behind it means waiting
+        rows.append(row)
+        before_next()
 
-# ------------------------------------------------------------------------------------------------- tests
-def run_tests(section: Section, timeout: float) -> None:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cupy or gpu_path",
-           str(ROOT / "tests")]
-    result = _run(cmd, timeout)
-    summary = result["tail"].strip().splitlines()[-1:] if result["tail"].strip() else ["(no output)"]
-    section.lines += [f"`{' '.join(cmd[1:])}`: {summary[0]}", ""]
-    if result["rc"] != 0:
-        section.lines += ["```", *result["tail"].splitlines()[-40:], "```"]
-    section.status = "passed" if result["rc"] == 0 else ("timed out" if result["timed_out"] else "FAILED")
-
-
-# -------------------------------------------------------------------------------------------------- step
-def step_breakdown(backend: Backend, preset: str = "keras", batch: int = 256, repeats: int = 5,
-                   num_classes: int = 100) -> dict[str, float]:
-    """Median milliseconds of each phase of a training step (synchronised around each phase), of a whole
-    step synchronised once at its end, and of queueing a step (no synchronisation); and images/s."""
-    cfg = PRESETS[preset](num_classes=num_classes)
-    model = npvit.ViT(cfg, backend=backend)
-    opt = npvit.AdamW(model.params)
-    rng = np.random.default_rng(0)
-    images = backend.asarray(rng.standard_normal((batch, cfg.image_size, cfg.image_size, cfg.channels)),
-                             dtype="float32")
-    labels = backend.asarray(rng.integers(0, cfg.num_classes, batch))
-    state: dict[str, Any] = {}
-
-    def forward() -> None:
-        state["logits"] = model.forward(images, training=True)
-
-    def loss() -> None:
-        state["cache"] = npvit.cross_entropy_forward(state["logits"], labels)[1]
-
-    def backward() -> None:
-        model.backward(npvit.cross_entropy_backward(state["cache"]))
-
-    def adamw() -> None:
-        opt.step(model.grads)
-
-    phases: dict[str, Callable[[], None]] = {"forward": forward, "loss": loss, "backward": backward,
-                                             "AdamW": adamw}
-    times: dict[str, list[float]] = {name: [] for name in [*phases, "step", "queue"]}
-    for i in range(repeats + 1):  # the first round warms up (kernel compilation, memory pool)
-        for name, fn in phases.items():
-            backend.synchronize()
-            start = time.perf_counter()
-            fn()
-            backend.synchronize()
-            if i:
-                times[name].append(time.perf_counter() - start)
-        backend.synchronize()
-        start = time.perf_counter()
-        for fn in phases.values():
-            fn()
-        queued = time.perf_counter() - start
-        backend.synchronize()
-        if i:
-            times["queue"].append(queued)
-            times["step"].append(time.perf_counter() - start)
-    result = {name: 1e3 * statistics.median(values) for name, values in times.items()}
-    result["images_per_s"] = batch / (result["step"] / 1e3)
+    with tempfile.TemporaryDirectory(prefix="npvit-gpu-check-") as tmp:
+        # Simulated, the Keras model sees 32x32 images (not 72x72): the same kernels, at a CPU's pace.
+        settings = recipe_settings(recipe, batch, str(Path(tmp) / "run"), steps,
+                                   32 if run.simulate and recipe == "keras" else None)
+        if fake:
+            fake.launches.reset()
+            fake.syncs.reset()
+        before_next()
+        status = train(settings, None, on_step=on_step)
+    if status != 0:
+        raise RuntimeError(f"the {recipe} training run ended with status {status}")
+    last = rows[-1]
+    # The loop reads its running sums now and then (a CPU-slow step makes that every step here): that one
+    # explicit read is the loop's, not the step's.
+    result = {"recipe": recipe, "batch": batch, "per_step": rows}
+    if fake:
+        result.update(host_syncs=last["host_syncs"], launches=last["launches"], kinds=last["kinds"],
+                      loop_reads=last["gets"])
+    else:
+        result.update(host_syncs=sum(r["host_waited"] for r in rows[1:]), launches=None)
     return result
 
 
-def run_step(backend: Backend, section: Section, preset: str, batch: int) -> None:
-    r = step_breakdown(backend, preset, batch)
-    section.lines += [f"{preset} preset, batch {batch}, float32, median of 5 after one warm-up:", "",
-                      "| forward | loss | backward | AdamW | step | queueing a step | images/s |",
-                      "|---:|---:|---:|---:|---:|---:|---:|",
-                      f"| {r['forward']:.1f} ms | {r['loss']:.2f} ms | {r['backward']:.1f} ms | {r['AdamW']:.1f} ms "
-                      f"| {r['step']:.1f} ms | {r['queue']:.1f} ms | {r['images_per_s']:.0f} |", ""]
-    share = r["queue"] / r["step"]
-    section.lines.append(f"Queueing takes {100 * share:.0f}% of the step: "
-                         + ("the GPU waits on Python (launch overhead or a host synchronisation inside the step)."
-                            if share > 0.8 else "the GPU, not Python, sets the pace."))
-    section.status = "measured"
+def count_evaluation(run: Run, recipe: str, batch: int) -> dict[str, Any]:
+    import npvit
+    from npvit.data.augment import Augmenter
+    from npvit.evaluate import evaluate
+    from npvit.settings import model_config
 
-
-# ------------------------------------------------------------------------------------------------ resume
-def resume_check(backend_name: str, workdir: Path, steps: int = 6, preset: str = "small", batch: int = 32,
-                 timeout: float = 240.0) -> tuple[bool, str]:
-    """Train ``steps`` steps in one go, and ``steps // 2`` then resume to ``steps``; compare the checkpoints.
-    Returns (identical, what differed or a summary)."""
-    from npvit.checkpoint import load_checkpoint
-
-    base = [sys.executable, "-m", "npvit.train", "--dataset", "synthetic", "--synthetic-size", "256,32",
-            "--preset", preset, "--batch-size", str(batch), "--epochs", "10", "--backend", backend_name,
-            "--quiet"]
-    runs = [base + ["--max-steps", str(steps), "--out", str(workdir / "straight")],
-            base + ["--max-steps", str(steps // 2), "--out", str(workdir / "resumed")],
-            [sys.executable, "-m", "npvit.train", "--resume", str(workdir / "resumed"), "--max-steps", str(steps),
-             "--quiet"]]
-    deadline = time.monotonic() + timeout
-    for cmd in runs:
-        result = _run(cmd, max(1.0, deadline - time.monotonic()))
-        if result["rc"] != 0:
-            return False, f"`{' '.join(cmd[1:])}` failed:\n```\n{result['tail'][-2000:]}\n```"
-    a = load_checkpoint(workdir / "straight" / "last.npz")
-    b = load_checkpoint(workdir / "resumed" / "last.npz")
-    differ = [f"param/{k}" for k in a.params if not np.array_equal(a.params[k], b.params[k])]
-    differ += [f"opt/{k}" for k in a.optimizer if not np.array_equal(a.optimizer[k], b.optimizer[k])]
-    if differ:
-        worst = max((float(np.abs(a.params[k[6:]] - b.params[k[6:]]).max()) for k in differ
-                     if k.startswith("param/")), default=0.0)
-        return False, f"{len(differ)} arrays differ (largest parameter difference {worst:.3e}): {differ[:5]}"
-    return True, (f"{steps} steps straight vs {steps // 2} + resumed {steps - steps // 2} ({preset} preset, batch "
-                  f"{batch}, synthetic data): all {len(a.params)} parameters and {len(a.optimizer)} optimizer "
-                  "arrays bit-identical")
-
-
-def run_resume(backend: Backend, section: Section, timeout: float) -> None:
-    with tempfile.TemporaryDirectory(prefix="npvit-gpu-check-") as tmp:
-        ok, text = resume_check(backend.name, Path(tmp), timeout=timeout)
-    section.lines.append(text)
-    section.status = "passed" if ok else "FAILED"
-
-
-# ----------------------------------------------------------------------------------------------- kernels
-def run_kernels(section: Section, timeout: float) -> None:
-    statuses = []
-    for tf32 in (False, True):
-        with tempfile.TemporaryDirectory(prefix="npvit-gpu-check-") as tmp:
-            cmd = KERNEL_TABLE + ["--json", str(Path(tmp) / "kernels.json")] + (["--tf32"] if tf32 else [])
-            result = _run(cmd, timeout / 2)
-        shown = ["python", "benchmarks/run.py", *KERNEL_TABLE[2:], *(["--tf32"] if tf32 else [])]
-        section.lines += [f"### TF32 {'on' if tf32 else 'off'}: `{' '.join(shown)}`", ""]
-        table = _benchmark_sections(result["out"])
-        section.lines += table if table else ["```", *result["tail"].splitlines()[-30:], "```"]
-        section.lines.append("")
-        statuses.append("timed out" if result["timed_out"] else ("measured" if result["rc"] == 0 else "FAILED"))
-    section.status = "measured" if statuses == ["measured"] * 2 else ", ".join(statuses)
-
-
-def _benchmark_sections(text: str) -> list[str]:
-    """The sections of a benchmark printout: from its first "## " heading (made a level-4 heading here) to the
-    closing "Load average" / "Results written" lines, which are left out."""
-    out: list[str] = []
-    for line in text.splitlines():
-        if line.startswith(("Load average at the end", "Results written")):
-            break
-        if line.startswith("## "):
-            line = "#### " + line[3:]
-        if out or line.startswith("#### "):
-            out.append(line)
+    settings = recipe_settings(recipe, batch, "unused", 1)
+    cfg = model_config(settings, 10)
+    model = npvit.ViT(cfg, backend=run.backend, seed=1)
+    aug = Augmenter(np.full(3, 120.0), np.full(3, 3600.0), image_size=cfg.image_size)
+    x = np.random.default_rng(0).integers(0, 256, (3 * batch, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(3 * batch) % 10
+    fake = run.fake
+    if fake:
+        fake.syncs.reset()
+        fake.launches.reset()
+    evaluate(model, aug, x, y, batch_size=batch, flip=bool(settings["eval_flip"]))
+    out = {"batches": 3}
+    if fake:
+        out.update(host_syncs=len(fake.syncs.sites), reads=fake.syncs.gets, launches=fake.launches.total)
     return out
 
 
-# ------------------------------------------------------------------------------------------------ report
-def _run(cmd: list[str], timeout: float) -> dict[str, Any]:
-    """Run a command from the repository root with npvit importable; never raises for its failure."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep))
+def s_steps(run: Run, sec: Section) -> None:
+    batches = {"fast": 16, "keras": 8} if run.simulate else {"fast": 128, "keras": 256}
+    steps: dict[str, Any] = {}
+    for recipe, batch in batches.items():
+        r = count_steps(run, recipe, batch, steps=2 if run.simulate else 3)
+        r["evaluation"] = count_evaluation(run, recipe, batch)
+        steps[recipe] = r
+        sec.results["steps"] = {k: {"host_syncs": v["host_syncs"], "launches": v["launches"], "batch": v["batch"],
+                                    "kinds": v.get("kinds"), "evaluation": v.get("evaluation")}
+                                for k, v in steps.items()}
+        run.write()
+    sec.lines += ["| recipe | batch | host syncs per step | launches per step | by kind | evaluation pass |",
+                  "|---|---:|---:|---:|---|---|"]
+    for k, v in steps.items():
+        e = v["evaluation"]
+        sec.lines.append(f"| {k} | {v['batch']} | {v['host_syncs']} | {v['launches'] if v['launches'] is not None else 'n/a'}"
+                         f" | {v.get('kinds') or ''} | {e} |")
+    sec.lines += ["", "Host syncs: implicit reads inside the step (the loop's own read of the running sums, now and "
+                  "then, is not one). Launches: kernels the fake CuPy counts (elementwise, reduction, matrix product, "
+                  "copy, fused and raw kernels); a GPU run shows n/a."]
+    limits = {"fast": 600, "keras": 900}
+    syncs_ok = all(v["host_syncs"] == 0 for v in steps.values())
+    launches_ok = all(v["launches"] is None or v["launches"] <= limits[k] for k, v in steps.items())
+    sec.results["limits"] = limits
+    sec.status = "passed" if syncs_ok and launches_ok else ("FAILED: host syncs" if not syncs_ok else
+                                                           "measured: launches above the limits")
+
+
+def model_and_batch(run: Run, preset: str, dtype: str, batch: int, seed: int = 3) -> tuple[Any, ...]:
+    import dataclasses
+
+    import npvit
+    from npvit.config import PRESETS
+
+    cfg = dataclasses.replace(PRESETS[preset](num_classes=10), dropout=0.0, attention_dropout=0.0,
+                              head_dropout=0.0, drop_path=0.0)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, cfg.image_size, cfg.image_size, cfg.channels))
+    y = rng.integers(0, 10, batch)
+    return cfg, x, y
+
+
+def loss_and_grads(model: Any, x: Any, y: Any) -> tuple[float, np.ndarray]:
+    import npvit
+
+    logits = model.forward(x, training=True)
+    loss, cache = npvit.cross_entropy_forward(logits, y)
+    model.grads.flat[...] = 0
+    model.backward(npvit.cross_entropy_backward(cache))
+    return float(model.backend.to_numpy(loss)), model.backend.to_numpy(model.grads.flat).astype(np.float64)
+
+
+def s_correctness(run: Run, sec: Section) -> None:
+    import npvit
+
+    b = run.backend
+    preset, batch = ("tiny", 4) if run.simulate else ("keras", 16)
+    cfg, x, y = model_and_batch(run, preset, "float64", batch)
+    ref = npvit.ViT(cfg, backend="numpy", dtype="float64", seed=3)
+    ref_loss, ref_grads = loss_and_grads(ref, x, y)
+    scale = np.abs(ref_grads).max()
+    rows = {}
+    for dtype, tf32, limit in (("float64", False, 1e-10), ("float32", False, 1e-4), ("float32", True, 1e-2)):
+        in_use = b.set_tf32(tf32)
+        model = npvit.ViT(cfg, backend=b, dtype=dtype, seed=3)
+        loss, grads = loss_and_grads(model, b.asarray(x, dtype=dtype), b.asarray(y))
+        err = float(np.abs(grads - ref_grads).max() / scale)
+        rows[f"{dtype}{', TF32' if in_use else ''}"] = {"gradient_rel_error": err, "loss": loss, "limit": limit,
+                                                         "ok": err <= limit}
+    b.set_tf32(False)
     try:
-        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        return {"rc": p.returncode, "out": p.stdout, "tail": (p.stdout + p.stderr)[-20000:], "timed_out": False}
+        import torch
+
+        if torch.cuda.is_available() and not run.simulate:
+            from npvit.torch_reference import TorchViT
+
+            tm = TorchViT.from_npvit(ref, dtype="float64", device="cuda")
+            logits = tm(torch.as_tensor(x, device="cuda"))
+            t_loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(y, device="cuda"))
+            rows["PyTorch CUDA float64 loss"] = {"loss": float(t_loss), "rel_error": abs(float(t_loss) - ref_loss)
+                                                 / abs(ref_loss), "ok": abs(float(t_loss) - ref_loss) <= 1e-10 * abs(ref_loss)}
+        else:
+            sec.lines.append("PyTorch has no CUDA here: the PyTorch comparison is left out.")
+    except ImportError:
+        sec.lines.append("PyTorch is not installed: the PyTorch comparison is left out.")
+    sec.results["rows"] = rows
+    sec.lines += [f"{preset} preset, batch {batch}, gradients against NumPy float64 (relative to the largest):", "",
+                  "| run | error | limit | ok |", "|---|---:|---:|---|",
+                  *[f"| {k} | {v.get('gradient_rel_error', v.get('rel_error')):.2e} | {v.get('limit', 1e-10):.0e} | "
+                    f"{v['ok']} |" for k, v in rows.items()]]
+    sec.status = "passed" if all(v["ok"] for v in rows.values()) else "FAILED"
+
+
+def s_nccl(run: Run, sec: Section) -> None:
+    from npvit.distributed import SingleProcess
+    from npvit.distributed.nccl import NCCLCommunicator, load_nccl
+
+    nccl = load_nccl()
+    if nccl is None:
+        sec.lines.append("CuPy has no NCCL here (pip install 'npvit[cuda13]' brings it).")
+        sec.status = "skipped: no NCCL"
+        return
+    comm = NCCLCommunicator(SingleProcess(), nccl, run.backend.xp)
+    a = run.backend.asarray(np.arange(1000, dtype=np.float32))
+    comm.allreduce_sum(a)
+    ok = bool(np.array_equal(run.backend.to_numpy(a), np.arange(1000, dtype=np.float32)))
+    sec.lines.append(f"{comm.name}: one rank joined with a {type(nccl.get_unique_id()).__name__} id; allreduce of "
+                     f"1000 float32 values {'exact' if ok else 'WRONG'}.")
+    sec.results.update(name=comm.name, allreduce_ok=ok)
+    sec.status = "passed" if ok else "FAILED"
+
+
+def step_time(run: Run, preset: str, batch: int, tf32: bool, repeats: int) -> dict[str, Any]:
+    import npvit
+
+    b = run.backend
+    b.set_tf32(tf32)
+    cfg, x, y = model_and_batch(run, preset, "float32", batch)
+    model = npvit.ViT(cfg, backend=b, seed=3)
+    opt = npvit.AdamW(model.params)
+    dx, dy = b.asarray(x, dtype="float32"), b.asarray(y)
+
+    def step() -> None:
+        logits = model.forward(dx, training=True)
+        _, cache = npvit.cross_entropy_forward(logits, dy)
+        model.backward(npvit.cross_entropy_backward(cache))
+        opt.step(model.grads)
+
+    times = []
+    for i in range(repeats + 1):
+        b.synchronize()
+        start = time.perf_counter()
+        step()
+        b.synchronize()
+        if i:
+            times.append(time.perf_counter() - start)
+    ms = 1e3 * statistics.median(times)
+    row = {"preset": preset, "batch": batch, "tf32": tf32, "npvit_ms": ms, "npvit_images_per_s": batch / ms * 1e3}
+    try:
+        import torch
+
+        if torch.cuda.is_available() and not run.simulate:
+            from npvit.torch_reference import TorchViT
+
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            tm = TorchViT.from_npvit(model, device="cuda")
+            topt = torch.optim.AdamW(tm.parameters(), lr=1e-3)
+            tx, ty = torch.as_tensor(x, dtype=torch.float32, device="cuda"), torch.as_tensor(y, device="cuda")
+            ttimes = []
+            for i in range(repeats + 1):
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                topt.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(tm(tx), ty).backward()
+                topt.step()
+                torch.cuda.synchronize()
+                if i:
+                    ttimes.append(time.perf_counter() - start)
+            row["torch_ms"] = 1e3 * statistics.median(ttimes)
+    except ImportError:
+        pass
+    b.set_tf32(False)
+    return row
+
+
+def s_speed(run: Run, sec: Section) -> None:
+    cases = ([("tiny", 8, False)] if run.simulate else
+             [(p, n, t) for p, sizes in (("keras", (256, 1024)), ("fast", (128, 512))) for n in sizes
+              for t in (False, True)])
+    rows = []
+    sec.lines += ["| preset | batch | TF32 | npvit ms | images/s | PyTorch eager ms |", "|---|---:|---|---:|---:|---:|"]
+    for preset, batch, tf32 in cases:
+        r = step_time(run, preset, batch, tf32, repeats=1 if run.simulate else 5)
+        rows.append(r)
+        sec.lines.append(f"| {preset} | {batch} | {tf32} | {r['npvit_ms']:.1f} | {r['npvit_images_per_s']:.0f} | "
+                         f"{r.get('torch_ms', float('nan')):.1f} |")
+        sec.results["rows"] = rows
+        run.write()
+    sec.status = "measured"
+
+
+def s_colsum(run: Run, sec: Section) -> None:
+    from npvit.backend import column_sum
+
+    b = run.backend
+    rows = []
+    shapes = [(64, 64)] if run.simulate else [(128 * 65, c) for c in (64, 128, 256)] + [(256 * 145, 64)]
+    for n, c in shapes:
+        x = b.asarray(np.random.default_rng(0).standard_normal((n, c)), dtype="float32")
+        timings = {}
+        for name, fn in (("one reduction", lambda: x.sum(axis=0)), ("two-stage", lambda: column_sum(x))):
+            fn()
+            b.synchronize()
+            start = time.perf_counter()
+            for _ in range(20):
+                fn()
+            b.synchronize()
+            timings[name] = 1e6 * (time.perf_counter() - start) / 20
+        same = float(np.abs(b.to_numpy(x.sum(axis=0)) - b.to_numpy(column_sum(x))).max())
+        rows.append({"rows": n, "columns": c, "us": timings, "max_difference": same})
+    sec.results["rows"] = rows
+    sec.lines += ["| (rows, columns) | one reduction (us) | two-stage (us) | max difference |", "|---|---:|---:|---:|",
+                  *[f"| ({r['rows']}, {r['columns']}) | {r['us']['one reduction']:.1f} | {r['us']['two-stage']:.1f} |"
+                    f" {r['max_difference']:.1e} |" for r in rows]]
+    sec.status = "measured"
+
+
+def s_tests(run: Run, sec: Section) -> None:
+    target = ["tests/backend/test_fake_device.py"] if run.simulate else ["-k", "cupy or gpu_path", "tests"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *target]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    limit = max(5.0, run.remaining())
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit)
+        text, rc = p.stdout + p.stderr, p.returncode
     except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        return {"rc": 124, "out": out, "tail": out[-20000:] + f"\n(timed out after {timeout:.0f} s)",
-                "timed_out": True}
+        text, rc = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), 124
+    (run.out / "tests.txt").write_text(text[-200_000:])
+    last = text.strip().splitlines()[-1] if text.strip() else "(no output)"
+    sec.lines.append(f"`{' '.join(cmd[2:])}`: {last} (whole output in tests.txt)")
+    sec.results.update(rc=rc, summary=last)
+    sec.status = "passed" if rc == 0 else ("timed out" if rc == 124 else "FAILED")
 
 
-def render(env: dict[str, str], sections: list[Section], command: str) -> str:
-    lines = ["# npvit GPU check", "", f"- date: {datetime.now().astimezone().isoformat(timespec='seconds')}",
-             f"- command: `{command}`", *[f"- {k}: {v}" for k, v in env.items()], "",
-             "| step | status | seconds |", "|---|---|---:|",
-             *[f"| {s.name} | {s.status} | {s.seconds:.0f} |" for s in sections], ""]
-    for s in sections:
-        lines += [f"## {s.name}", "", *s.lines, ""]
-    return "\n".join(lines).rstrip() + "\n"
+SECTION_FUNCTIONS: dict[str, Callable[[Run, Section], None]] = {
+    "environment": s_environment, "selftest": s_selftest, "steps": s_steps, "correctness": s_correctness,
+    "nccl": s_nccl, "speed": s_speed, "colsum": s_colsum, "tests": s_tests}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# --------------------------------------------------------------------------------------- kernel cache
+def unpack_cache(archive: Path, cache_dir: Path) -> int:
+    """Unpack a kernel-cache archive (plain files only, nothing outside ``cache_dir``); returns files."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar.getmembers():
+            target = (cache_dir / member.name).resolve()
+            if not member.isfile() or not str(target).startswith(str(cache_dir.resolve()) + os.sep):
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(member) as src:  # type: ignore[union-attr]
+                target.write_bytes(src.read())
+            count += 1
+    return count
+
+
+def pack_cache(cache_dir: Path, out: Path) -> int:
+    from npvit.files import atomic_write
+
+    files = [p for p in cache_dir.rglob("*") if p.is_file()] if cache_dir.is_dir() else []
+
+    def write(f: Any) -> None:
+        with tarfile.open(fileobj=f, mode="w:gz") as tar:
+            for p in files:
+                tar.add(p, arcname=str(p.relative_to(cache_dir)))
+
+    atomic_write(out / "kernel-cache.tar.gz", write)
+    return len(files)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def default_out() -> Path:
+    if os.environ.get("OUT"):
+        return Path(os.environ["OUT"])
+    return ROOT / "benchmarks" / "results" / f"{datetime.now():%Y-%m-%d-%H%M}-gpu-check"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="report path (default benchmarks/results/<date>-gpu-check.md)")
-    parser.add_argument("--skip", default="", help=f"comma-separated steps to leave out, of {', '.join(STEPS)}")
-    parser.add_argument("--preset", default="keras", choices=sorted(PRESETS), help="model of the step timing")
-    parser.add_argument("--batch", type=int, default=256, help="batch of the step timing (default 256)")
+    parser.add_argument("--out", type=Path, help="output folder (default $OUT, else benchmarks/results/<date>-gpu-check)")
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds all sections share (default 300)")
+    parser.add_argument("--kernel-cache", type=Path, help="a kernel-cache.tar.gz of an earlier run: start warm")
+    parser.add_argument("--simulate", action="store_true", help="run every section on the test suite's fake CuPy")
+    parser.add_argument("--skip", default="", help=f"comma-separated sections to leave out, of {', '.join(SECTIONS)}")
     args = parser.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if skip - set(STEPS):
-        parser.error(f"unknown step(s) {sorted(skip - set(STEPS))}; choose from {', '.join(STEPS)}")
+    if skip - set(SECTIONS):
+        parser.error(f"unknown section(s) {sorted(skip - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
+    if args.budget <= 0:
+        parser.error("--budget must be a positive number of seconds")
+    if args.kernel_cache is not None and not args.kernel_cache.is_file():
+        parser.error(f"--kernel-cache {args.kernel_cache}: no such file")
+    out = args.out or default_out()
+    run = Run(out, args.simulate, args.budget, command="python benchmarks/gpu_check.py " + " ".join(argv))
 
+    cache_dir = Path(os.environ.setdefault("CUPY_CACHE_DIR", str(Path(tempfile.gettempdir()) / "npvit-cupy-cache")))
+    if args.kernel_cache is not None:
+        print(f"gpu_check: {unpack_cache(args.kernel_cache, cache_dir)} cached kernels unpacked", flush=True)
+    from npvit.backend import BackendUnavailableError, get_backend
+
+    if args.simulate:
+        run.fake = load_fake()
     try:
-        backend = get_backend("cupy")
+        run.backend = get_backend("cupy")
     except BackendUnavailableError as exc:
         print(f"gpu_check: no usable GPU here, nothing to check. {exc}", file=sys.stderr)
         return 2
-    env = environment(backend)
-    print("\n".join(f"{k}: {v}" for k, v in env.items()), flush=True)
-    # Seconds each step may take at most; all together they stay within TOTAL_SECONDS, so the check ends in
-    # under 10 minutes (the in-process steps, checks and step, are short and are not interrupted).
-    deadline = time.monotonic() + TOTAL_SECONDS
-    limits = {"tests": 200.0, "resume": 90.0, "kernels": 200.0}
-
-    def limit(name: str) -> float:
-        return min(limits[name], deadline - time.monotonic())
-
-    jobs: dict[str, Callable[[Section], None]] = {
-        "checks": lambda s: run_checks(backend, s),
-        "tests": lambda s: run_tests(s, limit("tests")),
-        "step": lambda s: run_step(backend, s, args.preset, args.batch),
-        "resume": lambda s: run_resume(backend, s, limit("resume")),
-        "kernels": lambda s: run_kernels(s, limit("kernels")),
-    }
-    sections = []
-    for name in STEPS:
-        section = Section(name)
-        sections.append(section)
+    out.mkdir(parents=True, exist_ok=True)
+    hang = open(out / "faulthandler.txt", "w")
+    faulthandler.enable(hang)
+    faulthandler.dump_traceback_later(args.budget + 60, repeat=False, file=hang)
+    for name in SECTIONS:
+        sec = Section(name)
+        run.sections.append(sec)
         if name in skip:
-            section.status = "skipped (--skip)"
+            sec.status = "skipped (--skip)"
+            run.write()
             continue
-        if deadline - time.monotonic() < 20:
-            section.status = "skipped (out of time)"
+        limit = min(SHARES[name] * args.budget, run.remaining())
+        if limit < 1:
+            sec.status = "skipped (out of budget)"
+            run.write()
             continue
-        print(f"gpu_check: {name} ...", flush=True)
+        print(f"gpu_check: {name} (at most {limit:.0f} s) ...", flush=True)
         start = time.perf_counter()
         try:
-            jobs[name](section)
-        except Exception as exc:  # one step's failure is a finding of the report, not the end of the check
-            section.status = "FAILED"
-            section.lines.append(f"{type(exc).__name__}: {exc}")
-        section.seconds = time.perf_counter() - start
-        print(f"gpu_check: {name}: {section.status} ({section.seconds:.0f} s)", flush=True)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / \
-        f"{datetime.now():%Y-%m-%d}-gpu-check.md"
-    write_atomic(out, render(env, sections, "python benchmarks/gpu_check.py " + " ".join(argv)))
-    print(f"gpu_check: report written to {out}")
-    return 0 if all(s.status in ("passed", "measured") or s.status == "skipped (--skip)" for s in sections) else 1
+            with time_limit(limit):
+                SECTION_FUNCTIONS[name](run, sec)
+        except SectionTimeout as exc:
+            sec.status = f"timed out ({exc})"
+        except Exception as exc:  # one section's failure is a finding of the report, not the end of the run
+            sec.status = "FAILED"
+            sec.lines += ["```", *traceback.format_exception_only(type(exc), exc), "```"]
+            sec.results["error"] = f"{type(exc).__name__}: {exc}"
+        sec.seconds = time.perf_counter() - start
+        if name == "steps" or name == SECTIONS[-1]:
+            pack_cache(cache_dir, out)
+        run.write()
+        print(f"gpu_check: {name}: {sec.status} ({sec.seconds:.1f} s)", flush=True)
+    pack_cache(cache_dir, out)
+    faulthandler.cancel_dump_traceback_later()
+    faulthandler.disable()
+    hang.close()
+    files = [p.name for p in out.iterdir()]
+    assert len(files) <= MAX_FILES, files
+    print(f"gpu_check: report in {out / 'report.md'}", flush=True)
+    good = ("passed", "measured", "skipped")
+    return 0 if all(s.status.startswith(good) for s in run.sections) else 1
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from .interop import export, load_timm
 from .kernels import cross_entropy_backward, cross_entropy_forward
 from .loading import LoadedModel, load
 from .model import ViT
+from .model.check import gradcheck_model
 from .optim.adamw import AdamW
 
 __version__ = "0.1.0"
@@ -47,6 +48,7 @@ __all__ = [
     "get_array_module",
     "get_backend",
     "gradcheck",
+    "gradcheck_model",
     "load",
     "load_timm",
     "__version__",

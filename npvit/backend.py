@@ -70,9 +70,66 @@ def row_dot(a: Any, w: Any) -> Any:
     elementwise product and a reduction over the last axis -- never cuBLAS, whose products round their inputs
     to TF32 when TF32 is on (npvit's layer norm statistics, like PyTorch's, stay in float32).
     """
-    if get_array_module(a) is numpy:
+    xp = get_array_module(a)
+    if xp is numpy:
         return a @ w
+    return _fused(xp, "npvit_row_dot", _row_dot)(a, w)  # one kernel, not a product and a reduction
+
+
+def _row_dot(a: Any, w: Any) -> Any:
     return (a * w).sum(axis=-1)
+
+
+_FUSED: dict[tuple, Callable] = {}
+
+
+def _fused(xp: ModuleType, name: str, fn: Callable) -> Callable:
+    """``fn`` compiled by ``xp.fuse`` into one kernel named ``name``, made once per array module."""
+    key = (xp, name)
+    if key not in _FUSED:
+        _FUSED[key] = xp.fuse(kernel_name=name)(fn)
+    return _FUSED[key]
+
+
+def bin_counts(index: Any, length: int) -> Any:
+    """How many times each of 0 .. length-1 occurs in the integer array ``index`` (all its values in that
+    range), as a (length,) integer array: ``numpy.bincount(index, minlength=length)``.
+
+    NumPy: bincount. CuPy: an atomic scatter-add into zeros (two kernels) -- CuPy's own bincount reads the
+    input's minimum and maximum on the host (two waits for the device per call), this never does.
+    """
+    xp = get_array_module(index)
+    if xp is numpy:
+        return numpy.bincount(index.reshape(-1), minlength=length)
+    import cupyx
+
+    counts = xp.zeros(length, dtype=xp.int32)  # (length,): 32-bit atomics, enough for any image batch
+    cupyx.scatter_add(counts, index.reshape(-1), 1)
+    return counts
+
+
+COLUMN_CHUNK = 256  # rows summed by each part of column_sum's first stage
+
+
+def column_sum(x: Any, out: Any = None) -> Any:
+    """The sums over the rows of a (N, C) array, as a (C,) array: the bias, gamma and beta gradients.
+
+    NumPy: ``x.sum(axis=0)``. CuPy: in two stages, (N, C) as (N/256, 256, C) summed over its middle axis and
+    then over the first, plus the rows left over: CuPy's reduction gives each output element one block, so
+    the one-stage sum of C = 64..256 columns keeps only C blocks busy on a GPU of a hundred or more
+    multiprocessors; the first stage gives it C N/256. The order of additions differs from one stage's
+    (float32 results differ in the last bits, as any two GPU reductions do). ``out``: a (C,) array to write
+    the sums into (a view of a flat gradient buffer), returned.
+    """
+    if get_array_module(x) is numpy or x.shape[0] < 2 * COLUMN_CHUNK:
+        return x.sum(axis=0, out=out)
+    n, c = x.shape
+    k = n // COLUMN_CHUNK
+    head = x[:k * COLUMN_CHUNK].reshape(k, COLUMN_CHUNK, c).sum(axis=1)  # (k, C)
+    total = head.sum(axis=0, out=out)  # (C,)
+    if n > k * COLUMN_CHUNK:
+        total += x[k * COLUMN_CHUNK:].sum(axis=0)
+    return total
 
 
 _CONSTANTS: dict[tuple, Any] = {}
@@ -168,8 +225,9 @@ class Backend:
         norm never uses TF32. Two switches do it, both needed: CuPy's compute type for float32, which its 2-D
         products (``cublasGemmEx``) read, and the cuBLAS handle's math mode, which its batched products
         (``cublasGemmStridedBatchedEx``, given no compute type of its own) follow; the environment variable
-        ``CUPY_TF32`` reaches only the first. The setting holds for the current device and thread; the CuPy
-        backend applies ``CUPY_TF32`` (1 on, else off) this way when it loads.
+        ``CUPY_TF32`` reaches only the first. The compute type is process-wide (a module global of CuPy's: every
+        thread and device), the math mode belongs to the current device's cuBLAS handle in this thread. The
+        CuPy backend applies ``CUPY_TF32`` (1 on, else off) this way when it loads.
         """
         if self.name != "cupy":
             return False

@@ -71,24 +71,29 @@ def evaluate(model: ViT, augmenter: Augmenter, images: np.ndarray, labels: np.nd
     if n == 0:
         raise ValueError("nothing to evaluate: the split is empty")
     topk = min(5, k)
-    loss_sum, correct1, correctk = 0.0, 0, 0
-    hits = np.zeros(k, dtype=np.int64)
+    xp = backend.xp
+    # The sums stay on the device and are read once, after the last batch: a GPU never waits mid-pass.
+    loss_sum = xp.zeros((), dtype=xp.float64)  # () sum of the batches' mean loss times their size
+    correct = xp.zeros(2, dtype=xp.int64)  # (2,) top-1 and top-k hits
+    hits = xp.zeros(k, dtype=xp.int64)  # (K,) top-1 hits per class
+    classes = xp.arange(k)  # (K,)
     counts = np.bincount(labels, minlength=k)
     bar = ProgressBar(math.ceil(n / batch_size), label, enabled=None if progress else False)
     for i, start in enumerate(range(0, n, batch_size)):
         x = backend.asarray(images[start:start + batch_size])
-        y_host = labels[start:start + batch_size]
-        y = backend.asarray(y_host)
+        y = backend.asarray(labels[start:start + batch_size])  # (B,)
         logits = inference_logits(model, augmenter(x, training=False), flip)
         loss, _ = cross_entropy_forward(logits, y)
-        loss_sum += float(loss) * len(y_host)
-        top = to_numpy(backend.xp.argsort(-logits, axis=1)[:, :topk])
-        first = top[:, 0] == y_host
-        correct1 += int(first.sum())
-        correctk += int((top == y_host[:, None]).any(axis=1).sum())
-        np.add.at(hits, y_host[first], 1)
+        loss_sum += loss.astype(xp.float64) * len(y)
+        top = xp.argsort(-logits, axis=1)[:, :topk]  # (B, topk)
+        first = top[:, 0] == y  # (B,)
+        correct[0] += first.sum()
+        correct[1] += (top == y[:, None]).any(axis=1).sum()
+        hits += ((y[:, None] == classes) & first[:, None]).sum(axis=0)  # (K,)
         bar.update(i + 1)
     bar.close()
+    totals = to_numpy(xp.concatenate([loss_sum.reshape(1), correct.astype(xp.float64), hits.astype(xp.float64)]))
+    loss_sum, correct1, correctk, hits = float(totals[0]), int(totals[1]), int(totals[2]), totals[3:].astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = hits / counts
     return EvalResult(loss_sum / n, correct1 / n, correctk / n, per_class, counts)

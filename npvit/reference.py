@@ -16,7 +16,10 @@ Conventions:
 - Shapes: B batch, S image side, C channels, P patch side, N patches, T tokens (N, or N + 1 with a class
   token), D token width, h heads, d key width, U a hidden width, K classes.
 - Every layer is a pair ``<name>_forward(...) -> (output, cache)`` and ``<name>_backward(doutput, cache,
-  ...) -> gradients``; the cache holds what the backward pass needs. ``dz`` is dLoss/dz, shaped like z.
+  ...) -> gradients``; the cache holds what the backward pass needs, the settings the forward pass was called
+  with included (a GELU's kind, a softmax's axis, a layer's name, the configuration): only parameters are
+  passed to both. ``dz`` is dLoss/dz, shaped like z. The functions with a twin in ``npvit.kernels`` are
+  called like it (docs/math.md, section 15, "Twins").
 - Parameter names are timm's: ``patch_embed``, ``cls_token``, ``pos_embed``, ``blocks.{i}.norm1``,
   ``blocks.{i}.attn`` (``qkv``, ``proj``), ``blocks.{i}.norm2``, ``blocks.{i}.mlp`` (``fc0``, ``fc1``), ``norm``
   (or ``fc_norm``, after the pooling), ``head`` (``fc0`` ... and ``out``).
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -71,16 +75,9 @@ def dense_backward(dy: Array, cache: Array, w: Array) -> tuple[Array, Array, Arr
 
 
 # ---- patch embedding ------------------------------------------------------------------------------------------
-def patch_embed_forward(images: Array, w: Array, b: Array, patch_size: int, overlap: int = 0
-                        ) -> tuple[Array, tuple]:
-    """Cut the images into patches and project each linearly to the token width.
-
-    images (B, S, S, C) -> patches (B, N, K*K*C) -> tokens = patches W + b (B, N, D), K = P + 2 overlap.
-    Patch n is row r, column c of the grid (n = r * (S // P) + c), flattened in (row, column, channel) order,
-    as tf.image.extract_patches cuts them. overlap = 0: the P x P cells side by side, pixels past the last
-    whole patch dropped. overlap O > 0: the K x K window around each cell, [r P - O, r P + P + O) in both
-    directions, of the image padded with O zeros on every side: a convolution of kernel K and stride P.
-    """
+def patches_forward(images: Array, patch_size: int, overlap: int = 0) -> tuple[Array, tuple]:
+    """Cut images (B, S, S, C) into patches (B, N, K*K*C), K = P + 2 overlap (see patch_embed_forward).
+    Returns (patches, cache), the cache (the images' shape, P, overlap), as npvit.kernels.patches_forward."""
     xp = get_array_module(images)
     batch, height, width, channels = images.shape
     p, o = patch_size, overlap
@@ -92,30 +89,50 @@ def patch_embed_forward(images: Array, w: Array, b: Array, patch_size: int, over
     cols = (xp.arange(gw) * p)[:, None] + xp.arange(k)  # (gw, K)
     x = padded[:, rows[:, None, :, None], cols[None, :, None, :]]  # (B, gh, gw, K, K, C)
     patches = x.reshape(batch, gh * gw, k * k * channels)  # (B, N, K*K*C)
-    tokens, c_proj = dense_forward(patches, w, b)  # (B, N, D)
-    return tokens, (c_proj, images.shape, p, o)
+    return patches, (images.shape, p, o)
 
 
 # The patches are a re-indexing of the pixels, so their backward adds each patch's gradient back at the pixels
 # it was copied from: one window at a time, a pixel in several windows collecting from each; pixels in no
 # window (the dropped ones) get zero gradient, and the zero padding's gradient is cut off.
-def patch_embed_backward(dtokens: Array, cache: tuple, w: Array) -> tuple[Array, Array, Array]:
-    """Gradients of patch_embed_forward: (dimages, dW, db)."""
-    c_proj, (batch, height, width, channels), p, o = cache
+def patches_backward(dpatches: Array, cache: tuple) -> Array:
+    """Gradient of patches_forward: (dimages)."""
+    (batch, height, width, channels), p, o = cache
     k = p + 2 * o
     gh, gw = height // p, width // p
-    xp = get_array_module(dtokens)
-    dpatches, dw, db = dense_backward(dtokens, c_proj, w)  # (B, N, K*K*C), (K*K*C, D), (D,)
+    xp = get_array_module(dpatches)
     dx = dpatches.reshape(batch, gh, gw, k, k, channels)  # (B, gh, gw, K, K, C)
-    dpadded = xp.zeros((batch, height + 2 * o, width + 2 * o, channels), dtype=dtokens.dtype)
+    dpadded = xp.zeros((batch, height + 2 * o, width + 2 * o, channels), dtype=dpatches.dtype)
     for r in range(gh):
         for c in range(gw):
             dpadded[:, r * p:r * p + k, c * p:c * p + k] += dx[:, r, c]  # (B, K, K, C)
-    return dpadded[:, o:o + height, o:o + width], dw, db  # (B, S, S, C)
+    return dpadded[:, o:o + height, o:o + width]  # (B, S, S, C)
+
+
+def patch_embed_forward(images: Array, w: Array, b: Array, patch_size: int, overlap: int = 0
+                        ) -> tuple[Array, tuple]:
+    """Cut the images into patches and project each linearly to the token width.
+
+    images (B, S, S, C) -> patches (B, N, K*K*C) -> tokens = patches W + b (B, N, D), K = P + 2 overlap.
+    Patch n is row r, column c of the grid (n = r * (S // P) + c), flattened in (row, column, channel) order,
+    as tf.image.extract_patches cuts them. overlap = 0: the P x P cells side by side, pixels past the last
+    whole patch dropped. overlap O > 0: the K x K window around each cell, [r P - O, r P + P + O) in both
+    directions, of the image padded with O zeros on every side: a convolution of kernel K and stride P.
+    """
+    patches, c_patches = patches_forward(images, patch_size, overlap)  # (B, N, K*K*C)
+    tokens, c_proj = dense_forward(patches, w, b)  # (B, N, D)
+    return tokens, (c_patches, c_proj)
+
+
+def patch_embed_backward(dtokens: Array, cache: tuple, w: Array) -> tuple[Array, Array, Array]:
+    """Gradients of patch_embed_forward: (dimages, dW, db)."""
+    c_patches, c_proj = cache
+    dpatches, dw, db = dense_backward(dtokens, c_proj, w)  # (B, N, K*K*C), (K*K*C, D), (D,)
+    return patches_backward(dpatches, c_patches), dw, db  # (B, S, S, C)
 
 
 # ---- layer normalization --------------------------------------------------------------------------------------
-def layernorm_forward(x: Array, gamma: Array, beta: Array, eps: float) -> tuple[Array, tuple]:
+def layernorm_forward(x: Array, gamma: Array, beta: Array, eps: float = 1e-6) -> tuple[Array, tuple]:
     """Normalize each row of the last axis to zero mean and unit variance, then scale and shift.
 
     mu = mean(x), var = mean((x - mu)^2), rstd = 1 / sqrt(var + eps), xhat = (x - mu) rstd,
@@ -162,15 +179,20 @@ def gelu_forward(x: Array, kind: str = "erf") -> tuple[Array, tuple]:
 
     "erf" (exact, the Keras example's):  y = x Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2
     "tanh" (approximation):              y = x (1 + tanh(u)) / 2,  u = sqrt(2/pi) (x + 0.044715 x^3)
+
+    The cache is (x, Phi(x) or tanh(u), kind): the backward pass reuses the erf or tanh, and the kind travels
+    with the data, so a backward pass cannot apply one kind's derivative to the other's.
     """
     if kind == "erf":
-        y = x * 0.5 * (1.0 + erf(x / math.sqrt(2.0)))  # (...)
+        saved = 0.5 * (1.0 + erf(x / math.sqrt(2.0)))  # (...)  Phi(x)
+        y = x * saved  # (...)
     elif kind == "tanh":
         xp = get_array_module(x)
-        y = 0.5 * x * (1.0 + xp.tanh(SQRT_2_OVER_PI * (x + GELU_TANH_C * x**3)))  # (...)
+        saved = xp.tanh(SQRT_2_OVER_PI * (x + GELU_TANH_C * x**3))  # (...)  t = tanh(u)
+        y = 0.5 * x * (1.0 + saved)  # (...)
     else:
         raise ValueError(f"unknown GELU kind {kind!r}: expected 'erf' or 'tanh'")
-    return y, (x, kind)
+    return y, (x, saved, kind)
 
 
 # Elementwise, so dx = dy y'(x):
@@ -178,14 +200,14 @@ def gelu_forward(x: Array, kind: str = "erf") -> tuple[Array, tuple]:
 #   tanh:  y' = (1 + t) / 2 + x (1 - t^2) u'(x) / 2,  t = tanh(u),  u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
 def gelu_backward(dy: Array, cache: tuple) -> Array:
     """Gradient of gelu_forward with respect to its input."""
-    x, kind = cache  # (...)
+    x, saved, kind = cache  # (...), (...), "erf" or "tanh"
     xp = get_array_module(x)
     if kind == "erf":
-        cdf = 0.5 * (1.0 + erf(x / math.sqrt(2.0)))  # (...)  Phi(x)
+        cdf = saved  # (...)  Phi(x)
         pdf = xp.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)  # (...)  phi(x)
         dydx = cdf + x * pdf  # (...)
     else:
-        t = xp.tanh(SQRT_2_OVER_PI * (x + GELU_TANH_C * x**3))  # (...)
+        t = saved  # (...)  tanh(u)
         dudx = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x)  # (...)
         dydx = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dudx  # (...)
     return dy * dydx  # (...)
@@ -201,13 +223,33 @@ def drop_probability(rate: float) -> float:
     return round(rate * 65536) / 65536
 
 
-def dropout_forward(x: Array, keep: Array | None, rate: float) -> tuple[Array, tuple | None]:
-    """Inverted dropout: y = x keep / (1 - p), with ``keep`` a boolean mask shaped like x (None: y = x)."""
+def dropout_forward(
+    x: Array, rate: float, key: DropoutKey | None = None, mask: Array | None = None
+) -> tuple[Array, tuple | None]:
+    """Inverted dropout: y = x keep / (1 - p), with ``mask`` the boolean keep mask shaped like x, or drawn
+    from ``key`` (npvit.kernels.dropout.dropout_mask). Rate 0 without a mask: y = x, cache None.
+    Called like npvit.kernels.dropout_forward, with the same cache (keep, 1 / (1 - p))."""
+    keep = _keep_mask(x.shape, rate, key, mask, get_array_module(x), "dropout_forward")
     if keep is None:
         return x, None
     scale = 1.0 / (1.0 - drop_probability(rate))
     y = x * keep * scale  # (...)
     return y, (keep, scale)
+
+
+def _keep_mask(shape: tuple[int, ...], rate: float, key: DropoutKey | None, mask: Array | None, xp: Any,
+               who: str) -> Array | None:
+    """The keep mask a dropout call asked for: ``mask``, else drawn from ``key``; None when nothing drops."""
+    if not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"{who}(x, rate, key=None, mask=None): rate must be a number in [0, 1), got {rate!r}"
+                         " (the keep mask goes in mask=)")
+    if mask is not None:
+        return mask
+    if rate == 0.0:
+        return None
+    if key is None:
+        raise ValueError(f"{who} needs a DropoutKey (key) or a fixed mask")
+    return dropout_mask(shape, rate, key, xp)
 
 
 # y = x keep / (1 - p) is linear with a diagonal Jacobian:  dx = dy keep / (1 - p)
@@ -226,6 +268,11 @@ def draw_keep(masks: Masks | None, site: str, shape: tuple[int, ...], rate: floa
     return masks(site, tuple(shape), rate)
 
 
+def site_rate(keep: Array | None, rate: float) -> float:
+    """The rate a site drops at: 0 when it draws no mask (inference)."""
+    return 0.0 if keep is None else rate
+
+
 def keyed_masks(seed: int, first_sample: int = 0, xp: Any = np) -> Masks:
     """The keep masks of ``npvit.ViT.forward(images, training=True, dropout_seed=seed, first_sample=...)``.
 
@@ -241,9 +288,14 @@ def keyed_masks(seed: int, first_sample: int = 0, xp: Any = np) -> Masks:
 
 
 # ---- drop path (stochastic depth) ----------------------------------------------------------------------------
-def drop_path_forward(x: Array, keep: Array | None, rate: float) -> tuple[Array, tuple | None]:
-    """Drop path: y[b] = x[b] keep_b / (1 - p), a whole sample's branch kept or dropped. x (B, ...), ``keep``
-    (B, 1, ..., 1) booleans broadcast over the other axes (None: y = x)."""
+def drop_path_forward(
+    x: Array, rate: float, key: DropoutKey | None = None, mask: Array | None = None
+) -> tuple[Array, tuple | None]:
+    """Drop path: y[b] = x[b] keep_b / (1 - p), a whole sample's branch kept or dropped. x (B, ...), ``mask``
+    (B, 1, ..., 1) booleans broadcast over the other axes, or drawn from ``key``; rate 0 without a mask:
+    y = x. Called like npvit.kernels.drop_path_forward, with the same cache."""
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # (B, 1, ..., 1)  one decision per sample
+    keep = _keep_mask(shape, rate, key, mask, get_array_module(x), "drop_path_forward")
     if keep is None:
         return x, None
     scale = 1.0 / (1.0 - drop_probability(rate))
@@ -266,33 +318,38 @@ def drop_path_rate(cfg: ViTConfig, i: int) -> float:
 
 
 # ---- softmax --------------------------------------------------------------------------------------------------
-def softmax_forward(x: Array) -> Array:
-    """softmax over the last axis: y_i = exp(x_i - max x) / sum_j exp(x_j - max x) (the shift avoids overflow
-    and changes nothing else)."""
+def softmax_forward(x: Array, axis: int = -1) -> tuple[Array, tuple]:
+    """softmax along ``axis``: y_i = exp(x_i - max x) / sum_j exp(x_j - max x) (the shift avoids overflow
+    and changes nothing else). Returns (y, cache), the cache (y, axis): the backward pass needs only y."""
     xp = get_array_module(x)
-    e = xp.exp(x - x.max(axis=-1, keepdims=True))  # (..., n)
-    return e / e.sum(axis=-1, keepdims=True)  # (..., n)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))  # (..., n)
+    y = e / e.sum(axis=axis, keepdims=True)  # (..., n)
+    return y, (y, axis)
 
 
 # Jacobian dy_i/dx_j = y_i (delta_ij - y_j), symmetric, so dx = y (dy - sum_j dy_j y_j)
-def softmax_backward(dy: Array, y: Array) -> Array:
-    """Gradient of softmax_forward, from its output y."""
-    return y * (dy - (dy * y).sum(axis=-1, keepdims=True))  # (..., n)
+def softmax_backward(dy: Array, cache: tuple) -> Array:
+    """Gradient of softmax_forward, from its output y (along the forward pass's axis)."""
+    y, axis = cache  # (..., n), the axis
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))  # (..., n)
 
 
 # ---- multi-head self-attention --------------------------------------------------------------------------------
 def attention_forward(
     x: Array, w_qkv: Array, b_qkv: Array, w_proj: Array, b_proj: Array, num_heads: int,
-    keep: Array | None = None, rate: float = 0.0,
-) -> tuple[Array, tuple]:
+    dropout_rate: float = 0.0, dropout_key: DropoutKey | None = None, mask: Array | None = None,
+) -> tuple[Array, tuple, Array]:
     """Multi-head self-attention (Keras ``MultiHeadAttention``) of tokens x (B, T, D).
 
     [Q | K | V] = x W_qkv + b_qkv, with W_qkv (D, 3 h d) holding Keras' query, key and value kernels side
     by side, each (D, h, d) flattened so that column (i h + j) d + c is projection i, head j, feature c.
     Per head:  A = dropout(softmax(Q K^T / sqrt(d)))  (T, T),   O = A V  (T, d).
     The heads' outputs side by side (T, h d) go through the output projection W_proj (h d, D) + b_proj.
-    ``keep`` (B, h, T, T) is the dropout mask of A, rows the queries and columns the keys.
+    Returns (y, cache, P), P (B, h, T, T) the attention probabilities, as npvit.kernels.mha_forward does.
+    ``mask`` (B, h, T, T) is the dropout keep mask of A, rows the queries and columns the keys; without it a
+    ``dropout_key`` draws the mask mha_forward draws (rate 0 and neither: no dropout).
     """
+    xp = get_array_module(x)
     batch, tokens, _ = x.shape
     d = w_qkv.shape[1] // (3 * num_heads)
     qkv, c_qkv = dense_forward(x, w_qkv, b_qkv)  # (B, T, 3*h*d)
@@ -301,12 +358,16 @@ def attention_forward(
     k = qkv[:, :, 1].transpose(0, 2, 1, 3)  # (B, h, T, d)
     v = qkv[:, :, 2].transpose(0, 2, 1, 3)  # (B, h, T, d)
     s = q @ k.swapaxes(-1, -2) / math.sqrt(d)  # (B, h, T, T)  scores: query row against key column
-    p = softmax_forward(s)  # (B, h, T, T)  over the keys
-    a, c_drop = dropout_forward(p, keep, rate)  # (B, h, T, T)
+    p, c_soft = softmax_forward(s)  # (B, h, T, T)  over the keys
+    if mask is None and dropout_rate > 0.0 and dropout_key is not None:
+        # npvit draws an image's attention mask as (h, keys, queries); turned around: rows the queries
+        mask = _keep_mask((batch, num_heads, tokens, tokens), dropout_rate, dropout_key, None, xp,
+                          "attention_forward").swapaxes(-1, -2)  # (B, h, T, T)
+    a, c_drop = dropout_forward(p, dropout_rate, mask=mask)  # (B, h, T, T)
     o = a @ v  # (B, h, T, d)
     o = o.transpose(0, 2, 1, 3).reshape(batch, tokens, num_heads * d)  # (B, T, h*d)  heads side by side
     y, c_proj = dense_forward(o, w_proj, b_proj)  # (B, T, D)
-    return y, (c_qkv, q, k, v, p, a, c_drop, c_proj)
+    return y, (c_qkv, q, k, v, c_soft, a, c_drop, c_proj), p
 
 
 # y = O W_proj + b_proj (dense), then per head, with s = Q K^T / sqrt(d), P = softmax(s), A = dropout(P):
@@ -319,7 +380,10 @@ def attention_backward(
     dy: Array, cache: tuple, w_qkv: Array, w_proj: Array
 ) -> tuple[Array, Array, Array, Array, Array]:
     """Gradients of attention_forward: (dx, dW_qkv, db_qkv, dW_proj, db_proj)."""
-    c_qkv, q, k, v, p, a, c_drop, c_proj = cache
+    if not (isinstance(cache, tuple) and len(cache) == 8):
+        raise TypeError("attention_backward needs the cache of npvit.reference.attention_forward "
+                        "(npvit.kernels.mha_forward's cache goes to npvit.kernels.mha_backward)")
+    c_qkv, q, k, v, c_soft, a, c_drop, c_proj = cache
     xp = get_array_module(dy)
     batch, num_heads, tokens, d = q.shape
     do, dw_proj, db_proj = dense_backward(dy, c_proj, w_proj)  # (B, T, h*d), (h*d, D), (D,)
@@ -327,7 +391,7 @@ def attention_backward(
     da = do @ v.swapaxes(-1, -2)  # (B, h, T, T)
     dv = a.swapaxes(-1, -2) @ do  # (B, h, T, d)
     dp = dropout_backward(da, c_drop)  # (B, h, T, T)
-    ds = softmax_backward(dp, p)  # (B, h, T, T)
+    ds = softmax_backward(dp, c_soft)  # (B, h, T, T)
     dq = ds @ k / math.sqrt(d)  # (B, h, T, d)
     dk = ds.swapaxes(-1, -2) @ q / math.sqrt(d)  # (B, h, T, d)
     dqkv = xp.stack([dq, dk, dv], axis=2)  # (B, h, 3, T, d)
@@ -340,7 +404,7 @@ def attention_backward(
 def mlp_forward(
     params: Mapping[str, Array], prefix: str, x: Array, layers: int, gelu: str, rate: float,
     masks: Masks | None, act_last: bool = True,
-) -> tuple[Array, list]:
+) -> tuple[Array, tuple]:
     """The Keras example's ``mlp``: for each layer i, Dense (``{prefix}.fc{i}``) -> GELU -> Dropout
     (``{prefix}.drop{i}``), the last layer included; ``act_last=False`` leaves out the last layer's GELU (the
     paper's MLP, timm's ``Mlp``: fc1 -> GELU -> drop -> fc2 -> drop).   x (..., I) -> (..., U_last)."""
@@ -351,18 +415,20 @@ def mlp_forward(
         c_gelu = None
         if act_last or i < layers - 1:
             x, c_gelu = gelu_forward(x, gelu)  # (..., U_i)
-        x, c_drop = dropout_forward(x, draw_keep(masks, f"{prefix}.drop{i}", x.shape, rate), rate)  # (..., U_i)
+        keep = draw_keep(masks, f"{prefix}.drop{i}", x.shape, rate)  # (..., U_i) or None
+        x, c_drop = dropout_forward(x, site_rate(keep, rate), mask=keep)  # (..., U_i)
         caches.append((c_fc, c_gelu, c_drop))
-    return x, caches
+    return x, (prefix, caches)
 
 
 # The layers in reverse, each one's three steps in reverse: dropout, GELU (where there is one), dense.
 def mlp_backward(
-    dy: Array, cache: list, params: Mapping[str, Array], prefix: str, grads: Params
+    dy: Array, cache: tuple, params: Mapping[str, Array], grads: Params
 ) -> Array:
     """Gradient of mlp_forward: returns dx and writes ``grads[{prefix}.fc{i}.w / .b]``."""
-    for i in reversed(range(len(cache))):
-        c_fc, c_gelu, c_drop = cache[i]
+    prefix, caches = cache  # the layers' names come with their caches
+    for i in reversed(range(len(caches))):
+        c_fc, c_gelu, c_drop = caches[i]
         name = f"{prefix}.fc{i}"
         dy = dropout_backward(dy, c_drop)  # (..., U_i)
         if c_gelu is not None:
@@ -387,30 +453,32 @@ def block_forward(
     # and turns it around.
     keep = draw_keep(masks, f"{p}.attn.attn_drop", (batch, cfg.num_heads, tokens, tokens), cfg.attention_dropout)
     keep = None if keep is None else keep.swapaxes(-1, -2)  # (B, h, T, T)  rows the queries, columns the keys
-    h, c_attn = attention_forward(
+    h, c_attn, _ = attention_forward(
         h, params[f"{p}.attn.qkv.w"], params[f"{p}.attn.qkv.b"], params[f"{p}.attn.proj.w"],
-        params[f"{p}.attn.proj.b"], cfg.num_heads, keep, cfg.attention_dropout,
+        params[f"{p}.attn.proj.b"], cfg.num_heads, site_rate(keep, cfg.attention_dropout), mask=keep,
     )  # (B, T, D)
-    h, c_dp1 = drop_path_forward(h, draw_keep(masks, f"{p}.drop_path1", (batch, 1, 1), rate), rate)  # (B, T, D)
+    keep = draw_keep(masks, f"{p}.drop_path1", (batch, 1, 1), rate)  # (B, 1, 1) or None
+    h, c_dp1 = drop_path_forward(h, site_rate(keep, rate), mask=keep)  # (B, T, D)
     x = x + h  # (B, T, D)  residual
     h, c_norm2 = layernorm_forward(
         x, params[f"{p}.norm2.gamma"], params[f"{p}.norm2.beta"], cfg.ln_eps)  # (B, T, D)
     h, c_mlp = mlp_forward(params, f"{p}.mlp", h, len(cfg.mlp_units), cfg.gelu, cfg.dropout, masks,
                            act_last=cfg.arrangement != "timm")  # (B, T, D)
-    h, c_dp2 = drop_path_forward(h, draw_keep(masks, f"{p}.drop_path2", (batch, 1, 1), rate), rate)  # (B, T, D)
+    keep = draw_keep(masks, f"{p}.drop_path2", (batch, 1, 1), rate)  # (B, 1, 1) or None
+    h, c_dp2 = drop_path_forward(h, site_rate(keep, rate), mask=keep)  # (B, T, D)
     y = x + h  # (B, T, D)  residual
-    return y, (c_norm1, c_attn, c_dp1, c_norm2, c_mlp, c_dp2)
+    return y, (i, c_norm1, c_attn, c_dp1, c_norm2, c_mlp, c_dp2)
 
 
 # At a residual sum z = u + f(u) the gradient reaches u along both paths, so they add: du = dz + J_f^T dz.
 def block_backward(
-    dy: Array, cache: tuple, params: Mapping[str, Array], i: int, grads: Params
+    dy: Array, cache: tuple, params: Mapping[str, Array], grads: Params
 ) -> Array:
     """Gradient of block_forward: returns dx and writes the gradients of ``blocks.{i}.*`` into ``grads``."""
-    c_norm1, c_attn, c_dp1, c_norm2, c_mlp, c_dp2 = cache
+    i, c_norm1, c_attn, c_dp1, c_norm2, c_mlp, c_dp2 = cache  # the block's index comes with its cache
     p = f"blocks.{i}"
     dh = drop_path_backward(dy, c_dp2)  # (B, T, D)
-    dh = mlp_backward(dh, c_mlp, params, f"{p}.mlp", grads)  # (B, T, D)
+    dh = mlp_backward(dh, c_mlp, params, grads)  # (B, T, D)
     dh, grads[f"{p}.norm2.gamma"], grads[f"{p}.norm2.beta"] = layernorm_backward(
         dh, c_norm2, params[f"{p}.norm2.gamma"])  # (B, T, D)
     dx = dy + dh  # (B, T, D)  both paths of the second residual
@@ -424,24 +492,26 @@ def block_backward(
 
 
 # ---- pooling --------------------------------------------------------------------------------------------------
-def pool_forward(t: Array, pool: str, class_token: bool = False) -> Array:
+def pool_forward(t: Array, pool: str, class_token: bool = False) -> tuple[Array, tuple]:
     """Tokens (B, T, D) -> one vector per image: "flatten" (B, T*D), every token concatenated (Keras'
     Flatten, row-major over (token, channel)); "cls" (B, D), the class token; "gap" (B, D), the mean of the
     patch tokens (token 0 left out when it is a class token, as timm's global_pool="avg")."""
+    cache = (pool, t.shape, class_token)  # what the backward pass needs: the pool, the tokens' shape
     if pool == "flatten":
-        return t.reshape(t.shape[0], -1)  # (B, T*D)
+        return t.reshape(t.shape[0], -1), cache  # (B, T*D)
     if pool == "cls":
-        return t[:, 0]  # (B, D)
+        return t[:, 0], cache  # (B, D)
     if pool == "gap":
         patches = t[:, 1:] if class_token else t  # (B, N, D)
-        return patches.mean(axis=1)  # (B, D)
+        return patches.mean(axis=1), cache  # (B, D)
     raise ValueError(f"unknown pool {pool!r}: expected 'flatten', 'cls' or 'gap'")
 
 
 # flatten: the inverse reshape;  cls: token 0 gets the gradient, the others none (through the pool);
 # gap: each of the N patch tokens gets 1/N of it (a class token none).
-def pool_backward(dpooled: Array, pool: str, shape: tuple[int, ...], class_token: bool = False) -> Array:
-    """Gradient of pool_forward with respect to the tokens of ``shape`` (B, T, D)."""
+def pool_backward(dpooled: Array, cache: tuple) -> Array:
+    """Gradient of pool_forward with respect to the tokens (B, T, D)."""
+    pool, shape, class_token = cache
     xp = get_array_module(dpooled)
     if pool == "flatten":
         return dpooled.reshape(shape)  # (B, T, D)
@@ -461,7 +531,8 @@ def head_forward(
     """The Keras example's classifier: Dropout (``head_drop``) -> Mlp ``head`` (Dense -> GELU -> Dropout per
     hidden size) -> Dense ``head.out`` to the logits.   pooled (B, F) -> logits (B, K)."""
     rate = cfg.head_dropout
-    h, c_drop = dropout_forward(pooled, draw_keep(masks, "head_drop", pooled.shape, rate), rate)  # (B, F)
+    keep = draw_keep(masks, "head_drop", pooled.shape, rate)  # (B, F) or None
+    h, c_drop = dropout_forward(pooled, site_rate(keep, rate), mask=keep)  # (B, F)
     h, c_mlp = mlp_forward(params, "head", h, len(cfg.head_units), cfg.gelu, rate, masks)  # (B, U_last)
     logits, c_out = dense_forward(h, params["head.out.w"], params["head.out.b"])  # (B, K)
     return logits, (c_drop, c_mlp, c_out)
@@ -472,7 +543,7 @@ def head_backward(dlogits: Array, cache: tuple, params: Mapping[str, Array], gra
     c_drop, c_mlp, c_out = cache
     dh, grads["head.out.w"], grads["head.out.b"] = dense_backward(
         dlogits, c_out, params["head.out.w"])  # (B, U_last)
-    dh = mlp_backward(dh, c_mlp, params, "head", grads)  # (B, F)
+    dh = mlp_backward(dh, c_mlp, params, grads)  # (B, F)
     return dropout_backward(dh, c_drop)  # (B, F)
 
 
@@ -500,32 +571,32 @@ def vit_forward(
     c_norm = None
     if not cfg.fc_norm:
         t, c_norm = layernorm_forward(t, params["norm.gamma"], params["norm.beta"], cfg.ln_eps)  # (B, T, D)
-    pooled = pool_forward(t, cfg.pool, cfg.has_class_token)  # (B, T*D) for flatten, else (B, D)
+    pooled, c_pool = pool_forward(t, cfg.pool, cfg.has_class_token)  # (B, T*D) for flatten, else (B, D)
     if cfg.fc_norm:
         pooled, c_norm = layernorm_forward(
             pooled, params["fc_norm.gamma"], params["fc_norm.beta"], cfg.ln_eps)  # (B, D)
     logits, c_head = head_forward(params, pooled, cfg, masks)  # (B, K)
-    return logits, (c_embed, c_blocks, c_norm, t.shape, c_head)
+    return logits, (cfg, c_embed, c_blocks, c_norm, c_pool, c_head)
 
 
 # The forward pass in reverse. pos_embed was added to every image: its gradient is the sum over the batch;
 # the class token was copied in front of every image: its gradient is the sum of token 0's over the batch.
 def vit_backward(
-    dlogits: Array, cache: tuple, params: Mapping[str, Array], cfg: ViTConfig
+    dlogits: Array, cache: tuple, params: Mapping[str, Array]
 ) -> tuple[Params, Array]:
     """Gradients of vit_forward: (grads, dimages), ``grads`` keyed like ``params``."""
-    c_embed, c_blocks, c_norm, t_shape, c_head = cache
+    cfg, c_embed, c_blocks, c_norm, c_pool, c_head = cache  # the configuration comes with the cache
     grads: Params = {}
     dpooled = head_backward(dlogits, c_head, params, grads)  # (B, F)
     if cfg.fc_norm:
         dpooled, grads["fc_norm.gamma"], grads["fc_norm.beta"] = layernorm_backward(
             dpooled, c_norm, params["fc_norm.gamma"])  # (B, D)
-    dt = pool_backward(dpooled, cfg.pool, t_shape, cfg.has_class_token)  # (B, T, D)
+    dt = pool_backward(dpooled, c_pool)  # (B, T, D)
     if not cfg.fc_norm:
         dt, grads["norm.gamma"], grads["norm.beta"] = layernorm_backward(
             dt, c_norm, params["norm.gamma"])  # (B, T, D)
     for i in reversed(range(cfg.depth)):
-        dt = block_backward(dt, c_blocks[i], params, i, grads)  # (B, T, D)
+        dt = block_backward(dt, c_blocks[i], params, grads)  # (B, T, D)
     grads["pos_embed"] = dt.sum(axis=0)  # (T, D)
     if cfg.has_class_token:
         grads["cls_token"] = dt[:, 0].sum(axis=0)  # (D,)
@@ -545,20 +616,32 @@ def cross_entropy_forward(logits: Array, labels: Array, label_smoothing: float =
     batch, k = logits.shape
     shifted = logits - logits.max(axis=1, keepdims=True)  # (B, K)  so that no exp overflows
     logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))  # (B, K)
-    q = xp.full((batch, k), label_smoothing / k, dtype=logits.dtype)  # (B, K)
-    q[xp.arange(batch), labels] += 1.0 - label_smoothing
+    q = smoothed_targets(labels, k, label_smoothing, logits.dtype, xp)  # (B, K)
     loss = -(q * logp).sum() / batch  # ()
-    return loss, (xp.exp(logp), q)
+    return loss, (xp.exp(logp), labels, label_smoothing)
+
+
+def smoothed_targets(labels: Array, k: int, label_smoothing: float, dtype: Any, xp: Any) -> Array:
+    """q = (1 - s) onehot(label) + s / K, one row (K,) per label."""
+    q = xp.full((labels.shape[0], k), label_smoothing / k, dtype=dtype)  # (B, K)
+    q[xp.arange(labels.shape[0]), labels] += 1.0 - label_smoothing
+    return q
 
 
 # d loss / dz = (p - q) / B   (times the incoming scalar gradient)
 def cross_entropy_backward(cache: tuple, dloss: float = 1.0) -> Array:
-    """Gradient of cross_entropy_forward with respect to the logits."""
-    p, q = cache  # (B, K), (B, K)
+    """Gradient of cross_entropy_forward with respect to the logits. The cache is (p, labels, smoothing),
+    npvit.kernels.cross_entropy_forward's."""
+    p, labels, label_smoothing = cache  # (B, K), (B,), s
+    q = smoothed_targets(labels, p.shape[1], label_smoothing, p.dtype, get_array_module(p))  # (B, K)
     return (p - q) * (dloss / p.shape[0])  # (B, K)
 
 
 # ---- AdamW ----------------------------------------------------------------------------------------------------
+DECAY_CONVENTIONS = ("keras", "tfa")
+EPSILON_CONVENTIONS = ("keras", "pytorch")
+
+
 @dataclass
 class AdamWState:
     """AdamW's state: the step count t and the moments m, v (keyed like the parameters)."""
@@ -587,10 +670,16 @@ def adamw_step(
         "keras":    p <- p - lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)
         "pytorch":  p <- p - lr mhat / (sqrt(vhat) + eps),  mhat = m / (1 - b1^t),  vhat = v / (1 - b2^t)
 
-    The decay uses p before this step's Adam update, as all three libraries do. A step whose gradient norm is
+    The decay uses p before this step's Adam update, as all three libraries do. Any other convention name is
+    refused (a misspelling would otherwise pick a branch silently). docs/math.md section 11 writes the paper's
+    Algorithm 2 down and maps each convention onto it. A step whose gradient norm is
     not finite (an overflow, a NaN) changes nothing, neither the parameters nor the moments nor t: the
     caller, who gets the norm back, must stop.
     """
+    if decay_convention not in DECAY_CONVENTIONS:
+        raise ValueError(f"decay_convention must be one of {DECAY_CONVENTIONS}, got {decay_convention!r}")
+    if epsilon_convention not in EPSILON_CONVENTIONS:
+        raise ValueError(f"epsilon_convention must be one of {EPSILON_CONVENTIONS}, got {epsilon_convention!r}")
     exclude = set(exclude_from_decay)
     xp = get_array_module(*grads.values())
     norm = math.sqrt(float(sum(float(xp.sum(g * g)) for g in grads.values())))
@@ -726,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
         masks = keyed_masks(int(seeds.integers(2**63)))
         logits, cache = vit_forward(params, images, cfg, masks)  # dropout on: training
         loss, c_loss = cross_entropy_forward(logits, labels)
-        grads, _ = vit_backward(cross_entropy_backward(c_loss), cache, params, cfg)
+        grads, _ = vit_backward(cross_entropy_backward(c_loss), cache, params)
         norm = adamw_step(params, grads, state, lr=args.lr)
         print(f"step {step:3d}  loss {float(loss):.4f}  grad norm {norm:.3f}", flush=True)
     logits, _ = vit_forward(params, images, cfg)  # inference: no dropout

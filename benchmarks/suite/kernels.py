@@ -76,7 +76,7 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
     def np_patches():
         x, dy = dev_np(img), dev_np(dpatch)
         return (lambda: K.patches_forward(x, cfg.patch_size)[1],
-                lambda cache: K.patches_backward(dy, cache, cfg.patch_size))
+                lambda cache: K.patches_backward(dy, cache))
 
     def t_patches():
         x, dy = leaf(img), leaf(dpatch, False)
@@ -178,7 +178,7 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
 
     def np_softmax():
         s, dy = dev_np(s_h), dev_np(ds_h)
-        return lambda: K.softmax_forward(s)[1], lambda y: K.softmax_backward(dy, y)
+        return lambda: K.softmax_forward(s)[1], lambda cache: K.softmax_backward(dy, cache)
 
     def t_softmax():
         s, dy = leaf(s_h), leaf(ds_h, False)
@@ -245,7 +245,7 @@ def kernel_cases(ctx: Ctx, cfg: npvit.ViTConfig, batch: int, runners: dict[str, 
     def np_gelu():
         arrs = [(dev_np(x), dev_np(dy)) for x, dy in gx]
         return (lambda: [K.gelu_forward(x, cfg.gelu)[1] for x, _ in arrs],
-                lambda caches: [K.gelu_backward(dy, c, cfg.gelu) for (_, dy), c in zip(arrs, caches)])
+                lambda caches: [K.gelu_backward(dy, c) for (_, dy), c in zip(arrs, caches)])
 
     def t_gelu():
         arrs = [(leaf(x), leaf(dy, False)) for x, dy in gx]

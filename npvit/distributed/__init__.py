@@ -11,7 +11,7 @@ The pieces, one concept per module:
     communicator   the Communicator interface and SingleProcess
     mpi            MPICommunicator (mpi4py)
     nccl           NCCLCommunicator (cupy.cuda.nccl) and the choice of each rank's GPU
-    connect        connect() and for_backend(): the communicator a run should use
+    connect        connect(), for_backend() and gradient_path(): the communicator a run uses, in words
     split          each rank's part of a batch, and the smallest global batch
     node           processes sharing a node: threads per process, downloads one node at a time
     agreement      the ranks compare settings, step, weights and data before training together
@@ -21,7 +21,7 @@ The pieces, one concept per module:
 
 from .agreement import RanksDisagree, agree, digest
 from .communicator import Communicator, SingleProcess
-from .connect import connect, for_backend
+from .connect import connect, for_backend, gradient_path
 from .errors import DistributedError, MPIUnavailableError
 from .faults import fail, rank_prefix, stop_all_on_error
 from .launch import Launch, detect_launch
@@ -42,6 +42,7 @@ __all__ = [
     "detect_launch",
     "fail",
     "for_backend",
+    "gradient_path",
     "in_waves",
     "rank_prefix",
     "rank_slice",

@@ -90,3 +90,19 @@ def for_backend(comm: Communicator, backend: str, cupy: ModuleType | None = None
 
     comm.device_buffers = "cuda-aware" if cuda_aware() else "host"  # type: ignore[attr-defined]
     return comm
+
+
+def gradient_path(comm: Communicator, backend: str) -> str:
+    """One line naming how this run's gradients are summed between processes: by NCCL on the GPUs, by a
+    CUDA-aware MPI on GPU memory, or by MPI through host memory (saying what brings NCCL when CuPy lacks it)."""
+    if comm.size == 1:
+        return f"gradients: one process on {backend}, nothing to sum between processes"
+    if isinstance(comm, NCCLCommunicator):
+        return f"gradients: summed on the GPUs by {comm.name} ({comm.size} processes)"
+    if backend != "cupy":
+        return f"gradients: summed by {comm.name} in host memory ({comm.size} processes)"
+    if getattr(comm, "device_buffers", "host") == "cuda-aware":
+        return (f"gradients: summed on GPU memory by a CUDA-aware {comm.name}; no NCCL in this CuPy "
+                f"({comm.size} processes)")
+    return (f"gradients: copied to host memory and summed by {comm.name}, no NCCL in this CuPy and the MPI is not "
+            f"CUDA-aware ({comm.size} processes; pip install 'npvit[cuda12]' or 'npvit[cuda13]' brings NCCL)")

@@ -55,6 +55,20 @@ def select_device(local_rank: int, local_size: int, cupy: ModuleType) -> int:
     return device
 
 
+def encode_unique_id(unique_id: bytes | tuple[int, ...] | None) -> Any:
+    """NCCL's unique id as JSON (the host broadcast carries JSON): bytes (CuPy 14's ``get_unique_id()``) as a
+    hex string, the tuple of signed bytes older CuPy returned as a list."""
+    if unique_id is None:
+        return None
+    return unique_id.hex() if isinstance(unique_id, bytes) else list(unique_id)
+
+
+def decode_unique_id(payload: Any) -> bytes | tuple[int, ...]:
+    """The id back in exactly the type ``get_unique_id()`` gave rank 0, the type ``NcclCommunicator`` takes:
+    CuPy 14 wants ``bytes`` and raises TypeError on a tuple."""
+    return bytes.fromhex(payload) if isinstance(payload, str) else tuple(payload)
+
+
 class NCCLCommunicator:
     """A :class:`~npvit.distributed.Communicator` that sums CuPy buffers with NCCL and does the rest on ``host``.
 
@@ -69,10 +83,9 @@ class NCCLCommunicator:
         self.rank, self.size = host.rank, host.size
         self.local_rank, self.local_size = host.local_rank, host.local_size
         self._dtypes = {name: getattr(nccl, constant) for name, constant in NCCL_DTYPES.items()}
-        # The id is a tuple of 128 signed bytes; it travels as a JSON list.
-        unique_id = list(nccl.get_unique_id()) if host.rank == 0 else None
-        unique_id = host.broadcast(unique_id)
-        self._comm = nccl.NcclCommunicator(host.size, tuple(unique_id), host.rank)
+        unique_id = nccl.get_unique_id() if host.rank == 0 else None
+        unique_id = decode_unique_id(host.broadcast(encode_unique_id(unique_id)))
+        self._comm = nccl.NcclCommunicator(host.size, unique_id, host.rank)
         version = nccl.get_version() if hasattr(nccl, "get_version") else 0
         self.name = f"NCCL {version // 10000}.{version // 100 % 100}.{version % 100} and {host.name}" \
             if version >= 10000 else f"NCCL and {host.name}"

@@ -1,7 +1,10 @@
 """Hand-written forward and backward passes, one concept per module.
 
 Every kernel is a pair of plain functions: ``<name>_forward(...) -> (output, cache)`` and
-``<name>_backward(doutput, cache, ...) -> gradients``. The cache holds exactly what the backward pass needs.
+``<name>_backward(doutput, cache, ...) -> gradients``. The cache holds exactly what the backward pass needs,
+the settings the forward pass was called with included (a GELU's kind, a softmax's axis, a patch size), so a
+backward pass cannot be run with settings that disagree with its forward pass; only parameters (weights,
+gamma) are passed to both. Each pair is called like its twin in ``npvit.reference`` (docs/math.md, section 15).
 Kernels take arrays of either backend and find the array module from them; they work in the input dtype.
 """
 

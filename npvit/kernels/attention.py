@@ -3,21 +3,21 @@
 Core, per batch item b and head h (every head and image of a chunk of the batch in one batched matrix
 multiply; the only Python loop runs over cache-sized chunks, see attention_core_forward):
 
-    forward:   S = (Q / sqrt(d)) K^T          Q, K, V (B, H, N, d) -> S (B, H, N, N)
+    forward:   S = (Q / sqrt(d)) K^T          Q, K, V (B, h, T, d) -> S (B, h, T, T)
                P = softmax(S)                 over the keys (last axis)
                A = dropout(P)                 training only
-               O = A V                        (B, H, N, d)
+               O = A V                        (B, h, T, d)
     backward:  dA = dO V^T,   dV = A^T dO
                dP = dropout_backward(dA),  dS = softmax_backward(dP)  = P * (dP - rowsum(dP * P))
                dQ = dS K / sqrt(d),   dK = dS^T (Q / sqrt(d))
 
-Full layer on tokens x (B, N, D), with H heads of key_dim d:
+Full layer on tokens x (B, T, D), with h heads of key_dim d:
 
-    [Q | K | V] = x W_qkv + b_qkv             W_qkv (D, 3 H d): Keras' query, key and value EinsumDense
-                                              kernels (D, H, d) side by side, as one GEMM over all B*N tokens;
+    [Q | K | V] = x W_qkv + b_qkv             W_qkv (D, 3 h d): Keras' query, key and value EinsumDense
+                                              kernels (D, h, d) side by side, as one GEMM over all B*T tokens;
                                               the query's columns arrive multiplied by the core's query scale
                                               (query_scale), folded into a copy of W_qkv and b_qkv
-    y = concat_h(O_h) W_o + b_o               W_o (H d, D): Keras' output kernel (H, d, D) flattened
+    y = concat_j(O_j) W_o + b_o               W_o (h d, D): Keras' output kernel (h, d, D) flattened
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 from ..parallel import batch_chunks
 from ..backend import get_array_module, scores_transposed
 from .dense import DenseCache, dense_backward, dense_forward
+from .fused import on_device, query_scale_vector
 from .dropout import DropoutCache, DropoutKey, dropout_mask, dropout_scale
 from .softmax import LOG2_E, softmax_backward, softmax_forward
 
@@ -39,7 +40,7 @@ AttentionCache = tuple[DenseCache, AttentionCoreCache, DenseCache]
 
 
 def _score_chunks(q: Array, k: Array) -> list[slice]:
-    """Batch slices whose (chunk, H, N_key, N_query) scores fit a core's cache (one slice on a GPU)."""
+    """Batch slices whose (chunk, h, T_key, T_query) scores fit a core's cache (one slice on a GPU)."""
     b, h, n_query, _ = q.shape
     return batch_chunks(get_array_module(q), b, h * k.shape[2] * n_query * q.dtype.itemsize)
 
@@ -56,22 +57,22 @@ def attention_core_forward(
 ) -> tuple[Array, Array | None, AttentionCoreCache | None]:
     """softmax(Q K^T / sqrt(d)) V with dropout on the probabilities. Returns (O, P, cache).
 
-    ``out`` (B, H, N, d), which may be a strided view, receives O. ``return_probs=False`` (inference) keeps
+    ``out`` (B, h, T, d), which may be a strided view, receives O. ``return_probs=False`` (inference) keeps
     neither P nor the cache, and returns None for both. ``q_scale`` says that ``q`` arrives already multiplied by
     that factor (mha_forward folds query_scale(d) into the projection's weights, which spares a pass over Q); the
     core applies what remains, and the backward pass returns the gradient with respect to the ``q`` given.
-    P is returned as a (B, H, N_query, N_key) array or view.
+    P is returned as a (B, h, T_query, T_key) array or view.
 
     The backend chooses the layout of the scores (npvit.backend.scores_transposed); the formulas are the same.
     NumPy keeps them transposed, S^T = K (Q / sqrt(d))^T with keys along axis -2, because its max and sum
     across rows are several times faster than along 144-long rows; every product reads the transposed
     matrices through BLAS' transpose flags, without copies; and the batch is processed in chunks whose scores
     fit in a core's cache (npvit.parallel.batch_chunks), so that the softmax and dropout passes read the cache
-    instead of memory. A GPU keeps S (..., N_query, N_key) with the softmax over the last axis, takes Q, K
+    instead of memory. A GPU keeps S (..., T_query, T_key) with the softmax over the last axis, takes Q, K
     and V contiguous, and computes the whole batch at once: its batched products copy every operand that is
-    not contiguous, and this way no (N, N) matrix is ever one of those.
+    not contiguous, and this way no (T, T) matrix is ever one of those.
 
-    The dropout mask is drawn (B, H, N_key, N_query) in both layouts (each image's part keyed by its sample
+    The dropout mask is drawn (B, h, T_key, T_query) in both layouts (each image's part keyed by its sample
     index, npvit.kernels.dropout); the GPU layout reads it transposed.
     """
     xp = get_array_module(q)
@@ -85,19 +86,19 @@ def attention_core_forward(
     o = xp.empty((b, h, n, v.shape[-1]), dtype=q.dtype) if out is None else out
     score_shape = (b, h, n_key, n) if transposed else (b, h, n, n_key)
     ps = xp.empty(score_shape, dtype=q.dtype) if return_probs else None  # P (P^T on NumPy) for all chunks
-    # The dropout mask of image i is drawn as (H, N_key, N_query), the layout of the transposed scores.
+    # The dropout mask of image i is drawn as (h, T_key, T_query), the layout of the transposed scores.
     mask = dropout_mask((b, h, n_key, n), dropout_rate, dropout_key, xp) if dropout_rate > 0.0 else None
     drop_scale = dropout_scale(dropout_rate)
     for sl in _score_chunks(q, k):
         qs = q[sl] if scale is None else q[sl] * scale
         s = None if ps is None else ps[sl]
         if transposed:
-            s = xp.matmul(k[sl], qs.swapaxes(-1, -2), out=s)  # S^T log2(e): (c, H, Nk, Nq)
+            s = xp.matmul(k[sl], qs.swapaxes(-1, -2), out=s)  # S^T log2(e): (c, h, Tk, Tq)
             softmax_forward(s, axis=-2, out=s, base2=True)  # over the keys; in place: the scores are not needed again
-            a = s if mask is None else s * mask[sl]  # O = (P * mask / (1 - p)) V: the factor goes on O, (N, d),
-            xp.matmul(a.swapaxes(-1, -2), v[sl], out=o[sl])  # rather than on the (N, N) matrix
+            a = s if mask is None else s * mask[sl]  # O = (P * mask / (1 - p)) V: the factor goes on O, (T, d),
+            xp.matmul(a.swapaxes(-1, -2), v[sl], out=o[sl])  # rather than on the (T, T) matrix
         else:
-            s = xp.matmul(qs, k[sl].swapaxes(-1, -2), out=s)  # S log2(e): (c, H, Nq, Nk)
+            s = xp.matmul(qs, k[sl].swapaxes(-1, -2), out=s)  # S log2(e): (c, h, Tq, Tk)
             softmax_forward(s, axis=-1, out=s, base2=True)
             a = s if mask is None else s * mask[sl].swapaxes(-1, -2)
             if o.flags.c_contiguous:
@@ -118,10 +119,10 @@ def attention_core_backward(
     """Gradients of attention_core_forward: returns (dq, dk, dv), written into ``out`` when given.
 
     Works in the forward pass's layout, chunk by chunk like it. With dropout, A = P * m / (1 - p) for the keep
-    mask m; the factor 1 / (1 - p) is left out of the (N, N) products and applied to the (N, d) results
+    mask m; the factor 1 / (1 - p) is left out of the (T, T) products and applied to the (T, d) results
     instead (dV directly; dQ and dK through dS, which is linear in dP). On a GPU the products that would read
-    an (N, N) matrix transposed are computed transposed instead, dV^T = dO^T A and dK^T = Q^T dS, so that
-    only (N, d) operands are ever copied; the results go to ``out`` through one scaling pass each.
+    an (T, T) matrix transposed are computed transposed instead, dV^T = dO^T A and dK^T = Q^T dS, so that
+    only (T, d) operands are ever copied; the results go to ``out`` through one scaling pass each.
     """
     q, k, v, ps, drop, q_scale = cache
     xp = get_array_module(do)
@@ -140,19 +141,19 @@ def attention_core_backward(
             if mask is not None:
                 dv[sl] *= drop_scale
                 xp.multiply(dpt, mask, out=dpt)  # dropout's backward, but for the factor
-            dst = softmax_backward(dpt, p_c, axis=-2, out=dpt)  # dS^T, in place: dP^T is not needed again
+            dst = softmax_backward(dpt, (p_c, -2), out=dpt)  # dS^T, in place: dP^T is not needed again
             xp.matmul(dst, q[sl], out=dk[sl])  # dK = dS^T (Q / sqrt(d))
             dk[sl] *= scale * drop_scale
             xp.matmul(dst.swapaxes(-1, -2), k[sl], out=dq[sl])  # dQ = dS K / sqrt(d)
             dq[sl] *= scale * drop_scale
             continue
-        mask = None if mask is None else mask.swapaxes(-1, -2)  # (c, H, Nq, Nk), as P
+        mask = None if mask is None else mask.swapaxes(-1, -2)  # (c, h, Tq, Tk), as P
         dvt = xp.matmul(do[sl].swapaxes(-1, -2), p_c if mask is None else p_c * mask)  # dV^T = dO^T A
         xp.multiply(dvt.swapaxes(-1, -2), drop_scale, out=dv[sl])
         dp = xp.matmul(do[sl], v[sl].swapaxes(-1, -2))  # dA = dO V^T
         if mask is not None:
             xp.multiply(dp, mask, out=dp)
-        ds = softmax_backward(dp, p_c, axis=-1, out=dp)  # dS, in place
+        ds = softmax_backward(dp, (p_c, -1), out=dp)  # dS, in place
         xp.multiply(xp.matmul(ds, k[sl]), scale * drop_scale, out=dq[sl])  # dQ = dS K / sqrt(d)
         dkt = xp.matmul(q[sl].swapaxes(-1, -2), ds)  # dK^T = (Q / sqrt(d))^T dS
         xp.multiply(dkt.swapaxes(-1, -2), scale * drop_scale, out=dk[sl])
@@ -170,7 +171,7 @@ def mha_forward(
     dropout_key: DropoutKey | None = None,
     return_probs: bool = True,
 ) -> tuple[Array, AttentionCache | None, Array | None]:
-    """Multi-head self-attention of tokens ``x`` (B, N, D). Returns (y, cache, attention probabilities).
+    """Multi-head self-attention of tokens ``x`` (B, T, D). Returns (y, cache, attention probabilities).
 
     ``return_probs=False`` (inference) keeps neither the cache nor the probabilities and returns None for both.
     """
@@ -181,7 +182,7 @@ def mha_forward(
     q_scale = query_scale(d)
     w_scaled, b_scaled = _query_scaled(w_qkv, hd, q_scale), _query_scaled(b_qkv, hd, q_scale)
     qkv, c_qkv = dense_forward(x, w_scaled, b_scaled)  # [Q q_scale | K | V]: the GEMM applies the scale
-    # (B, N, 3, H, d) -> (3, B, H, N, d): heads become a batch axis of the matmuls below
+    # (B, T, 3, h, d) -> (3, B, h, T, d): heads become a batch axis of the matmuls below
     qkv = qkv.reshape(b, n, 3, num_heads, d).transpose(2, 0, 3, 1, 4)
     if scores_transposed(xp):  # NumPy: views; O written straight into the layout the projection reads
         o = xp.empty((b, n, num_heads, d), dtype=x.dtype)  # heads side by side
@@ -199,9 +200,11 @@ def mha_forward(
 
 
 def _query_scaled(a: Array, hd: int, q_scale: float) -> Array:
-    """A copy of the fused projection's weight (D, 3 H d) or bias (3 H d,) with the query's columns (the first
-    H d) multiplied by q_scale: (x W + b) s = x (W s) + b s, a pass over the small weight instead of over every
+    """A copy of the fused projection's weight (D, 3 h d) or bias (3 h d,) with the query's columns (the first
+    h d) multiplied by q_scale: (x W + b) s = x (W s) + b s, a pass over the small weight instead of over every
     query."""
+    if on_device(a):  # CuPy: one multiply by (q_scale ... q_scale, 1 ... 1), exact for the ones (3 launches -> 1)
+        return a * query_scale_vector(a, hd, q_scale)
     a = a.copy()
     a[..., :hd] *= a.dtype.type(q_scale)
     return a
@@ -211,12 +214,15 @@ def mha_backward(
     dy: Array, cache: AttentionCache, w_qkv: Array, w_out: Array
 ) -> tuple[Array, Array, Array, Array, Array]:
     """Gradients of mha_forward: returns (dx, dw_qkv, db_qkv, dw_out, db_out)."""
+    if not (isinstance(cache, tuple) and len(cache) == 3):
+        raise TypeError("mha_backward needs the cache of npvit.kernels.mha_forward (the reference's "
+                        "attention_forward cache goes to npvit.reference.attention_backward)")
     c_qkv, c_core, c_out = cache
     do, dw_out, db_out = dense_backward(dy, c_out, w_out)
     b, n, hd = do.shape
     num_heads = c_core[0].shape[1]
     do = do.reshape(b, n, num_heads, hd // num_heads).transpose(0, 2, 1, 3)
-    # dQ, dK and dV go straight into the (B, N, 3, H, d) layout the fused projection produced, undoing the
+    # dQ, dK and dV go straight into the (B, T, 3, h, d) layout the fused projection produced, undoing the
     # split of mha_forward without a copy.
     dqkv = get_array_module(do).empty((b, n, 3, num_heads, hd // num_heads), dtype=do.dtype)
     split = dqkv.transpose(2, 0, 3, 1, 4)

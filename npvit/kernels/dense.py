@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..backend import column_sum
+
 Array = Any
 DenseCache = Array  # the input x: all the backward pass needs besides W
 
@@ -29,6 +31,6 @@ def dense_backward(dy: Array, cache: DenseCache, w: Array) -> tuple[Array, Array
     x2 = x.reshape(-1, x.shape[-1])
     dy2 = dy.reshape(-1, dy.shape[-1])
     dw = x2.T @ dy2
-    db = dy2.sum(axis=0)
+    db = column_sum(dy2)  # a two-stage sum on a GPU, x.sum(axis=0) on NumPy
     dx = (dy2 @ w.T).reshape(x.shape)
     return dx, dw, db

@@ -26,7 +26,7 @@ from typing import Any
 from ..backend import get_array_module
 
 Array = Any
-PatchesCache = tuple[int, ...]  # the input shape (B, H, W, C)
+PatchesCache = tuple[tuple[int, ...], int, int]  # (the input shape (B, H, W, C), patch_size, overlap)
 
 
 def patches_forward(images: Array, patch_size: int, overlap: int = 0) -> tuple[Array, PatchesCache]:
@@ -36,19 +36,20 @@ def patches_forward(images: Array, patch_size: int, overlap: int = 0) -> tuple[A
     p = patch_size
     gh, gw = h // p, w // p
     if overlap:
-        return _overlapping_forward(images, p, overlap), images.shape
+        return _overlapping_forward(images, p, overlap), (images.shape, p, overlap)
     x = images[:, : gh * p, : gw * p, :].reshape(b, gh, p, gw, p, c)
     x = x.transpose(0, 1, 3, 2, 4, 5)  # (B, gh, gw, p, p, C): grid position first, then pixel in the patch
-    return x.reshape(b, gh * gw, p * p * c), images.shape
+    return x.reshape(b, gh * gw, p * p * c), (images.shape, p, overlap)
 
 
-def patches_backward(dpatches: Array, cache: PatchesCache, patch_size: int, overlap: int = 0) -> Array:
-    """Gradient of patches_forward: scatter patch gradients back to pixel positions."""
-    b, h, w, c = cache
-    p = patch_size
+def patches_backward(dpatches: Array, cache: PatchesCache) -> Array:
+    """Gradient of patches_forward: scatter patch gradients back to pixel positions. The patch size and
+    overlap are the cache's, the forward pass's."""
+    shape, p, overlap = cache
+    b, h, w, c = shape
     gh, gw = h // p, w // p
     if overlap:
-        return _overlapping_backward(dpatches, cache, p, overlap)
+        return _overlapping_backward(dpatches, shape, p, overlap)
     d = dpatches.reshape(b, gh, gw, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * p, gw * p, c)
     if (gh * p, gw * p) == (h, w):
         return d
@@ -74,9 +75,9 @@ def _overlapping_forward(images: Array, p: int, o: int) -> Array:
     return out.reshape(b, gh * gw, k * k * c)
 
 
-def _overlapping_backward(dpatches: Array, cache: PatchesCache, p: int, o: int) -> Array:
+def _overlapping_backward(dpatches: Array, shape: tuple[int, ...], p: int, o: int) -> Array:
     xp = get_array_module(dpatches)
-    b, h, w, c = cache
+    b, h, w, c = shape
     gh, gw, k = h // p, w // p, p + 2 * o
     d = dpatches.reshape(b, gh, gw, k, k, c)
     dpadded = xp.zeros((b, h + 2 * o, w + 2 * o, c), dtype=dpatches.dtype)

@@ -3,7 +3,7 @@
     forward:   y_i = exp(x_i - max(x)) / sum_j exp(x_j - max(x))      (subtracting the max avoids overflow)
     backward:  dx_i = y_i * (dy_i - sum_j dy_j y_j)
 
-Only the output is cached: the Jacobian diag(y) - y y^T is written in terms of y alone (docs/math.md).
+Only the output (and the axis) is cached: the Jacobian diag(y) - y y^T is written in terms of y alone (docs/math.md).
 ``axis`` exists for speed: NumPy reduces across rows (axis -2) several times faster than along short rows
 (axis -1), so on NumPy the attention core keeps its scores transposed and normalises over axis -2 (on a GPU,
 over the last axis: npvit.backend.scores_transposed).
@@ -17,7 +17,7 @@ from typing import Any
 from ..backend import get_array_module
 
 Array = Any
-SoftmaxCache = Array  # the output y
+SoftmaxCache = tuple[Array, int]  # (the output y, the axis it was normalised over)
 LOG2_E = 1.0 / math.log(2.0)  # exp(z) = 2^(z log2 e)
 
 
@@ -37,12 +37,15 @@ def softmax_forward(
         y *= y.dtype.type(LOG2_E)
     xp.exp2(y, out=y)
     y /= y.sum(axis=axis, keepdims=True)
-    return y, y
+    return y, (y, axis)
 
 
-def softmax_backward(dy: Array, cache: SoftmaxCache, axis: int = -1, out: Array | None = None) -> Array:
-    """Gradient of softmax_forward with respect to its input. ``out=dy`` computes it in place."""
-    y = cache
+def softmax_backward(dy: Array, cache: SoftmaxCache, out: Array | None = None) -> Array:
+    """Gradient of softmax_forward with respect to its input, over the axis the forward pass used.
+    ``out=dy`` computes it in place."""
+    if not (isinstance(cache, tuple) and len(cache) == 2):
+        raise TypeError("softmax_backward needs the cache softmax_forward returned: (y, axis)")
+    y, axis = cache
     xp = get_array_module(y)
     dx = xp.subtract(dy, (dy * y).sum(axis=axis, keepdims=True), out=out)
     dx *= y

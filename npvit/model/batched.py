@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..parallel import batch_chunks, parallel_map, shard_slices
+from ..kernels.fused import on_device
 
 
 BatchCache = tuple[list[slice], list[tuple]]  # (shard slices, per shard: (piece slices, feature caches, head cache))
@@ -64,6 +65,9 @@ def batch_size(cache: BatchCache) -> int:
 def batched_backward(model: Any, dlogits: Any, cache: BatchCache, grads: Any) -> Any:
     """Backward of batched_forward: writes the summed gradients into ``grads`` (overwriting it), returns d images."""
     slices, caches = cache
+    if len(caches) == 1 and len(caches[0][0]) == 1 and on_device(dlogits):
+        # CuPy, one shard of one piece: the layers write their gradients into the flat buffer themselves
+        return _backward_shard(model, dlogits, caches[0], grads)[0]
     outs = parallel_map(_backward_shard, [(model, dlogits[sl], c) for sl, c in zip(slices, caches)], model.threads)
     for i, (_, shard_grads) in enumerate(outs):  # parameters are shared by the shards: their gradients add up
         for name, g in shard_grads.items():
@@ -75,9 +79,9 @@ def batched_backward(model: Any, dlogits: Any, cache: BatchCache, grads: Any) ->
     return _join(model.backend.xp, [out[0] for out in outs])
 
 
-def _backward_shard(model: Any, dlogits: Any, cache: tuple) -> tuple[Any, dict]:
+def _backward_shard(model: Any, dlogits: Any, cache: tuple, grads: Any = None) -> tuple[Any, dict]:
     pieces, c_features, c_head = cache
-    grads: dict = {}
+    grads = {} if grads is None else grads
     dt = model.head_backward(dlogits, c_head, grads)
     dx = [model.features_backward(dt[pieces[0]], c_features[0], grads)]
     for sl, c in zip(pieces[1:], c_features[1:]):  # the other pieces, in turn

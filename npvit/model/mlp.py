@@ -44,6 +44,6 @@ class Mlp:
         for layer, act, (c_dense, c_gelu, c_drop) in zip(reversed(self.layers), reversed(self.acts), reversed(cache)):
             dy = dropout_backward(dy, c_drop)
             if act:
-                dy = gelu_backward(dy, c_gelu, self.gelu)
+                dy = gelu_backward(dy, c_gelu)
             dy = layer.backward(params, grads, dy, c_dense)
         return dy

@@ -24,6 +24,7 @@ from ..kernels import (
     layernorm_forward,
 )
 from .init import Initializer, glorot_uniform, ones, zeros
+from ..kernels.fused import dense_backward_into, layernorm_backward_device, on_device
 
 Array = Any
 ParamSpecs = dict[str, tuple[tuple[int, ...], Initializer]]
@@ -86,6 +87,9 @@ class Dense:
         return dense_forward(x, params[f"{self.prefix}.w"], params[f"{self.prefix}.b"])
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: Any) -> Array:
+        w, b = f"{self.prefix}.w", f"{self.prefix}.b"
+        if on_device(dy) and hasattr(grads, "flat"):  # CuPy: written into the flat gradient buffer, no copies
+            return dense_backward_into(dy, cache, params[w], grads[w], grads[b])
         dx, grads[f"{self.prefix}.w"], grads[f"{self.prefix}.b"] = dense_backward(
             dy, cache, params[f"{self.prefix}.w"]
         )
@@ -107,5 +111,9 @@ class LayerNorm:
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: Any) -> Array:
         p = self.prefix
+        if on_device(dy) and hasattr(grads, "flat"):  # CuPy: summed into the flat gradient buffer, no copies
+            xhat, rstd = cache
+            return layernorm_backward_device(dy, xhat, rstd, params[f"{p}.gamma"],
+                                             out=(grads[f"{p}.gamma"], grads[f"{p}.beta"]))[0]
         dx, grads[f"{p}.gamma"], grads[f"{p}.beta"] = layernorm_backward(dy, cache, params[f"{p}.gamma"])
         return dx

@@ -42,5 +42,4 @@ class PatchEmbed:
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: tuple) -> Array:
         c_patches, c_proj = cache
-        return patches_backward(self.proj.backward(params, grads, dy, c_proj), c_patches, self.patch_size,
-                                self.overlap)
+        return patches_backward(self.proj.backward(params, grads, dy, c_proj), c_patches)

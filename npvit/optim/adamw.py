@@ -241,7 +241,9 @@ def adamw_update(xp: Any, p: Array, g: Array, m: Array, v: Array, decay_factor: 
     NumPy callers check the norm on the host and pass ``ok=None``: the arithmetic then runs in place on
     cache-sized pieces with one temporary. On CuPy ``ok`` (a 0-d boolean) keeps every array unchanged when
     False, and the same arithmetic is written with operators, ufuncs and ``copyto`` only, so that
-    ``cupy.fuse`` compiles it into one kernel. Both forms round alike, operation for operation.
+    ``cupy.fuse`` compiles it into one kernel. The same operations, not the same rounding: NVRTC contracts a
+    multiply followed by an add into a fused multiply-add (one rounding where NumPy makes two), so the GPU's
+    weights agree with NumPy's to about one unit in the last place per step, not bit for bit.
     """
     gs = g if grad_scale is None else g * grad_scale
     if ok is None:  # NumPy: the same arithmetic in place, with one temporary (a third fewer passes)

@@ -188,6 +188,8 @@ def _train_command(given: dict[str, Any], comm: Communicator) -> tuple[int, str 
             keep_freed_memory()  # a third faster on small models: freed arrays are not page-faulted back in
         distributed.check_batch_size(settings["batch_size"], comm.size)
         comm = distributed.for_backend(comm, settings["backend"])  # GPUs: this rank's device, before any use
+        if comm.rank == 0 and not settings["quiet"] and (settings["backend"] == "cupy" or comm.size > 1):
+            print(distributed.gradient_path(comm, settings["backend"]), flush=True)  # the first line printed
         if comm.size == 1:
             return train(settings, resumed), None, False  # one process: the call it always was
         return train(settings, resumed, comm=comm), None, False

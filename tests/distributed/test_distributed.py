@@ -227,14 +227,14 @@ def test_for_backend_picks_this_ranks_gpu_then_nccl() -> None:
 
         def broadcast(self, obj, root=0):
             assert obj is None and root == 0  # rank 1 sends nothing: the id comes from rank 0
-            return list(range(-64, 64))
+            return bytes(range(128)).hex()
 
     host, cupy, nccl = SecondOfTwo(), types.SimpleNamespace(cuda=FakeCuda(2)), FakeNccl(rank=1)
     assert for_backend(host, "numpy", cupy=cupy, nccl=nccl) is host and cupy.cuda.used == []
     assert for_backend(SingleProcess(), "cupy", cupy=cupy, nccl=nccl).size == 1 and cupy.cuda.used == []
     gpu = for_backend(host, "cupy", cupy=cupy, nccl=nccl)
     assert isinstance(gpu, NCCLCommunicator) and (gpu.rank, gpu.size) == (1, 2)
-    assert cupy.cuda.used == [1] and nccl.made == [(2, tuple(range(-64, 64)), 1)]
+    assert cupy.cuda.used == [1] and nccl.made == [(2, bytes(range(128)), 1)]
 
 
 # ---- two processes: the program each rank runs --------------------------------------------------------------
@@ -270,6 +270,12 @@ class FakeNccl:
 
         class NcclCommunicator:
             def __init__(self, ndev, unique_id, rank):
+                # CuPy 14: ``NcclCommunicator(int ndev, bytes commId, int rank)``, 128 bytes exactly
+                if not isinstance(unique_id, bytes):
+                    raise TypeError(f"Argument 'commId' has incorrect type (expected bytes, got "
+                                    f"{type(unique_id).__name__})")
+                if len(unique_id) != 128:
+                    raise ValueError(f"commId length {len(unique_id)} != 128.")
                 fake.made.append((ndev, unique_id, rank))
 
             def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
@@ -283,7 +289,7 @@ class FakeNccl:
 
     def get_unique_id(self):
         assert self.rank == 0, "only rank 0 may ask NCCL for the id"
-        return tuple(int(b) for b in np.random.default_rng().integers(-128, 128, 128))
+        return np.random.default_rng().integers(0, 256, 128, dtype=np.uint8).tobytes()  # CuPy 14: bytes
 
     def get_version(self):
         return 22304

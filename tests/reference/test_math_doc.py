@@ -277,12 +277,12 @@ def test_worked_example_attention() -> None:
     x = doc["x"][None]  # (1, 3, 2): one image of 3 tokens of width 2
     eye = np.eye(2)
     w_qkv = np.concatenate([eye, eye, eye], axis=1)  # W_q = W_k = W_v = I, one head of width 2
-    y, cache = ref.attention_forward(x, w_qkv, np.zeros(6), eye, np.zeros(2), num_heads=1)
-    _, q, k, v, p, a, _, _ = cache
+    y, cache, p = ref.attention_forward(x, w_qkv, np.zeros(6), eye, np.zeros(2), num_heads=1)
+    _, q, k, v, c_soft, a, _, _ = cache
     dx, *_ = ref.attention_backward(doc["dO"][None], cache, w_qkv, eye)
     do = doc["dO"]
     dp = do @ v[0, 0].T
-    ds = ref.softmax_backward(dp, p[0, 0])
+    ds = ref.softmax_backward(dp, (p[0, 0], -1))
     assert_documented(doc, "S", q[0, 0] @ k[0, 0].T / math.sqrt(2))
     assert_documented(doc, "P", p[0, 0])
     assert_documented(doc, "O", y[0])  # W_o = I: the layer's output is O

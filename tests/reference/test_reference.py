@@ -96,25 +96,25 @@ def test_gelu_gradients(rng, kind) -> None:
 
 def test_drop_path_gradients(rng) -> None:
     x, keep = arr(rng, 5, 3, 4), np.array([True, False, True, False, True]).reshape(5, 1, 1)
-    gradcheck(lambda x: ref.drop_path_forward(x, keep, 0.3)[0],
-                   lambda x, dy: [ref.drop_path_backward(dy, ref.drop_path_forward(x, keep, 0.3)[1])],
+    gradcheck(lambda x: ref.drop_path_forward(x, 0.3, mask=keep)[0],
+                   lambda x, dy: [ref.drop_path_backward(dy, ref.drop_path_forward(x, 0.3, mask=keep)[1])],
                    [x], rtol=RTOL)
-    y, _ = ref.drop_path_forward(x, keep, 0.3)
+    y, _ = ref.drop_path_forward(x, 0.3, mask=keep)
     assert np.all(y[1] == 0) and np.all(y[3] == 0)
     np.testing.assert_allclose(y[0], x[0] / (1 - ref.drop_probability(0.3)), rtol=1e-15)
 
 
 def test_dropout_gradients(rng) -> None:
     x, keep = arr(rng, 5, 6), rng.random((5, 6)) >= 0.3
-    gradcheck(lambda x: ref.dropout_forward(x, keep, 0.3)[0],
-                   lambda x, dy: [ref.dropout_backward(dy, ref.dropout_forward(x, keep, 0.3)[1])],
+    gradcheck(lambda x: ref.dropout_forward(x, 0.3, mask=keep)[0],
+                   lambda x, dy: [ref.dropout_backward(dy, ref.dropout_forward(x, 0.3, mask=keep)[1])],
                    [x], rtol=RTOL)
 
 
 def test_softmax_gradients(rng) -> None:
     x = arr(rng, 3, 4, 5, scale=3.0)
-    gradcheck(lambda x: ref.softmax_forward(x),
-                   lambda x, dy: [ref.softmax_backward(dy, ref.softmax_forward(x))], [x], rtol=RTOL)
+    gradcheck(lambda x: ref.softmax_forward(x)[0],
+                   lambda x, dy: [ref.softmax_backward(dy, ref.softmax_forward(x)[1])], [x], rtol=RTOL)
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.25])
@@ -126,7 +126,7 @@ def test_attention_gradients(rng, rate) -> None:
     keep = (rng.random((2, heads, 4, 4)) >= rate) if rate else None
 
     def forward(*inputs):
-        return ref.attention_forward(*inputs, heads, keep, rate)
+        return ref.attention_forward(*inputs, heads, rate, mask=keep)
 
     gradcheck(lambda *a: forward(*a)[0],
                    lambda *a: ref.attention_backward(a[-1], forward(*a[:-1])[1], a[1], a[3]),
@@ -163,7 +163,7 @@ def test_mlp_gradients(rng, gelu) -> None:
 
     def backward(x, dy):
         grads: dict = {}
-        dx = ref.mlp_backward(dy, run(x)[1], params, "blocks.0.mlp", grads)
+        dx = ref.mlp_backward(dy, run(x)[1], params, grads)
         return dx, grads
 
     check_params_function(lambda x: run(x)[0], backward, params, names, x)
@@ -180,7 +180,7 @@ def test_block_gradients(rng, drop_path) -> None:
 
     def backward(x, dy):
         grads: dict = {}
-        dx = ref.block_backward(dy, ref.block_forward(params, 1, x, cfg, masks)[1], params, 1, grads)
+        dx = ref.block_backward(dy, ref.block_forward(params, 1, x, cfg, masks)[1], params, grads)
         return dx, grads
 
     check_params_function(lambda x: ref.block_forward(params, 1, x, cfg, masks)[0], backward, params, names, x)
@@ -191,8 +191,8 @@ def test_block_gradients(rng, drop_path) -> None:
 @pytest.mark.parametrize("pool", ["flatten", "cls", "gap"])
 def test_pool_gradients(rng, pool) -> None:
     t = arr(rng, 2, 5, 3)
-    gradcheck(lambda t: ref.pool_forward(t, pool),
-                   lambda t, dy: [ref.pool_backward(dy, pool, t.shape)], [t], rtol=RTOL)
+    gradcheck(lambda t: ref.pool_forward(t, pool)[0],
+                   lambda t, dy: [ref.pool_backward(dy, ref.pool_forward(t, pool)[1])], [t], rtol=RTOL)
 
 
 def test_head_gradients(rng) -> None:
@@ -225,7 +225,7 @@ def test_whole_model_gradients_with_dropout(rng, pool) -> None:
 
     def backward(x, dloss):
         (_, c_loss), cache = loss(x)
-        grads, dimages = ref.vit_backward(ref.cross_entropy_backward(c_loss, float(dloss)), cache, params, cfg)
+        grads, dimages = ref.vit_backward(ref.cross_entropy_backward(c_loss, float(dloss)), cache, params)
         assert set(grads) == set(params)
         return dimages, grads
 
@@ -272,7 +272,7 @@ def compare_step(model: ViT, params: dict, cfg: ViTConfig, images, labels, masks
 
     r_logits, cache = ref.vit_forward(params, images, cfg, masks)
     r_loss, r_c_loss = ref.cross_entropy_forward(r_logits, labels, smoothing)
-    grads, r_dimages = ref.vit_backward(ref.cross_entropy_backward(r_c_loss), cache, params, cfg)
+    grads, r_dimages = ref.vit_backward(ref.cross_entropy_backward(r_c_loss), cache, params)
 
     assert_close(r_logits, logits, "logits")
     assert_close(r_loss, loss, "loss")
@@ -358,7 +358,7 @@ def test_same_parameters_after_three_adamw_steps(decay_convention, epsilon_conve
         model.backward(cross_entropy_backward(cross_entropy_forward(logits, labels)[1]))
         r_logits, cache = ref.vit_forward(params, images, cfg)
         grads, _ = ref.vit_backward(ref.cross_entropy_backward(ref.cross_entropy_forward(r_logits, labels)[1]),
-                                    cache, params, cfg)
+                                    cache, params)
         zero_key_bias_grads(cfg, model.grads)
         zero_key_bias_grads(cfg, grads)
         norm = opt.step(model.grads)
@@ -397,7 +397,7 @@ def test_attention_element_by_element(rng) -> None:
     x = arr(rng, 2, tokens, dim)
     w_qkv, b_qkv = arr(rng, dim, 3 * heads * d), arr(rng, 3 * heads * d)
     w_proj, b_proj = arr(rng, heads * d, dim), arr(rng, dim)
-    y, _ = ref.attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, heads)
+    y, _, _ = ref.attention_forward(x, w_qkv, b_qkv, w_proj, b_proj, heads)
     expected = np.empty_like(y)
     for b in range(2):
         qkv = x[b] @ w_qkv + b_qkv
@@ -427,7 +427,7 @@ def test_dropout_sites_and_keep_probability() -> None:
     ref.vit_forward(params, np.zeros((2, 8, 8, 3)), cfg, fixed_masks(0, store))
     assert sorted(store) == sorted(mask_sites(cfg))
     assert store["blocks.1.drop_path1"].shape == store["blocks.1.drop_path2"].shape == (2, 1, 1)
-    y, _ = ref.dropout_forward(np.ones(4), np.array([True, False, True, True]), 0.1)
+    y, _ = ref.dropout_forward(np.ones(4), 0.1, mask=np.array([True, False, True, True]))
     assert np.array_equal(y, np.array([1, 0, 1, 1]) / (1 - 6554 / 65536))
     keep = ref.keyed_masks(0)("x", (200, 1000), 0.25)
     assert abs(keep.mean() - 0.75) < 0.005

@@ -35,8 +35,16 @@ Use in a test module::
 ``with host_syncs.recording():`` records instead of raising; ``host_syncs.sites`` then names each line that
 synchronised. ``to_fake``/``from_fake`` move test data in and out without being counted.
 
-``cupy.fuse`` is an identity decorator (the function runs op by op). ``cupy.ElementwiseKernel`` cannot run
-CUDA C: call ``emulate_kernel(name, function)`` to give the kernel of that name a NumPy implementation.
+Functions that CuPy 14's own source makes wait for the device before launching are syncs too: ``bincount``
+(``(x < 0).any()`` and ``int(cupy.max(x))``), ``histogram``, ``nonzero``, ``flatnonzero``, ``argwhere``,
+``unique``; so is printing an array (``repr``, ``str``, ``format``).
+
+``LAUNCHES`` counts the kernels a GPU would run (``LAUNCHES.counts`` by kind: elementwise, reduction, matmul,
+copy, kernel; ``LAUNCHES.total``); views launch nothing; ``LAUNCHES.sites = {}`` also records where.
+``cupy.fuse`` runs the function op by op, counted as one kernel. ``cupy.ElementwiseKernel`` and
+``cupy.RawKernel`` cannot run CUDA C: call ``emulate_kernel(name, function)`` to give the kernel of that name a
+NumPy implementation (one launch per call). ``cupy.cuda.nccl`` is one rank of CuPy 14's binding: its
+``NcclCommunicator`` takes the unique id as ``bytes`` only, as CuPy 14 does.
 TF32 switches (``cupy._core.set_compute_type``, ``cupy.cuda.cublas.setMathMode``) are recorded in
 ``fake.tf32_calls`` and modelled: float32 matrix products round their inputs to TF32 where CuPy's would --
 2-D products when the compute type is TF32, batched (ndim > 2) ones when the cuBLAS math mode is.
@@ -112,6 +120,78 @@ class HostSyncs:
 
 
 SYNCS = HostSyncs()
+
+
+@dataclass
+class Launches:
+    """Kernels the fake device would run, by kind, since the last ``reset()``: every elementwise operation,
+    reduction, matrix product and copy on device arrays, every random draw, and every fused function,
+    ElementwiseKernel or RawKernel call (one each, whatever runs inside). Views (reshape, transpose, basic
+    slicing) launch nothing. What a GPU's launch queue would hold, the cost that paces a step from Python."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    depth: int = 0  # > 0 inside a fused function or kernel emulation: its operations are one launch
+    sites: dict[str, int] | None = None  # "file:line function" -> launches there, when tracing
+
+    def reset(self) -> None:
+        self.counts.clear()
+        if self.sites is not None:
+            self.sites.clear()
+
+    def launch(self, kind: str) -> None:
+        if self.depth == 0:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            if self.sites is not None:
+                frame = next(f for f in reversed(traceback.extract_stack()[:-1])
+                             if not f.filename.startswith(THIS_FILE))
+                key = f"{frame.filename.rsplit('/npvit/', 1)[-1]}:{frame.lineno} {frame.name}"
+                self.sites[key] = self.sites.get(key, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @contextlib.contextmanager
+    def one_kernel(self) -> Iterator[None]:
+        """Everything inside counts as the single launch counted before entering."""
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+
+LAUNCHES = Launches()
+
+_REDUCTIONS = {"sum", "mean", "max", "min", "argmax", "argmin", "all", "any", "prod", "var", "std", "cumsum",
+               "count_nonzero", "sort", "argsort", "allclose", "array_equal", "nonzero", "unique"}
+_MATMULS = {"matmul", "dot", "tensordot", "einsum"}
+_COPIES = {"concatenate", "stack", "ascontiguousarray", "copyto", "take", "take_along_axis", "pad", "tile",
+           "repeat"}
+_VIEWS = {"broadcast_to", "expand_dims", "moveaxis", "reshape", "ravel", "squeeze", "swapaxes", "transpose",
+          "flip", "empty", "empty_like"}
+_KERNELS = {"bincount", "histogram", "scatter_add", "searchsorted", "map_coordinates", "affine_transform"}
+# What CuPy 14's own source reads on the host before it can launch (cupy/_statistics/histogram.py,
+# cupy/_indexing/indexing.py, cupy/_manipulation/add_remove.py, cupy/_sorting/search.py).
+_WAITS = {
+    "bincount": ("bincount's (x < 0).any() check", "bincount's int(cupy.max(x)) size"),
+    "histogram": ("histogram's bin edges and range (min and max) on the host",),
+    "nonzero": ("nonzero() (a data-dependent size)",),
+    "flatnonzero": ("flatnonzero() (a data-dependent size)",),
+    "argwhere": ("argwhere() (a data-dependent size)",),
+    "unique": ("unique() (a data-dependent size)",),
+}
+
+
+def _kind(name: str) -> str | None:
+    """The kind of launch CuPy's function ``name`` makes (None: a view or an allocation, no kernel)."""
+    if name in _VIEWS:
+        return None
+    for kind, names in (("reduction", _REDUCTIONS), ("matmul", _MATMULS), ("copy", _COPIES),
+                        ("kernel", _KERNELS)):
+        if name in names:
+            return kind
+    return "elementwise"
 _SCALARS = (bool, int, float, complex, numpy.generic)
 
 
@@ -172,11 +252,12 @@ def _product(fn: Callable, batched: bool | None = None) -> Callable:
     return product
 
 
-def _binary(op: Callable, reflected: bool = False) -> Callable:
+def _binary(op: Callable, reflected: bool = False, kind: str = "elementwise") -> Callable:
     def method(self: "ndarray", other: Any) -> Any:
         b = _operand(other)
         if b is NotImplemented:
             return NotImplemented
+        LAUNCHES.launch(kind)
         return _wrap(op(b, self._a) if reflected else op(self._a, b))
     return method
 
@@ -186,6 +267,7 @@ def _inplace(op: Callable) -> Callable:
         b = _operand(other)
         if b is NotImplemented:
             return NotImplemented
+        LAUNCHES.launch("elementwise")
         op(self._a, b, out=self._a, casting="same_kind")
         return self
     return method
@@ -233,6 +315,7 @@ class ndarray:  # noqa: N801 -- CuPy's name
     flags = property(lambda self: self._a.flags)
     T = property(lambda self: ndarray._of(self._a.T))
     base = property(lambda self: None if self._a.base is None else ndarray._of(self._a.base))
+    data = property(lambda self: types.SimpleNamespace(ptr=self._a.ctypes.data))  # a MemoryPointer's .ptr
 
     def __len__(self) -> int:
         return len(self._a)
@@ -279,10 +362,20 @@ class ndarray:  # noqa: N801 -- CuPy's name
         SYNCS.gets += 1
         return numpy.array(self._a, order=order)
 
-    def __repr__(self) -> str:  # reading the values would sync: show what is known on the host
+    def __repr__(self) -> str:  # CuPy's repr and str print the values: a copy to the host
+        SYNCS.sync("printing")
         return f"fakecupy.ndarray(shape={self.shape}, dtype={self.dtype})"
 
     __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        SYNCS.sync("formatting")
+        return format(self._a, spec)
+
+    def nonzero(self) -> tuple["ndarray", ...]:
+        SYNCS.sync("nonzero() (a data-dependent size)")
+        LAUNCHES.launch("reduction")
+        return _wrap(self._a.nonzero())
 
     # -- indexing
     def __getitem__(self, key: Any) -> "ndarray":
@@ -290,6 +383,8 @@ class ndarray:  # noqa: N801 -- CuPy's name
         for k in idx if isinstance(idx, tuple) else (idx,):
             if isinstance(k, numpy.ndarray) and k.dtype == bool:
                 SYNCS.sync("boolean-mask indexing (a data-dependent size)")
+        if any(isinstance(k, numpy.ndarray) for k in (idx if isinstance(idx, tuple) else (idx,))):
+            LAUNCHES.launch("copy")  # a gather
         result = self._a[idx]
         if isinstance(result, numpy.generic):  # a full integer index: CuPy gives a 0-d view
             result = self._a[(idx if isinstance(idx, tuple) else (idx,)) + (Ellipsis,)]
@@ -298,11 +393,15 @@ class ndarray:  # noqa: N801 -- CuPy's name
     def __setitem__(self, key: Any, value: Any) -> None:
         if isinstance(value, numpy.ndarray) or isinstance(value, (list, tuple)):
             raise TypeError("CuPy refuses assignment from host arrays (cupy gh-2079): cupy.asarray() it first")
+        LAUNCHES.launch("copy")
         self._a[_index(key)] = _operand(value)
 
     # -- methods (CuPy's ndarray has each of these; results are device arrays)
     def reshape(self, *shape: Any, order: str = "C") -> "ndarray":
-        return ndarray._of(self._a.reshape(*shape, order=order))
+        result = self._a.reshape(*shape, order=order)
+        if result.size and not numpy.shares_memory(result, self._a):
+            LAUNCHES.launch("copy")  # a non-contiguous array reshaped: CuPy copies it first
+        return ndarray._of(result)
 
     def transpose(self, *axes: Any) -> "ndarray":
         return ndarray._of(self._a.transpose(*axes))
@@ -312,44 +411,55 @@ class ndarray:  # noqa: N801 -- CuPy's name
 
     def astype(self, dtype: Any, order: str = "K", casting: Any = None, subok: Any = None,
                copy: bool = True) -> "ndarray":
+        if copy or numpy.dtype(dtype) != self._a.dtype:
+            LAUNCHES.launch("copy")
         return ndarray._of(self._a.astype(dtype, order=order, copy=copy))
 
     def copy(self, order: str = "C") -> "ndarray":
+        LAUNCHES.launch("copy")
         return ndarray._of(self._a.copy(order=order))
 
     def view(self, dtype: Any = None) -> "ndarray":
         return ndarray._of(self._a.view() if dtype is None else self._a.view(dtype))
 
     def ravel(self, order: str = "C") -> "ndarray":
-        return ndarray._of(self._a.ravel(order=order))
+        return self.reshape(-1, order=order)
 
     def fill(self, value: Any) -> None:
+        LAUNCHES.launch("elementwise")
         self._a.fill(_operand(value))
 
     def squeeze(self, axis: Any = None) -> "ndarray":
         return ndarray._of(self._a.squeeze(axis=axis))
 
     def __matmul__(self, other: Any) -> Any:
-        return _binary(_product(numpy.matmul))(self, other)
+        return _binary(_product(numpy.matmul), kind="matmul")(self, other)
 
     def __rmatmul__(self, other: Any) -> Any:
-        return _binary(_product(numpy.matmul), reflected=True)(self, other)
+        return _binary(_product(numpy.matmul), reflected=True, kind="matmul")(self, other)
 
     def __neg__(self) -> "ndarray":
+        LAUNCHES.launch("elementwise")
         return ndarray._of(-self._a)
 
     def __pos__(self) -> "ndarray":
+        LAUNCHES.launch("elementwise")
         return ndarray._of(+self._a)
 
     def __abs__(self) -> "ndarray":
+        LAUNCHES.launch("elementwise")
         return ndarray._of(abs(self._a))
 
     def __invert__(self) -> "ndarray":
+        LAUNCHES.launch("elementwise")
         return ndarray._of(~self._a)
 
 
 def _reduction(name: str) -> Callable:
+    kind = _kind(name)
+
     def method(self: ndarray, *args: Any, **kwargs: Any) -> Any:
+        LAUNCHES.launch(kind)
         kwargs = {k: _unwrap(v) for k, v in kwargs.items()}
         return _wrap(getattr(self._a, name)(*_unwrap(args), **kwargs))
     method.__name__ = name
@@ -381,7 +491,15 @@ ndarray.__hash__ = None  # type: ignore[assignment]  # arrays with __eq__ are un
 # --------------------------------------------------------------------------------------------- functions
 def _device_function(fn: Callable, name: str) -> Callable:
     """``fn`` (a NumPy function) taking and returning device arrays; ``out=`` (a device array) is honoured."""
+    kind = _kind(name)
+    waits = _WAITS.get(name)
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if waits:
+            for what in waits:
+                SYNCS.sync(what)
+        if kind:
+            LAUNCHES.launch(kind)
         out = kwargs.get("out")
         kwargs = {k: _unwrap(v) for k, v in kwargs.items()}
         result = fn(*_unwrap(args), **kwargs)
@@ -418,10 +536,20 @@ def _get_array_module(*args: Any) -> types.ModuleType:
 
 
 def _fuse(*args: Any, **kwargs: Any) -> Callable:
-    """cupy.fuse as a decorator with or without arguments; here the function runs op by op."""
+    """cupy.fuse as a decorator with or without arguments; here the function runs op by op, counted as the
+    one kernel CuPy compiles it into."""
+    def decorate(fn: Callable) -> Callable:
+        def fused(*a: Any, **k: Any) -> Any:
+            LAUNCHES.launch("kernel")
+            with LAUNCHES.one_kernel():
+                return fn(*a, **k)
+        fused.__name__ = getattr(fn, "__name__", "fused")
+        fused.__wrapped__ = fn  # type: ignore[attr-defined]
+        return fused
+
     if len(args) == 1 and callable(args[0]) and not kwargs:
-        return args[0]
-    return lambda fn: fn
+        return decorate(args[0])
+    return decorate
 
 
 _EMULATIONS: dict[str, Callable] = {}
@@ -443,7 +571,25 @@ class ElementwiseKernel:
         if self.name not in _EMULATIONS:
             raise NotImplementedError(f"fakecupy cannot run the CUDA C of ElementwiseKernel {self.name!r}; "
                                       "register a NumPy emulation with fakecupy.emulate_kernel()")
-        return _wrap(_EMULATIONS[self.name](*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+        LAUNCHES.launch("kernel")
+        with LAUNCHES.one_kernel():
+            return _wrap(_EMULATIONS[self.name](*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+
+
+class RawKernel:
+    """CuPy's RawKernel: ``kernel(grid, block, args)`` runs the NumPy emulation registered under its name,
+    given the NumPy arrays behind ``args`` (outputs written in place), counted as one launch."""
+
+    def __init__(self, code: str, name: str, options: tuple = (), **kwargs: Any) -> None:
+        self.code, self.name, self.options = code, name, options
+
+    def __call__(self, grid: Any, block: Any, args: tuple, **kwargs: Any) -> None:
+        if self.name not in _EMULATIONS:
+            raise NotImplementedError(f"fakecupy cannot run the CUDA C of RawKernel {self.name!r}; register a "
+                                      "NumPy emulation with fakecupy.emulate_kernel()")
+        LAUNCHES.launch("kernel")
+        with LAUNCHES.one_kernel():
+            _EMULATIONS[self.name](*_unwrap(tuple(args)))
 
 
 # NumPy functions CuPy 14 offers under the same name and semantics (each checked against CuPy 14.2's namespace).
@@ -458,6 +604,7 @@ FUNCTIONS = (
     "rint", "round", "sign", "sin", "sort", "sqrt", "square", "stack", "std", "subtract",
     "sum", "swapaxes", "take", "take_along_axis", "tanh", "tensordot", "tile", "transpose", "true_divide",
     "var", "where", "zeros", "zeros_like", "flip", "squeeze", "isclose", "allclose", "array_equal",
+    "histogram", "nonzero", "flatnonzero", "argwhere", "unique", "searchsorted", "cbrt",
 )
 # NumPy objects CuPy re-exports as they are (dtypes, dtype helpers, constants).
 NUMPY_NAMES = (
@@ -469,6 +616,8 @@ NUMPY_NAMES = (
 
 
 class _Stream:
+    ptr = 0  # the legacy default stream
+
     def synchronize(self) -> None:
         SYNCS.synchronizes += 1
 
@@ -501,6 +650,12 @@ class _MemoryPool:
     def total_bytes(self) -> int:
         return 0
 
+    def free_bytes(self) -> int:
+        return 0
+
+    def set_limit(self, size: int = 0, fraction: float = 0.0) -> None:
+        pass
+
     def free_all_blocks(self) -> None:
         pass
 
@@ -514,6 +669,7 @@ class _Generator:
 
     def random(self, size: Any = None, dtype: Any = numpy.float64, out: Any = None) -> ndarray:
         dtype = numpy.dtype(dtype)
+        LAUNCHES.launch("kernel")
         values = self._numpy.random(() if size is None else size, dtype=numpy.float64 if dtype.char == "d"
                                     else numpy.float32)
         result = ndarray._of(numpy.asarray(values).astype(dtype, copy=False))
@@ -531,10 +687,12 @@ class _Generator:
 
     def integers(self, low: int, high: int | None = None, size: Any = None, dtype: Any = numpy.int64,
                  endpoint: bool = False) -> ndarray:
+        LAUNCHES.launch("kernel")
         values = self._numpy.integers(low, high, size=size, dtype=dtype, endpoint=endpoint)
         return ndarray._of(numpy.asarray(values))
 
     def standard_normal(self, size: Any = None, dtype: Any = numpy.float64) -> ndarray:
+        LAUNCHES.launch("kernel")
         return ndarray._of(numpy.asarray(self._numpy.standard_normal(size, dtype=dtype)))
 
     def beta(self, a: Any, b: Any, size: Any = None, dtype: Any = numpy.float64) -> ndarray:
@@ -545,6 +703,7 @@ class _Generator:
             if not isinstance(value, ndarray) and type(value) not in (float, int):
                 raise TypeError("a is required to be a cupy.ndarray or a scalar")
             shapes.append(_asarray(value, numpy.float64)._a)
+        LAUNCHES.launch("kernel")
         values = self._numpy.beta(*shapes, size=size)
         return ndarray._of(numpy.asarray(values).astype(dtype, copy=False))
 
@@ -570,6 +729,7 @@ class FakeCupy:
     """Settings and records of the installed fake (``fake.syncs``, ``fake.tf32_calls``, ...)."""
 
     syncs: HostSyncs = field(default_factory=lambda: SYNCS)
+    launches: Launches = field(default_factory=lambda: LAUNCHES)
     device_count: int = 1
     compute_capability: str = "90"
     tf32_calls: list[tuple[str, Any]] = field(default_factory=list)
@@ -601,6 +761,7 @@ def _build_modules() -> dict[str, types.ModuleType]:
     cp.get_array_module = _get_array_module
     cp.fuse = _fuse
     cp.ElementwiseKernel = ElementwiseKernel
+    cp.RawKernel = RawKernel
     cp.get_default_memory_pool = lambda: _MemoryPool()
     cp.get_default_pinned_memory_pool = lambda: _MemoryPool()
 
@@ -624,6 +785,7 @@ def _build_modules() -> dict[str, types.ModuleType]:
         "name": b"fakecupy CPU device", "totalGlobalMem": 80 << 30, "multiProcessorCount": 132,
         "major": int(FAKE.compute_capability[:-1]), "minor": int(FAKE.compute_capability[-1])}
     runtime.is_hip = False
+    runtime.memGetInfo = lambda: (64 << 30, 80 << 30)  # (free, total) bytes of the current device
     cuda.runtime = runtime
     device = types.ModuleType("cupy.cuda.device")
     device.get_cublas_handle = lambda: 1
@@ -640,6 +802,33 @@ def _build_modules() -> dict[str, types.ModuleType]:
     cuda.cublas = cublas
     cp.cuda = cuda
 
+    nccl = types.ModuleType("cupy.cuda.nccl")  # CuPy 14's binding (cupy_backends/cuda/libs/nccl.pyx), one rank
+    nccl.available = True
+    nccl.NCCL_FLOAT16, nccl.NCCL_FLOAT32, nccl.NCCL_FLOAT64, nccl.NCCL_SUM = 6, 7, 8, 0
+    nccl.get_version = lambda: 22707
+    nccl.get_unique_id = lambda: bytes(numpy.random.default_rng().integers(0, 256, 128, dtype=numpy.uint8))
+
+    class NcclCommunicator:
+        """``NcclCommunicator(int ndev, bytes commId, int rank)``: a tuple id is a TypeError, as in CuPy 14."""
+
+        def __init__(self, ndev: int, commId: bytes, rank: int) -> None:  # noqa: N803 -- CuPy's name
+            if not isinstance(commId, bytes):
+                raise TypeError(f"Argument 'commId' has incorrect type (expected bytes, got {type(commId).__name__})")
+            if len(commId) != 128:
+                raise ValueError(f"commId length {len(commId)} != 128.")
+            if ndev != 1 or rank != 0:
+                raise NotImplementedError("fakecupy's NCCL has one rank")
+
+        def allReduce(self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int,  # noqa: N802
+                      stream: int) -> None:
+            LAUNCHES.launch("kernel")  # one rank: the sum is the buffer itself
+
+        def abort(self) -> None:
+            pass
+
+    nccl.NcclCommunicator = NcclCommunicator
+    cuda.nccl = nccl
+
     core = types.ModuleType("cupy._core")
     linalg = types.ModuleType("cupy._core._routines_linalg")
     linalg.COMPUTE_TYPE_DEFAULT, linalg.COMPUTE_TYPE_TF32 = 1, 7  # _routines_linalg.pxd
@@ -654,6 +843,13 @@ def _build_modules() -> dict[str, types.ModuleType]:
     cp._core = core
 
     cupyx = types.ModuleType("cupyx")
+
+    def scatter_add(a: ndarray, slices: Any, value: Any) -> None:
+        """cupyx.scatter_add: an atomic add per element, one kernel, no host read."""
+        LAUNCHES.launch("kernel")
+        numpy.add.at(a._a, _index(slices), _operand(value))
+
+    cupyx.scatter_add = scatter_add
     scipy_mod = types.ModuleType("cupyx.scipy")
     special = types.ModuleType("cupyx.scipy.special")
     for name in ("erf", "erfc", "ndtr", "log_ndtr"):
@@ -663,7 +859,7 @@ def _build_modules() -> dict[str, types.ModuleType]:
         setattr(ndimage, name, _device_function(getattr(scipy.ndimage, name), name))
     scipy_mod.special, scipy_mod.ndimage = special, ndimage
     cupyx.scipy = scipy_mod
-    modules = (cp, random, cuda, runtime, device, cublas, core, linalg, cupyx, scipy_mod, special, ndimage)
+    modules = (cp, random, cuda, runtime, device, cublas, nccl, core, linalg, cupyx, scipy_mod, special, ndimage)
     return dict(zip(_module_names(), modules))
 
 
@@ -672,6 +868,7 @@ _SAVED: list[tuple[dict[str, Any], Any, dict[str, types.ModuleType], bool]] = []
 
 def _module_names() -> list[str]:
     return ["cupy", "cupy.random", "cupy.cuda", "cupy.cuda.runtime", "cupy.cuda.device", "cupy.cuda.cublas",
+            "cupy.cuda.nccl",
             "cupy._core", "cupy._core._routines_linalg", "cupyx", "cupyx.scipy", "cupyx.scipy.special",
             "cupyx.scipy.ndimage"]
 
@@ -689,6 +886,8 @@ def install() -> FakeCupy:
     FAKE.device_count, FAKE.compute_capability, FAKE.compute_type, FAKE.math_mode = 1, "90", 0, 0
     SYNCS.strict = True
     SYNCS.reset()
+    LAUNCHES.reset()
+    LAUNCHES.depth = 0
     sys.modules.update(FAKE.modules)
     return FAKE
 
