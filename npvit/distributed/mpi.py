@@ -146,6 +146,9 @@ class MPICommunicator:
     def abort(self, status: int = 1) -> NoReturn:
         sys.stdout.flush()
         sys.stderr.flush()
+        # MPI_Abort has the launcher end every process at once, the forwarders of their output included: a
+        # moment first, so that the message just printed reaches the terminal (under load it was lost).
+        time.sleep(0.3)
         self._comm.Abort(status)
         # MPICH's MPI_Abort may return once it has told mpiexec, which then ends every process: end this one
         # now, without Python's exit handlers (mpi4py's would call MPI_Finalize and wait for the others).
