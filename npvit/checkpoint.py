@@ -118,6 +118,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         disk_size = path.stat().st_size
         with zipfile.ZipFile(path) as zf:
             arrays = {}
+            names = zf.namelist()
+            if len(names) != len(set(names)):
+                twice = sorted({n for n in names if names.count(n) > 1})
+                raise CheckpointError(f"{path} holds member {twice[0]!r} more than once (a zip written by hand "
+                                      "or appended to); which copy counts is ambiguous, so it is refused. Use "
+                                      "another checkpoint.")
             for info in zf.infolist():
                 if not info.filename.endswith(".npy"):
                     raise CheckpointError(f"{path} is not an npvit checkpoint: it holds {info.filename!r}, which "
@@ -233,6 +239,18 @@ def _short(exc: ValueError) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def check_array_dtypes(arrays: dict[str, np.ndarray], dtype: str, what: str, source: str | os.PathLike) -> None:
+    """Every array of ``arrays`` has ``dtype`` (the checkpoint's, float32 or float64), or CheckpointError.
+
+    What --resume and every loader check: an integer or bool parameter would be cast to a model of zeros, and
+    a float16 or float64 one silently rounded or widened."""
+    wrong = sorted(k for k, a in arrays.items() if a.dtype != np.dtype(dtype))
+    if wrong:
+        raise CheckpointError(f"{source}: {what} {wrong[0]} is {arrays[wrong[0]].dtype}, not {dtype} as the "
+                              f"checkpoint's dtype says{f' ({len(wrong)} arrays in all)' if len(wrong) > 1 else ''}; "
+                              "it was edited or not written by npvit.train. Use another checkpoint.")
+
+
 def check_model_meta(ckpt: Checkpoint, source: str | os.PathLike) -> ModelMeta:
     """Validate what a model is rebuilt from (config, dtype, normalization, class names, run settings, and
     that the stored parameters are floats as many as the config describes); :class:`CheckpointError`
@@ -278,9 +296,7 @@ def check_model_meta(ckpt: Checkpoint, source: str | os.PathLike) -> ModelMeta:
         raise bad(f"its class_names must be {config.num_classes} strings, got {str(names)[:60]}")
     run = check_run_settings(meta.get("run", {}), source)
 
-    floats = [k for k, v in ckpt.params.items() if v.dtype.kind != "f"]
-    if floats:
-        raise bad(f"parameter {floats[0]} is {ckpt.params[floats[0]].dtype}, not a float array")
+    check_array_dtypes(ckpt.params, dtype, "parameter", source)
     stored, expected = sum(int(v.size) for v in ckpt.params.values()), config.num_params()
     if stored != expected:
         raise bad(f"its model config describes {expected:,} parameters but it holds {stored:,}")

@@ -41,18 +41,20 @@ def top_k(probs: np.ndarray, class_names: list[str], k: int) -> list[list[dict[s
 
 
 def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, backend: str = "numpy",
-                  fit: str = "crop", flip: bool | None = None, arch: str | None = None) -> list[dict[str, Any]]:
+                  fit: str = "crop", flip: bool | None = None, arch: str | None = None,
+                  max_pixels: int | None = None) -> list[dict[str, Any]]:
     """[{file, predictions: [{class, probability}, ...]}] for image files and folders, in the order given.
     ``flip``: test-time flip (``npvit.evaluate.inference_logits``); None: as the run that wrote the checkpoint.
     ``arch``: the timm architecture of a timm or Google ``checkpoint`` file."""
     from .evaluate import inference_logits
     from .visualize.extras import pillow_image
-    from .visualize.inputs import image_files, load_model, model_image, probabilities
+    from .visualize.inputs import MAX_PIXELS, image_files, load_model, model_image, probabilities
 
     pillow_image("npvit.predict", needs="Pillow")  # before anything slow: a missing extra is one message
     files = image_files(list(paths))
     loaded = load_model(checkpoint, backend, arch)
-    images = [model_image(loaded, f, fit) for f in files]  # every file readable, or stop
+    limit = max_pixels or MAX_PIXELS
+    images = [model_image(loaded, f, fit, limit) for f in files]  # every file readable, or stop
     flip = loaded.eval_flip if flip is None else flip
     results = []
     for start in range(0, len(images), BATCH):
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image (default 5)")
     parser.add_argument("--fit", choices=FITS, default="crop",
                         help="non-square images: centre crop (default) or stretch to a square")
+    parser.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                        help="refuse images of more pixels than this (default 64000000), before decoding them")
     parser.add_argument("--backend", choices=BACKEND_NAMES, default="numpy")
     parser.add_argument("--eval-flip", action=argparse.BooleanOptionalAction, default=None,
                         help="predict from the mean of the logits of each image and its mirror image (test-time "
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _predict_command(args: argparse.Namespace) -> int:
     results = predict_files(args.checkpoint, args.images, args.top_k, args.backend, args.fit, args.eval_flip,
-                            args.arch)
+                            args.arch, args.max_pixels)
     if not args.json:
         print(format_results(results))
         return 0

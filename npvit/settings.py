@@ -99,8 +99,8 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="DIR", nullable=True),
     Setting("label_mode", "fine", "CIFAR-100 labels: fine (100 classes) or coarse (20)", "data", "str",
             choices=LABEL_MODES),
-    Setting("download", True, "download the dataset when no copy is found (else stop with an error)", "data",
-            "bool"),
+    Setting("download", True, "download the dataset when no copy is found (else stop with an error)", "data", "bool"),
+    Setting("allow_different_data", False, "resume on data other than the run recorded (else refused)", "data", "bool"),
     Setting("synthetic_size", (1000, 200), "synthetic train,test image counts", "data", "ints", int_list,
             metavar="TRAIN,TEST"),
     Setting("synthetic_image_size", 32, "synthetic image side", "data", "int", positive_int, metavar="N"),
@@ -213,8 +213,8 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 DEFAULTS: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
 """Every setting of a run with its default. Model settings left as None come from the preset."""
-RESUMABLE = frozenset({"data_dir", "cache_dir", "download", "backend", "threads", "eval_batch_size", "quiet",
-                       "epochs", "max_steps", "save_every", "tensorboard"})
+RESUMABLE = frozenset({"data_dir", "cache_dir", "download", "allow_different_data", "backend", "threads",
+                       "eval_batch_size", "quiet", "epochs", "max_steps", "save_every", "tensorboard"})
 """What may differ when a run is resumed: where things are, how it runs, and how long it goes on."""
 
 

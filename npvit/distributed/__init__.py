@@ -14,10 +14,12 @@ The pieces, one concept per module:
     connect        connect(), for_backend() and gradient_path(): the communicator a run uses, in words
     split          each rank's part of a batch, and the smallest global batch
     node           processes sharing a node: threads per process, downloads one node at a time
+    agreement      the ranks compare settings, step, weights and data before training together
     faults         one rank's failure stops every rank (MPI_Abort), naming the rank
     watchdog       a time limit on waiting for peers, for launchers that leave survivors waiting
 """
 
+from .agreement import RanksDisagree, agree, digest
 from .communicator import Communicator, SingleProcess
 from .connect import connect, for_backend, gradient_path
 from .errors import DistributedError, MPIUnavailableError
@@ -30,10 +32,13 @@ __all__ = [
     "Communicator",
     "DistributedError",
     "Launch",
+    "RanksDisagree",
     "MPIUnavailableError",
     "SingleProcess",
+    "agree",
     "check_batch_size",
     "connect",
+    "digest",
     "detect_launch",
     "fail",
     "for_backend",

@@ -12,8 +12,10 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Mapping
 
+from ..cli.status import BAD_INPUT
 from .communicator import Communicator, SingleProcess
 from .errors import DistributedError, MPIUnavailableError
+from .faults import fail
 from .launch import detect_launch
 from .nccl import NCCLCommunicator, load_nccl, select_device
 from .watchdog import timeout_from_environment
@@ -34,6 +36,8 @@ def connect(environ: Mapping[str, str] | None = None, timeout: float | None = No
     Raises:
         MPIUnavailableError: started as several processes, but mpi4py is missing or cannot load its MPI.
         DistributedError: the launcher and MPI disagree on the number of processes.
+
+    A bad ``$NPVIT_COLLECTIVE_TIMEOUT`` is found once MPI is up: the whole job stops (status 2), naming the rank.
     """
     launch = detect_launch(environ)
     if launch is None or launch.size == 1:
@@ -45,9 +49,15 @@ def connect(environ: Mapping[str, str] | None = None, timeout: float | None = No
         raise MPIUnavailableError(f"{where}, but mpi4py is not installed ({exc}); {INSTALL_HINT}") from exc
     except RuntimeError as exc:  # mpi4py is there but cannot load or start its MPI library
         raise MPIUnavailableError(f"{where}, but mpi4py cannot start MPI ({exc}); {INSTALL_HINT}") from exc
+    bad_setting = None
     if timeout is None:
-        timeout = timeout_from_environment(environ)  # type: ignore[arg-type]
+        try:
+            timeout = timeout_from_environment(environ)  # type: ignore[arg-type]
+        except ValueError as exc:
+            bad_setting, timeout = str(exc), None
     comm = MPICommunicator(timeout=timeout)
+    if bad_setting is not None:  # found on every rank, or only on some: connected now, so stop them all
+        fail(comm, f"error: {bad_setting}", BAD_INPUT)
     if comm.size != launch.size:
         raise DistributedError(
             f"{launch.launcher} started {launch.size} processes, but MPI counts {comm.size}: mpi4py was built "

@@ -41,7 +41,8 @@ def stop_all_on_error(comm: Communicator) -> Iterator[None]:
         if comm.size == 1 or exc.code in (0, None):
             raise
         status = exc.code if isinstance(exc.code, int) else 1
-        fail(comm, f"exited with status {status}", status)
+        fail(comm, f"exited with status {status}" + (" (bad flags: see the usage message above)"
+                                                       if status == 2 else ""), status)
     except BaseException as exc:
         if comm.size == 1:
             raise

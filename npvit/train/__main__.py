@@ -2,6 +2,9 @@
 
 import sys
 
-from .command import main
+try:
+    from .command import main
+except KeyboardInterrupt:  # Ctrl-C while the program is still importing: nothing started, nothing to save
+    sys.exit(130)
 
 sys.exit(main())

@@ -19,7 +19,9 @@ written is then left as it was).
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -58,8 +60,8 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
     run (default: this process alone).
     """
     run = Trainer(dict(settings), comm or SingleProcess(), StopSignals(), on_step,
-              recorded_model=resumed.get("model") if resumed is not None else None)
-    with run.signals, run.folder, closing_tensorboard(run):
+              recorded_model=resumed.get("model") if resumed is not None else None, recorded=resumed)
+    with run.signals, run.folder, closing_tensorboard(run), quiet_float_warnings():
         try:
             run.setup(resumed is not None)
             run.say(f"npvit: {run.data.name}, {len(run.x_train)} train / {len(run.x_val)} validation / "
@@ -85,6 +87,10 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
             return FAILED
         except MemoryError:
             raise OutOfMemory(out_of_memory_advice(run)) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UsageError(disk_full_advice(run, exc)) from None
+            raise
         try:
             return final_test(run)
         except (KeyboardInterrupt, Terminated) as exc:
@@ -96,6 +102,16 @@ def train(settings: dict[str, Any], resumed: dict[str, Any] | None = None,
 
 
 @contextmanager
+def quiet_float_warnings() -> Iterator[None]:
+    """NumPy's overflow and invalid-value warnings off: the loop finds every non-finite loss, gradient or
+    parameter itself and stops with one message saying what to change; the warnings would only precede it
+    with source lines. (A filter, not np.errstate, which holds for the calling thread alone.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning)
+        yield
+
+
+@contextmanager
 def closing_tensorboard(run: Trainer) -> Iterator[None]:
     """Close the run's event files however training ends (they are flushed at every epoch)."""
     try:
@@ -103,6 +119,20 @@ def closing_tensorboard(run: Trainer) -> Iterator[None]:
     finally:
         if run.tensorboard is not None:
             run.tensorboard.close()
+
+
+def disk_full_advice(run: Trainer, exc: OSError) -> str:
+    """Which disk is full, what is safe, and how to go on."""
+    last = f"the last good checkpoint is {run.last_good}" if run.last_good else "no checkpoint was written"
+    if run.last_good:
+        go_on = f"--resume {run.folder.path} continues from it"
+    elif run.folder.config.exists():
+        go_on = f"--resume {run.folder.path} starts the run over"
+    else:
+        go_on = "start the run again"
+    return (f"{exc.strerror or 'no space left'} while {run.phase} in {run.folder.path}"
+            + (f" ({exc.filename})" if exc.filename else "")
+            + f"; {last} (nothing half-written replaces a file). Free space on that disk, then {go_on}")
 
 
 def out_of_memory_advice(run: Trainer) -> str:
@@ -125,18 +155,20 @@ def out_of_memory_advice(run: Trainer) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    given = vars(parser.parse_args(argv))
+    """The training program. On several processes, everything after connecting (the flags and their checks
+    included) runs inside the fault handling that stops every rank, so no rank can fail alone and leave the
+    others waiting for it."""
     try:
         comm = distributed.connect()  # this process alone, unless mpiexec or srun started several
     except distributed.DistributedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return BAD_INPUT
     with distributed.stop_all_on_error(comm):
-        status, message = _train_command(given, comm)
-        if message is not None and comm.size > 1:
+        given = vars(build_parser().parse_args(argv))  # a bad flag exits with status 2, on every rank
+        status, message, everywhere = _train_command(given, comm)
+        if message is not None and comm.size > 1 and not everywhere:
             distributed.fail(comm, message.strip(), status)  # it may have happened on this rank alone
-        if message is not None:
+        if message is not None and comm.rank == 0:  # every rank found it together (their disagreement)
             print(message, file=sys.stderr)
         return status
 
@@ -146,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
 EXPECTED = (UsageError, DataError, CheckpointError, BackendUnavailableError, distributed.DistributedError, OSError)
 
 
-def _train_command(given: dict[str, Any], comm: Communicator) -> tuple[int, str | None]:
-    """Resolve the settings and train. Returns the exit status and, for an expected error, its message."""
+def _train_command(given: dict[str, Any], comm: Communicator) -> tuple[int, str | None, bool]:
+    """Resolve the settings and train. Returns the exit status, for an expected error its message, and
+    whether every rank stopped with it together (then they need not be aborted, and the run folder is left
+    as it was)."""
     try:
         settings, resumed = resolve_settings(given)
         if settings["backend"] == "numpy":
@@ -157,10 +191,10 @@ def _train_command(given: dict[str, Any], comm: Communicator) -> tuple[int, str 
         if comm.rank == 0 and not settings["quiet"] and (settings["backend"] == "cupy" or comm.size > 1):
             print(distributed.gradient_path(comm, settings["backend"]), flush=True)  # the first line printed
         if comm.size == 1:
-            return train(settings, resumed), None  # one process: the call it always was
-        return train(settings, resumed, comm=comm), None
+            return train(settings, resumed), None, False  # one process: the call it always was
+        return train(settings, resumed, comm=comm), None, False
     except BaseException as exc:  # a second Ctrl-C, or one outside the training loop, included
         result = outcome(exc, EXPECTED, "; free memory, or lower --batch-size")
         if result is None:
             raise
-        return result
+        return (*result, isinstance(exc, distributed.RanksDisagree))

@@ -24,7 +24,9 @@ import io
 import json
 import os
 import socket
+import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +66,23 @@ class RunFolder:
         Raises FolderInUse when another process holds the lock.
         """
         self.created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        if os.path.lexists(self.path) and not self.path.is_dir():
+            raise UsageError(f"--out {self.path} is a file, not a folder: name a new or existing run folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UsageError(f"--out {self.path}: a part of the path is a file, not a folder; choose another "
+                             "--out") from None
+        try:
+            self._lock()
+        except BaseException:  # a full disk, say: a folder made here for nothing is taken back
+            if self.created:
+                (self.path / LOCK_NAME).unlink(missing_ok=True)
+                try:
+                    self.path.rmdir()
+                except OSError:
+                    pass
+            raise
         return sorted(p.name for p in remove_stale_temp_files(self.path))
 
     def _lock(self) -> None:
@@ -125,10 +142,58 @@ class RunFolder:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def contents(self) -> "FolderContents":
+        """What the folder holds (see FolderContents): the one check new runs and resumes decide by."""
+        rows = 0
+        if self.metrics.is_file():
+            try:
+                rows = sum(1 for line in self.metrics.read_bytes().splitlines() if line.strip())
+            except OSError:
+                rows = 0
+        return FolderContents(config=self.config.exists(), last=os.path.lexists(self.last),
+                              last_usable=_is_regular_file(self.last), best=os.path.lexists(self.best),
+                              metrics_rows=rows, summary=os.path.lexists(self.summary))
+
     def earlier_run_files(self) -> list[str]:
         """Names of files an earlier run left here (the lock file aside)."""
         return [p.name for p in (self.config, self.metrics, self.csv, self.last, self.best, self.summary,
                                          self.tensorboard) if p.exists()]
+
+
+@dataclass(frozen=True)
+class FolderContents:
+    """What a run folder holds: nothing, a config only (a run stopped before its first checkpoint),
+    checkpoints, metrics rows, a summary; and whether last.npz is a regular file that can be read (not
+    missing, a dangling or looping link, a folder or a FIFO)."""
+
+    config: bool
+    last: bool
+    last_usable: bool
+    best: bool
+    metrics_rows: int
+    summary: bool
+
+    @property
+    def trained(self) -> bool:
+        """Whether a checkpoint or a summary shows that training happened here. (Metrics rows alone, of a run
+        that never saved a checkpoint, are logged again when it starts over.)"""
+        return self.last or self.best or self.summary
+
+    def describe(self) -> str:
+        """The evidence of training, e.g. ``best.npz, 6 metrics rows, summary.json``."""
+        parts = [name for name, there in (("last.npz", self.last), ("best.npz", self.best)) if there]
+        if self.metrics_rows:
+            parts.append(f"{self.metrics_rows} metrics row{'s' if self.metrics_rows != 1 else ''}")
+        if self.summary:
+            parts.append("summary.json")
+        return ", ".join(parts) or "nothing"
+
+
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)  # follows links: a dangling or looping one is not usable
+    except (OSError, ValueError):
+        return False
 
 
 class MetricsLog:
@@ -199,7 +264,7 @@ def _parse_row(line: bytes) -> dict[str, Any] | None:
     """A metrics row, or None unless the line is a JSON object with integer "epoch" and "step"."""
     try:
         row = json.loads(line)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep to read
         return None
     if not isinstance(row, dict):
         return None

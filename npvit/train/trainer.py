@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import distributed
 from ..backend import get_backend, to_numpy
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, check_array_dtypes, load_checkpoint, save_checkpoint
 from ..cli.progress import ProgressBar
 from ..config import ViTConfig
 from ..settings import load_run_dataset
@@ -31,7 +31,8 @@ from ..model import ViT
 from ..optim.adamw import AdamW
 from ..optim.ema import WeightEMA
 from ..parallel import available_cores
-from ..settings import UsageError, model_config
+from ..settings import BY_NAME, UsageError, model_config
+from ..data.fingerprint import dataset_fingerprint, fingerprint_difference
 from . import memory
 from .evaluation import evaluate_split
 from .folder import MetricsLog, RunFolder
@@ -62,9 +63,11 @@ class Trainer:
     """
 
     def __init__(self, s: dict[str, Any], comm: Communicator, signals: StopSignals,
-                 on_step: Callable[[int], None] | None, recorded_model: Any = None) -> None:
+                 on_step: Callable[[int], None] | None, recorded_model: Any = None,
+                 recorded: dict[str, Any] | None = None) -> None:
         self.s, self.comm, self.signals, self.on_step = s, comm, signals, on_step
         self.recorded_model = recorded_model  # a resumed run's model, as its config.json recorded it
+        self.recorded = recorded or {}  # a resumed run's whole config.json (its data fingerprint, normalisation)
         self.writer = comm.rank == 0
         self.folder = RunFolder(s["out"])
         self.state = RunState()
@@ -85,16 +88,25 @@ class Trainer:
         if removed:
             print(f"note: removed {len(removed)} unfinished temporary file(s) from {folder.path}: "
                   f"{', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}", file=sys.stderr)
+        held = folder.contents()
         if resuming:
-            if folder.last.exists():
+            if held.last_usable:
                 return True
+            if held.trained:
+                why = "is not a readable file (a dangling or looping link, or not a regular file)" if held.last \
+                    else "is missing"
+                raise UsageError(f"{folder.path} holds a trained run ({held.describe()}) but its last.npz {why}: "
+                                 "resuming would start it over from step 0 and overwrite what is there, so nothing "
+                                 "was changed. To continue from the best epoch's weights, copy best.npz to last.npz "
+                                 f"(cp {folder.best} {folder.last}) and --resume again; or start a new run with "
+                                 "another --out")
             self.say(f"{folder.path} has no checkpoint yet (the run stopped before its first one): starting it "
                      "over from step 0 with its saved settings")
             return False
-        if folder.last.exists():
-            raise UsageError(f"{folder.path} already holds a run; continue it with --resume {folder.path} or "
-                             "choose another --out")
-        if folder.config.exists():
+        if held.last or (held.config and held.trained):
+            raise UsageError(f"{folder.path} already holds a run ({held.describe()}); continue it with --resume "
+                             f"{folder.path} or choose another --out")
+        if held.config:
             raise UsageError(f"{folder.path} holds a run that stopped before its first checkpoint; start it over "
                              f"with --resume {folder.path}, or choose another --out")
         leftovers = folder.earlier_run_files()
@@ -152,7 +164,7 @@ class Trainer:
     def _setup(self, resuming: bool) -> None:
         s, comm = self.s, self.comm
         # Rank 0 locks the folder; the others only look (they share its filesystem).
-        has_checkpoint = self.open_folder(resuming) if self.writer else resuming and self.folder.last.exists()
+        has_checkpoint = self.open_folder(resuming) if self.writer else resuming and self.folder.contents().last_usable
         self.backend = get_backend(s["backend"])
         self.check_dataset_fits()
         self.phase = "loading the dataset"
@@ -173,6 +185,16 @@ class Trainer:
             mean, variance = arch_normalization(s["arch"])
         else:
             mean, variance = channel_stats(data.x_train)  # Keras adapt(x_train): before the validation split
+        fingerprint = dataset_fingerprint(data.x_train, data.y_train, data.x_test, data.y_test)
+        difference = fingerprint_difference(self.recorded.get("data"), fingerprint)
+        if difference is not None:
+            if not s["allow_different_data"]:
+                raise UsageError(f"the data differs from the data {self.folder.path} was trained on ({difference})"
+                                 "; resume with the run's own data, or add --allow-different-data if training "
+                                 "on other data is intended")
+            self.say(f"note: training on other data than before ({difference}), as --allow-different-data "
+                     "allows; the run keeps its normalisation")
+            mean, variance = recorded_normalization(self.recorded, mean, variance)
         x_train, y_train, x_val, y_val = split_train_val(data.x_train, data.y_train, s["validation_split"])
         if s["train_subset"] is not None:
             x_train, y_train = x_train[: s["train_subset"]], y_train[: s["train_subset"]]
@@ -207,15 +229,34 @@ class Trainer:
             self.total_steps = min(self.total_steps, s["max_steps"])
         self.base_meta = {"model": cfg.to_dict(), "dtype": s["dtype"], "class_names": data.class_names,
                           "normalization": {"mean": mean.tolist(), "variance": variance.tolist()},
-                          "run": {k: v for k, v in s.items() if k != "out"}}
+                          "data": fingerprint,
+                          # --allow-different-data allows one resume; it is not a setting of the run
+                          "run": {k: v for k, v in s.items() if k not in ("out", "allow_different_data")}}
         if has_checkpoint:
             self.restore()
+        self.agree(fingerprint)  # before anything is written
         if self.writer:
             self.metrics = MetricsLog.resume(self.folder.metrics, self.state.global_step)
             if s["tensorboard"]:
                 self.tensorboard = TensorBoardLog(self.folder.tensorboard, self.state.global_step)
             write_json(self.folder.config, self.base_meta)
         comm.barrier()
+
+    def agree(self, fingerprint: dict[str, Any]) -> None:
+        """Every rank holds the same settings, step, weights, optimizer state and data, or every rank stops
+        saying where they differ (npvit.distributed.agree; nothing to do on one process)."""
+        if self.comm.size == 1:
+            return
+        local = ("data_dir", "cache_dir", "download", "threads", "quiet", "out")  # where and how, per rank
+        record: dict[str, Any] = {BY_NAME[k].flag: v for k, v in self.s.items() if k not in local and k in BY_NAME}
+        record["the step"] = self.state.global_step
+        record["the weights (a hash)"] = distributed.digest(sorted((k, to_numpy(v))
+                                                                   for k, v in self.model.params.items()))
+        record["the optimizer state (a hash)"] = distributed.digest(sorted(self.opt.state_dict().items()))
+        if self.ema is not None:
+            record["the EMA weights (a hash)"] = distributed.digest(sorted(self.ema.state_dict().items()))
+        record["the dataset (its fingerprint)"] = fingerprint
+        distributed.agree(self.comm, record, " on how to train")
 
     def restore(self) -> None:
         """Continue from last.npz: weights, AdamW state, the EMA of the weights (with --ema) and RunState,
@@ -226,6 +267,10 @@ class Trainer:
             raise CheckpointError(f"{path} has no training state (no 'state' in its meta): it was not written by "
                                   "npvit.train, so it cannot be resumed; evaluate it with npvit.evaluate instead")
         state = RunState.from_dict(ckpt.meta["state"], str(path))
+        dtype = self.s["dtype"]
+        check_array_dtypes(ckpt.params, dtype, "parameter", path)
+        check_array_dtypes({k: a for k, a in ckpt.optimizer.items() if k != "step"}, dtype, "optimizer state", path)
+        check_array_dtypes(ckpt.ema, dtype, "EMA weight", path)
         for name, arrays in (("parameters", ckpt.params), ("optimizer state", ckpt.optimizer),
                              ("EMA weights", ckpt.ema)):
             bad = sorted(k for k, a in arrays.items() if a.dtype.kind in "fc" and not np.isfinite(a).all())
@@ -300,6 +345,18 @@ def recorded_config(doc: Any, source: Path) -> ViTConfig:
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{source}: its \"model\" entry is not a model config ({str(exc)[:160]}); the file is "
                          "damaged or was edited by hand") from None
+
+
+def recorded_normalization(doc: dict[str, Any], mean: np.ndarray, variance: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The channel mean and variance a run recorded in its config.json, or the given ones if none is readable."""
+    try:
+        norm = doc["normalization"]
+        recorded = (np.asarray(norm["mean"], dtype=mean.dtype), np.asarray(norm["variance"], dtype=variance.dtype))
+    except (KeyError, TypeError, ValueError):
+        return mean, variance
+    if recorded[0].shape != mean.shape or recorded[1].shape != variance.shape:
+        return mean, variance
+    return recorded
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:

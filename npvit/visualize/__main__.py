@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--data-dir", help="existing copy of the dataset (archive or extracted folder)")
     image.add_argument("--cache-dir", help="download cache (default $NPVIT_CACHE or ~/.cache/npvit)")
     image.add_argument("--no-download", dest="download", action="store_false", help="fail instead of downloading")
+    image.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                       help="refuse image files of more pixels than this (default 64000000), before decoding them")
     image.add_argument("--fit", choices=FITS, default="crop",
                        help="non-square image files: centre crop (default) or stretch to a square")
 
@@ -93,10 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def pick_image(args: argparse.Namespace, loaded: Any) -> tuple[np.ndarray, str]:
     """The uint8 image at the run's native size, and words saying where it came from."""
-    from .inputs import dataset_image, model_image
+    from .inputs import MAX_PIXELS, dataset_image, model_image
 
     if args.image:
-        return model_image(loaded, args.image, args.fit), Path(args.image).name
+        return model_image(loaded, args.image, args.fit, args.max_pixels or MAX_PIXELS), Path(args.image).name
     image, label = dataset_image(loaded, args.test_index, args.data_dir, args.cache_dir, args.download)
     return image, f"{loaded.run.get('dataset', 'dataset')} test image {args.test_index} ({label})"
 

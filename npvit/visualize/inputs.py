@@ -74,18 +74,22 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     return files
 
 
-def read_image(path: str | Path, size: int, fit: str = "crop") -> np.ndarray:
+MAX_PIXELS = 64_000_000  # the default limit on an image's pixels: a large camera photo, not a decompression bomb
+
+
+def read_image(path: str | Path, size: int, fit: str = "crop", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An image file as uint8 (size, size, 3) RGB, reduced as the module docstring explains.
 
     EXIF orientation is applied (photos from phones), every mode is converted by its real range
-    (:func:`to_rgb`), and transparent pixels are laid on white.
+    (:func:`to_rgb`), and transparent pixels are laid on white; more than ``max_pixels`` pixels are refused
+    (:func:`open_rgb`).
     """
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
     image_mod = pillow_image()
     from PIL import ImageOps  # Pillow is there: pillow_image checked
 
-    img = open_rgb(path)
+    img = open_rgb(path, max_pixels)
     lanczos = image_mod.LANCZOS  # Image.Resampling.LANCZOS from Pillow 9.1; the constant works on every version
     if fit == "crop":
         img = ImageOps.fit(img, (size, size), method=lanczos)
@@ -94,30 +98,41 @@ def read_image(path: str | Path, size: int, fit: str = "crop") -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def model_image(loaded: LoadedModel, path: str | Path, fit: str = "crop") -> np.ndarray:
+def model_image(loaded: LoadedModel, path: str | Path, fit: str = "crop",
+                max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An image file as the uint8 (native, native, 3) image ``loaded.model_input`` takes: reduced as the
     module docstring explains, or for a timm model resized and cropped by its preprocessing (``fit`` unused)."""
     if loaded.preprocess is None:
-        return read_image(path, loaded.native_size, fit)
-    return np.asarray(loaded.preprocess.resized(open_rgb(path)), dtype=np.uint8).copy()
+        return read_image(path, loaded.native_size, fit, max_pixels)
+    return np.asarray(loaded.preprocess.resized(open_rgb(path, max_pixels)), dtype=np.uint8).copy()
 
 
-def open_rgb(path: str | Path) -> Any:
+def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Any:
     """An image file as an 8-bit RGB Pillow image at its own size (EXIF orientation applied, every mode
-    converted by its real range)."""
+    converted by its real range). More than ``max_pixels`` pixels are refused from the header, before the
+    image is decoded (121 megapixels of RGB are 1.4 GB in memory)."""
     image_mod = pillow_image()
     from PIL import ImageOps  # Pillow is there: pillow_image checked
 
     if not Path(path).is_file():
         raise InputError(f"no such file: {path}" if not Path(path).exists() else f"{path} is not a file")
+    previous = image_mod.MAX_IMAGE_PIXELS
+    image_mod.MAX_IMAGE_PIXELS = None  # the limit is max_pixels, checked below with a message that says how
     try:
         with image_mod.open(path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise InputError(f"it is {width}x{height}, {width * height / 1e6:.1f} megapixels, more than the "
+                                 f"limit of {max_pixels / 1e6:g}; reduce it, or raise the limit with --max-pixels "
+                                 f"{width * height} if it is meant")
             img.load()
             img = to_rgb(ImageOps.exif_transpose(img))
     except InputError as exc:
         raise InputError(f"cannot use image {path}: {exc}") from None
     except (OSError, ValueError, SyntaxError, image_mod.DecompressionBombError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from exc
+    finally:
+        image_mod.MAX_IMAGE_PIXELS = previous
     return img
 
 
@@ -137,7 +152,8 @@ def value_range(mode: str, pixels: np.ndarray) -> tuple[float, float]:
         return 0.0, 1.0
     if mode == "F" and lo >= 0 and hi <= 255:
         return 0.0, 255.0
-    return lo, hi if hi > lo else lo + 1.0
+    # A constant image maps to 0; lo + 1 would equal lo from 2**53 on (float64), and divide by zero.
+    return lo, hi if hi > lo else lo + max(1.0, abs(lo))
 
 
 def to_rgb(img: Any) -> Any:

@@ -391,7 +391,7 @@ def damage(entries: dict, how: str) -> dict:
 @pytest.mark.parametrize("how, message", [
     ("missing", "the EMA weights have no entry 'pos_embed'; they belong to a different model"),
     ("shape", "the EMA weights 'pos_embed' have shape (3, 8), the parameter has (4, 8)"),
-    ("dtype", "the EMA weights 'pos_embed' are int32, not floats"),
+    ("dtype", "EMA weight pos_embed is int32, not float32 as the checkpoint's dtype says"),
     ("nan", "holds non-finite EMA weights (pos_embed)"),
     ("none", "holds no EMA weights (no ema/ entries) but this run keeps an EMA (--ema 0.9)"),
 ])
