@@ -7,16 +7,15 @@ import dataclasses
 
 import numpy as np
 import pytest
+from parity import assert_close, assert_reference_equals_fast
 from key_bias import zero_key_bias_grads
 from processes import run_python
 
 import npvit
 from npvit import AdamW, ViT, ViTConfig, gradcheck, cross_entropy_backward, cross_entropy_forward
 from npvit import reference as ref
-from npvit.backend import to_numpy
 
 RTOL = 1e-6  # gradient checks, as for the kernels
-PARITY = 1e-12  # reference against the fast model, float64, relative to each array's largest entry
 
 
 def fixed_masks(seed: int, store: dict | None = None) -> ref.Masks:
@@ -47,14 +46,6 @@ def random_params(cfg: ViTConfig, seed: int = 1) -> dict:
         if p.ndim == 1:
             p += data.standard_normal(p.shape) * 0.1
     return params
-
-
-def assert_close(actual, expected, what: str, tol: float = PARITY) -> None:
-    actual, expected = to_numpy(actual), to_numpy(expected)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} against {expected.shape}"
-    scale = max(float(np.abs(expected).max(initial=0.0)), 1e-300)
-    error = float(np.abs(actual - expected).max(initial=0.0)) / scale
-    assert error <= tol, f"{what}: relative error {error:.2e} > {tol:.0e}"
 
 
 def arr(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
@@ -270,16 +261,7 @@ def compare_step(model: ViT, params: dict, cfg: ViTConfig, images, labels, masks
     loss, c_loss = cross_entropy_forward(logits, labels, smoothing)
     dimages = model.backward(cross_entropy_backward(c_loss))
 
-    r_logits, cache = ref.vit_forward(params, images, cfg, masks)
-    r_loss, r_c_loss = ref.cross_entropy_forward(r_logits, labels, smoothing)
-    grads, r_dimages = ref.vit_backward(ref.cross_entropy_backward(r_c_loss), cache, params)
-
-    assert_close(r_logits, logits, "logits")
-    assert_close(r_loss, loss, "loss")
-    assert set(grads) == set(model.grads)
-    for name, g in model.grads.items():
-        assert_close(grads[name], g, name)
-    assert_close(r_dimages, dimages, "dimages")
+    assert_reference_equals_fast(model, params, images, labels, cfg, masks, smoothing, logits, loss, dimages)
 
 
 @pytest.mark.parametrize("pool", ["flatten", "cls", "gap"])

@@ -9,13 +9,13 @@ import math
 
 import numpy as np
 import pytest
+from parity import assert_close, assert_reference_equals_fast
 
 from npvit import ViT, ViTConfig, cross_entropy_backward, cross_entropy_forward, gradcheck
 from npvit import reference as ref
 from npvit.backend import to_numpy
 
 RTOL = 1e-6
-PARITY = 1e-12
 
 # (arrangement, pool, class token, fc_norm): timm's global_pool="token", timm's "avg" (class token kept, norm
 # after the mean), timm's "avg" on a model without a class token, and the Keras arrangement with fc_norm.
@@ -32,14 +32,6 @@ def config(variant: str, dropout: bool = False, **changes) -> ViTConfig:
     rates = dict(dropout=0.2, attention_dropout=0.2, head_dropout=0.3) if dropout else dict(
         dropout=0.0, attention_dropout=0.0, head_dropout=0.0)
     return dataclasses.replace(ViTConfig.tiny(), **VARIANTS[variant], **rates, **changes)
-
-
-def assert_close(actual, expected, what: str, tol: float = PARITY) -> None:
-    actual, expected = to_numpy(actual), to_numpy(expected)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} against {expected.shape}"
-    scale = max(float(np.abs(expected).max(initial=0.0)), 1e-300)
-    error = float(np.abs(actual - expected).max(initial=0.0)) / scale
-    assert error <= tol, f"{what}: relative error {error:.2e} > {tol:.0e}"
 
 
 def fixed_masks(seed: int) -> ref.Masks:
@@ -216,15 +208,7 @@ def test_same_logits_loss_and_gradients_as_the_fast_model(backend, variant, drop
         masks = ref.keyed_masks(1234, first_sample=40, xp=model.backend.xp) if dropout else None
         images, labels = model.backend.asarray(images), model.backend.asarray(labels)
         params = {n: model.backend.asarray(p) for n, p in params.items()}
-    r_logits, cache = ref.vit_forward(params, images, cfg, masks)
-    r_loss, r_c_loss = ref.cross_entropy_forward(r_logits, labels, 0.1)
-    grads, r_dimages = ref.vit_backward(ref.cross_entropy_backward(r_c_loss), cache, params)
-    assert_close(r_logits, logits, "logits")
-    assert_close(r_loss, loss, "loss")
-    assert set(grads) == set(model.grads)
-    for name, g in model.grads.items():
-        assert_close(grads[name], g, name)
-    assert_close(r_dimages, dimages, "dimages")
+    assert_reference_equals_fast(model, params, images, labels, cfg, masks, 0.1, logits, loss, dimages)
 
 
 def test_forward_head_of_forward_features_with_fc_norm() -> None:
