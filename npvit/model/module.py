@@ -90,9 +90,7 @@ class Dense:
         w, b = f"{self.prefix}.w", f"{self.prefix}.b"
         if on_device(dy) and hasattr(grads, "flat"):  # CuPy: written into the flat gradient buffer, no copies
             return dense_backward_into(dy, cache, params[w], grads[w], grads[b])
-        dx, grads[f"{self.prefix}.w"], grads[f"{self.prefix}.b"] = dense_backward(
-            dy, cache, params[f"{self.prefix}.w"]
-        )
+        dx, grads[w], grads[b] = dense_backward(dy, cache, params[w])
         return dx
 
 
