@@ -10,6 +10,9 @@
 
     model = npvit.load_timm("model.safetensors", "vit_base_patch16_224")   # timm's or Google's weights
     npvit.export(model, "model.onnx")                                      # .safetensors, .onnx, .pt
+
+    loaded = npvit.pretrained("cifar10")      # the model shipped with the package: npvit.load("pretrained:cifar10")
+    npvit.list_pretrained()                   # the names shipped
 """
 
 import warnings
@@ -26,10 +29,11 @@ from .config import ViTConfig
 from .gradcheck import GradcheckResult, gradcheck
 from .interop import export, load_timm
 from .kernels import cross_entropy_backward, cross_entropy_forward
-from .loading import LoadedModel, load
+from .loading import LoadedModel, load, pretrained
 from .model import ViT
 from .model.check import gradcheck_model
 from .optim.adamw import AdamW
+from .zoo import list_pretrained
 
 __version__ = "0.1.0"
 
@@ -49,8 +53,10 @@ __all__ = [
     "get_backend",
     "gradcheck",
     "gradcheck_model",
+    "list_pretrained",
     "load",
     "load_timm",
+    "pretrained",
     "__version__",
 ]
 

@@ -41,7 +41,7 @@ from .files import atomic_write, is_finite_number, is_int
 from .settings import SETTINGS, check_data_settings, check_value
 
 __all__ = ["Checkpoint", "CheckpointError", "ModelMeta", "atomic_write", "check_model_meta", "check_run_settings",
-           "load_checkpoint", "resolve_checkpoint", "save_checkpoint"]
+           "load_checkpoint", "read_arrays", "resolve_checkpoint", "save_checkpoint"]
 
 FORMAT_VERSION = 1
 
@@ -106,15 +106,33 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     truncated, or holds anything but plain arrays and a JSON object as its metadata.
     """
     path = Path(path)
+    arrays = read_arrays(path)
+    meta = _read_meta(arrays.pop("meta", None), path)
+    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    optimizer = {k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")}
+    ema = {k[len("ema/"):]: v for k, v in arrays.items() if k.startswith("ema/")}
+    return Checkpoint(params=params, optimizer=optimizer, meta=meta, ema=ema)
+
+
+CHECKPOINT_HINT = "Pass a best.npz or last.npz written by npvit.train, or its run folder."
+
+
+def read_arrays(path: str | os.PathLike, what: str = "checkpoint",
+                hint: str = CHECKPOINT_HINT) -> dict[str, np.ndarray]:
+    """The plain arrays of an ``.npz`` file, read as untrusted input (module docstring): member name (without
+    ``.npy``) -> array. ``what`` names the file in errors and ``hint`` says what to use instead.
+
+    Raises :class:`CheckpointError` when ``path`` is missing, not a zip of ``.npy`` members, or damaged.
+    """
+    path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+        raise CheckpointError(f"no {what} at {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         with open(path, "rb") as f:
             magic = f.read(6)
         if not zipfile.is_zipfile(path):
-            what = "a single .npy array, not a .npz" if magic == b"\x93NUMPY" else "not a .npz (zip) file"
-            raise CheckpointError(f"cannot read checkpoint {path}: it is {what}. Pass a best.npz or last.npz "
-                                  f"written by npvit.train, or its run folder.")
+            kind = "a single .npy array, not a .npz" if magic == b"\x93NUMPY" else "not a .npz (zip) file"
+            raise CheckpointError(f"cannot read {what} {path}: it is {kind}. {hint}")
         disk_size = path.stat().st_size
         with zipfile.ZipFile(path) as zf:
             arrays = {}
@@ -122,24 +140,20 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             if len(names) != len(set(names)):
                 twice = sorted({n for n in names if names.count(n) > 1})
                 raise CheckpointError(f"{path} holds member {twice[0]!r} more than once (a zip written by hand "
-                                      "or appended to); which copy counts is ambiguous, so it is refused. Use "
-                                      "another checkpoint.")
+                                      f"or appended to); which copy counts is ambiguous, so it is refused. Use "
+                                      f"another {what}.")
             for info in zf.infolist():
                 if not info.filename.endswith(".npy"):
-                    raise CheckpointError(f"{path} is not an npvit checkpoint: it holds {info.filename!r}, which "
+                    raise CheckpointError(f"{path} is not an npvit {what}: it holds {info.filename!r}, which "
                                           f"is not an array")
                 arrays[info.filename[:-len(".npy")]] = _read_array(zf, info, disk_size)
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, zlib.error,
             NotImplementedError, KeyError) as exc:  # truncated, bad headers or CRC, unknown compression
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is damaged "
-                              f"or incomplete; use another checkpoint (best.npz or last.npz).") from exc
-    meta = _read_meta(arrays.pop("meta", None), path)
-    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
-    optimizer = {k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")}
-    ema = {k[len("ema/"):]: v for k, v in arrays.items() if k.startswith("ema/")}
-    return Checkpoint(params=params, optimizer=optimizer, meta=meta, ema=ema)
+        raise CheckpointError(f"cannot read {what} {path}: {type(exc).__name__}: {exc}. The file is damaged "
+                              f"or incomplete; {hint[0].lower() + hint[1:]}") from exc
+    return arrays
 
 
 def _read_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, disk_size: int) -> np.ndarray:

@@ -4,6 +4,7 @@
     python -m npvit.evaluate runs/cifar10                         # a run folder: its best.npz, else last.npz
     python -m npvit.evaluate runs/cifar10/best.npz --data-dir /data/cifar-10-binary.tar.gz --backend cupy
     python -m npvit.evaluate runs/cifar10 --eval-flip             # test-time flip (default: as the run did)
+    python -m npvit.evaluate pretrained:cifar10 --data-dir PATH   # the model shipped with npvit
 
 ``evaluate`` is also what the training program uses for its validation and test numbers.
 
@@ -112,7 +113,7 @@ def print_per_class(result: EvalResult, class_names: list[str], file: Any = None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m npvit.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a .npz checkpoint written by npvit.train (best.npz or last.npz), or "
-                                           "its run folder (best.npz, else last.npz)")
+                                           "its run folder (best.npz, else last.npz), or pretrained:NAME")
     parser.add_argument("--data-dir", help="existing copy of the dataset (archive or extracted folder)")
     parser.add_argument("--cache-dir", help="download cache (default $NPVIT_CACHE or ~/.cache/npvit)")
     parser.add_argument("--backend", choices=BACKEND_NAMES, default="numpy")

@@ -4,6 +4,7 @@
     loaded = npvit.load("runs/cifar10-fast/last.npz")  # a checkpoint file
     loaded = npvit.load("model.safetensors", arch="vit_base_patch16_224")   # timm's or Google's weights
     loaded = npvit.load("exported.safetensors")        # a file npvit.export wrote (its metadata says the rest)
+    loaded = npvit.load("pretrained:cifar10")          # a model shipped inside the package (npvit.zoo)
     logits = loaded.model.forward(loaded.model_input(uint8_images))
 
 What comes back is the model with its weights and everything needed to feed it as its training did: the
@@ -16,6 +17,7 @@ checked before anything is built (``npvit.checkpoint.check_model_meta``), so a d
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -23,17 +25,25 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, get_backend, to_numpy
-from .checkpoint import Checkpoint, CheckpointError, check_model_meta, load_checkpoint, resolve_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_model_meta,
+    load_checkpoint,
+    read_arrays,
+    resolve_checkpoint,
+)
 from .config import ViTConfig
 from .data.augment import Augmenter
 from .interop import InteropError, imagenet_class_names, load_timm
 from .interop.readback import load_export
 from .model import ViT
 from .settings import native_image_size
+from .zoo import CONFIG, FORMAT_VERSION, WEIGHTS, PretrainedError, entry_folder, pretrained_name, read_json
 
 FOREIGN_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")  # never npvit checkpoints: read by npvit.interop
 
-__all__ = ["LoadedModel", "load", "model_from_checkpoint"]
+__all__ = ["LoadedModel", "load", "model_from_checkpoint", "pretrained"]
 
 
 @dataclasses.dataclass
@@ -91,11 +101,15 @@ def load(source: str | os.PathLike, backend: str | Backend = "numpy", dtype: str
     """The model ``source`` holds: a checkpoint file written by ``npvit.train`` (best.npz, last.npz) or a run
     folder (its best.npz, else last.npz); with ``arch`` (a timm architecture), a timm ``.safetensors`` or
     Google ``.npz`` file (``npvit.load_timm``, whose ``num_classes``, ``image_size`` and ``global_pool`` these
-    are); a ``.safetensors`` file ``npvit.export`` wrote. ``dtype`` overrides the stored one ("float32" or
-    "float64"; float32 for other libraries' files).
+    are); a ``.safetensors`` file ``npvit.export`` wrote; ``"pretrained:NAME"``, a model shipped with the
+    package (:func:`pretrained`). ``dtype`` overrides the stored one ("float32" or "float64"; float32 for
+    other libraries' files and float16-stored shipped models).
 
     Raises :class:`CheckpointError` (a message naming the file and what is wrong) when it cannot be used.
     """
+    name = pretrained_name(source)
+    if name is not None and arch is None:
+        return pretrained(name, backend, dtype)
     if arch is not None or Path(source).suffix.lower() in FOREIGN_SUFFIXES:
         return _load_foreign(Path(source), get_backend(backend), dtype or "float32", arch,
                              dict(num_classes=num_classes, image_size=image_size, global_pool=global_pool))
@@ -103,6 +117,44 @@ def load(source: str | os.PathLike, backend: str | Backend = "numpy", dtype: str
     ckpt = load_checkpoint(path)
     model, augmenter = model_from_checkpoint(ckpt, get_backend(backend), dtype=dtype, source=str(path))
     return LoadedModel(path, model, augmenter, ckpt.meta)
+
+
+def pretrained(name: str = "cifar10", backend: str | Backend = "numpy", dtype: str | None = None, *,
+               root: str | os.PathLike | None = None) -> LoadedModel:
+    """The model shipped with the package as ``name`` (``npvit.zoo``; ``npvit.load("pretrained:NAME")``), with
+    its preprocessing and class names, as :func:`load` returns a trained run's. ``root``: a registry folder
+    other than the package's. Computes in float32 unless ``dtype`` says otherwise, whatever the storage.
+
+    Raises :class:`CheckpointError` for an unknown name (the message lists the shipped ones) or damaged files.
+    """
+    try:
+        folder = entry_folder(name, root)
+        doc = read_json(folder / CONFIG)
+    except PretrainedError as exc:
+        raise CheckpointError(str(exc)) from None
+    source = f"pretrained:{name} ({folder / CONFIG})"
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{source} has format {str(doc.get('format_version'))[:20]!r}; this npvit reads "
+                              f"{FORMAT_VERSION}: reinstall npvit, or write the folder again with npvit.export")
+    path = folder / WEIGHTS
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != doc.get("weights_sha256"):
+        raise CheckpointError(f"{path} is not the file {folder / CONFIG} describes (its SHA-256 differs): the "
+                              "folder is damaged or half replaced; reinstall npvit or write it again with npvit.export")
+    arrays = read_arrays(path, "pretrained weights", "Reinstall npvit, or write the folder again with npvit.export.")
+    storage = doc.get("storage")
+    if storage not in ("float16", "float32"):
+        raise CheckpointError(f"{source}: its storage is {str(storage)[:20]!r}, not float16 or float32")
+    odd = sorted(k for k, a in arrays.items() if not k.startswith("param/") or a.dtype != np.dtype(storage))
+    if odd:
+        raise CheckpointError(f"{path}: {odd[0]!r} is not a {storage} parameter as {CONFIG} says; the file is "
+                              "damaged or was not written by npvit.export --pretrained")
+    params = {k[len("param/"):]: a.astype(np.float32) for k, a in arrays.items()}  # exact: float16 widens exactly
+    meta = {k: doc.get(k) for k in ("model", "normalization", "class_names", "run")}
+    meta.update(dtype="float32", run=meta["run"] or {}, pretrained=name, storage=storage)
+    model, augmenter = model_from_checkpoint(Checkpoint(params, {}, meta), get_backend(backend),
+                                             dtype=dtype, source=source)
+    return LoadedModel(path, model, augmenter, meta)
 
 
 def _load_foreign(path: Path, backend: Backend, dtype: str, arch: str | None, options: dict) -> LoadedModel:

@@ -1,5 +1,6 @@
 """Classify image files with a trained model: the top-k classes and their probabilities.
 
+    python -m npvit.predict cat.jpg dog.png                          # the model shipped with npvit
     python -m npvit.predict runs/cifar10-small/best.npz cat.jpg dog.png
     python -m npvit.predict runs/cifar10-small photos/ --top-k 3 --json
     python -m npvit.predict vit.safetensors cat.jpg --arch vit_base_patch16_224   # a timm or Google file
@@ -10,7 +11,9 @@ antialiased resize, then preprocessed exactly as evaluation does; ``npvit.visual
 trained with ``--eval-flip`` predicts from the mean of the logits of each image and its mirror image, as its
 evaluation did (``--no-eval-flip`` to turn that off, ``--eval-flip`` to turn it on for any run). A timm model
 sees each image as timm's evaluation transform makes it (npvit.interop.Preprocess) and, with a 1000-class
-head, predicts ImageNet's class names.
+head, predicts ImageNet's class names. Without a checkpoint (the first argument is an image: not a run
+folder, ``pretrained:NAME`` or a model file), the model shipped with the package, ``pretrained:cifar10``,
+classifies the images (a line on stderr says so).
 Needs Pillow, from the ``viz`` extra: ``pip install 'npvit[viz]'``.
 """
 
@@ -78,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     from .visualize.inputs import FITS, InputError
 
     parser = argparse.ArgumentParser(prog="python -m npvit.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="a .npz checkpoint written by npvit.train, or its run folder; with "
-                        "--arch, a timm .safetensors or Google .npz file; a .safetensors npvit.export wrote")
+    parser.add_argument("inputs", nargs="+", metavar="[CHECKPOINT] IMAGE_OR_FOLDER",
+                        help="the model: a .npz checkpoint written by npvit.train or its run folder, pretrained:NAME, "
+                        "a .safetensors npvit.export wrote, with --arch a timm or Google file (default: "
+                        "pretrained:cifar10); then image files or folders of them")
     parser.add_argument("--arch", choices=TIMM_ARCHS, metavar="ARCH",
                         help="the timm architecture of a timm or Google file (e.g. vit_base_patch16_224)")
-    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders of them")
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image (default 5)")
     parser.add_argument("--fit", choices=FITS, default="crop",
                         help="non-square images: centre crop (default) or stretch to a square")
@@ -100,7 +104,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    results = predict_files(args.checkpoint, args.images, args.top_k, args.backend, args.fit, args.eval_flip,
+    from .visualize.inputs import InputError, default_model, is_model_source
+
+    first, rest = args.inputs[0], args.inputs[1:]
+    if is_model_source(first, args.arch):
+        if not rest:
+            raise InputError(f"{first} is a model: give the image files or folders to classify after it")
+        checkpoint, images = first, rest
+    else:
+        checkpoint, images = default_model(args.arch), args.inputs
+    results = predict_files(checkpoint, images, args.top_k, args.backend, args.fit, args.eval_flip,
                             args.arch, args.max_pixels)
     if not args.json:
         print(format_results(results))

@@ -117,10 +117,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("arch", None, "a timm ViT instead of --preset: " + ", ".join(TIMM_ARCHS) + " (timm's "
             "VisionTransformer, at --image-size, default the arch's)", "model", "str", choices=TIMM_ARCHS,
             metavar="ARCH", nullable=True),
-    Setting("init_from", None, "start from pretrained weights: a timm .safetensors or Google .npz file of --arch "
-            "(a new head for the dataset's classes, the position embedding resampled to --image-size; the "
-            "arch's mean and std normalise the images); the default recipe is then finetune", "model", "str",
-            metavar="FILE", nullable=True),
+    Setting("init_from", None, "start from trained weights: pretrained:NAME, a run folder or checkpoint, or with "
+            "--arch a timm .safetensors or Google .npz file (docs/training.md); a new head for other classes; the "
+            "default recipe is then finetune", "model", "str", metavar="SOURCE", nullable=True),
     Setting("global_pool", "token", "with --arch: token (the class token's output) or avg (the patch tokens' "
             "mean, then the norm)", "model", "str", choices=GLOBAL_POOLS),
     _model("image_size", "image_size", "int", positive_int, "input side after resizing", "N"),
@@ -440,12 +439,13 @@ ARCH_MODEL_SETTINGS = ("image_size", "dropout", "attention_dropout", "head_dropo
 
 def check_arch_settings(settings: dict[str, Any], given: dict[str, Any]) -> None:
     """UsageError for flags that contradict --arch or need it."""
-    if settings["arch"] is None and (settings["init_from"] is not None or "global_pool" in given):
-        raise UsageError("--init-from and --global-pool need --arch: a timm architecture (vit_tiny_patch16_224 ...)")
+    if settings["arch"] is None and "global_pool" in given:
+        raise UsageError("--global-pool needs --arch: a timm architecture (vit_tiny_patch16_224 ...)")
     fixed = [s.flag for s in SETTINGS if s.preset_field is not None and s.name not in ARCH_MODEL_SETTINGS
              and settings[s.name] is not None] + (["--preset"] if "preset" in given else [])
-    if settings["arch"] is not None and fixed:
-        raise UsageError(f"--arch {settings['arch']} fixes the model: {', '.join(fixed)} cannot change it (only "
+    if (settings["arch"] is not None or settings["init_from"] is not None) and fixed:
+        what = f"--arch {settings['arch']}" if settings["arch"] else "--init-from"
+        raise UsageError(f"{what} fixes the model: {', '.join(fixed)} cannot change it (only "
                          f"{', '.join(BY_NAME[n].flag for n in ARCH_MODEL_SETTINGS)} may)")
 
 

@@ -176,15 +176,19 @@ class Trainer:
         self.cfg = cfg = (model_config(s, data.num_classes) if self.recorded_model is None
                           else recorded_config(self.recorded_model, self.folder.config))
         check_labels(data.y_train, data.num_classes)  # once, on the host
-        pretrained = None
+        pretrained, source_stats = None, None
         if s["init_from"] is not None and self.recorded_model is None:  # a new run from pretrained weights
             self.phase = "reading the pretrained weights"
-            pretrained = pretrained_model(s, cfg)
+            pretrained, source_stats = pretrained_model(s, cfg)
             self.cfg = cfg = pretrained.config  # the file's details (class token, depth, norm placement)
         if s["arch"] is not None:  # a timm model sees its images normalised as timm normalises them
             mean, variance = arch_normalization(s["arch"])
+        elif source_stats is not None:  # an npvit model's weights, as its own training normalised the images
+            mean, variance = source_stats
         else:
             mean, variance = channel_stats(data.x_train)  # Keras adapt(x_train): before the validation split
+            if s["init_from"] is not None:  # resumed: the normalisation of the weights it started from
+                mean, variance = recorded_normalization(self.recorded, mean, variance)
         fingerprint = dataset_fingerprint(data.x_train, data.y_train, data.x_test, data.y_test)
         difference = fingerprint_difference(self.recorded.get("data"), fingerprint)
         if difference is not None:

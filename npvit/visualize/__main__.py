@@ -7,8 +7,9 @@
     python -m npvit.visualize filters   RUN_OR_CHECKPOINT [--pca]
     python -m npvit.visualize curves    RUN_FOLDER
     python -m npvit.visualize attention vit.safetensors cat.jpg --arch vit_base_patch16_224   # a timm file
+    python -m npvit.visualize attention cat.jpg                   # the model shipped with npvit
 
-Without IMAGE, the image is one of the run's test split (``--test-index``, default 0; ``--data-dir`` as for
+Without RUN_OR_CHECKPOINT, the model shipped with the package (pretrained:cifar10) is shown. Without IMAGE, the image is one of the run's test split (``--test-index``, default 0; ``--data-dir`` as for
 ``npvit.evaluate``). Each writes one PNG (``--out``, default FIGURE.png) at ``--dpi`` (default 100).
 """
 
@@ -55,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"pixels per inch, at most {MAX_DPI} (default 100)")
     output.add_argument("--title", help="figure title (default: says what is shown)")
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("checkpoint", help="a .npz checkpoint written by npvit.train, or its run folder "
-                                          "(best.npz, else last.npz); with --arch, a timm or Google file")
+    model.add_argument("checkpoint", nargs="?", help="a .npz checkpoint written by npvit.train, or its run folder "
+                       "(best.npz, else last.npz), or pretrained:NAME; with --arch, a timm or Google file "
+                       "(default: pretrained:cifar10, the model shipped with npvit)")
     model.add_argument("--arch", choices=TIMM_ARCHS, metavar="ARCH",
                        help="the timm architecture of a timm .safetensors or Google .npz file")
     model.add_argument("--backend", choices=BACKEND_NAMES, default="numpy")
@@ -111,8 +113,12 @@ def make_figure(args: argparse.Namespace) -> Any:
         rows, summary = read_run_metrics(args.run)
         return curves_figure(rows, summary, args.title or f"training curves: {run_folder(args.run).name}")
 
-    from .inputs import display_image, load_model
+    from .inputs import display_image, load_model, model_and_image
 
+    if "image" in args:  # a lone argument that is no model is the image
+        args.checkpoint, args.image = model_and_image(args.checkpoint, args.image, args.arch)
+    elif args.checkpoint is None:
+        args.checkpoint, _ = model_and_image(None, None, args.arch)
     loaded = load_model(args.checkpoint, args.backend, args.arch)
     cfg, name = loaded.config, loaded.path.parent.name or loaded.path.name
     if args.figure == "pos-embed":

@@ -24,21 +24,26 @@ colour conversions.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..backend import Backend, to_numpy
+from ..checkpoint import RUN_CHECKPOINTS
 from ..data.augment import resize_bilinear
 from ..kernels import softmax_forward
 from ..loading import LoadedModel, load
 from ..settings import load_run_dataset
+from ..zoo import DEFAULT, PREFIX, list_pretrained, pretrained_name
 from .extras import pillow_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 """File endings picked up when a folder is given (any format Pillow reads works when named directly)."""
 FITS = ("crop", "stretch")
+MODEL_SUFFIXES = (".npz", ".safetensors", ".bin", ".pth", ".pt")
+"""File endings of models (checkpoints, exports, timm and Google files): never taken for an image."""
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -51,6 +56,40 @@ def load_model(path: str | Path, backend: str | Backend = "numpy", arch: str | N
     """The trained model at ``path`` (a checkpoint file or run folder; with ``arch``, a timm or Google file),
     through :func:`npvit.load`."""
     return load(path, backend, arch=arch)
+
+
+def is_model_source(text: str | None, arch: str | None = None) -> bool:
+    """Whether a command's first argument names a model rather than an image: ``pretrained:NAME``, a run folder
+    (a config.json or checkpoint in it), a file with a model's suffix (``.npz``, ``.safetensors``, ...); with
+    ``arch``, any file."""
+    if text is None:
+        return False
+    if arch is not None or pretrained_name(text) is not None:
+        return True
+    path = Path(text)
+    if path.is_dir():
+        return any((path / name).is_file() for name in (*RUN_CHECKPOINTS, "config.json"))
+    return path.suffix.lower() in MODEL_SUFFIXES
+
+
+def default_model(arch: str | None = None) -> str:
+    """``pretrained:cifar10``, the model a command uses when given no checkpoint, saying so on stderr (stdout
+    stays the command's: JSON, say); InputError when the package ships no such model or ``arch`` needs a file."""
+    if arch is not None:
+        raise InputError(f"--arch {arch} names the architecture of a timm or Google file: give the file first")
+    if DEFAULT not in list_pretrained():
+        raise InputError(f"no checkpoint given, and this installation ships no model {PREFIX}{DEFAULT}: name a run "
+                         "folder or checkpoint first (e.g. runs/cifar10-fast)")
+    print(f"no checkpoint given: using {PREFIX}{DEFAULT}, the model shipped with npvit", file=sys.stderr)
+    return PREFIX + DEFAULT
+
+
+def model_and_image(first: str | None, image: str | None, arch: str | None = None) -> tuple[str, str | None]:
+    """(model, image) from a figure's optional CHECKPOINT and IMAGE arguments: a lone argument that is no model
+    (:func:`is_model_source`) is the image, and the model is then :func:`default_model`."""
+    if first is not None and (image is not None or is_model_source(first, arch)):
+        return first, image
+    return default_model(arch), first
 
 
 def probabilities(logits: Any) -> np.ndarray:
