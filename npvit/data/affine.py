@@ -8,11 +8,12 @@ d c b a). docs/augmentation.md has the Keras sources and the formulas.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy
 
-from ..backend import as_array, get_array_module
+from ..backend import as_array, cached_constant, get_array_module
+from .fused import fused, grid
 
 Array = Any
 
@@ -151,11 +152,13 @@ def affine_resample(x: Array, matrices: Array, reach: tuple[float, float] | None
     check_images(x)
     xp = get_array_module(x)
     b, h, w, c = x.shape
-    m = as_array(xp, matrices, dtype=x.dtype)
+    m = as_array(xp, matrices, dtype=x.dtype if xp is numpy else None)
     if m.ndim == 2:
         m = m[None]
     if m.ndim != 3 or m.shape[1:] not in ((2, 3), (3, 3)) or m.shape[0] not in (1, b):
         raise ValueError(f"matrices must have shape ({b}, 2, 3) or ({b}, 3, 3), got {tuple(m.shape)}")
+    if xp is not numpy:
+        return affine_resample_device(x, tuple(m[:, i, j] for i in range(2) for j in range(3)), reach)
     m = m[:, :2, :, None, None]  # (B|1, 2, 3, 1, 1): broadcasts against the (H, W) grid
     ys = xp.arange(h, dtype=x.dtype)[:, None]
     xs = xp.arange(w, dtype=x.dtype)[None, :]
@@ -196,6 +199,94 @@ def affine_resample(x: Array, matrices: Array, reach: tuple[float, float] | None
         out[..., ch] = bottom
         out[..., ch] += top
     return out
+
+
+def affine_resample_device(x: Array, coefficients: tuple[Array, ...],
+                           reach: tuple[float, float] | None = None) -> Array:
+    """affine_resample on CuPy in three kernels: the flat indices of every output pixel's four neighbours
+    (reflected into the image), one ``take`` of them, and the bilinear blend -- the NumPy path's arithmetic,
+    operation for operation, in ``x``'s float dtype. ``coefficients``: the six (B,) or (1,) arrays m00, m01,
+    m02, m10, m11, m12 of any float dtype (cast to ``x``'s, as the matrices are)."""
+    xp = get_array_module(x)
+    b, h, w, c = x.shape
+    dt = x.dtype
+    reach_y, reach_x = (None, None) if reach is None else reach
+    fold = (_folds(w, reach_x), _folds(h, reach_y))
+    m = [xp.asarray(a).reshape(-1, 1, 1) for a in coefficients]  # (B|1, 1, 1) each
+    xs, ys = grid(xp, w, 2, 3, dt), grid(xp, h, 1, 3, dt)
+    corner = cached_constant(xp, "affine.corners", lambda: numpy.arange(4).reshape(4, 1, 1, 1), numpy.intp)
+    index = fused(xp, "affine_neighbours", (dt.str, h, w, fold), lambda: _neighbours(xp, dt, h, w, fold))
+    taps = xp.take(x.reshape(b * h * w, c), index(corner, grid(xp, b, 1, 4, numpy.intp), xs, ys, *m), axis=0)
+    blend = fused(xp, "affine_blend", (dt.str, h, w, fold), lambda: _blend(xp, dt, h, w, fold))
+    return blend(*(taps[k] for k in range(4)), xs[..., None], ys[..., None], *(a[..., None] for a in m))
+
+
+def _folds(n: int, reach: float | None) -> bool:
+    """Whether _node_range folds the coordinates along an axis of n pixels on a device (always without reach)."""
+    if reach is None:
+        return True
+    centre = (n - 1) / 2.0
+    return math.floor(centre - reach) - 1 < -n or math.floor(centre + reach) + 2 > 2 * n
+
+
+def _coordinates(xp: Any, dt: Any, h: int, w: int, fold: tuple[bool, bool], xs: Array, ys: Array,
+                 m: tuple[Array, ...]) -> tuple[Array, Array, Array, Array]:
+    """(x_in, floor(x_in), y_in, floor(y_in)) as affine_resample computes them (inside a fused kernel)."""
+    m = [a.astype(dt) for a in m]
+    x_in = m[0] * xs + m[1] * ys + m[2]
+    y_in = m[3] * xs + m[4] * ys + m[5]
+    if fold[0]:
+        x_in = (x_in + 0.5) % (2 * w) - 0.5
+    if fold[1]:
+        y_in = (y_in + 0.5) % (2 * h) - 0.5
+    return x_in, xp.floor(x_in), y_in, xp.floor(y_in)
+
+
+def _neighbours(xp: Any, dt: Any, h: int, w: int, fold: tuple[bool, bool]) -> Callable:
+    def reflect(i: Array, n: int) -> Array:
+        r = i % (2 * n)
+        return xp.where(r >= n, 2 * n - 1 - r, r)
+
+    def f(k: Array, b: Array, xs: Array, ys: Array, *m: Array) -> Array:  # (4, B, H, W): top-left, right, ...
+        _, x0, _, y0 = _coordinates(xp, dt, h, w, fold, xs, ys, m)
+        col = reflect(x0.astype(xp.intp) + k % 2, w)
+        row = reflect(y0.astype(xp.intp) + k // 2, h)
+        return (b * h + row) * w + col
+    return f
+
+
+def _blend(xp: Any, dt: Any, h: int, w: int, fold: tuple[bool, bool]) -> Callable:
+    def f(p00: Array, p01: Array, p10: Array, p11: Array, xs: Array, ys: Array, *m: Array) -> Array:
+        x_in, x0, y_in, y0 = _coordinates(xp, dt, h, w, fold, xs, ys, m)
+        fx, fy = x_in - x0, y_in - y0
+        top = (p01 - p00) * fx + p00
+        bottom = (p11 - p10) * fx + p10
+        return (bottom - top) * fy + top
+    return f
+
+
+def rotation_coefficients(angles: Array, height: int, width: int) -> tuple[Array, ...]:
+    """The six entries m00 .. m12 of rotation_matrices, each (B,) float64; on a GPU in one kernel."""
+    xp = get_array_module(angles)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+
+    def make() -> Callable:
+        def f(t: Array) -> tuple[Array, ...]:
+            c, s = xp.cos(t), xp.sin(t)
+            return c, -s, cx - cx * c + cy * s, s, c, cy - cx * s - cy * c
+        return f
+    return fused(xp, "rotation_coefficients", (height, width), make)(angles.astype(xp.float64))
+
+
+def zoom_coefficients(height_zoom: Array, width_zoom: Array, height: int, width: int) -> tuple[Array, ...]:
+    """The six entries of zoom_matrices, each (B,) float64; on a GPU in one kernel."""
+    xp = get_array_module(height_zoom, width_zoom)
+
+    def make() -> Callable:
+        def f(zy: Array, zx: Array) -> tuple[Array, ...]:
+            return zx, zx * 0.0, (width - 1) / 2.0 * (1.0 - zx), zy * 0.0, zy, (height - 1) / 2.0 * (1.0 - zy)
+        return f
+    return fused(xp, "zoom_coefficients", (height, width), make)(height_zoom, width_zoom)
 
 
 def rotation_reach(factor: float | tuple[float, float], height: int, width: int) -> tuple[float, float]:

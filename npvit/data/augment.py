@@ -21,6 +21,7 @@ from typing import Any
 import numpy
 
 from ..backend import as_array, cached_constant, get_array_module, make_rng, to_numpy
+from .fused import fused, grid
 from .affine import (
     affine_resample,
     check_images,
@@ -28,12 +29,15 @@ from .affine import (
     draw_zooms,
     factor_bounds,
     float_images,
+    affine_resample_device,
+    rotation_coefficients,
     rotation_matrices,
     rotation_reach,
+    zoom_coefficients,
     zoom_matrices,
     zoom_reach,
 )
-from .trivial_augment import draw_trivial_augment, trivial_augment
+from .trivial_augment import draw_trivial_augment, trivial_augment, trivial_augment_device
 
 Array = Any
 EPSILON = 1e-7  # keras.config.epsilon(): the floor of sqrt(variance) in Normalization
@@ -178,8 +182,10 @@ def draw_crops(batch: int, padding: int, rng: Any, xp: Any = numpy) -> tuple[Arr
     n = 2 * padding + 1
 
     def offsets() -> Array:
-        d = xp.floor(as_array(xp, rng.random(batch), dtype=xp.float64) * n)
-        return xp.minimum(d, n - 1).astype(xp.intp)
+        u = as_array(xp, rng.random(batch), dtype=xp.float64)
+        if xp is not numpy:  # one kernel
+            return fused(xp, "crop_offsets", n, lambda: lambda v: xp.minimum(xp.floor(v * n), n - 1).astype(xp.intp))(u)
+        return xp.minimum(xp.floor(u * n), n - 1).astype(xp.intp)
 
     dy = offsets()
     return dy, offsets()
@@ -198,6 +204,8 @@ def crop_padded(x: Array, padding: int, dy: Array, dx: Array) -> Array:
     check_images(x)
     xp = get_array_module(x)
     b, h, w, c = x.shape
+    if xp is not numpy:
+        return _crop_device(x, padding, dy, dx)
     hp, wp = h + 2 * padding, w + 2 * padding
     padded = xp.zeros((b, hp, wp, c), dtype=x.dtype)
     padded[:, padding : padding + h, padding : padding + w] = x
@@ -207,6 +215,86 @@ def crop_padded(x: Array, padding: int, dy: Array, dx: Array) -> Array:
     corner = xp.arange(b, dtype=xp.intp) * (hp * wp) + dy * wp + dx  # (B,): flat index of each crop's (0, 0)
     grid = xp.arange(h, dtype=xp.intp)[:, None] * wp + xp.arange(w, dtype=xp.intp)  # (H, W): offsets in a crop
     return xp.take(padded.reshape(b * hp * wp, c), corner[:, None, None] + grid, axis=0)
+
+
+def _crop_device(x: Array, padding: int, dy: Array, dx: Array) -> Array:
+    """crop_padded on CuPy in three kernels: each output pixel's source row of the batch (a zero row past it
+    where the crop reads the padding), the batch with that row appended, one ``take``."""
+    xp = get_array_module(x)
+    b, h, w, c = x.shape
+    dy, dx = xp.asarray(dy, dtype=xp.intp).reshape(-1), xp.asarray(dx, dtype=xp.intp).reshape(-1)
+    if dy.shape != (b,) or dx.shape != (b,):
+        raise ValueError(f"need one row and one column offset per image ({b}), got {dy.shape} and {dx.shape}")
+
+    def make() -> Any:
+        def f(i: Array, j: Array, n: Array, oy: Array, ox: Array) -> Array:
+            r, s = i + oy - padding, j + ox - padding  # in the unpadded image
+            inside = (r >= 0) & (r < h) & (s >= 0) & (s < w)
+            return xp.where(inside, (n * h + r) * w + s, b * h * w)
+        return f
+    index = fused(xp, "crop_index", (b, h, w, padding), make)(
+        grid(xp, h, 1, 3, xp.intp), grid(xp, w, 2, 3, xp.intp), grid(xp, b, 0, 3, xp.intp),
+        dy.reshape(b, 1, 1), dx.reshape(b, 1, 1))  # (B, H, W)
+    zero = cached_constant(xp, ("crop.zero_row", c), lambda: numpy.zeros((1, c)), x.dtype)
+    return xp.take(xp.concatenate([x.reshape(b * h * w, c), zero]), index, axis=0)  # (B, H, W, C)
+
+
+def preprocess_device(x: Array, mean: Array, variance: Array, size: tuple[int, int], flips: Array | None,
+                      dtype: Any, epsilon: float = EPSILON) -> Array:
+    """normalize, resize_bilinear and (with ``flips``) flip_horizontal of a batch on CuPy, the same pixels as
+    those three in turn: one kernel at the same size; else one ``take`` of the four input pixels of each
+    output pixel and one kernel that normalises them and interpolates them as the separable resize does
+    (along the width, then along the height). A flipped image's output pixel (y, x) is the unflipped one's
+    (y, W - 1 - x): the kernel reads reversed views of its inputs for it."""
+    xp = get_array_module(x)
+    n, h, w, c = x.shape
+    dt = numpy.dtype(dtype)
+    oh, ow = size
+    mean, variance = as_array(xp, mean, dtype=dt), as_array(xp, variance, dtype=dt)
+    eps = dt.type(epsilon)
+    flip = None if flips is None else xp.asarray(flips, dtype=bool).reshape(n, 1, 1, 1)
+    if (oh, ow) == (h, w):
+        kernel = fused(xp, "normalize_flip", (dt.str, flip is None), lambda: _normalize(xp, dt, flip is not None))
+        inputs = (x,) if flip is None else (x, x[:, :, ::-1], flip)
+        return kernel(*inputs, mean, variance, eps)
+    j0x, j1x, fx = resize_taps(w, ow)
+    j0y, j1y, fy = resize_taps(h, oh)
+    flat = cached_constant(xp, ("resize_corners", h, w, oh, ow), lambda: numpy.stack(
+        [(jy * w)[:, None] + jx[None, :] for jy in (j0y, j1y) for jx in (j0x, j1x)]), numpy.intp)  # (4, oh, ow)
+    taps = xp.take(x.reshape(n, h * w, c), flat, axis=1)  # (n, 4, oh, ow, C)
+    corners = [taps[:, k] for k in range(4)]
+    fx = cached_constant(xp, ("resize_fx", w, ow), lambda: fx.reshape(1, 1, ow, 1), dt)
+    fy = cached_constant(xp, ("resize_fy", h, oh), lambda: fy.reshape(1, oh, 1, 1), dt)
+    kernel = fused(xp, "normalize_resize_flip", (dt.str, flip is None), lambda: _resize(xp, dt, flip is not None))
+    if flip is None:
+        return kernel(*corners, fx, fy, mean, variance, eps)
+    return kernel(*corners, *(v[:, :, ::-1] for v in corners), fx, fx[:, :, ::-1], flip, fy, mean, variance, eps)
+
+
+def _normalize(xp: Any, dt: numpy.dtype, flipped: bool) -> Any:
+    def f(*args: Array) -> Array:
+        v, mean, variance, eps = args[0].astype(dt), *args[-3:]
+        if flipped:
+            v = xp.where(args[2], args[1].astype(dt), v)
+        return (v - mean) / xp.maximum(xp.sqrt(variance), eps)
+    return f
+
+
+def _resize(xp: Any, dt: numpy.dtype, flipped: bool) -> Any:
+    def blend(p: tuple[Array, ...], fx: Array, fy: Array, mean: Array, std: Array) -> Array:
+        a, b, c, d = ((v.astype(dt) - mean) / std for v in p)  # normalised first, as the NumPy path
+        top = (b - a) * fx + a  # along the width: rows j0 and j1 of the width pass
+        bottom = (d - c) * fx + c
+        return (bottom - top) * fy + top  # then along the height
+
+    def f(*args: Array) -> Array:
+        mean, variance, eps = args[-3:]
+        std = xp.maximum(xp.sqrt(variance), eps)
+        if not flipped:
+            return blend(args[:4], args[4], args[5], mean, std)
+        out = blend(args[:4], args[8], args[11], mean, std)
+        return xp.where(args[10], blend(args[4:8], args[9], args[11], mean, std), out)
+    return f
 
 
 def random_crop(x: Array, padding: int, rng: Any) -> Array:
@@ -303,6 +391,8 @@ class Augmenter:
             raise ValueError(f"images must be rows [first, first + {batch}) of a global batch of total images, "
                              f"got first={first!r}, total={total!r}")
         rows = slice(first, first + batch)
+        if xp is not numpy:
+            return self._device(images, training, rng, rows, total)
         if training:
             rng = self._default_rng(xp) if rng is None else rng
             if self.crop_padding:  # on the raw images: zeros are black, as torchvision pads
@@ -325,6 +415,39 @@ class Augmenter:
             zy, zx = draw_zooms(total, self.zoom, self.zoom, rng, xp)
             x = affine_resample(x, zoom_matrices(zy[rows], zx[rows], size, size),
                                 zoom_reach(self.zoom, self.zoom, size, size))
+        return x
+
+    def _device(self, images: Array, training: bool, rng: Any, rows: slice, total: int) -> Array:
+        """__call__ on CuPy: the same draws in the same order and the same pixels, in few kernels -- the crop
+        inside TrivialAugment's gather, normalisation, resize and flip in one gather and one kernel, rotation
+        and zoom in four kernels each (npvit.data.fused)."""
+        xp = get_array_module(images)
+        size = self.image_size
+        flips = None
+        if training:
+            rng = self._default_rng(xp) if rng is None else rng
+            crop = None
+            if self.crop_padding:
+                dy, dx = draw_crops(total, self.crop_padding, rng, xp)
+                crop = (self.crop_padding, dy[rows], dx[rows])
+            if self.trivial_augment:
+                ops, bins, signs = draw_trivial_augment(total, rng, xp, self.trivial_augment_prob)
+                images = trivial_augment_device(images, ops[rows], bins[rows], signs[rows], self.dtype, crop)
+            elif crop is not None:
+                images = crop_padded(images, *crop)
+            if self.flip:
+                flips = draw_flips(total, rng, xp)[rows]
+        x = preprocess_device(images, *self._moments(xp), (size, size), flips, self.dtype)
+        if not training:
+            return x
+        if factor_bounds(self.rotation, "rotation") != (0.0, 0.0):
+            angles = draw_angles(total, self.rotation, rng, xp)[rows]
+            x = affine_resample_device(x, rotation_coefficients(angles, size, size),
+                                       rotation_reach(self.rotation, size, size))
+        if factor_bounds(self.zoom, "zoom") != (0.0, 0.0):
+            zy, zx = draw_zooms(total, self.zoom, self.zoom, rng, xp)
+            x = affine_resample_device(x, zoom_coefficients(zy[rows], zx[rows], size, size),
+                                       zoom_reach(self.zoom, self.zoom, size, size))
         return x
 
     def __repr__(self) -> str:

@@ -33,8 +33,9 @@ step), 255)``, or stays v when step = 0. Posterize, solarize and equalize read i
 the raw images have: every image gets one operation, applied to the image as it came.
 
 Each operation is a function of a batch (``OPERATIONS``). On NumPy it runs on the images that drew it; on
-a GPU on the whole batch, its result kept where the image drew it (``xp.where``), so that nothing is read
-back from the device. No loop over images on either. Draws (:func:`draw_trivial_augment`) come from ``rng.random``
+a GPU (:func:`trivial_augment_device`) every image goes through one gather and one kernel that computes each
+image's own operation, 14 kernels in all, so that nothing is read back from the device. No loop over images
+on either. Draws (:func:`draw_trivial_augment`) come from ``rng.random``
 for a whole global batch: operations, bins, then signs, then (only with a probability below 1) whether each
 image is augmented at all.
 """
@@ -42,11 +43,12 @@ image is augmented at all.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy
 
 from ..backend import bin_counts, cached_constant, get_array_module
+from .fused import fused, grid
 
 Array = Any
 OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
@@ -90,16 +92,22 @@ def draw_trivial_augment(total: int, rng: Any, xp: Any = numpy, prob: float = 1.
     if not 0.0 <= prob <= 1.0:
         raise ValueError(f"prob must be in [0, 1], got {prob!r}")
 
-    def uniform_index(n: int) -> Array:
-        u = xp.asarray(rng.random(total), dtype=xp.float64)
-        return xp.minimum(xp.floor(u * n), n - 1).astype(xp.intp)
+    u = [xp.asarray(rng.random(total), dtype=xp.float64) for _ in range(3 if prob == 1.0 else 4)]  # in order
+    if xp is numpy:
+        return _draws(numpy, prob)(*u)
+    return fused(xp, "trivial_augment_draws", prob, lambda: _draws(xp, prob))(*u)  # the arithmetic: one kernel
 
-    ops, bins = uniform_index(len(OPS)), uniform_index(BINS)
-    signs = xp.where(xp.asarray(rng.random(total), dtype=xp.float64) < 0.5, -1.0, 1.0)
-    if prob < 1.0:
-        keep = xp.asarray(rng.random(total), dtype=xp.float64) < prob  # (total,): these images are augmented
-        ops = xp.where(keep, ops, 0)  # OPS[0] is the identity
-    return ops, bins, signs
+
+def _draws(xp: Any, prob: float) -> Callable:
+    """draw_trivial_augment's arithmetic on its uniform draws: (u_op, u_bin, u_sign[, u_keep]) -> draws."""
+    def f(u_op: Array, u_bin: Array, u_sign: Array, *u_keep: Array) -> tuple[Array, Array, Array]:
+        ops = xp.minimum(xp.floor(u_op * len(OPS)), len(OPS) - 1).astype(xp.intp)
+        bins = xp.minimum(xp.floor(u_bin * BINS), BINS - 1).astype(xp.intp)
+        signs = xp.where(u_sign < 0.5, -1.0, 1.0)
+        if u_keep:
+            ops = xp.where(u_keep[0] < prob, ops, 0)  # OPS[0] is the identity: the image is left as it is
+        return ops, bins, signs
+    return f
 
 
 def op_strengths(ops: Array, bins: Array, signs: Array) -> Array:
@@ -112,10 +120,11 @@ def op_strengths(ops: Array, bins: Array, signs: Array) -> Array:
 
 def trivial_augment(x: Array, ops: Array, bins: Array, signs: Array, dtype: Any = numpy.float32) -> Array:
     """Apply to each image of ``x`` (B, H, W, C), pixel values in [0, 255] (uint8 or float), the operation
-    ``OPS[ops[b]]`` at the strength of ``bins[b]`` with sign ``signs[b]``. Returns ``dtype`` (B, H, W, C).
+    ``OPS[ops[b]]`` at the strength of ``bins[b]`` with sign ``signs[b]`` (+-1). Returns ``dtype`` (B, H, W, C).
 
-    On NumPy each operation runs on the images that drew it; on a GPU it runs on the whole batch and
-    ``where`` keeps it for those images, since picking them would read the draws back to the host.
+    On NumPy each operation runs on the images that drew it. On a GPU, :func:`trivial_augment_device`: every
+    image through one gather and one kernel that computes the operation each image drew, since picking the
+    images would read the draws back to the host.
     """
     xp = get_array_module(x)
     if x.ndim != 4:
@@ -125,19 +134,15 @@ def trivial_augment(x: Array, ops: Array, bins: Array, signs: Array, dtype: Any 
     if ops.shape != (b,) or bins.shape != (b,) or signs.shape != (b,):
         raise ValueError(f"need one operation, bin and sign per image ({b}), got shapes {ops.shape}, "
                          f"{bins.shape} and {signs.shape}")
+    if xp is not numpy:
+        return trivial_augment_device(x, ops, bins, signs, dtype)
     s = op_strengths(ops, bins, signs)  # (B,) float64
     raw = x.astype(dtype)  # (B, H, W, C)
     out = raw.copy()  # identity
     for k, name in enumerate(OPS):
-        if name == "identity":
-            continue
-        apply = OPERATIONS[name]
-        if xp is numpy:
-            rows = numpy.flatnonzero(ops == k)
-            if rows.size:
-                out[rows] = apply(raw[rows], s[rows])
-        else:
-            out = xp.where((ops == k)[:, None, None, None], apply(raw, s), out)
+        rows = numpy.flatnonzero(ops == k)
+        if name != "identity" and rows.size:
+            out[rows] = OPERATIONS[name](raw[rows], s[rows])
     return out
 
 
@@ -281,3 +286,183 @@ OPERATIONS = {
 }
 """Operation name -> f(images (n, H, W, C) float, signed strengths (n,) float64) -> images: every operation of
 OPS but the identity, each applied to every image it is given."""
+
+
+# ---- the GPU path: one gather, one kernel -------------------------------------------------------------------
+_GEOMETRIC = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")
+
+
+def trivial_augment_device(x: Array, ops: Array, bins: Array, signs: Array, dtype: Any = numpy.float32,
+                           crop: tuple[int, Array, Array] | None = None) -> Array:
+    """trivial_augment on CuPy in 14 kernels whatever the draws, the same pixels as the NumPy path.
+
+    The five geometric operations are each an output-to-input map ``in = A (x, y, 1)``, the identity for the
+    other images: one kernel computes every pixel's source index (a zero row past the batch where it falls
+    outside), one ``take`` reads the batch through it. The colour operations need per-image statistics of
+    those pixels (the gray mean; per channel the 257-entry running histogram, from one scatter-add, which
+    also gives autocontrast's minimum and maximum for uint8 images) and each pixel's 3x3 neighbours (views of
+    the gathered batch, laid out with a margin); then one kernel computes every operation of OPS for every
+    pixel and keeps the one its image drew. ``crop`` = (P, dy, dx): the images of ``x`` are first padded with
+    P zeros and cropped at the offsets (npvit.data.augment.crop_padded), inside the same gather.
+    """
+    xp = get_array_module(x)
+    n, h, w, c = x.shape
+    dt = numpy.dtype(dtype)
+    code = fused(xp, "trivial_augment_code", None, lambda: lambda o, b, g: o * (2 * BINS) + b * 2 + (g > 0))
+    table = cached_constant(xp, "trivial_augment.signed_strengths", _signed_strengths, numpy.float64)
+    s = xp.take(table, code(ops, bins, signs))  # (n,) float64: STRENGTHS[op, bin] times the sign if signed
+    pad, oy, ox = (0, 0, 0) if crop is None else (crop[0], crop[1].reshape(n, 1, 1), crop[2].reshape(n, 1, 1))
+    source = fused(xp, "trivial_augment_source", (h, w, pad, crop is None), lambda: _source_index(xp, h, w, pad))
+    index = source(ops.reshape(n, 1, 1), s.reshape(n, 1, 1), grid(xp, w, 2, 3, numpy.float64),
+                   grid(xp, h, 1, 3, numpy.float64), grid(xp, n, 0, 3, numpy.intp), oy, ox, n * h * w)  # (n, H, W)
+    zero = cached_constant(xp, ("trivial_augment.zero_row", c), lambda: numpy.zeros((1, c)), x.dtype)
+    rows = xp.concatenate([x.reshape(n * h * w, c), zero])  # (n H W + 1, C): the last row reads as black
+    margin = (w + 1) * c  # the 3x3 neighbours of every pixel are views of the flat buffer at fixed offsets
+    buffer = xp.zeros(n * h * w * c + 2 * margin, dtype=x.dtype)
+    size = n * h * w * c
+    xp.take(rows, index.reshape(-1), axis=0, out=buffer[margin:margin + size].reshape(n * h * w, c))
+
+    def at(dy: int, dx: int) -> Array:  # (n, H, W, C): the pixel dy rows and dx columns away
+        start = margin + (dy * w + dx) * c
+        return buffer[start:start + size].reshape(n, h, w, c)
+
+    moved = at(0, 0)  # (n, H, W, C): each image moved by its map (unmoved for the colour operations)
+    gray = [moved[..., i:i + 1] for i in range(3)] if c == 3 else [moved[..., :1]]  # (n, H, W, 1) each
+    mean = fused(xp, "trivial_augment_gray_mean", (dt.str, len(gray), h * w), lambda: _gray_sum(xp, dt, h * w))(*gray)
+    below, key = _histograms(moved, dt)  # (n, H, W, C), (n, 1, 1, C)
+    if x.dtype == numpy.uint8:  # the extremes are the lowest and highest non-empty bins (in key)
+        lo = hi = cached_constant(xp, "trivial_augment.unused", lambda: numpy.zeros(()), dt)
+    else:
+        lo = _amin(xp, dt)(moved).reshape(n, 1, 1, c)
+        hi = _amax(xp, dt)(moved).reshape(n, 1, 1, c)
+    interior = cached_constant(xp, ("trivial_augment.interior", h, w), lambda: _interior(h, w), bool)
+    apply = fused(xp, "trivial_augment_apply", (dt.str, len(gray), x.dtype == numpy.uint8, h * w),
+                  lambda: _apply(xp, dt, x.dtype == numpy.uint8, h * w))
+    neighbours = [at(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return apply(moved, ops.reshape(n, 1, 1, 1), s.reshape(n, 1, 1, 1), mean.reshape(n, 1, 1, 1),
+                 lo, hi, key, below, interior, *neighbours, *gray)
+
+
+def _signed_strengths() -> numpy.ndarray:
+    """(14 * 31 * 2,): STRENGTHS[op, bin] times the sign (- then +) for the signed operations, at
+    op * 62 + bin * 2 + (sign > 0); a product with +-1 is exact, as the NumPy path's."""
+    signed = numpy.array([op in SIGNED for op in OPS])[:, None, None]
+    return (STRENGTHS[:, :, None] * numpy.where(signed, numpy.array([-1.0, 1.0]), 1.0)).reshape(-1)
+
+
+def _interior(h: int, w: int) -> numpy.ndarray:
+    inside = numpy.zeros((1, h, w, 1), dtype=bool)
+    inside[:, 1:-1, 1:-1] = True
+    return inside
+
+
+def _source_index(xp: Any, h: int, w: int, pad: int) -> Callable:
+    """The per-pixel kernel: the flat row of each output pixel's source in the (padded) batch, the zero row
+    n H W where it falls outside; the map's coefficients as _resample's for each operation."""
+    k = {name: OPS.index(name) for name in _GEOMETRIC}
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+
+    def f(op: Array, s: Array, gx: Array, gy: Array, b: Array, oy: Any, ox: Any, outside: int) -> Array:
+        theta = s * (math.pi / 180.0)
+        cos, sin = xp.cos(theta), xp.sin(theta)
+        rot = op == k["rotate"]
+        a0 = xp.where(rot, cos, 1.0)
+        a1 = xp.where(rot, -sin, xp.where(op == k["shear_x"], s, 0.0))
+        a2 = xp.where(rot, cx - cx * cos + cy * sin, xp.where(op == k["translate_x"], -s, 0.0))
+        a3 = xp.where(rot, sin, xp.where(op == k["shear_y"], s, 0.0))
+        a4 = xp.where(rot, cos, 1.0)
+        a5 = xp.where(rot, cy - cx * sin - cy * cos, xp.where(op == k["translate_y"], -s, 0.0))
+        in_x = xp.rint(a0 * gx + a1 * gy + a2)  # nearest column, ties to even
+        in_y = xp.rint(a3 * gx + a4 * gy + a5)
+        inside = (in_x >= 0) & (in_x <= w - 1) & (in_y >= 0) & (in_y <= h - 1)
+        row = xp.clip(in_y, 0, h - 1).astype(xp.intp) + oy  # in the zero-padded image when cropped
+        col = xp.clip(in_x, 0, w - 1).astype(xp.intp) + ox
+        inside = inside & (row >= pad) & (row < h + pad) & (col >= pad) & (col < w + pad)
+        return xp.where(inside, (b * h + row - pad) * w + col - pad, outside)
+    return f
+
+
+def _gray_sum(xp: Any, dt: numpy.dtype, count: int) -> Callable:
+    """The per-image mean of gray(x) (one reduction): contrast's degenerate image."""
+    def f(*channels: Array) -> Array:
+        r = channels[0].astype(dt)
+        g = r if len(channels) == 1 else r * GRAY[0] + channels[1].astype(dt) * GRAY[1] + channels[2].astype(dt) * GRAY[2]
+        return g.sum(axis=(1, 2, 3)) / count
+    return f
+
+
+def _histograms(moved: Array, dt: numpy.dtype) -> tuple[Array, Array]:
+    """(below, key): for each pixel the count of its channel's pixels of lower value (n, H, W, C), and per
+    channel ``lo + 256 hi + 65536 h_last`` (n, 1, 1, C): the lowest and highest non-empty bins and the count of
+    the highest, from a 257-bin running histogram per (image, channel), in five kernels."""
+    xp = get_array_module(moved)
+    n, h, w, c = moved.shape
+    base = cached_constant(xp, ("trivial_augment.hist_base", n, c),
+                           lambda: (numpy.arange(n * c) * 257).reshape(n, 1, 1, c), numpy.intp)
+    index = fused(xp, "trivial_augment_hist_index", dt.str, lambda: lambda v, b: _value_bin(xp, v, dt, b))
+    bin_index, value_index = index(moved, base)  # (n, H, W, C) each: bin v + 1 and v of the pixel's row
+    running = xp.cumsum(bin_counts(bin_index, n * c * 257).reshape(n, c, 257), axis=-1)  # [.., v]: below v
+    key = fused(xp, "trivial_augment_extremes", h * w, lambda: _extremes(xp, h * w))(
+        running[..., :-1], running[..., 1:], grid(xp, 256, 2, 3, numpy.int64))  # (n, C)
+    return xp.take(running.reshape(-1), value_index), key.reshape(n, 1, 1, c)
+
+
+def _value_bin(xp: Any, v: Array, dt: numpy.dtype, base: Array) -> tuple[Array, Array]:
+    i = base + xp.clip(v.astype(dt), 0, 255).astype(xp.intp)  # equalize's integer value, in its row
+    return i + 1, i
+
+
+def _extremes(xp: Any, total: int) -> Callable:
+    def f(below: Array, upto: Array, v: Array) -> Array:  # (n, C, 256) each: pixels < v, pixels <= v
+        count = (upto - below).astype(xp.int64)
+        lowest = (count > 0) & (below == 0)
+        highest = (count > 0) & (upto == total)
+        return (xp.where(lowest, v, 0) + xp.where(highest, v * 256 + count * 65536, 0)).sum(axis=-1)
+    return f
+
+
+def _amin(xp: Any, dt: numpy.dtype) -> Callable:
+    return fused(xp, "trivial_augment_min", dt.str, lambda: lambda v: v.astype(dt).min(axis=(1, 2)))
+
+
+def _amax(xp: Any, dt: numpy.dtype) -> Callable:
+    return fused(xp, "trivial_augment_max", dt.str, lambda: lambda v: v.astype(dt).max(axis=(1, 2)))
+
+
+def _apply(xp: Any, dt: numpy.dtype, from_histogram: bool, total: int) -> Callable:
+    """The per-pixel kernel: every operation of OPS on the gathered pixel, the one its image drew kept; the
+    same operations, in the same order and dtypes, as the NumPy functions above."""
+    weights = SMOOTH.reshape(-1).tolist()
+
+    def f(v: Array, op: Array, s: Array, mean: Array, lo: Array, hi: Array, key: Array, below: Array,
+          interior: Array, *rest: Array) -> Array:
+        neighbours, channels = rest[:9], rest[9:]
+        x = v.astype(dt)
+        if from_histogram:
+            lo, hi = (key % 256).astype(dt), (key // 256 % 256).astype(dt)
+        f = (1.0 + s).astype(dt)
+        r = channels[0].astype(dt)
+        gray = r if len(channels) == 1 else r * GRAY[0] + channels[1].astype(dt) * GRAY[1] + channels[2].astype(dt) * GRAY[2]
+        smooth = 0
+        for wk, nk in zip(weights, neighbours):
+            smooth = smooth + wk * nk.astype(dt).astype(xp.float64)  # SMOOTH[i, j] * x in float64, as smooth()
+        smooth = xp.where(interior, smooth.astype(dt), x)
+        flat = hi <= lo
+        step = (total - key // 65536) // 255
+        lut = xp.minimum((below + step // 2) // xp.maximum(step, 1), 255)
+        q = xp.exp2(8.0 - xp.where(op == OPS.index("posterize"), s, 8.0)).astype(dt)  # 1 for the others: finite
+        out = {
+            "brightness": xp.clip(f * x + (1 - f) * 0.0, 0, 255),
+            "color": xp.clip(f * x + (1 - f) * gray, 0, 255),
+            "contrast": xp.clip(f * x + (1 - f) * mean, 0, 255),
+            "sharpness": xp.clip(f * x + (1 - f) * smooth, 0, 255),
+            "posterize": xp.floor(x / q) * q,
+            "solarize": xp.where(x >= s.astype(dt), 255 - x, x),
+            "autocontrast": xp.where(flat, x, xp.clip((x - lo) * (255 / xp.where(flat, 1, hi - lo)), 0, 255)),
+            "equalize": xp.where(step == 0, xp.clip(x, 0, 255).astype(xp.intp), lut).astype(dt),
+        }
+        result = x  # the identity and the geometric operations: the gathered pixel
+        for name, value in out.items():
+            result = xp.where(op == OPS.index(name), value, result)
+        return result
+    return f
