@@ -190,29 +190,36 @@ def relu_backward(dy: Array, cache: Array) -> Array:
 
 def max_pool2d_forward(x: Array, kernel: int = 3, stride: int = 2, padding: int = 1) -> tuple[Array, tuple]:
     """Max over k x k windows with stride s of x padded with p values -inf (so padding never wins):
-    (B, H, W, C) -> (B, Ho, Wo, C), Ho = (H + 2 p - k) // s + 1. Returns (y, cache), the cache (argmax, x's
-    shape, k, s, p), argmax the first window entry i k + j in row-major order holding the max (PyTorch's
-    rule for ties), as npvit.kernels.max_pool2d_forward."""
+    (B, H, W, C) -> (B, Ho, Wo, C), Ho = (H + 2 p - k) // s + 1. Returns (y, cache), the cache (x, y, k, s,
+    p) as npvit.kernels.max_pool2d_forward."""
+    windows = pool_windows(x, kernel, stride, padding)  # (B, Ho, Wo, k k, C)
+    y = windows.max(axis=3)  # (B, Ho, Wo, C)
+    return y, (x, y, kernel, stride, padding)
+
+
+def pool_windows(x: Array, k: int, s: int, p: int) -> Array:
+    """The k x k windows of x (B, H, W, C) padded with -inf, every s pixels: (B, Ho, Wo, k k, C), each window's
+    entries in row-major order."""
     xp = get_array_module(x)
     batch, height, width, channels = x.shape
-    k, s, p = kernel, stride, padding
     ho, wo = (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
     padded = xp.full((batch, height + 2 * p, width + 2 * p, channels), -xp.inf, dtype=x.dtype)
     padded[:, p:p + height, p:p + width] = x
     rows = (xp.arange(ho) * s)[:, None] + xp.arange(k)  # (Ho, k)
     cols = (xp.arange(wo) * s)[:, None] + xp.arange(k)  # (Wo, k)
     windows = padded[:, rows[:, None, :, None], cols[None, :, None, :]]  # (B, Ho, Wo, k, k, C)
-    windows = windows.reshape(batch, ho, wo, k * k, channels)  # (B, Ho, Wo, k k, C)
-    argmax = windows.argmax(axis=3)  # (B, Ho, Wo, C)  argmax returns the first of equal maxima
-    return windows.max(axis=3), (argmax.astype(xp.uint8), x.shape, k, s, p)
+    return windows.reshape(batch, ho, wo, k * k, channels)
 
 
-# Each output's gradient goes to the pixel that was its max; overlapping windows add up.
+# Each output's gradient goes to the pixel that was its max: the first window entry, in row-major order, that
+# holds it (argmax returns the first of equal maxima: PyTorch's rule for ties). Overlapping windows add up.
 def max_pool2d_backward(dy: Array, cache: tuple) -> Array:
     """Gradient of max_pool2d_forward: (dx)."""
-    argmax, (batch, height, width, channels), k, s, p = cache
+    x, y, k, s, p = cache
     xp = get_array_module(dy)
+    batch, height, width, channels = x.shape
     ho, wo = dy.shape[1:3]
+    argmax = pool_windows(x, k, s, p).argmax(axis=3)  # (B, Ho, Wo, C)
     dpadded = xp.zeros((batch, height + 2 * p, width + 2 * p, channels), dtype=dy.dtype)
     for i in range(k):
         for j in range(k):
