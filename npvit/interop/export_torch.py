@@ -1,6 +1,7 @@
 """A model as a PyTorch state dict (``torch.save``): timm's names for a model timm's VisionTransformer holds,
 else ``npvit.torch_reference.TorchViT``'s (the Keras arrangement): ``<layer>.weight`` / ``.bias``, Linear
-weights (out, in), Conv2d weights (out, in, k, k), so that ``TorchViT(config).load_state_dict(torch.load(OUT))`` takes it strictly."""
+weights (out, in), Conv2d weights (out, in, k, k), so that ``TorchViT(config).load_state_dict(torch.load(OUT))``
+takes it strictly."""
 
 from __future__ import annotations
 
