@@ -35,8 +35,20 @@ def variant(dim: int, depth: int, heads: int, patch: int = 4) -> ViTConfig:
                                mlp_units=(2 * dim, dim), patch_size=patch)
 
 
+def compact(channels: tuple[int, ...], dim: int, depth: int, heads: int, mlp_ratio: int) -> ViTConfig:
+    """The compact preset (CCT's conv tokenizer and sequence pooling) with other conv channels, width, depth,
+    heads or MLP ratio."""
+    return dataclasses.replace(ViTConfig.compact(), conv_channels=channels, dim=dim, depth=depth, num_heads=heads,
+                               key_dim=dim // heads, mlp_units=(mlp_ratio * dim, dim))
+
+
 CANDIDATES: list[tuple[str, ViTConfig]] = [
     ("fast: width 64, 6 blocks", ViTConfig.fast()),
+    ("compact: conv 32,64, width 64, 4 blocks, MLP 2", ViTConfig.compact()),
+    ("conv 32,64, width 128 (projected), 2 blocks, MLP 1", compact((32, 64), 128, 2, 2, 1)),
+    ("conv 64,128, width 128, 2 blocks, MLP 1 (CCT-2/3x2)", compact((64, 128), 128, 2, 2, 1)),
+    ("conv 32,64, width 64, 6 blocks, MLP 2", compact((32, 64), 64, 6, 2, 2)),
+    ("conv 32,96, width 96, 4 blocks, MLP 2", compact((32, 96), 96, 4, 3, 2)),
     ("width 96, 6 blocks", variant(96, 6, 3)),
     ("width 128, 6 blocks", variant(128, 6, 4)),
     ("width 192, 6 blocks", variant(192, 6, 6)),

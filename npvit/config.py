@@ -13,7 +13,9 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-POOLS = ("flatten", "cls", "gap")
+POOLS = ("flatten", "cls", "gap", "seq")
+TOKENIZERS = ("patch", "conv")
+CONV_KERNEL, POOL_KERNEL, POOL_STRIDE, POOL_PADDING = 3, 3, 2, 1  # CCT's tokenizer layer: conv 3x3, max-pool 3/2/1
 GELUS = ("erf", "tanh")
 ATTENTION_FANS = ("axes", "receptive")
 ARRANGEMENTS = ("keras", "timm")
@@ -54,7 +56,9 @@ class ViTConfig:
         ln_eps: layer-norm epsilon.
         pool: how tokens become one vector: "flatten" (the Keras example: all tokens concatenated),
             "cls" (the paper: a learned class token, prepended, and its output taken), "gap" (mean over the
-            patch tokens: the class token, when there is one, is left out, as timm's global_pool="avg").
+            patch tokens: the class token, when there is one, is left out, as timm's global_pool="avg"), "seq"
+            (CCT's sequence pooling: the tokens' mean weighted by softmax over the tokens of a learned score
+            x . g, npvit.kernels.seq_pool; a class token, when there is one, is weighted like the others).
         gelu: "erf" (exact) or "tanh" (approximation).
         attention_fans: the fans of the Glorot-uniform query, key, value and output kernels. "axes": Keras 3.15
             and later, which read them from the einsum axes of its (D, H, d) and (H, d, D) kernels: fans (D, H d)
@@ -73,6 +77,12 @@ class ViTConfig:
             means pool == "cls"; True with pool "gap" is timm's global_pool="avg" on a model that has one.
         fc_norm: True: the final LayerNorm acts on the pooled vector (named ``fc_norm``) instead of on every
             token (``norm``), as timm's default for global_pool="avg". False: norm before pooling.
+        tokenizer: how images become tokens. "patch" (every preset but compact): patches projected linearly
+            (PatchEmbed). "conv" (CCT, Hassani et al. 2021): for each entry of ``conv_channels`` a layer conv 3x3
+            (stride 1, same padding, no bias) -> ReLU -> max-pool (kernel 3, stride 2, padding 1), each halving
+            the image side; the pixels of the last map are the tokens, projected linearly to ``dim`` only when
+            the last channel count differs from it. ``patch_size`` and ``patch_overlap`` are then unused.
+        conv_channels: the output channels of the convolutional tokenizer's layers (empty with "patch").
     """
 
     image_size: int = 72
@@ -97,17 +107,24 @@ class ViTConfig:
     arrangement: str = "keras"
     class_token: bool | None = None
     fc_norm: bool = False
+    tokenizer: str = "patch"
+    conv_channels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         # Lists from JSON or the command line become tuples, so configs stay hashable and comparable.
-        object.__setattr__(self, "mlp_units", tuple(int(u) for u in self.mlp_units))
-        object.__setattr__(self, "head_units", tuple(int(u) for u in self.head_units))
+        for name in ("mlp_units", "head_units", "conv_channels"):
+            object.__setattr__(self, name, tuple(int(u) for u in getattr(self, name)))
         self.validate()
 
     # ---- derived sizes -------------------------------------------------------------------------------------
     @property
     def grid_size(self) -> int:
-        """Patches along each side of the image."""
+        """Tokens along each side of the image: patches, or the last map's pixels of the conv tokenizer."""
+        if self.tokenizer == "conv":
+            side = self.image_size
+            for _ in self.conv_channels:  # each layer's max-pool: (side + 2 p - k) // s + 1
+                side = (side + 2 * POOL_PADDING - POOL_KERNEL) // POOL_STRIDE + 1
+            return side
         return self.image_size // self.patch_size
 
     @property
@@ -140,6 +157,11 @@ class ViTConfig:
         """Width of the vector the classifier head receives."""
         return self.num_tokens * self.dim if self.pool == "flatten" else self.dim
 
+    @property
+    def tokenizer_projects(self) -> bool:
+        """Whether the conv tokenizer ends with a linear projection (its last channel count is not dim)."""
+        return self.tokenizer == "conv" and self.conv_channels[-1] != self.dim
+
     def drop_path_rate(self, block: int) -> float:
         """The drop path rate of block ``block`` (0-based): drop_path * block / (depth - 1), rising linearly from
         0 in the first block to drop_path in the last (timm's rule); with one block, drop_path."""
@@ -155,10 +177,17 @@ class ViTConfig:
         def dense_chain(sizes: tuple[int, ...]) -> int:  # weights and biases of Dense layers in a row
             return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
 
-        embed = self.patch_dim * d + d + self.num_tokens * d + (d if self.has_class_token else 0)
+        if self.tokenizer == "conv":
+            chans = (self.channels, *self.conv_channels)
+            embed = sum(CONV_KERNEL**2 * a * b for a, b in zip(chans, chans[1:]))
+            embed += dense_chain((chans[-1], d)) if self.tokenizer_projects else 0
+        else:
+            embed = self.patch_dim * d + d
+        embed += self.num_tokens * d + (d if self.has_class_token else 0)
         block = 2 * d + dense_chain((d, 3 * qkv)) + dense_chain((qkv, d)) + 2 * d + dense_chain((d, *self.mlp_units))
         head = dense_chain((self.pooled_dim, *self.head_units, self.num_classes))
-        return embed + self.depth * block + 2 * d + head  # 2 d: the final norm, or fc_norm in its place
+        pool = d if self.pool == "seq" else 0  # the sequence pooling's score vector g
+        return embed + self.depth * block + 2 * d + pool + head  # 2 d: the final norm, or fc_norm in its place
 
     # ---- checks and conversion ----------------------------------------------------------------------------
     def validate(self) -> None:
@@ -170,7 +199,7 @@ class ViTConfig:
                 raise ValueError(f"ViTConfig.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.patch_overlap, int) or isinstance(self.patch_overlap, bool) or self.patch_overlap < 0:
             raise ValueError(f"ViTConfig.patch_overlap must be a non-negative integer, got {self.patch_overlap!r}")
-        if self.patch_size > self.image_size:
+        if self.tokenizer == "patch" and self.patch_size > self.image_size:
             raise ValueError(
                 f"ViTConfig.patch_size ({self.patch_size}) must not exceed image_size ({self.image_size})"
             )
@@ -204,8 +233,23 @@ class ViTConfig:
         if not isinstance(self.fc_norm, bool):
             raise ValueError(f"ViTConfig.fc_norm must be true or false, got {self.fc_norm!r}")
         if self.fc_norm and self.pool == "flatten":
-            raise ValueError('ViTConfig.fc_norm normalises one pooled token: it needs pool "cls" or "gap", not '
-                             '"flatten"')
+            raise ValueError('ViTConfig.fc_norm normalises one pooled token: it needs pool "cls", "gap" or "seq", '
+                             'not "flatten"')
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"ViTConfig.tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
+        if self.tokenizer == "conv":
+            if not self.conv_channels or any(c < 1 for c in self.conv_channels):
+                raise ValueError(f'ViTConfig.tokenizer "conv" needs conv_channels, the positive channel counts of '
+                                 f'its layers (e.g. [32, 64]), got {list(self.conv_channels)}')
+            if self.grid_size < 1 or len(self.conv_channels) > 8:
+                raise ValueError(f"ViTConfig.conv_channels: {len(self.conv_channels)} layers, each halving the "
+                                 f"image side, are too many for {self.image_size}x{self.image_size} images")
+            if self.arrangement == "timm":
+                raise ValueError('ViTConfig.tokenizer "conv" builds a compact transformer, which timm has no '
+                                 'counterpart of: use arrangement "keras"')
+        elif self.conv_channels:
+            raise ValueError(f'ViTConfig.conv_channels {list(self.conv_channels)} belongs to tokenizer "conv"; '
+                             f'the tokenizer is {self.tokenizer!r}: set tokenizer "conv" or leave them empty')
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (tuples become lists)."""
@@ -287,6 +331,22 @@ class ViTConfig:
         )
 
     @classmethod
+    def compact(cls, num_classes: int = 10) -> "ViTConfig":
+        """A compact transformer (CCT, Hassani et al. 2021) sized for 2 CPU cores: two conv 3x3 -> ReLU ->
+        max-pool layers of 32 and 64 channels turn a 32x32 image into 8x8 = 64 tokens of width 64, then 4 blocks
+        of 2 heads of width 32, MLP ratio 2, and sequence pooling into one linear classifier, no dropout.
+
+        The sizes beside it are measured in ``benchmarks/sizing.py`` (benchmarks/NOTES.md, "Convolutional
+        tokenizer"); CCT-2/3x2 itself is ``replace(compact(), conv_channels=(64, 128), dim=128, depth=2,
+        key_dim=64, mlp_units=(128, 128))``.
+        """
+        return cls(
+            num_classes=num_classes, image_size=32, patch_size=4, tokenizer="conv", conv_channels=(32, 64), dim=64,
+            depth=4, num_heads=2, key_dim=32, mlp_units=(128, 64), head_units=(), dropout=0.0,
+            attention_dropout=0.0, head_dropout=0.0, pool="seq", gelu="tanh",
+        )
+
+    @classmethod
     def tiny(cls, num_classes: int = 5) -> "ViTConfig":
         """A few thousand parameters, for tests and gradient checks: 8x8 images, 4 patches of 4x4."""
         return cls(
@@ -300,6 +360,7 @@ PRESETS = {
     "keras-wide": ViTConfig.keras_wide,
     "small": ViTConfig.small,
     "fast": ViTConfig.fast,
+    "compact": ViTConfig.compact,
     "tiny": ViTConfig.tiny,
 }
 """Preset name (as the command-line tools spell it) -> constructor taking ``num_classes``."""

@@ -2,7 +2,9 @@
 
 This is the model of ``npvit.ViT`` (Dosovitskiy et al., 2020, laid out as the Keras example builds it, or as
 timm's ``VisionTransformer`` does with ``cfg.arrangement == "timm"``: no GELU after the block MLP's last
-layer) as plain functions on arrays, in the order the data flows. It reads the same ``params`` dict as ``npvit.ViT``
+layer), and with ``cfg.tokenizer == "conv"`` and ``cfg.pool == "seq"`` the compact transformer's convolutional
+tokenizer and sequence pooling (CCT, Hassani et al., 2021), as plain functions on arrays, in the order the
+data flows. It reads the same ``params`` dict as ``npvit.ViT``
 (same names, same layouts) and computes the same numbers: the tests hold the two to 1e-12 in float64. The
 fast model gets its speed from tricks (thread shards, cache-sized pieces and chunks, transposed scores,
 exp2, a query scale folded into the weights, in-place buffers) that this file leaves out;
@@ -129,6 +131,135 @@ def patch_embed_backward(dtokens: Array, cache: tuple, w: Array) -> tuple[Array,
     c_patches, c_proj = cache
     dpatches, dw, db = dense_backward(dtokens, c_proj, w)  # (B, N, K*K*C), (K*K*C, D), (D,)
     return patches_backward(dpatches, c_patches), dw, db  # (B, S, S, C)
+
+
+# ---- convolutional tokenizer (CCT) ----------------------------------------------------------------------------
+def conv2d_forward(x: Array, w: Array) -> tuple[Array, tuple]:
+    """Convolution, stride 1, same zero padding, no bias: x (B, S, S, Ci), W (k, k, Ci, Co) -> y (B, S, S, Co),
+
+        y[b, r, c, o] = sum_{i, j, ch} xpad[b, r + i, c + j, ch] W[i, j, ch, o],   xpad: p = (k - 1) / 2 zeros
+                                                                                     on every side
+
+    written as one product: the k x k window around every pixel (its "im2col"), flattened in (i, j, ch) order,
+    times W as a (k k Ci, Co) matrix. Returns (y, cache), the cache (windows (B S S, k k Ci), x's shape), as
+    npvit.kernels.conv2d_forward."""
+    xp = get_array_module(x)
+    batch, height, width, cin = x.shape
+    k, cout = w.shape[0], w.shape[3]
+    p = (k - 1) // 2
+    padded = xp.zeros((batch, height + 2 * p, width + 2 * p, cin), dtype=x.dtype)
+    padded[:, p:p + height, p:p + width] = x  # (B, S + 2p, S + 2p, Ci)
+    rows = xp.arange(height)[:, None] + xp.arange(k)  # (S, k)  padded row of window row i around pixel row r
+    cols = xp.arange(width)[:, None] + xp.arange(k)  # (S, k)
+    windows = padded[:, rows[:, None, :, None], cols[None, :, None, :]]  # (B, S, S, k, k, Ci)
+    windows = windows.reshape(batch * height * width, k * k * cin)  # (B S S, k k Ci)
+    y = windows @ w.reshape(k * k * cin, cout)  # (B S S, Co)
+    return y.reshape(batch, height, width, cout), (windows, x.shape)
+
+
+# y = windows W:  dW = windows^T dy,  dwindows = dy W^T; each window entry's gradient goes back to the pixel it
+# was copied from (a pixel lies in k^2 windows and collects from each), the padding's share dropped.
+def conv2d_backward(dy: Array, cache: tuple, w: Array, need_dx: bool = True) -> tuple[Array | None, Array]:
+    """Gradients of conv2d_forward: (dx, dW); dx is None with ``need_dx=False`` (the input is the image)."""
+    windows, (batch, height, width, cin) = cache
+    k, cout = w.shape[0], w.shape[3]
+    p = (k - 1) // 2
+    dy2 = dy.reshape(-1, cout)  # (B S S, Co)
+    dw = (windows.T @ dy2).reshape(w.shape)  # (k, k, Ci, Co)
+    if not need_dx:
+        return None, dw
+    dwindows = (dy2 @ w.reshape(k * k * cin, cout).T).reshape(batch, height, width, k, k, cin)
+    dpadded = get_array_module(dy).zeros((batch, height + 2 * p, width + 2 * p, cin), dtype=dy.dtype)
+    for i in range(k):
+        for j in range(k):
+            dpadded[:, i:i + height, j:j + width] += dwindows[:, :, :, i, j]  # (B, S, S, Ci)
+    return dpadded[:, p:p + height, p:p + width], dw  # (B, S, S, Ci)
+
+
+def relu_forward(x: Array, out: Array | None = None) -> tuple[Array, Array]:
+    """max(x, 0). Returns (y, cache), the cache y (y > 0 exactly where x > 0)."""
+    y = get_array_module(x).maximum(x, 0, out=out)
+    return y, y
+
+
+# dx = dy where x > 0, else 0 (the kink's derivative taken as 0, as PyTorch's)
+def relu_backward(dy: Array, cache: Array) -> Array:
+    """Gradient of relu_forward."""
+    return dy * (cache > 0)
+
+
+def max_pool2d_forward(x: Array, kernel: int = 3, stride: int = 2, padding: int = 1) -> tuple[Array, tuple]:
+    """Max over k x k windows with stride s of x padded with p values -inf (so padding never wins):
+    (B, H, W, C) -> (B, Ho, Wo, C), Ho = (H + 2 p - k) // s + 1. Returns (y, cache), the cache (x, y, k, s,
+    p) as npvit.kernels.max_pool2d_forward."""
+    windows = pool_windows(x, kernel, stride, padding)  # (B, Ho, Wo, k k, C)
+    y = windows.max(axis=3)  # (B, Ho, Wo, C)
+    return y, (x, y, kernel, stride, padding)
+
+
+def pool_windows(x: Array, k: int, s: int, p: int) -> Array:
+    """The k x k windows of x (B, H, W, C) padded with -inf, every s pixels: (B, Ho, Wo, k k, C), each window's
+    entries in row-major order."""
+    xp = get_array_module(x)
+    batch, height, width, channels = x.shape
+    ho, wo = (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
+    padded = xp.full((batch, height + 2 * p, width + 2 * p, channels), -xp.inf, dtype=x.dtype)
+    padded[:, p:p + height, p:p + width] = x
+    rows = (xp.arange(ho) * s)[:, None] + xp.arange(k)  # (Ho, k)
+    cols = (xp.arange(wo) * s)[:, None] + xp.arange(k)  # (Wo, k)
+    windows = padded[:, rows[:, None, :, None], cols[None, :, None, :]]  # (B, Ho, Wo, k, k, C)
+    return windows.reshape(batch, ho, wo, k * k, channels)
+
+
+# Each output's gradient goes to the pixel that was its max: the first window entry, in row-major order, that
+# holds it (argmax returns the first of equal maxima: PyTorch's rule for ties). Overlapping windows add up.
+def max_pool2d_backward(dy: Array, cache: tuple) -> Array:
+    """Gradient of max_pool2d_forward: (dx)."""
+    x, y, k, s, p = cache
+    xp = get_array_module(dy)
+    batch, height, width, channels = x.shape
+    ho, wo = dy.shape[1:3]
+    argmax = pool_windows(x, k, s, p).argmax(axis=3)  # (B, Ho, Wo, C)
+    dpadded = xp.zeros((batch, height + 2 * p, width + 2 * p, channels), dtype=dy.dtype)
+    for i in range(k):
+        for j in range(k):
+            hit = argmax == i * k + j  # (B, Ho, Wo, C)  the outputs whose max was window entry (i, j)
+            dpadded[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] += dy * hit
+    return dpadded[:, p:p + height, p:p + width]  # (B, H, W, C)
+
+
+def conv_tokenizer_forward(params: Mapping[str, Array], images: Array, cfg: ViTConfig) -> tuple[Array, tuple]:
+    """CCT's tokenizer: per entry of cfg.conv_channels, conv 3x3 (``tokenizer.conv{i}.w``) -> ReLU -> max-pool
+    (3, 2, 1), halving the side; the last map's pixels, row-major, are the tokens (B, N, C), projected to D by
+    ``tokenizer.proj`` when C differs from D."""
+    x, caches = images, []
+    for i in range(len(cfg.conv_channels)):
+        y, c_conv = conv2d_forward(x, params[f"tokenizer.conv{i}.w"])  # (B, S, S, C_i)
+        y, c_relu = relu_forward(y)  # (B, S, S, C_i)
+        x, c_pool = max_pool2d_forward(y, 3, 2, 1)  # (B, S', S', C_i)
+        caches.append((c_conv, c_relu, c_pool))
+    t = x.reshape(x.shape[0], -1, x.shape[3])  # (B, N, C)
+    c_proj = None
+    if cfg.tokenizer_projects:
+        t, c_proj = dense_forward(t, params["tokenizer.proj.w"], params["tokenizer.proj.b"])  # (B, N, D)
+    return t, (caches, x.shape, c_proj)
+
+
+def conv_tokenizer_backward(dtokens: Array, cache: tuple, params: Mapping[str, Array], grads: Params,
+                            input_grad: bool = True) -> Array | None:
+    """Gradient of conv_tokenizer_forward: returns dimages (None with ``input_grad=False``) and writes the
+    gradients of ``tokenizer.*``."""
+    caches, shape, c_proj = cache
+    if c_proj is not None:
+        dtokens, grads["tokenizer.proj.w"], grads["tokenizer.proj.b"] = dense_backward(
+            dtokens, c_proj, params["tokenizer.proj.w"])  # (B, N, C)
+    dx = dtokens.reshape(shape)  # (B, S', S', C)
+    for i in reversed(range(len(caches))):
+        c_conv, c_relu, c_pool = caches[i]
+        dy = relu_backward(max_pool2d_backward(dx, c_pool), c_relu)  # (B, S, S, C_i)
+        dx, grads[f"tokenizer.conv{i}.w"] = conv2d_backward(
+            dy, c_conv, params[f"tokenizer.conv{i}.w"], need_dx=i > 0 or input_grad)  # (B, S, S, C_i-1)
+    return dx
 
 
 # ---- layer normalization --------------------------------------------------------------------------------------
@@ -524,6 +655,26 @@ def pool_backward(dpooled: Array, cache: tuple) -> Array:
     return dt
 
 
+def seq_pool_forward(t: Array, g: Array) -> tuple[Array, tuple]:
+    """CCT's sequence pooling: tokens (B, T, D) -> (B, D), the tokens' mean weighted by w = softmax_T(t g),
+    g (D,) (``attention_pool.w``, CCT's Linear(D, 1) kernel; its bias would cancel in the softmax). Returns
+    (pooled, cache), the cache (t, w) as npvit.kernels.seq_pool_forward."""
+    w, _ = softmax_forward(t @ g, axis=-1)  # (B, T)
+    return (w[:, :, None] * t).sum(axis=1), (t, w)  # (B, D)
+
+
+# pooled = sum_t w_t t_t:  dw_t = dpooled . t_t; through the softmax ds = w (dw - sum_t w_t dw_t); the score
+# s_t = t_t . g gives dt_t += ds_t g and dg = sum_{b, t} ds_t t_t; the weighted sum gives dt_t = w_t dpooled.
+def seq_pool_backward(dpooled: Array, cache: tuple, g: Array) -> tuple[Array, Array]:
+    """Gradient of seq_pool_forward: (dt, dg)."""
+    t, w = cache  # (B, T, D), (B, T)
+    dw = (t * dpooled[:, None, :]).sum(axis=2)  # (B, T)
+    ds = softmax_backward(dw, (w, -1))  # (B, T)
+    dt = w[:, :, None] * dpooled[:, None, :] + ds[:, :, None] * g  # (B, T, D)
+    dg = (ds[:, :, None] * t).sum(axis=(0, 1))  # (D,)
+    return dt, dg
+
+
 # ---- classifier head ------------------------------------------------------------------------------------------
 def head_forward(
     params: Mapping[str, Array], pooled: Array, cfg: ViTConfig, masks: Masks | None
@@ -557,9 +708,12 @@ def vit_forward(
     pooled vector (``fc_norm``, timm's global_pool="avg")."""
     xp = get_array_module(images)
     batch = images.shape[0]
-    t, c_embed = patch_embed_forward(
-        images, params["patch_embed.proj.w"], params["patch_embed.proj.b"], cfg.patch_size,
-        cfg.patch_overlap)  # (B, N, D)
+    if cfg.tokenizer == "conv":
+        t, c_embed = conv_tokenizer_forward(params, images, cfg)  # (B, N, D)
+    else:
+        t, c_embed = patch_embed_forward(
+            images, params["patch_embed.proj.w"], params["patch_embed.proj.b"], cfg.patch_size,
+            cfg.patch_overlap)  # (B, N, D)
     if cfg.has_class_token:
         cls = xp.broadcast_to(params["cls_token"], (batch, 1, cfg.dim))  # (B, 1, D)
         t = xp.concatenate([cls, t], axis=1)  # (B, T, D)  T = N + 1
@@ -571,7 +725,10 @@ def vit_forward(
     c_norm = None
     if not cfg.fc_norm:
         t, c_norm = layernorm_forward(t, params["norm.gamma"], params["norm.beta"], cfg.ln_eps)  # (B, T, D)
-    pooled, c_pool = pool_forward(t, cfg.pool, cfg.has_class_token)  # (B, T*D) for flatten, else (B, D)
+    if cfg.pool == "seq":
+        pooled, c_pool = seq_pool_forward(t, params["attention_pool.w"][:, 0])  # (B, D)
+    else:
+        pooled, c_pool = pool_forward(t, cfg.pool, cfg.has_class_token)  # (B, T*D) for flatten, else (B, D)
     if cfg.fc_norm:
         pooled, c_norm = layernorm_forward(
             pooled, params["fc_norm.gamma"], params["fc_norm.beta"], cfg.ln_eps)  # (B, D)
@@ -582,16 +739,21 @@ def vit_forward(
 # The forward pass in reverse. pos_embed was added to every image: its gradient is the sum over the batch;
 # the class token was copied in front of every image: its gradient is the sum of token 0's over the batch.
 def vit_backward(
-    dlogits: Array, cache: tuple, params: Mapping[str, Array]
-) -> tuple[Params, Array]:
-    """Gradients of vit_forward: (grads, dimages), ``grads`` keyed like ``params``."""
+    dlogits: Array, cache: tuple, params: Mapping[str, Array], input_grad: bool = True
+) -> tuple[Params, Array | None]:
+    """Gradients of vit_forward: (grads, dimages), ``grads`` keyed like ``params``; with ``input_grad=False``
+    the conv tokenizer leaves dimages out (None)."""
     cfg, c_embed, c_blocks, c_norm, c_pool, c_head = cache  # the configuration comes with the cache
     grads: Params = {}
     dpooled = head_backward(dlogits, c_head, params, grads)  # (B, F)
     if cfg.fc_norm:
         dpooled, grads["fc_norm.gamma"], grads["fc_norm.beta"] = layernorm_backward(
             dpooled, c_norm, params["fc_norm.gamma"])  # (B, D)
-    dt = pool_backward(dpooled, c_pool)  # (B, T, D)
+    if cfg.pool == "seq":
+        dt, dg = seq_pool_backward(dpooled, c_pool, params["attention_pool.w"][:, 0])  # (B, T, D), (D,)
+        grads["attention_pool.w"] = dg[:, None]  # (D, 1)
+    else:
+        dt = pool_backward(dpooled, c_pool)  # (B, T, D)
     if not cfg.fc_norm:
         dt, grads["norm.gamma"], grads["norm.beta"] = layernorm_backward(
             dt, c_norm, params["norm.gamma"])  # (B, T, D)
@@ -601,6 +763,8 @@ def vit_backward(
     if cfg.has_class_token:
         grads["cls_token"] = dt[:, 0].sum(axis=0)  # (D,)
         dt = dt[:, 1:]  # (B, N, D)
+    if cfg.tokenizer == "conv":
+        return grads, conv_tokenizer_backward(dt, c_embed, params, grads, input_grad)  # (B, S, S, C)
     dimages, grads["patch_embed.proj.w"], grads["patch_embed.proj.b"] = patch_embed_backward(
         dt, c_embed, params["patch_embed.proj.w"])  # (B, S, S, C)
     return grads, dimages
@@ -719,6 +883,9 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype: Any = "float64", xp: Any =
     std 1e-6, and the patch projection (a Conv2d in timm, which keeps torch's default) U(-a, a) with
     a = 1 / sqrt(fan_in) = 1 / sqrt(P P C), its bias too.
 
+    The conv tokenizer's kernels are He normal, std sqrt(2 / (3 3 C_in)), and the sequence pooling's score
+    vector normal with std 0.02 truncated to [-2, 2] (CCT's).
+
     Drawn in float64 on the host from one seeded generator, in the model's parameter order.
     """
     rng = np.random.default_rng(seed)
@@ -746,7 +913,14 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype: Any = "float64", xp: Any =
         params[f"{name}.gamma"], params[f"{name}.beta"] = np.ones(cfg.dim), np.zeros(cfg.dim)
 
     dim, h, d = cfg.dim, cfg.num_heads, cfg.key_dim
-    if timm:
+    if cfg.tokenizer == "conv":  # He normal, std sqrt(2 / fan_in) (CCT's kaiming_normal_)
+        chans = (cfg.channels, *cfg.conv_channels)
+        for i in range(len(cfg.conv_channels)):
+            params[f"tokenizer.conv{i}.w"] = rng.normal(0.0, math.sqrt(2.0 / (9 * chans[i])),
+                                                        size=(3, 3, chans[i], chans[i + 1]))
+        if cfg.tokenizer_projects:
+            dense("tokenizer.proj", chans[-1], dim)
+    elif timm:
         bound = 1.0 / math.sqrt(cfg.patch_dim)
         params["patch_embed.proj.w"] = rng.uniform(-bound, bound, size=(cfg.patch_dim, dim))
         params["patch_embed.proj.b"] = rng.uniform(-bound, bound, size=dim)
@@ -772,6 +946,8 @@ def init_params(cfg: ViTConfig, seed: int = 0, dtype: Any = "float64", xp: Any =
         for j in range(len(cfg.mlp_units)):
             dense(f"{p}.mlp.fc{j}", sizes[j], sizes[j + 1])
     layernorm("fc_norm" if cfg.fc_norm else "norm")
+    if cfg.pool == "seq":
+        params["attention_pool.w"] = trunc_normal((dim, 1))  # CCT's Linear init: normal std 0.02, truncated
     sizes = (cfg.pooled_dim, *cfg.head_units)
     for j in range(len(cfg.head_units)):
         dense(f"head.fc{j}", sizes[j], sizes[j + 1])

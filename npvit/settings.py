@@ -16,11 +16,11 @@ import argparse
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from .backend import BACKEND_NAMES
+from .cli.setting import Setting, model_setting as _model
 from .cli.args import (
     fraction,
     int_list,
@@ -31,7 +31,7 @@ from .cli.args import (
     positive_int,
     unit_interval,
 )
-from .config import ATTENTION_FANS, GELUS, GLOBAL_POOLS, POOLS, PRESETS, TIMM_ARCHS, ViTConfig
+from .config import ATTENTION_FANS, GELUS, GLOBAL_POOLS, POOLS, PRESETS, TIMM_ARCHS, TOKENIZERS, ViTConfig
 from .data import DATASETS, LABEL_MODES, NATIVE_SIZES, DataError, Dataset, load_dataset
 from .data import synthetic as synthetic_limits
 from .files import is_finite_number, is_int
@@ -40,54 +40,13 @@ from .recipes import RECIPE_HELP, RECIPES
 from .optim.schedule import SCHEDULES
 
 PRESET_HELP = {"keras": "the 2021 example", "keras-wide": "its current revision", "small": "32x32 input",
-               "fast": "the fast recipe's", "tiny": "for smoke tests"}
+               "fast": "the fast recipe's", "compact": "CCT: conv tokenizer, sequence pooling",
+               "tiny": "for smoke tests"}
 SEED_LIMIT = 2**63  # seeds are stored in JSON and fed to 64-bit generators
 
 
 class UsageError(Exception):
     """A bad combination of flags or a run folder that cannot be used; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting of a run.
-
-    Attributes:
-        name: the key in the settings dict and config.json; the flag is ``--`` + name with dashes.
-        default: the value when neither the flag nor a resumed run gives one. None for a model setting means
-            "from --preset".
-        help: what the setting does, without its default (generated).
-        group: the --help section.
-        kind: the JSON type of the value: "int", "float", "ints" (a list of positive ints), "bool", "str".
-        type: the argparse type; it also checks a value read back from a file.
-        choices: the allowed values of a "str" setting, when there is a fixed set.
-        preset_field: for a model setting, the ViTConfig field whose preset value stands in for the default.
-        metavar: what --help shows as the flag's argument.
-        nullable: None is an allowed value (the default, or "from the preset").
-    """
-
-    name: str
-    default: Any
-    help: str
-    group: str
-    kind: str
-    type: Callable[[str], Any] | None = None
-    choices: tuple[str, ...] | None = None
-    preset_field: str | None = None
-    metavar: str | None = None
-    aliases: tuple[str, ...] = ()
-    nullable: bool = False
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-
-def _model(name: str, field: str, kind: str, type_: Callable[[str], Any] | None, help: str,
-           metavar: str | None = None, choices: tuple[str, ...] | None = None) -> Setting:
-    """A model setting: None (the default) takes the preset's value."""
-    return Setting(name, None, help, "model", kind, type_, choices=choices, preset_field=field, metavar=metavar,
-                   nullable=True)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -138,8 +97,12 @@ SETTINGS: tuple[Setting, ...] = (
     _model("head_dropout", "head_dropout", "float", fraction, "classifier dropout", "F"),
     _model("drop_path", "drop_path", "float", fraction, "stochastic depth: drop path rate of the last block, "
            "rising linearly from 0 in the first", "F"),
-    _model("pool", "pool", "str", None, "flatten (the example: all tokens), cls (the paper's class token) or gap",
-           choices=POOLS),
+    _model("pool", "pool", "str", None, "flatten (the example: all tokens), cls (the paper's class token), gap or "
+           "seq (CCT's attention-weighted mean)", choices=POOLS),
+    _model("tokenizer", "tokenizer", "str", None, "patch (patches projected linearly) or conv (CCT: conv 3x3 -> "
+           "ReLU -> max-pool layers; --patch-size is then unused)", choices=TOKENIZERS),
+    _model("conv_channels", "conv_channels", "ints", int_list, "with --tokenizer conv: its layers' channels, "
+           "each layer halving the image side", "LIST"),
     _model("gelu", "gelu", "str", None, "erf (exact) or tanh", choices=GELUS),
     _model("attention_fans", "attention_fans", "str", None, "Glorot fans of the attention kernels: axes "
            "(Keras 3.15 and later) or receptive (older Keras, TensorFlow Keras)", choices=ATTENTION_FANS),
@@ -231,7 +194,7 @@ def help_text(setting: Setting) -> str:
     """The --help line of a setting: what it does, then its default (or the keras preset's value)."""
     if setting.preset_field is not None:
         keras_value = getattr(ViTConfig.keras(), setting.preset_field)
-        return f"{setting.help} (default from --preset; keras: {show(keras_value)})"
+        return f"{setting.help} (default from --preset; keras: {show(keras_value) or 'none'})"
     if setting.kind == "bool":
         return f"{setting.help} (default {'on' if setting.default else 'off'})"
     if setting.default is None:

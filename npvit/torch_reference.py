@@ -10,7 +10,8 @@
 
 The network is written from the Keras ViT example's description with plain torch modules and ops --
 ``nn.Linear`` (one fused query/key/value projection), ``nn.LayerNorm``, ``F.gelu``, ``nn.Dropout``, batched
-``matmul`` + ``softmax`` for attention -- never from npvit's kernels, so that agreeing with it means
+``matmul`` + ``softmax`` for attention, and for the compact transformer (CCT) ``nn.Conv2d``, ``F.relu``,
+``nn.MaxPool2d`` and a softmax over the tokens -- never from npvit's kernels, so that agreeing with it means
 something.
 It is also written the way a competent PyTorch user would write it (timm-style), because the benchmarks time
 it against npvit: ``attention="sdpa"`` swaps the eager attention core for ``F.scaled_dot_product_attention``
@@ -19,7 +20,8 @@ with the same semantics (scale 1/sqrt(key_dim), dropout on the attention probabi
 Parameter names map one to one onto npvit's (``model.param_specs()``): a torch parameter
 ``<prefix>.weight`` / ``<prefix>.bias`` of a Linear is npvit's ``<prefix>.w`` (stored transposed: npvit
 keeps dense kernels (in, out), torch (out, in)) / ``<prefix>.b``; of a LayerNorm, ``<prefix>.gamma`` /
-``<prefix>.beta``; ``pos_embed`` and ``cls_token`` keep their names.
+``<prefix>.beta``; ``pos_embed`` and ``cls_token`` keep their names; a conv tokenizer kernel
+``tokenizer.conv{i}.weight`` (Co, Ci, k, k) is npvit's ``tokenizer.conv{i}.w`` (k, k, Ci, Co).
 
 PyTorch is an optional dependency: this module imports it at import time, and nothing else in npvit imports
 this module.
@@ -70,6 +72,29 @@ class PatchEmbed(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.proj(extract_patches(images, self.patch_size, self.overlap))
+
+
+class ConvTokenizer(nn.Module):
+    """CCT's tokenizer: per entry of conv_channels ``nn.Conv2d(3x3, padding 1, no bias)`` -> ReLU ->
+    ``nn.MaxPool2d(3, 2, 1)``, on channels-first images; the last map's pixels (row-major) are the tokens,
+    then ``nn.Linear(dim)`` when the last channel count is not dim. Layers ``conv0``, ``conv1``, ... and
+    ``proj``, as in npvit."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        chans = (cfg.channels, *cfg.conv_channels)
+        self.num_layers = len(cfg.conv_channels)
+        for i in range(self.num_layers):
+            self.add_module(f"conv{i}", nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False))
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.proj = nn.Linear(chans[-1], cfg.dim) if cfg.tokenizer_projects else None
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.permute(0, 3, 1, 2)  # (B, C, H, W)
+        for i in range(self.num_layers):
+            x = self.pool(F.relu(getattr(self, f"conv{i}")(x)))
+        x = x.flatten(2).transpose(1, 2)  # (B, N, C): pixels row-major
+        return x if self.proj is None else self.proj(x)
 
 
 class Mlp(nn.Module):
@@ -179,7 +204,10 @@ class TorchViT(nn.Module):
             raise ValueError(f"TorchViT has no drop path (stochastic depth); got drop_path={config.drop_path}: "
                              "compare with drop_path=0")
         cfg = self.config = config
-        self.patch_embed = PatchEmbed(cfg)
+        if cfg.tokenizer == "conv":
+            self.tokenizer = ConvTokenizer(cfg)
+        else:
+            self.patch_embed = PatchEmbed(cfg)
         if cfg.has_class_token:
             self.cls_token = nn.Parameter(torch.zeros(cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(cfg.num_tokens, cfg.dim))
@@ -188,6 +216,8 @@ class TorchViT(nn.Module):
             self.fc_norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         else:
             self.norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
+        if cfg.pool == "seq":  # CCT's sequence pooling score (its bias, which cancels in the softmax, left out)
+            self.attention_pool = nn.Linear(cfg.dim, 1, bias=False)
         self.head_drop = nn.Dropout(cfg.head_dropout)
         self.head = Mlp(cfg.pooled_dim, cfg.head_units, cfg.head_dropout, cfg.gelu, out_dim=cfg.num_classes)
         self.to(dtype=as_torch_dtype(dtype), device=device)
@@ -205,7 +235,7 @@ class TorchViT(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """Logits (B, num_classes) for normalised images (B, image_size, image_size, channels)."""
         cfg = self.config
-        x = self.patch_embed(images)
+        x = self.tokenizer(images) if cfg.tokenizer == "conv" else self.patch_embed(images)
         if cfg.has_class_token:
             x = torch.cat([self.cls_token.expand(x.shape[0], 1, cfg.dim), x], dim=1)
         x = x + self.pos_embed
@@ -217,6 +247,9 @@ class TorchViT(nn.Module):
             pooled = x.reshape(x.shape[0], -1)  # row-major over (token, channel), as keras Flatten
         elif cfg.pool == "cls":
             pooled = x[:, 0]
+        elif cfg.pool == "seq":  # softmax over the tokens of a learned score, then the weighted sum
+            weights = F.softmax(self.attention_pool(x), dim=1)  # (B, T, 1)
+            pooled = (weights.transpose(1, 2) @ x)[:, 0]
         else:
             pooled = x[:, 1 if cfg.has_class_token else 0:].mean(dim=1)  # the patch tokens
         if cfg.fc_norm:
@@ -239,7 +272,9 @@ class TorchViT(nn.Module):
         with torch.no_grad():
             for name, p in mine.items():
                 value = torch.from_numpy(np.ascontiguousarray(to_numpy(params[name])))
-                if is_dense_kernel(name):
+                if is_conv_kernel(name):
+                    value = value.permute(3, 2, 0, 1)  # (k, k, Ci, Co) -> (Co, Ci, k, k)
+                elif is_dense_kernel(name):
                     value = value.T
                 if tuple(value.shape) != tuple(p.shape):
                     raise ValueError(f"{name}: shape {tuple(value.shape)} does not fit {tuple(p.shape)}")
@@ -255,7 +290,11 @@ class TorchViT(nn.Module):
                 out[name] = None
                 continue
             t = t.detach()
-            out[name] = (t.T if is_dense_kernel(name) else t).cpu().numpy().copy()
+            if is_conv_kernel(name):
+                t = t.permute(2, 3, 1, 0)  # (Co, Ci, k, k) -> (k, k, Ci, Co)
+            elif is_dense_kernel(name):
+                t = t.T
+            out[name] = t.cpu().numpy().copy()
         return out
 
 
@@ -282,6 +321,11 @@ def npvit_name(torch_name: str) -> str:
     return f"{prefix}.{_SUFFIXES[last][1 if is_norm else 0]}"
 
 
+def is_conv_kernel(npvit_param: str) -> bool:
+    """True for the conv tokenizer's kernels, (k, k, Ci, Co) in npvit and (Co, Ci, k, k) in torch."""
+    return npvit_param.startswith("tokenizer.conv")
+
+
 def is_dense_kernel(npvit_param: str) -> bool:
     """True for npvit's dense kernels (``*.w``, stored (in, out)), which torch stores transposed."""
-    return npvit_param.endswith(".w")
+    return npvit_param.endswith(".w") and not is_conv_kernel(npvit_param)

@@ -26,10 +26,22 @@ def attention_flops_per_image(cfg: ViTConfig) -> int:
     return cfg.depth * 2 * 2 * t * t * hd
 
 
+def tokenizer_flops_per_image(cfg: ViTConfig) -> int:
+    """Forward FLOPs of the patch projection, or of the conv tokenizer's 3x3 convolutions (each one product of
+    S^2 rows by 9 Ci by Co, as its im2col) and its projection when it has one."""
+    if cfg.tokenizer == "patch":
+        return dense_flops(cfg.num_patches, cfg.patch_dim, cfg.dim)
+    flops, side, cin = 0, cfg.image_size, cfg.channels
+    for cout in cfg.conv_channels:
+        flops += dense_flops(side * side, 9 * cin, cout)
+        side, cin = (side - 1) // 2 + 1, cout  # max-pool 3/2/1
+    return flops + (dense_flops(cfg.num_patches, cin, cfg.dim) if cfg.tokenizer_projects else 0)
+
+
 def matmul_flops_per_image(cfg: ViTConfig) -> int:
     """Forward matrix-multiply FLOPs for one image."""
     t, d, hd = cfg.num_tokens, cfg.dim, cfg.num_heads * cfg.key_dim
-    flops = dense_flops(cfg.num_patches, cfg.patch_dim, d)  # patch projection
+    flops = tokenizer_flops_per_image(cfg)
     per_block = dense_flops(t, d, 3 * hd) + dense_flops(t, hd, d)  # qkv, output projection
     sizes = (d, *cfg.mlp_units)
     per_block += sum(dense_flops(t, a, b) for a, b in zip(sizes, sizes[1:]))

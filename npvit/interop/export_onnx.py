@@ -5,12 +5,15 @@ The graph is the forward pass in evaluation mode, node by node:
     images (batch, S, S, C) float32, normalised as the model takes them (channels last, as npvit)
     patches: Transpose to (B, C, S, S), Conv with kernel K = P + 2 O, stride P, pads O (the patch projection
              W (K K C, D) re-indexed to (D, C, K, K)), Reshape + Transpose to (B, N, D)
+    or CCT's tokenizer: Transpose to (B, C, S, S); per layer Conv 3x3, pads 1, no bias (W (3, 3, Ci, Co) as
+             (Co, Ci, 3, 3)), Relu, MaxPool 3, strides 2, pads 1; Reshape + Transpose to (B, N, C), [MatMul + Add]
     [class token Expand-ed to (B, 1, D), Concat in front], Add pos_embed
     per block: LayerNormalization; MatMul + Add to [Q|K|V], Reshape (B, T, 3, H, d), Transpose, Gather q, k, v;
                Softmax((q / sqrt d) k^T) v; Transpose + Reshape, MatMul + Add; Add the residual;
                LayerNormalization, the MLP (MatMul + Add, GELU where the arrangement has one), Add
     final LayerNormalization (on every token, or after the pooling with fc_norm); pool: Reshape (flatten),
-    Gather token 0 (cls) or ReduceMean over the patch tokens (gap); the head's MatMul + Add (GELU between)
+    Gather token 0 (cls), ReduceMean over the patch tokens (gap) or CCT's sequence pooling (seq: MatMul by g,
+    Softmax over the tokens, MatMul of the weights and the tokens); the head's MatMul + Add (GELU between)
     logits (batch, num_classes)
 
 GELU is written out, 0.5 x (1 + Erf(x / sqrt 2)) or the tanh form (opset 17 has no Gelu operator). The batch
@@ -65,15 +68,7 @@ def onnx_model(params: dict[str, Any], cfg: ViTConfig, metadata: dict[str, str] 
 
     g = _Graph(helper, numpy_helper)
     w = {n: to_numpy(p).astype(np.float32) for n, p in params.items()}
-    k = cfg.patch_window
-    # The patch projection as a convolution: row (i K + j) C + c of W is kernel[:, c, i, j]
-    kernel = w["patch_embed.proj.w"].reshape(k, k, cfg.channels, cfg.dim).transpose(3, 2, 0, 1)
-    x = g.op("Transpose", ["images"], perm=[0, 3, 1, 2])  # (B, C, S, S)
-    o = cfg.patch_overlap
-    x = g.op("Conv", [x, g.const(kernel, "patch_embed.proj.weight"), g.const(w["patch_embed.proj.b"],
-             "patch_embed.proj.bias")], kernel_shape=[k, k], strides=[cfg.patch_size] * 2, pads=[o] * 4)
-    x = g.op("Reshape", [x, g.const([0, cfg.dim, -1], "shape_bdn", np.int64)])  # (B, D, N)
-    t = g.op("Transpose", [x], perm=[0, 2, 1])  # (B, N, D)
+    t = _conv_tokenizer(g, w, cfg) if cfg.tokenizer == "conv" else _patch_embed(g, w, cfg)  # (B, N, D)
     if cfg.has_class_token:
         batch = g.op("Shape", ["images"], start=0, end=1)  # (1,) the batch size
         shape = g.op("Concat", [batch, g.const([1, cfg.dim], "shape_1d", np.int64)], axis=0)
@@ -89,6 +84,11 @@ def onnx_model(params: dict[str, Any], cfg: ViTConfig, metadata: dict[str, str] 
         pooled = g.op("Reshape", [t, g.const([0, -1], "shape_flat", np.int64)])
     elif cfg.pool == "cls":
         pooled = g.op("Gather", [t, g.const(0, "index_0", np.int64)], axis=1)
+    elif cfg.pool == "seq":  # softmax over the tokens of t g, then the weighted sum of the tokens
+        weights = g.op("Softmax", [g.op("MatMul", [t, g.const(w["attention_pool.w"], "attention_pool.w")])],
+                       axis=1)  # (B, T, 1)
+        pooled = g.op("MatMul", [g.op("Transpose", [weights], perm=[0, 2, 1]), t])  # (B, 1, D)
+        pooled = g.op("Reshape", [pooled, g.const([0, -1], "shape_pooled", np.int64)])  # (B, D)
     else:
         if cfg.has_class_token:  # the patch tokens only
             t = g.op("Slice", [t, g.const([1], "start_1", np.int64), g.const([cfg.num_tokens], "end_t", np.int64),
@@ -114,6 +114,29 @@ def onnx_model(params: dict[str, Any], cfg: ViTConfig, metadata: dict[str, str] 
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     return model  # onnx.checker passes it (tests/interop); checking here would cost seconds on a large model
+
+
+def _patch_embed(g: _Graph, w: dict, cfg: ViTConfig) -> str:
+    k, o = cfg.patch_window, cfg.patch_overlap
+    # The patch projection as a convolution: row (i K + j) C + c of W is kernel[:, c, i, j]
+    kernel = w["patch_embed.proj.w"].reshape(k, k, cfg.channels, cfg.dim).transpose(3, 2, 0, 1)
+    x = g.op("Transpose", ["images"], perm=[0, 3, 1, 2])  # (B, C, S, S)
+    x = g.op("Conv", [x, g.const(kernel, "patch_embed.proj.weight"), g.const(w["patch_embed.proj.b"],
+             "patch_embed.proj.bias")], kernel_shape=[k, k], strides=[cfg.patch_size] * 2, pads=[o] * 4)
+    x = g.op("Reshape", [x, g.const([0, cfg.dim, -1], "shape_bdn", np.int64)])  # (B, D, N)
+    return g.op("Transpose", [x], perm=[0, 2, 1])  # (B, N, D)
+
+
+def _conv_tokenizer(g: _Graph, w: dict, cfg: ViTConfig) -> str:
+    x = g.op("Transpose", ["images"], perm=[0, 3, 1, 2])  # (B, C, S, S)
+    for i in range(len(cfg.conv_channels)):
+        name = f"tokenizer.conv{i}.w"
+        kernel = w[name].transpose(3, 2, 0, 1)  # (3, 3, Ci, Co) -> (Co, Ci, 3, 3)
+        x = g.op("Conv", [x, g.const(kernel, name)], kernel_shape=[3, 3], strides=[1, 1], pads=[1] * 4)
+        x = g.op("MaxPool", [g.op("Relu", [x])], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
+    x = g.op("Reshape", [x, g.const([0, cfg.conv_channels[-1], -1], "shape_bcn", np.int64)])  # (B, C, N)
+    t = g.op("Transpose", [x], perm=[0, 2, 1])  # (B, N, C)
+    return _dense(g, w, t, "tokenizer.proj") if cfg.tokenizer_projects else t
 
 
 def _dense(g: _Graph, w: dict, x: str, prefix: str) -> str:

@@ -1,6 +1,7 @@
 """A model as a PyTorch state dict (``torch.save``): timm's names for a model timm's VisionTransformer holds,
 else ``npvit.torch_reference.TorchViT``'s (the Keras arrangement): ``<layer>.weight`` / ``.bias``, Linear
-weights (out, in), so that ``TorchViT(config).load_state_dict(torch.load(OUT))`` takes it strictly."""
+weights (out, in), Conv2d weights (out, in, k, k), so that ``TorchViT(config).load_state_dict(torch.load(OUT))``
+takes it strictly."""
 
 from __future__ import annotations
 
@@ -30,7 +31,15 @@ def torch_state(params: dict[str, Any], cfg: ViTConfig) -> dict[str, np.ndarray]
     host = {n: np.ascontiguousarray(to_numpy(p)) for n, p in params.items()}
     if timm_expressible(cfg):
         return to_timm(host, cfg)
-    return {torch_peer_name(n): np.ascontiguousarray(p.T if n.endswith(".w") else p) for n, p in host.items()}
+    return {torch_peer_name(n): np.ascontiguousarray(torch_layout(n, p)) for n, p in host.items()}
+
+
+def torch_layout(name: str, p: np.ndarray) -> np.ndarray:
+    """npvit parameter ``name`` in TorchViT's layout: conv kernels (k, k, Ci, Co) -> (Co, Ci, k, k), dense
+    kernels (in, out) -> (out, in), the rest as they are."""
+    if name.startswith("tokenizer.conv"):
+        return p.transpose(3, 2, 0, 1)
+    return p.T if name.endswith(".w") else p
 
 
 def torch_bytes(params: dict[str, Any], cfg: ViTConfig) -> bytes:

@@ -102,7 +102,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _classified(arrays: dict[str, np.ndarray], name: str, metadata: dict[str, str]) -> Weights:
-    if "patch_embed.proj.w" in arrays:
+    if "patch_embed.proj.w" in arrays or "tokenizer.conv0.w" in arrays:  # npvit's names: patches or CCT's convs
         return Weights(arrays, "npvit", name, metadata)
     if "patch_embed.proj.weight" in arrays:
         return Weights(arrays, "timm", name, metadata)

@@ -14,13 +14,17 @@ from .attention import (
     mha_backward,
     mha_forward,
 )
+from .conv2d import conv2d_backward, conv2d_forward
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .dense import dense_backward, dense_forward
 from .drop_path import drop_path_backward, drop_path_forward
 from .dropout import DropoutKey, dropout_backward, dropout_forward, dropout_mask
 from .gelu import GELU_KINDS, gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
+from .max_pool import max_pool2d_backward, max_pool2d_forward, pool_output_size
 from .patches import patches_backward, patches_forward
+from .relu import relu_backward, relu_forward
+from .seq_pool import seq_pool_backward, seq_pool_forward
 from .soft_cross_entropy import soft_cross_entropy_backward, soft_cross_entropy_forward
 from .softmax import softmax_backward, softmax_forward
 
@@ -29,6 +33,8 @@ __all__ = [
     "GELU_KINDS",
     "attention_core_backward",
     "attention_core_forward",
+    "conv2d_backward",
+    "conv2d_forward",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "dense_backward",
@@ -42,10 +48,17 @@ __all__ = [
     "gelu_forward",
     "layernorm_backward",
     "layernorm_forward",
+    "max_pool2d_backward",
+    "max_pool2d_forward",
     "mha_backward",
     "mha_forward",
     "patches_backward",
     "patches_forward",
+    "pool_output_size",
+    "relu_backward",
+    "relu_forward",
+    "seq_pool_backward",
+    "seq_pool_forward",
     "soft_cross_entropy_backward",
     "soft_cross_entropy_forward",
     "softmax_backward",

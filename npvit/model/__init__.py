@@ -5,12 +5,13 @@ from typing import Any
 
 from .attention import Attention
 from .block import Block
+from .conv_tokenizer import ConvTokenizer
 from .mlp import Mlp
 from .module import Context, Dense, LayerNorm
 from .patch_embed import PatchEmbed
 from .vit import ViT
 
-__all__ = ["Attention", "Block", "Context", "Dense", "LayerNorm", "Mlp", "PatchEmbed", "ViT"]
+__all__ = ["Attention", "Block", "Context", "ConvTokenizer", "Dense", "LayerNorm", "Mlp", "PatchEmbed", "ViT"]
 
 
 def __getattr__(name: str) -> Any:

@@ -25,7 +25,19 @@ def token_bytes_per_image(config: Any) -> int:
     and float64 models cut a batch alike."""
     n = config.num_tokens
     widest = max(3 * config.num_heads * config.key_dim, config.dim, *config.mlp_units)
-    return max(n * widest, config.num_heads * n * n) * 4
+    return max(n * widest, config.num_heads * n * n, conv_values_per_image(config)) * 4
+
+
+def conv_values_per_image(config: Any) -> int:
+    """The conv tokenizer's largest intermediate per image: a layer's im2col (S^2 windows of 3 x 3 x C_in
+    values) or its output map (S^2 C_out); 0 for patches."""
+    if config.tokenizer != "conv":
+        return 0
+    side, cin, largest = config.image_size, config.channels, 0
+    for cout in config.conv_channels:
+        largest = max(largest, side * side * max(9 * cin, cout))
+        side, cin = (side - 1) // 2 + 1, cout  # max-pool 3/2/1
+    return largest
 
 
 def batched_forward(model: Any, x: Any, ctx: Any) -> tuple[Any, BatchCache, list]:
@@ -62,13 +74,15 @@ def batch_size(cache: BatchCache) -> int:
     return cache[0][-1].stop
 
 
-def batched_backward(model: Any, dlogits: Any, cache: BatchCache, grads: Any) -> Any:
-    """Backward of batched_forward: writes the summed gradients into ``grads`` (overwriting it), returns d images."""
+def batched_backward(model: Any, dlogits: Any, cache: BatchCache, grads: Any, input_grad: bool = True) -> Any:
+    """Backward of batched_forward: writes the summed gradients into ``grads`` (overwriting it), returns d images
+    (None with ``input_grad=False`` where the tokenizer can skip them)."""
     slices, caches = cache
     if len(caches) == 1 and len(caches[0][0]) == 1 and on_device(dlogits):
         # CuPy, one shard of one piece: the layers write their gradients into the flat buffer themselves
-        return _backward_shard(model, dlogits, caches[0], grads)[0]
-    outs = parallel_map(_backward_shard, [(model, dlogits[sl], c) for sl, c in zip(slices, caches)], model.threads)
+        return _backward_shard(model, dlogits, caches[0], grads, input_grad)[0]
+    outs = parallel_map(_backward_shard, [(model, dlogits[sl], c, None, input_grad)
+                                          for sl, c in zip(slices, caches)], model.threads)
     for i, (_, shard_grads) in enumerate(outs):  # parameters are shared by the shards: their gradients add up
         for name, g in shard_grads.items():
             if i == 0:
@@ -79,18 +93,21 @@ def batched_backward(model: Any, dlogits: Any, cache: BatchCache, grads: Any) ->
     return _join(model.backend.xp, [out[0] for out in outs])
 
 
-def _backward_shard(model: Any, dlogits: Any, cache: tuple, grads: Any = None) -> tuple[Any, dict]:
+def _backward_shard(model: Any, dlogits: Any, cache: tuple, grads: Any = None, input_grad: bool = True
+                    ) -> tuple[Any, dict]:
     pieces, c_features, c_head = cache
     grads = {} if grads is None else grads
     dt = model.head_backward(dlogits, c_head, grads)
-    dx = [model.features_backward(dt[pieces[0]], c_features[0], grads)]
+    dx = [model.features_backward(dt[pieces[0]], c_features[0], grads, input_grad)]
     for sl, c in zip(pieces[1:], c_features[1:]):  # the other pieces, in turn
         piece_grads: dict = {}
-        dx.append(model.features_backward(dt[sl], c, piece_grads))
+        dx.append(model.features_backward(dt[sl], c, piece_grads, input_grad))
         for name, g in piece_grads.items():  # every piece went through the same blocks: gradients add up
             grads[name] += g
     return _join(model.backend.xp, dx), grads
 
 
 def _join(xp: Any, parts: list) -> Any:
+    if parts[0] is None:  # no input gradients were asked for
+        return None
     return parts[0] if len(parts) == 1 else xp.concatenate(parts)

@@ -101,3 +101,10 @@ def concat_columns(*inits: tuple[Initializer, int]) -> Initializer:
         return np.concatenate([f(rng, (shape[0], width)) for f, width in inits], axis=1)
 
     return init
+
+
+def he_normal(fan_in: int) -> Initializer:
+    """Normal(0, sqrt(2 / fan_in)): He et al.'s rule for layers followed by a ReLU (torch's
+    ``kaiming_normal_`` with its defaults, which CCT's convolutions use)."""
+    std = math.sqrt(2.0 / fan_in)
+    return lambda rng, shape: rng.normal(0.0, std, size=shape)

@@ -1,8 +1,9 @@
 """ViT, the Vision Transformer (Dosovitskiy et al., 2020), laid out as in the Keras example and timm.
 
     tokens = PatchEmbed(images) [+ cls_token in front] + pos_embed      (B, T, dim)
+             or ConvTokenizer(images) (CCT's, tokenizer "conv")
     tokens = Block(tokens), depth times                                (pre-norm transformer layers)
-    pooled = pool(LayerNorm(tokens))                                   flatten | cls | gap
+    pooled = pool(LayerNorm(tokens))                                   flatten | cls | gap | seq
              or LayerNorm(pool(tokens)) with fc_norm                   (timm's global_pool="avg")
     logits = Dense(Mlp(Dropout(pooled)))                               classifier head
 
@@ -27,8 +28,10 @@ from ..config import ViTConfig
 from ..optim.flat import FlatDict
 from ..kernels import DropoutKey, dropout_backward
 from ..parallel import available_cores
+from ..kernels import seq_pool_backward, seq_pool_forward
 from .batched import batch_size, batched_backward, batched_forward
 from .block import Block
+from .conv_tokenizer import ConvTokenizer
 from .init import normal, trunc_normal, uniform, zeros
 from .mlp import Mlp
 from .module import Context, Dense, LayerNorm, ParamSpecs
@@ -66,7 +69,9 @@ class ViT:
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         self.threads = 1 if self.backend.name != "numpy" else (threads or available_cores())
         cfg = config
-        self.patch_embed = PatchEmbed("patch_embed", cfg)
+        # The tokenizer: PatchEmbed (its parameters "patch_embed.*") or CCT's ConvTokenizer ("tokenizer.*")
+        self.patch_embed = PatchEmbed("patch_embed", cfg) if cfg.tokenizer == "patch" else ConvTokenizer(
+            "tokenizer", cfg)
         self.blocks = [Block(f"blocks.{i}", cfg, cfg.drop_path_rate(i)) for i in range(cfg.depth)]
         # The final LayerNorm: on every token ("norm"), or on the pooled vector ("fc_norm", timm's for avg).
         self.norm = LayerNorm("fc_norm" if cfg.fc_norm else "norm", cfg.dim, cfg.ln_eps)
@@ -98,6 +103,8 @@ class ViT:
         for block in self.blocks:
             specs.update(block.param_specs())
         specs.update(self.norm.param_specs())
+        if cfg.pool == "seq":  # the score vector g of the sequence pooling, stored as CCT's Linear(dim, 1) kernel
+            specs["attention_pool.w"] = ((cfg.dim, 1), trunc_normal(0.02))
         specs.update(self.head.param_specs())
         specs.update(self.head_out.param_specs())
         return specs
@@ -180,11 +187,13 @@ class ViT:
         self._cache = cache if training else None
         return logits
 
-    def backward(self, dlogits: Array) -> Array:
+    def backward(self, dlogits: Array, input_grad: bool = True) -> Array | None:
         """Backpropagate ``dlogits`` (B, num_classes) through the last training forward pass.
 
-        Fills ``self.grads`` (overwriting it) and returns the gradient with respect to the input images. The
-        cache is released, so each training forward supports one backward.
+        Fills ``self.grads`` (overwriting it) and returns the gradient with respect to the input images, or
+        None with ``input_grad=False`` (a training step, which does not need it: the conv tokenizer then skips
+        its first layer's input gradient). The cache is released, so each training forward supports one
+        backward.
         """
         if self._cache is None:
             raise RuntimeError("backward() needs a preceding forward(images, training=True)")
@@ -192,7 +201,7 @@ class ViT:
         if tuple(dlogits.shape) != expected:
             raise ValueError(f"dlogits must have shape {expected} like the logits, got {tuple(dlogits.shape)}")
         cache, self._cache = self._cache, None
-        return batched_backward(self, dlogits, cache, self.grads)
+        return batched_backward(self, dlogits, cache, self.grads, input_grad)
 
     # ---- timm's forward_features / forward_head: evaluation mode, no caches ---------------------------------
     def forward_features(self, images: Any) -> Array:
@@ -233,17 +242,19 @@ class ViT:
     def head_forward(self, t: Array, ctx: Context) -> tuple[Array, tuple | None]:
         """Tokens (B, T, dim) -> logits (B, num_classes). Returns (logits, cache)."""
         cfg, params = self.config, self.params
-        pooled = self._pool(t)                                              # (B, pooled_dim)
+        pooled, c_pool = self._pool(t)                                      # (B, pooled_dim)
         c_fc_norm = None
         if cfg.fc_norm:
             pooled, c_fc_norm = self.norm.forward(params, pooled, ctx)      # (B, dim)
         h, c_drop = ctx.dropout(pooled, cfg.head_dropout, "head_drop")      # (B, pooled_dim)
         h, c_head = self.head.forward(params, h, ctx)                       # (B, head_units[-1])
         logits, c_out = self.head_out.forward(params, h, ctx)               # (B, num_classes)
-        return logits, ((t.shape, c_fc_norm, c_drop, c_head, c_out) if ctx.training else None)
+        return logits, ((c_pool, c_fc_norm, c_drop, c_head, c_out) if ctx.training else None)
 
-    def features_backward(self, dt: Array, cache: tuple, grads: dict[str, Array]) -> Array:
-        """Backward of ``features_forward``: writes its parameters' gradients into ``grads``, returns d images."""
+    def features_backward(self, dt: Array, cache: tuple, grads: dict[str, Array], input_grad: bool = True
+                          ) -> Array | None:
+        """Backward of ``features_forward``: writes its parameters' gradients into ``grads``, returns d images
+        (None from the conv tokenizer with ``input_grad=False``)."""
         c_embed, c_blocks, c_norm = cache
         params = self.params
         if not self.config.fc_norm:
@@ -254,29 +265,38 @@ class ViT:
         if self.config.has_class_token:
             grads["cls_token"] = dt[:, 0].sum(axis=0)                       # (dim,)
             dt = dt[:, 1:]                                                  # (B, N, dim)
+        if isinstance(self.patch_embed, ConvTokenizer):
+            return self.patch_embed.backward(params, grads, dt, c_embed, input_grad)  # (B, H, W, C) or None
         return self.patch_embed.backward(params, grads, dt, c_embed)        # (B, H, W, C)
 
     def head_backward(self, dlogits: Array, cache: tuple, grads: dict[str, Array]) -> Array:
         """Backward of ``head_forward``: writes its parameters' gradients into ``grads``, returns d tokens."""
-        t_shape, c_fc_norm, c_drop, c_head, c_out = cache
+        c_pool, c_fc_norm, c_drop, c_head, c_out = cache
         params = self.params
         dh = self.head_out.backward(params, grads, dlogits, c_out)          # (B, head_units[-1])
         dh = self.head.backward(params, grads, dh, c_head)                  # (B, pooled_dim)
         dh = dropout_backward(dh, c_drop)                                   # (B, pooled_dim)
         if self.config.fc_norm:
             dh = self.norm.backward(params, grads, dh, c_fc_norm)           # (B, dim)
-        return self._pool_backward(dh, t_shape)                             # (B, T, dim)
+        return self._pool_backward(dh, c_pool, grads)                       # (B, T, dim)
 
-    def _pool(self, t: Array) -> Array:
+    def _pool(self, t: Array) -> tuple[Array, Any]:
         cfg = self.config
         if cfg.pool == "flatten":
-            return t.reshape(t.shape[0], -1)  # row-major over (token, channel), as keras Flatten
+            return t.reshape(t.shape[0], -1), t.shape  # row-major over (token, channel), as keras Flatten
         if cfg.pool == "cls":
-            return t[:, 0]
-        return t[:, 1:].mean(axis=1) if cfg.has_class_token else t.mean(axis=1)  # the patch tokens' mean
+            return t[:, 0], t.shape
+        if cfg.pool == "seq":  # softmax(t g)-weighted mean of every token
+            return seq_pool_forward(t, self.params["attention_pool.w"][:, 0])
+        return (t[:, 1:].mean(axis=1) if cfg.has_class_token else t.mean(axis=1)), t.shape  # the patch tokens'
 
-    def _pool_backward(self, dpooled: Array, shape: tuple[int, ...]) -> Array:
+    def _pool_backward(self, dpooled: Array, cache: Any, grads: dict[str, Array]) -> Array:
         cfg, xp = self.config, self.backend.xp
+        if cfg.pool == "seq":
+            dt, dg = seq_pool_backward(dpooled, cache, self.params["attention_pool.w"][:, 0])
+            grads["attention_pool.w"] = dg[:, None]                         # (dim, 1)
+            return dt
+        shape = cache
         if cfg.pool == "flatten":
             return dpooled.reshape(shape)
         if cfg.pool == "cls" or cfg.has_class_token:  # one token gets it all, or the N patch tokens 1/N each

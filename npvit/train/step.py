@@ -155,10 +155,10 @@ def train_step(
                                first_sample=part.start)
         if settings.mixing:
             loss, soft_cache = soft_cross_entropy_forward(logits, targets)
-            model.backward(soft_cross_entropy_backward(soft_cache, len(local) / len(batch)))
+            model.backward(soft_cross_entropy_backward(soft_cache, len(local) / len(batch)), input_grad=False)
         else:
             loss, cache = cross_entropy_forward(logits, labels, settings.label_smoothing)
-            model.backward(cross_entropy_backward(cache, len(local) / len(batch)))
+            model.backward(cross_entropy_backward(cache, len(local) / len(batch)), input_grad=False)
         correct = (xp.argmax(logits, axis=1) == labels).sum()  # with mixing: the image's own label
     for g in gradient_buffers(model):
         comm.allreduce_sum(g)

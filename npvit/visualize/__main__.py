@@ -126,6 +126,10 @@ def make_figure(args: argparse.Namespace) -> Any:
 
         sim = position_similarity(loaded.param("pos_embed"), cfg)
         return pos_embed_figure(sim, cfg, args.title or f"position embedding similarity: {name}")
+    if args.figure in ("filters", "patches") and cfg.tokenizer != "patch":
+        raise InputError(f"the {args.figure} figure shows how a patch embedding cuts and projects the image, and "
+                         f"{name} has a convolutional tokenizer (tokenizer {cfg.tokenizer}); its attention, "
+                         "rollout and pos-embed figures apply")
     if args.figure == "filters":
         from .filters import filter_tiles, filters_figure
 

@@ -103,7 +103,7 @@ def attention_figure(image: np.ndarray, maps: list[np.ndarray], config: ViTConfi
             overlay(ax, image, patch_map(block_maps[head, token], config),
                     f"head {head + 1}" if layer == 0 else None)
             if where is not None:
-                mark_patch(ax, *where, config.patch_size)
+                mark_patch(ax, *where, token_cell(config))
         axes[layer, 0].set_ylabel(f"block {layer + 1}", fontsize=8)
     fig.suptitle(f"{title}\nattention per block and head, {label}" if title else
                  f"attention per block and head, {label}", fontsize=9)
@@ -129,8 +129,14 @@ def rollout_figure(image: np.ndarray, maps: list[np.ndarray], config: ViTConfig,
     overlay(axes[2], image, heat, "overlay (smallest to largest weight)", from_zero=False)
     if where is not None:
         for ax in (axes[0], axes[2]):
-            mark_patch(ax, *where, config.patch_size)
+            mark_patch(ax, *where, token_cell(config))
     head = "mean of heads" if head_fusion == "mean" else f"{head_fusion} over heads"
     text = f"attention rollout over {len(maps)} blocks ({head}, residual added), {label}"
     fig.suptitle(f"{title}\n{text}" if title else text, fontsize=9)
     return fig
+
+
+def token_cell(config: Any) -> int:
+    """The side in pixels of the image cell a token stands for: the patch, or for the conv tokenizer the image
+    side over the token grid's (each max-pool halves it, rounding up)."""
+    return config.patch_size if config.tokenizer == "patch" else -(-config.image_size // config.grid_size)

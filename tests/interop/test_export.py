@@ -42,6 +42,10 @@ ONNX_CONFIGS = {
     "timm-avg-no-class-token": lambda: dataclasses.replace(timm_config("avg"), class_token=False),
     "overlap-valid-padding": lambda: dataclasses.replace(ViTConfig.fast(), patch_overlap=2, image_size=30),
     "cls-tanh-head": lambda: dataclasses.replace(ViTConfig.tiny(), pool="cls", gelu="tanh", fc_norm=True),
+    "conv-projected-seq-class-token": lambda: dataclasses.replace(
+        ViTConfig.compact(), conv_channels=(16, 24), image_size=30, class_token=True, depth=2),
+    "conv-gap-fc-norm": lambda: dataclasses.replace(ViTConfig.compact(), conv_channels=(64,), pool="gap",
+                                                    fc_norm=True, depth=1),
 }
 
 
@@ -86,7 +90,7 @@ def test_timm_loads_the_safetensors_export_strictly(tmp_path: Path) -> None:
                         relative(again.forward(x), timm_logits(theirs, x))) <= 1e-10
 
 
-@pytest.mark.parametrize("preset", ["tiny", "fast"])
+@pytest.mark.parametrize("preset", ["tiny", "fast", "compact"])
 def test_npvit_names_for_the_keras_arrangement_read_back_exactly(tmp_path: Path, preset: str) -> None:
     pytest.importorskip("safetensors", reason="safetensors is not installed: pip install 'npvit[interop]'")
     from safetensors import safe_open
@@ -107,14 +111,16 @@ def test_pt_state_dicts_load_strictly(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     from npvit.torch_reference import TorchViT
 
-    model = perturbed(dataclasses.replace(ViTConfig.tiny(), pool="cls"), dtype="float64")
-    state = torch.load(npvit.export(model, tmp_path / "keras.pt"), weights_only=True)
-    peer = TorchViT(model.config, dtype=torch.float64)
-    peer.load_state_dict(state, strict=True)
     x = np.random.default_rng(0).standard_normal((2, 8, 8, 3))
-    with torch.no_grad():
-        assert measured(".pt export -> TorchViT: logits, float64",
-                        relative(model.forward(x), peer.eval()(torch.from_numpy(x)).numpy())) <= 1e-12
+    for cfg in (dataclasses.replace(ViTConfig.tiny(), pool="cls"),
+                dataclasses.replace(ViTConfig.tiny(), tokenizer="conv", conv_channels=(4, 6), pool="seq")):
+        model = perturbed(cfg, dtype="float64")
+        state = torch.load(npvit.export(model, tmp_path / "keras.pt"), weights_only=True)
+        peer = TorchViT(model.config, dtype=torch.float64)
+        peer.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            assert measured(".pt export -> TorchViT: logits, float64",
+                            relative(model.forward(x), peer.eval()(torch.from_numpy(x)).numpy())) <= 1e-12
     timm = pytest.importorskip("timm", reason="timm is not installed")
     from timm_models import timm_logits
 

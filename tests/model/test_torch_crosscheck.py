@@ -13,8 +13,9 @@ do the backward. In float64 with dropout off both sides must then agree to round
 * the parameters after several AdamW steps (``torch.optim.AdamW``), with weight decay on all parameters,
   with ``exclude_from_decay`` (torch parameter groups), and with global-norm gradient clipping;
 
-for every pooling ("flatten", "cls", "gap") and GELU ("erf", "tanh"), and for an image size that the patch
-size does not divide (VALID padding drops the last pixels, which must get zero gradient).
+for every pooling ("flatten", "cls", "gap", and CCT's "seq") and GELU ("erf", "tanh"), for an image size that the
+patch size does not divide (VALID padding drops the last pixels, which must get zero gradient), and for CCT's
+convolutional tokenizer.
 """
 
 from __future__ import annotations
@@ -193,6 +194,20 @@ def test_overlapping_patches_match_torch(overlap: int) -> None:
 def test_timm_arrangement_and_fc_norm_match_torch(layout: dict) -> None:
     """No GELU after the block MLP's last layer, the final norm after the pooling, gap beside a class token."""
     assert_step_matches_torch(replace(make_config("cls", "erf"), **layout), model_seed=7, batch_seed=8)
+
+
+@pytest.mark.parametrize("layout", [
+    dict(conv_channels=(4, 6), pool="seq"),                            # projected 6 -> 8, sequence pooling
+    dict(conv_channels=(5, 8), pool="seq", class_token=True, gelu="tanh"),  # no projection, a class token
+    dict(conv_channels=(4,), pool="gap", image_size=13),              # 13 -> 7: an odd side
+    dict(conv_channels=(3, 4, 8), pool="flatten", image_size=16),
+])
+def test_conv_tokenizer_and_sequence_pooling_match_torch(layout: dict) -> None:
+    """CCT's parts: nn.Conv2d, ReLU and nn.MaxPool2d(3, 2, 1) on the torch side, the softmax over the tokens of
+    a Linear(dim, 1) score; logits, loss and every gradient, the images' too."""
+    cfg = replace(make_config("gap", "erf"), tokenizer="conv", **layout)
+    dimages = assert_step_matches_torch(cfg, model_seed=9, batch_seed=10)
+    assert np.abs(dimages).max() > 0
 
 
 # ---- AdamW -------------------------------------------------------------------------------------------------
