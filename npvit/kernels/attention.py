@@ -27,6 +27,7 @@ from typing import Any
 
 from ..parallel import batch_chunks
 from ..backend import get_array_module, scores_transposed
+from .attention_device import DeviceAttentionCache, mha_backward_device, mha_forward_device
 from .dense import DenseCache, dense_backward, dense_forward
 from .fused import on_device, query_scale_vector
 from .dropout import DropoutCache, DropoutKey, dropout_mask, dropout_scale
@@ -175,6 +176,8 @@ def mha_forward(
 
     ``return_probs=False`` (inference) keeps neither the cache nor the probabilities and returns None for both.
     """
+    if on_device(x):  # CuPy: bias, query scale and layout in one kernel, softmax and dropout in three
+        return mha_forward_device(x, w_qkv, b_qkv, w_out, b_out, num_heads, dropout_rate, dropout_key, return_probs)
     xp = get_array_module(x)
     b, n, _ = x.shape
     hd = w_qkv.shape[1] // 3
@@ -211,9 +214,12 @@ def _query_scaled(a: Array, hd: int, q_scale: float) -> Array:
 
 
 def mha_backward(
-    dy: Array, cache: AttentionCache, w_qkv: Array, w_out: Array
+    dy: Array, cache: AttentionCache, w_qkv: Array, w_out: Array, out: tuple | None = None
 ) -> tuple[Array, Array, Array, Array, Array]:
-    """Gradients of mha_forward: returns (dx, dw_qkv, db_qkv, dw_out, db_out)."""
+    """Gradients of mha_forward: returns (dx, dw_qkv, db_qkv, dw_out, db_out). ``out``: four arrays (views of a
+    flat gradient buffer) the CuPy path writes the weight gradients into."""
+    if isinstance(cache, DeviceAttentionCache):
+        return mha_backward_device(dy, cache, w_qkv, w_out, out)
     if not (isinstance(cache, tuple) and len(cache) == 3):
         raise TypeError("mha_backward needs the cache of npvit.kernels.mha_forward (the reference's "
                         "attention_forward cache goes to npvit.reference.attention_backward)")

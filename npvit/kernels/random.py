@@ -41,6 +41,16 @@ def keep_mask(xp: ModuleType, seed: int, site: str, first: int, shape: tuple[int
     return (pieces >= threshold).reshape(shape)
 
 
+def drop_threshold(rate: float) -> int:
+    """The 16-bit threshold below which a unit is dropped."""
+    return round(rate * (1 << 16))
+
+
+def dropout_scale(rate: float) -> float:
+    """The factor 1 / (1 - p) applied to the kept units, with p the drop probability actually used."""
+    return 1.0 / (1.0 - drop_threshold(rate) / (1 << 16))
+
+
 _SPLITMIX_GAMMA, _SPLITMIX_M1, _SPLITMIX_M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 

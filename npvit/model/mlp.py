@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..kernels import dropout_backward, gelu_backward, gelu_forward
+from ..kernels import dense_forward, dropout_backward, gelu_backward, gelu_forward
+from ..kernels.device import bias_act_backward, bias_act_forward
+from ..kernels.fused import on_device
 from .init import Initializer
 from .module import Context, Dense, ParamSpecs
 
@@ -33,6 +35,14 @@ class Mlp:
 
     def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, list]:
         caches = []
+        if on_device(x):  # CuPy: the product, then bias, GELU and dropout in one kernel (kernels/device.py)
+            rate = self.rate if ctx.training else 0.0
+            for layer, site, act in zip(self.layers, self.drop_sites, self.acts):
+                h, c_dense = dense_forward(x, params[f"{layer.prefix}.w"], None)  # (..., units)
+                x, c_act = bias_act_forward(h, params[f"{layer.prefix}.b"], self.gelu if act else "none", rate,
+                                            ctx.dropout_key_for(site) if rate else None)
+                caches.append((c_dense, c_act, None))
+            return x, caches
         for layer, site, act in zip(self.layers, self.drop_sites, self.acts):
             x, c_dense = layer.forward(params, x, ctx)
             x, c_gelu = gelu_forward(x, self.gelu) if act else (x, None)
@@ -42,6 +52,9 @@ class Mlp:
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: list) -> Array:
         for layer, act, (c_dense, c_gelu, c_drop) in zip(reversed(self.layers), reversed(self.acts), reversed(cache)):
+            if on_device(dy):  # CuPy: dropout's and GELU's backward in one kernel
+                dy = layer.backward(params, grads, bias_act_backward(dy, c_gelu), c_dense)
+                continue
             dy = dropout_backward(dy, c_drop)
             if act:
                 dy = gelu_backward(dy, c_gelu)

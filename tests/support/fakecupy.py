@@ -65,6 +65,8 @@ import pytest
 import scipy.ndimage
 import scipy.special
 
+import fakekernels
+
 THIS_FILE = __file__.rsplit(".", 1)[0]
 
 
@@ -562,18 +564,47 @@ def emulate_kernel(name: str, function: Callable) -> None:
 
 
 class ElementwiseKernel:
-    """CuPy's ElementwiseKernel: runs the NumPy emulation registered under its name (see emulate_kernel)."""
+    """CuPy's ElementwiseKernel: runs its own operation (CUDA C of the subset ``fakekernels`` translates), or
+    the NumPy emulation registered under its name (see emulate_kernel); one launch per call."""
 
     def __init__(self, in_params: str, out_params: str, operation: str, name: str = "kernel", **kwargs: Any):
         self.in_params, self.out_params, self.operation, self.name = in_params, out_params, operation, name
+        self.preamble = kwargs.get("preamble", "")
+        if self.name not in _EMULATIONS:  # refuse what cannot run now, not at the first call
+            fakekernels.compile_statements(operation)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.name not in _EMULATIONS:
-            raise NotImplementedError(f"fakecupy cannot run the CUDA C of ElementwiseKernel {self.name!r}; "
-                                      "register a NumPy emulation with fakecupy.emulate_kernel()")
         LAUNCHES.launch("kernel")
         with LAUNCHES.one_kernel():
-            return _wrap(_EMULATIONS[self.name](*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+            if self.name in _EMULATIONS:
+                return _wrap(_EMULATIONS[self.name](*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+            if kwargs:
+                raise TypeError(f"fakecupy: ElementwiseKernel arguments by keyword: {sorted(kwargs)}")
+            return _wrap(fakekernels.elementwise(self.in_params, self.out_params, self.operation,
+                                                 _unwrap(tuple(args)), {}))
+
+
+class ReductionKernel:
+    """CuPy's ReductionKernel, running its own map, reduce and post-map expressions (``fakekernels``):
+    ``kernel(*args, axis=None, keepdims=False, out=None)``, one launch per call."""
+
+    def __init__(self, in_params: str, out_params: str, map_expr: str, reduce_expr: str, post_map_expr: str,
+                 identity: str | None, name: str = "reduce_kernel", reduce_type: str | None = None,
+                 reduce_dims: bool = True, preamble: str = "", options: tuple = ()) -> None:
+        self.in_params, self.out_params, self.name = in_params, out_params, name
+        self.map_expr, self.reduce_expr, self.post_map_expr = map_expr, reduce_expr, post_map_expr
+        self.identity, self.reduce_type = identity or "0", reduce_type
+        for expr in (map_expr, reduce_expr, identity or "0"):
+            fakekernels.compile_expression(expr)
+        fakekernels.compile_statements(post_map_expr)
+
+    def __call__(self, *args: Any, axis: Any = None, keepdims: bool = False, out: Any = None,
+                 stream: Any = None) -> Any:
+        LAUNCHES.launch("reduction")
+        with LAUNCHES.one_kernel():
+            target = None if out is None else out._a
+            result = fakekernels.reduction(self, _unwrap(tuple(args)), axis, keepdims, target)
+        return out if out is not None else ndarray._of(result)
 
 
 class RawKernel:
@@ -762,6 +793,7 @@ def _build_modules() -> dict[str, types.ModuleType]:
     cp.fuse = _fuse
     cp.ElementwiseKernel = ElementwiseKernel
     cp.RawKernel = RawKernel
+    cp.ReductionKernel = ReductionKernel
     cp.get_default_memory_pool = lambda: _MemoryPool()
     cp.get_default_pinned_memory_pool = lambda: _MemoryPool()
 
