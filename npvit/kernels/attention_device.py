@@ -22,7 +22,7 @@ from typing import Any
 
 from ..backend import get_array_module
 from .dense import dense_backward, dense_forward
-from .device import qkv_layout, softmax_backward_device, softmax_forward_device
+from .device import qkv_gradient_layout, qkv_layout, softmax_backward_device, softmax_forward_device
 from .fused import dense_backward_into
 from .random import dropout_scale
 from .softmax import LOG2_E
@@ -83,17 +83,12 @@ def mha_backward_device(dy: Array, cache: DeviceAttentionCache, w_qkv: Array, w_
     b, n, hd = do.shape
     heads, d = c.q.shape[1], c.q.shape[3]
     do = xp.ascontiguousarray(do.reshape(b, n, heads, d).transpose(0, 2, 1, 3))  # (B, h, T, d)
-    dh = xp.empty((b, n, 3, heads, d), dtype=dy.dtype)  # the projection's layout: no copy to undo the split
-    split = dh.transpose(2, 0, 3, 1, 4)  # (3, B, h, T, d) views
     dvt = xp.matmul(do.swapaxes(-1, -2), c.p if c.a is None else c.a)  # dV^T = dO^T A: (B, h, d, T)
-    xp.copyto(split[2], dvt.swapaxes(-1, -2))
     da = xp.matmul(do, c.v.swapaxes(-1, -2))  # dA = dO V^T: (B, h, T, T)
     ds = softmax_backward_device(da, c.p, c.keep, c.drop_scale)  # dS in place
-    typed = dy.dtype.type
-    xp.multiply(xp.matmul(ds, c.k), typed(1.0 / math.sqrt(d)), out=split[0])  # dH_q = dS K / sqrt(d)
+    dq = xp.matmul(ds, c.k)  # dS K: (B, h, T, d)
     dkt = xp.matmul(c.q.swapaxes(-1, -2), ds)  # (Q s)^T dS: (B, h, d, T)
-    xp.multiply(dkt.swapaxes(-1, -2), typed(1.0 / (math.sqrt(d) * c.q_scale)), out=split[1])
-    dh = dh.reshape(b, n, 3 * hd)  # (B, T, 3 h d)
+    dh = qkv_gradient_layout(dq, dkt, dvt, 1.0 / math.sqrt(d), 1.0 / (math.sqrt(d) * c.q_scale))  # (B, T, 3 h d)
     if out is not None:
         return dense_backward_into(dh, c.x, w_qkv, dw_qkv, db_qkv), dw_qkv, db_qkv, dw_out, db_out
     dx, dw_qkv, db_qkv = dense_backward(dh, c.x, w_qkv)

@@ -14,6 +14,7 @@ The formulas are their twins'; the rounding is not (other orders of additions, N
                           [dgamma | dbeta] = column sums of that pair                               2 (two-stage)
     softmax (base 2)      m = max(x), s = sum(2^(x - m)), y = 2^(x - m) / s  (A = y keep / (1 - p))  3
     softmax backward      dx = y (dA' - sum(dA' y)), dA' = dA keep / (1 - p)                        2
+    attention gradients   [dQ f_q | dK^T^T f_k | dV^T^T] into the projection's layout                 1
     bias, GELU, dropout   z = h + b, y = gelu(z) keep / (1 - p); backward dz = dy keep / (1 - p) gelu'(z)  1 + 1
     dropout               the keep mask drawn inside the kernel that applies it                    1
 
@@ -249,3 +250,19 @@ def qkv_layout(h: Array, b: Array, num_heads: int, q_scale: float) -> Array:
     _elementwise(xp, "npvit_qkv_layout", "T h, T b, T s", "T q", "q = (h + b) * s;")(
         h.reshape(bsz, n, 3, num_heads, d).transpose(2, 0, 3, 1, 4), b.reshape(3, 1, num_heads, 1, d), scale, out)
     return out
+
+
+def qkv_gradient_layout(dq: Array, dkt: Array, dvt: Array, q_factor: float, k_factor: float) -> Array:
+    """dH = [dq q_factor | dkt^T k_factor | dvt^T] in the projection's (B, T, 3 h d) layout, in one kernel:
+    the three parts are selected by one-hot factors (each part is x 1 + 0 + 0, exactly x), so that one launch
+    does the scaling, the two transposes and the layout change of three."""
+    xp = get_array_module(dq)
+    b, heads, n, d = dq.shape
+    t = dq.dtype
+    fq, fk, fv = (_constant(xp, f, t).reshape(3, 1, 1, 1, 1) for f in ((q_factor, 0.0, 0.0), (0.0, k_factor, 0.0),
+                                                                         (0.0, 0.0, 1.0)))
+    dh = xp.empty((b, n, 3, heads, d), dtype=t)
+    _elementwise(xp, "npvit_qkv_gradient_layout", "T gq, T gk, T gv, T fq, T fk, T fv", "T dh",
+                 "dh = gq * fq + gk * fk + gv * fv;")(
+        dq, dkt.swapaxes(-1, -2), dvt.swapaxes(-1, -2), fq, fk, fv, dh.transpose(2, 0, 3, 1, 4))
+    return dh.reshape(b, n, 3 * heads * d)
