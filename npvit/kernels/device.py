@@ -19,8 +19,9 @@ The formulas are their twins'; the rounding is not (other orders of additions, N
     dropout               the keep mask drawn inside the kernel that applies it                    1
 
 Dropout masks are drawn in the kernel from the counter-based SplitMix64 stream of npvit.kernels.random: the
-element at (sample r, position j) of a site reads 16 bits of word first*words + r*words + j/4 of that site's
-stream, so the masks are exactly those of ``keep_mask`` on CuPy, without materialising the words.
+kernel derives the site's key from the seed (``stream_key``), and the element at (sample r, position j) reads
+16 bits of word first*words + r*words + j/4 of that stream, so the masks are exactly those of ``keep_mask``
+on CuPy, without materialising the words; the seed may live on the device (a captured CUDA graph's).
 """
 
 from __future__ import annotations
@@ -73,14 +74,18 @@ def _constant(xp: ModuleType, values: tuple[float, ...], dtype: Any) -> Array:
 # ------------------------------------------------------------------------------------------- dropout masks
 # The keep decision of element i of an array whose samples are ``per`` elements each (axis 0: samples):
 # word n = base + r * words + j / 4 of the site's SplitMix64 stream (base = first * words + 1), bits 16 (j % 4).
-_MASK_PARAMS = "uint64 key, uint64 base, uint64 per, uint64 words, uint64 thr, T c"
+_MASK_PARAMS = "uint64 seed, uint64 site, uint64 base, uint64 per, uint64 words, uint64 thr, T c"
 _MASK_INDEX = "unsigned long long e = i; unsigned long long r = e / per; unsigned long long j = e - r * per;"
 # The same for a (B, h, n1, n2) array whose mask is drawn (B, h, n2, n1): the attention's probabilities.
 _MASK_INDEX_T = ("unsigned long long e = i; unsigned long long r = e / per; unsigned long long t = e - r * per;"
                  "unsigned long long hh = t / (n1 * n2); unsigned long long u = t - hh * n1 * n2;"
                  "unsigned long long q = u / n2; unsigned long long k = u - q * n2;"
                  "unsigned long long j = hh * n1 * n2 + k * n1 + q;")
-_MASK_BITS = (f"unsigned long long bits = (base + r * words + (j >> 2)) * {_SPLITMIX_GAMMA:#x}ull + key;"
+_MASK_BITS = (f"unsigned long long key = seed * {_SPLITMIX_GAMMA:#x}ull + site;"  # random.stream_key
+              f"key = (key ^ (key >> 30)) * {_SPLITMIX_M1:#x}ull;"
+              f"key = (key ^ (key >> 27)) * {_SPLITMIX_M2:#x}ull;"
+              "key = key ^ (key >> 31);"
+              f"unsigned long long bits = (base + r * words + (j >> 2)) * {_SPLITMIX_GAMMA:#x}ull + key;"
               f"bits = (bits ^ (bits >> 30)) * {_SPLITMIX_M1:#x}ull;"
               f"bits = (bits ^ (bits >> 27)) * {_SPLITMIX_M2:#x}ull;"
               "bits = bits ^ (bits >> 31);"
@@ -88,13 +93,14 @@ _MASK_BITS = (f"unsigned long long bits = (base + r * words + (j >> 2)) * {_SPLI
 
 
 def mask_args(shape: tuple[int, ...], rate: float, key: DropoutKey, dtype: Any) -> tuple:
-    """The kernel arguments (key, base, per, words, thr, c) of dropout site ``key`` for an array of ``shape``."""
+    """The kernel arguments (seed, site, base, per, words, thr, c) of dropout site ``key`` for an array of
+    ``shape``. ``key.seed`` may be a 0-d uint64 device array (a captured step's, rewritten before each launch)."""
     per = math.prod(shape[1:])
     words = -(-per // 4)
-    state = numpy.random.SeedSequence([key.seed, _site_id(key.site)]).generate_state(1, numpy.uint64)[0]
     u64 = numpy.uint64
-    return (u64(state), u64(key.first * words + 1), u64(per), u64(words), u64(drop_threshold(rate)),
-            numpy.dtype(dtype).type(dropout_scale(rate)))
+    seed = key.seed if hasattr(key.seed, "shape") else u64(key.seed)
+    return (seed, u64(_site_id(key.site)), u64(key.first * words + 1), u64(per), u64(words),
+            u64(drop_threshold(rate)), numpy.dtype(dtype).type(dropout_scale(rate)))
 
 
 def dropout_forward_device(x: Array, rate: float, key: DropoutKey) -> tuple[Array, tuple[Array, float]]:
