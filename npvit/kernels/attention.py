@@ -171,13 +171,16 @@ def mha_forward(
     dropout_rate: float = 0.0,
     dropout_key: DropoutKey | None = None,
     return_probs: bool = True,
+    residual: Array | None = None,
 ) -> tuple[Array, AttentionCache | None, Array | None]:
     """Multi-head self-attention of tokens ``x`` (B, T, D). Returns (y, cache, attention probabilities).
 
     ``return_probs=False`` (inference) keeps neither the cache nor the probabilities and returns None for both.
+    ``residual`` (B, T, D), if given, is added to y (in the output projection's bias kernel on CuPy).
     """
     if on_device(x):  # CuPy: bias, query scale and layout in one kernel, softmax and dropout in three
-        return mha_forward_device(x, w_qkv, b_qkv, w_out, b_out, num_heads, dropout_rate, dropout_key, return_probs)
+        return mha_forward_device(x, w_qkv, b_qkv, w_out, b_out, num_heads, dropout_rate, dropout_key, return_probs,
+                                  residual)
     xp = get_array_module(x)
     b, n, _ = x.shape
     hd = w_qkv.shape[1] // 3
@@ -199,6 +202,8 @@ def mha_forward(
                                               return_probs=return_probs, q_scale=q_scale)
         o = o.transpose(0, 2, 1, 3)
     y, c_out = dense_forward(o.reshape(b, n, hd), w_out, b_out)
+    if residual is not None:
+        y += residual
     return y, ((c_qkv, c_core, c_out) if return_probs else None), p
 
 

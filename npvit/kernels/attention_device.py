@@ -22,7 +22,7 @@ from typing import Any
 
 from ..backend import get_array_module
 from .dense import dense_backward, dense_forward
-from .device import qkv_gradient_layout, qkv_layout, softmax_backward_device, softmax_forward_device
+from .device import bias_act_forward, qkv_gradient_layout, qkv_layout, softmax_backward_device, softmax_forward_device
 from .fused import dense_backward_into
 from .random import dropout_scale
 from .softmax import LOG2_E
@@ -48,9 +48,10 @@ class DeviceAttentionCache:
 
 
 def mha_forward_device(x: Array, w_qkv: Array, b_qkv: Array, w_out: Array, b_out: Array, num_heads: int,
-                       rate: float, key: Any, return_probs: bool) -> tuple[Array, DeviceAttentionCache | None,
-                                                                            Array | None]:
-    """mha_forward on CuPy: (y, cache, P), P (B, h, T, T)."""
+                       rate: float, key: Any, return_probs: bool, residual: Array | None = None
+                       ) -> tuple[Array, DeviceAttentionCache | None, Array | None]:
+    """mha_forward on CuPy: (y, cache, P), P (B, h, T, T); with ``residual``, y + residual (the output bias
+    and the block's residual sum in one kernel)."""
     xp = get_array_module(x)
     b, n, dim = x.shape
     hd = w_qkv.shape[1] // 3
@@ -63,7 +64,10 @@ def mha_forward_device(x: Array, w_qkv: Array, b_qkv: Array, w_out: Array, b_out
     p, a, keep = softmax_forward_device(s, (rate, key) if rate > 0.0 else None)  # P in place of S
     o = xp.matmul(p if a is None else a, v)  # (B, h, T, d)
     o = o.transpose(0, 2, 1, 3).reshape(b, n, hd)  # (B, T, h d): heads side by side, one copy
-    y, _ = dense_forward(o, w_out, b_out)  # (B, T, D)
+    if residual is None:
+        y, _ = dense_forward(o, w_out, b_out)  # (B, T, D)
+    else:
+        y = bias_act_forward(dense_forward(o, w_out, None)[0], b_out, "none", residual=residual)[0]  # (B, T, D)
     if not return_probs:
         return y, None, None
     return y, DeviceAttentionCache(x, q, k, v, p, a, keep, dropout_scale(rate), q_scale, o), p

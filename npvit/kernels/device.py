@@ -135,24 +135,28 @@ _GELU_GRAD = {
 }
 
 
-def bias_act_forward(h: Array, b: Array, kind: str, rate: float = 0.0,
-                     key: DropoutKey | None = None) -> tuple[Array, tuple]:
-    """z = h + b (written over ``h``), y = dropout(gelu(z)) -- ``kind`` "erf", "tanh" or "none" (no GELU) --
-    in one kernel. Returns (y, cache) for bias_act_backward."""
+def bias_act_forward(h: Array, b: Array, kind: str, rate: float = 0.0, key: DropoutKey | None = None,
+                     residual: Array | None = None) -> tuple[Array, tuple]:
+    """z = h + b (written over ``h``), y = dropout(gelu(z)) (+ ``residual``, a block's residual sum) --
+    ``kind`` "erf", "tanh" or "none" (no GELU) -- in one kernel. Returns (y, cache) for bias_act_backward
+    (the residual's gradient is the caller's: y's own)."""
     xp = get_array_module(h)
     if kind not in _GELU:
         raise ValueError(f"unknown GELU kind {kind!r}: expected 'erf', 'tanh' or 'none'")
+    res_in, res, args = ("", "", ()) if residual is None else (", T r", " + r", (residual,))
     if rate > 0.0:
-        kernel = _elementwise(xp, f"npvit_bias_{kind}_dropout", "T h, T b, " + _MASK_PARAMS, "T z, T y, bool keep",
-                              "z = h + b;" + _GELU[kind] + _MASK_INDEX + _MASK_BITS + "y = g * (T(keep) * c);")
-        args = mask_args(h.shape, rate, key, h.dtype)
-        z, y, keep = kernel(h, b, *args, h, xp.empty_like(h), xp.empty(h.shape, dtype=numpy.bool_))
-        return y, (z, keep, args[-1], kind)
-    if kind == "none":  # y is z itself: one output
-        z = _elementwise(xp, "npvit_bias", "T h, T b", "T z", "z = h + b;")(h, b, h)
-        return z, (z, None, None, kind)
-    kernel = _elementwise(xp, f"npvit_bias_{kind}", "T h, T b", "T z, T y", "z = h + b;" + _GELU[kind] + "y = g;")
-    z, y = kernel(h, b, h, xp.empty_like(h))
+        kernel = _elementwise(xp, f"npvit_bias_{kind}_dropout", "T h, T b" + res_in + ", " + _MASK_PARAMS,
+                              "T z, T y, bool keep", "z = h + b;" + _GELU[kind] + _MASK_INDEX + _MASK_BITS
+                              + f"y = g * (T(keep) * c){res};")
+        masks = mask_args(h.shape, rate, key, h.dtype)
+        z, y, keep = kernel(h, b, *args, *masks, h, xp.empty_like(h), xp.empty(h.shape, dtype=numpy.bool_))
+        return y, (z, keep, masks[-1], kind)
+    if kind == "none":  # one output, over h: z is not needed again
+        y = _elementwise(xp, "npvit_bias", "T h, T b" + res_in, "T y", f"y = h + b{res};")(h, b, *args, h)
+        return y, (None, None, None, kind)
+    kernel = _elementwise(xp, f"npvit_bias_{kind}", "T h, T b" + res_in, "T z, T y",
+                          "z = h + b;" + _GELU[kind] + f"y = g{res};")
+    z, y = kernel(h, b, *args, h, xp.empty_like(h))
     return y, (z, None, None, kind)
 
 
@@ -184,10 +188,11 @@ def layernorm_forward_device(x: Array, gamma: Array, beta: Array, eps: float) ->
     return y.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1))
 
 
-def layernorm_backward_device(dy: Array, xhat: Array, rstd: Array, gamma: Array,
-                              out: Array | None = None) -> tuple[Array, Array, Array]:
+def layernorm_backward_device(dy: Array, xhat: Array, rstd: Array, gamma: Array, out: Array | None = None,
+                              residual: Array | None = None) -> tuple[Array, Array, Array]:
     """layernorm_backward on CuPy in four launches: (dx, dgamma, dbeta). ``out``: a (2, D) array (dgamma's and
-    dbeta's places side by side in the flat gradient buffer) the column sums are written into."""
+    dbeta's places side by side in the flat gradient buffer) the column sums are written into. ``residual``:
+    a gradient added to dx in the same kernel (a block's residual path)."""
     xp = get_array_module(dy)
     d = xhat.shape[-1]
     dy2, xhat2 = dy.reshape(-1, d), xhat.reshape(-1, d)  # (rows, D)
@@ -198,9 +203,10 @@ def layernorm_backward_device(dy: Array, xhat: Array, rstd: Array, gamma: Array,
                        f"dy * gamma * (sel * xhat + (T(1) - sel)) * T({1.0 / d!r})", "m = a")(
         dy2[:, None, :], gamma, xhat2[:, None, :], sel, axis=-1)  # (rows, 2)
     pair = xp.empty((rows, 2, d), dtype=dy.dtype)  # [dy xhat | dy] per row: one column sum for both
-    dx = _elementwise(xp, "npvit_ln_dx", "T dy, T gamma, T xhat, T mg, T mgx, T rstd", "T dx, T gx, T g",
-                      "dx = (dy * gamma - mg - xhat * mgx) * rstd; gx = dy * xhat; g = dy;")(
-        dy2, gamma, xhat2, means[:, 0:1], means[:, 1:2], rstd.reshape(-1, 1), xp.empty_like(dy2),
+    res_in, res, args = ("", "", ()) if residual is None else (", T r", " + r", (residual.reshape(-1, d),))
+    dx = _elementwise(xp, "npvit_ln_dx", "T dy, T gamma, T xhat, T mg, T mgx, T rstd" + res_in, "T dx, T gx, T g",
+                      f"dx = (dy * gamma - mg - xhat * mgx) * rstd{res}; gx = dy * xhat; g = dy;")(
+        dy2, gamma, xhat2, means[:, 0:1], means[:, 1:2], rstd.reshape(-1, 1), *args, xp.empty_like(dy2),
         pair[:, 0], pair[:, 1])[0]  # (rows, D)
     sums = column_sum(pair.reshape(rows, 2 * d), None if out is None else out.reshape(2 * d))  # (2 D,)
     return dx.reshape(dy.shape), sums[:d], sums[d:]

@@ -46,13 +46,14 @@ class Attention:
             f"{p}.proj.b": ((d,), zeros),
         }
 
-    def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, Any]:
+    def forward(self, params: dict, x: Array, ctx: Context, residual: Array | None = None) -> tuple[Array, Any]:
+        """y (+ ``residual``, added in the projection's bias kernel on CuPy) and the cache."""
         p = self.prefix
         rate = self.attention_dropout if ctx.training else 0.0
         y, cache, probs = mha_forward(
             x, params[f"{p}.qkv.w"], params[f"{p}.qkv.b"], params[f"{p}.proj.w"], params[f"{p}.proj.b"],
             self.num_heads, rate, ctx.dropout_key_for(f"{p}.attn_drop") if rate else None,
-            return_probs=ctx.training or ctx.keep_attention,
+            return_probs=ctx.training or ctx.keep_attention, residual=residual,
         )
         if ctx.keep_attention:
             ctx.attention_maps.append(probs)

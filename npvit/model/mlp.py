@@ -33,14 +33,17 @@ class Mlp:
     def param_specs(self) -> ParamSpecs:
         return {k: v for layer in self.layers for k, v in layer.param_specs().items()}
 
-    def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, list]:
+    def forward(self, params: dict, x: Array, ctx: Context, residual: Array | None = None) -> tuple[Array, list]:
+        """The output (+ ``residual``, added in the last layer's kernel on CuPy) and the caches."""
         caches = []
         if on_device(x):  # CuPy: the product, then bias, GELU and dropout in one kernel (kernels/device.py)
             rate = self.rate if ctx.training else 0.0
-            for layer, site, act in zip(self.layers, self.drop_sites, self.acts):
+            last = len(self.layers) - 1
+            for i, (layer, site, act) in enumerate(zip(self.layers, self.drop_sites, self.acts)):
                 h, c_dense = dense_forward(x, params[f"{layer.prefix}.w"], None)  # (..., units)
                 x, c_act = bias_act_forward(h, params[f"{layer.prefix}.b"], self.gelu if act else "none", rate,
-                                            ctx.dropout_key_for(site) if rate else None)
+                                            ctx.dropout_key_for(site) if rate else None,
+                                            residual if i == last else None)
                 caches.append((c_dense, c_act, None))
             return x, caches
         for layer, site, act in zip(self.layers, self.drop_sites, self.acts):
@@ -48,6 +51,8 @@ class Mlp:
             x, c_gelu = gelu_forward(x, self.gelu) if act else (x, None)
             x, c_drop = ctx.dropout(x, self.rate, site)
             caches.append((c_dense, c_gelu, c_drop))
+        if residual is not None:
+            x = x + residual
         return x, caches
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: list) -> Array:

@@ -139,3 +139,30 @@ def test_qkv_layout_adds_the_bias_scales_the_query_and_splits_the_heads(fake_cup
     expected = ((h + bias) * np.repeat([0.5, 1.0, 1.0], 4)).reshape(2, 3, 3, 2, 2).transpose(2, 0, 3, 1, 4)
     assert got.shape == (3, 2, 2, 3, 2) and got.flags.c_contiguous
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kind, rate", [("none", 0.0), ("erf", 0.25), ("tanh", 0.0)])
+def test_the_residual_sum_rides_in_the_bias_kernel(fake_cupy, kind, rate) -> None:
+    rng = np.random.default_rng(6)
+    h, r = rng.standard_normal((2, 3, 4, 8))
+    b = rng.standard_normal(8)
+    key = DropoutKey(seed=2, site="blocks.0.mlp.drop1")
+    plain, _ = device.bias_act_forward(to_fake(h), to_fake(b), kind, rate, key)
+    LAUNCHES.reset()
+    got, _ = device.bias_act_forward(to_fake(h), to_fake(b), kind, rate, key, residual=to_fake(r))
+    assert LAUNCHES.total == 1
+    np.testing.assert_allclose(from_fake(got), from_fake(plain) + r, **F64)
+
+
+def test_the_residual_gradient_rides_in_the_layer_norm_backward_kernel(fake_cupy) -> None:
+    from npvit.kernels import layernorm_backward, layernorm_forward
+
+    rng = np.random.default_rng(7)
+    x, dy, r = rng.standard_normal((3, 2, 5, 16))
+    gamma, beta = rng.standard_normal((2, 16))
+    _, cache = layernorm_forward(x, gamma, beta)
+    dx, dgamma, dbeta = layernorm_backward(dy, cache, gamma)
+    _, (xhat, rstd) = layernorm_forward(to_fake(x), to_fake(gamma), to_fake(beta))
+    got = device.layernorm_backward_device(to_fake(dy), xhat, rstd, to_fake(gamma), residual=to_fake(r))
+    for g, e in zip(got, (dx + r, dgamma, dbeta)):
+        np.testing.assert_allclose(from_fake(g), e, **F64)
