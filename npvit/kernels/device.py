@@ -143,7 +143,7 @@ def bias_act_forward(h: Array, b: Array, kind: str, rate: float = 0.0, key: Drop
     xp = get_array_module(h)
     if kind not in _GELU:
         raise ValueError(f"unknown GELU kind {kind!r}: expected 'erf', 'tanh' or 'none'")
-    res_in, res, args = ("", "", ()) if residual is None else (", T r", " + r", (residual,))
+    res_in, res, args = ("", "", ()) if residual is None else (", T res", " + res", (residual,))
     if rate > 0.0:
         kernel = _elementwise(xp, f"npvit_bias_{kind}_dropout", "T h, T b" + res_in + ", " + _MASK_PARAMS,
                               "T z, T y, bool keep", "z = h + b;" + _GELU[kind] + _MASK_INDEX + _MASK_BITS
@@ -203,7 +203,7 @@ def layernorm_backward_device(dy: Array, xhat: Array, rstd: Array, gamma: Array,
                        f"dy * gamma * (sel * xhat + (T(1) - sel)) * T({1.0 / d!r})", "m = a")(
         dy2[:, None, :], gamma, xhat2[:, None, :], sel, axis=-1)  # (rows, 2)
     pair = xp.empty((rows, 2, d), dtype=dy.dtype)  # [dy xhat | dy] per row: one column sum for both
-    res_in, res, args = ("", "", ()) if residual is None else (", T r", " + r", (residual.reshape(-1, d),))
+    res_in, res, args = ("", "", ()) if residual is None else (", T res", " + res", (residual.reshape(-1, d),))
     dx = _elementwise(xp, "npvit_ln_dx", "T dy, T gamma, T xhat, T mg, T mgx, T rstd" + res_in, "T dx, T gx, T g",
                       f"dx = (dy * gamma - mg - xhat * mgx) * rstd{res}; gx = dy * xhat; g = dy;")(
         dy2, gamma, xhat2, means[:, 0:1], means[:, 1:2], rstd.reshape(-1, 1), *args, xp.empty_like(dy2),

@@ -28,7 +28,7 @@ def test_elementwise_source_runs_with_cs_types(fake_cupy) -> None:
 
 
 @pytest.mark.parametrize("code", ["y = x > 0 ? x : 0", "y = (T)x", "if (x > 0) y = x", "y = x && x",
-                                  "z = x", "T y = x"])
+                                  "z = x", "T y = x", "T x = 1; y = x"])
 def test_c_the_fake_cannot_run_is_refused(fake_cupy, code) -> None:
     cp = fake_cupy.cupy
     with pytest.raises(NotImplementedError):

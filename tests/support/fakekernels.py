@@ -171,7 +171,8 @@ class _Types:
         return ns
 
 
-def _run(statements: list, ns: dict[str, Any], types: _Types, outputs: dict[str, numpy.ndarray]) -> None:
+def _run(statements: list, ns: dict[str, Any], types: _Types, outputs: dict[str, numpy.ndarray],
+         params: frozenset[str] = frozenset()) -> None:
     local_types: dict[str, Any] = {}  # declared locals keep their C type on every later assignment
     with numpy.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for ctype, name, op, expr in statements:
@@ -187,8 +188,9 @@ def _run(statements: list, ns: dict[str, Any], types: _Types, outputs: dict[str,
             if ctype is None and name in local_types:
                 ctype = local_types[name]
             elif ctype is not None:
-                if name in local_types or name in outputs:
-                    raise NotImplementedError(f"fakecupy: {name!r} declared twice")
+                if name in local_types or name in outputs or name in params:
+                    raise NotImplementedError(f"fakecupy: {name!r} declared twice (C++ refuses a local that "
+                                              "redeclares a parameter or another local)")
                 local_types[name] = ctype
             if ctype is not None:
                 dtype = types.dtype(ctype)
@@ -228,7 +230,7 @@ def elementwise(in_params: str, out_params: str, operation: str, args: tuple, kw
     size = int(numpy.prod(shape))
     ns["i"] = numpy.arange(size, dtype=numpy.int64).reshape(shape)
     ns["_ind_size"] = size
-    _run(compile_statements(operation), ns, types, outputs)
+    _run(compile_statements(operation), ns, types, outputs, frozenset(name for _, name, _ in ins))
     result = [outputs[name] for _, name, _ in outs]
     return result[0] if len(result) == 1 else tuple(result)
 
