@@ -29,7 +29,7 @@ from ..parallel import batch_chunks
 from ..backend import get_array_module, scores_transposed
 from .attention_device import DeviceAttentionCache, mha_backward_device, mha_forward_device
 from .dense import DenseCache, dense_backward, dense_forward
-from .fused import on_device, query_scale_vector
+from .fused import on_device
 from .dropout import DropoutCache, DropoutKey, dropout_mask, dropout_scale
 from .softmax import LOG2_E, softmax_backward, softmax_forward
 
@@ -211,8 +211,6 @@ def _query_scaled(a: Array, hd: int, q_scale: float) -> Array:
     """A copy of the fused projection's weight (D, 3 h d) or bias (3 h d,) with the query's columns (the first
     h d) multiplied by q_scale: (x W + b) s = x (W s) + b s, a pass over the small weight instead of over every
     query."""
-    if on_device(a):  # CuPy: one multiply by (q_scale ... q_scale, 1 ... 1), exact for the ones (3 launches -> 1)
-        return a * query_scale_vector(a, hd, q_scale)
     a = a.copy()
     a[..., :hd] *= a.dtype.type(q_scale)
     return a
