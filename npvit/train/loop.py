@@ -22,7 +22,7 @@ from ..evaluate import EvalResult
 from ..optim.schedule import learning_rate
 from .evaluation import evaluate_split
 from .state import EpochTotals
-from .graph import CapturedStep
+from .graph import CapturedStep, check_cuda_graph
 from .step import SHUFFLE, RunningSums, StepSettings, stream_seed, train_step
 from .trainer import NonFinite, Trainer, write_json
 
@@ -60,7 +60,10 @@ def run_epochs(t: Trainer) -> int | None:
     step_settings = StepSettings(seed=s["seed"], label_smoothing=s["label_smoothing"], mixup=s["mixup"],
                                  cutmix=s["cutmix"])
     schedule = ReadSchedule()
-    captured = CapturedStep(t.model, t.opt, t.ema, s["batch_size"]) if s.get("cuda_graph") else None
+    captured = None
+    if s.get("cuda_graph"):  # refused where it cannot be captured (the command checked before; train() may not)
+        check_cuda_graph(s, comm.size)
+        captured = CapturedStep(t.model, t.opt, t.ema, s["batch_size"])
     save_every = None if s["save_every"] is None else 60.0 * s["save_every"]
     last_save = time.perf_counter()
     bar_enabled = not s["quiet"] and t.writer and sys.stderr.isatty()
