@@ -69,6 +69,10 @@ class RunningSums:
         """Count one step: its mean ``loss`` over ``images``, its ``correct`` predictions, and whether it was
         ``finite``, all device scalars (``step`` may be one too)."""
         xp = self.xp  # in place: a captured CUDA graph adds to the very arrays it was captured with
+        if xp is not np:  # CuPy: the four sums in one kernel
+            _sums_kernel(xp)(loss, correct, finite, step, np.float64(images), self.loss_sum, self.correct,
+                             self.nonfinite, self.first_nonfinite)
+            return
         xp.add(self.loss_sum, loss.astype(xp.float64) * images, out=self.loss_sum)
         xp.add(self.correct, correct, out=self.correct)
         bad = ~finite
@@ -81,6 +85,22 @@ class RunningSums:
         values = to_numpy(xp.stack([self.loss_sum, self.correct.astype(xp.float64),
                                     self.nonfinite.astype(xp.float64), self.first_nonfinite.astype(xp.float64)]))
         return float(values[0]), int(values[1]), int(values[2]), int(values[3])
+
+
+_SUMS: dict[Any, Any] = {}
+
+
+def _sums_kernel(xp: Any) -> Any:
+    """RunningSums.add on CuPy as one ElementwiseKernel over 0-d arrays (the bad step's number replaces -1
+    only: first + (step - first) [first < 0] [not finite])."""
+    if xp not in _SUMS:
+        _SUMS[xp] = xp.ElementwiseKernel(
+            "T loss, int64 correct, bool finite, int64 step, float64 images",
+            "float64 loss_sum, int64 correct_sum, int64 nonfinite, int64 first",
+            "loss_sum = loss_sum + double(loss) * images; correct_sum = correct_sum + correct;"
+            "nonfinite = nonfinite + 1 - finite; first = first + (step - first) * ((first < 0) * (1 - finite));",
+            "npvit_running_sums")
+    return _SUMS[xp]
 
 
 @dataclass(frozen=True)
