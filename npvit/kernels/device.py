@@ -17,6 +17,7 @@ The formulas are their twins'; the rounding is not (other orders of additions, N
     attention gradients   [dQ f_q | dK^T^T f_k | dV^T^T] into the projection's layout                 1
     bias, GELU, dropout   z = h + b, y = gelu(z) keep / (1 - p); backward dz = dy keep / (1 - p) gelu'(z)  1 + 1
     dropout               the keep mask drawn inside the kernel that applies it                    1
+    cross-entropy         max, sum(exp), [p, -log p q] per element, their mean; backward (p - q) c  4 + 1
 
 Dropout masks are drawn in the kernel from the counter-based SplitMix64 stream of npvit.kernels.random: the
 kernel derives the site's key from the seed (``stream_key``), and the element at (sample r, position j) reads
@@ -278,3 +279,38 @@ def qkv_gradient_layout(dq: Array, dkt: Array, dvt: Array, q_factor: float, k_fa
                  "dh = gq * fq + gk * fk + gv * fv;")(
         dq, dkt.swapaxes(-1, -2), dvt.swapaxes(-1, -2), fq, fk, fv, dh.transpose(2, 0, 3, 1, 4))
     return dh.reshape(b, n, 3 * heads * d)
+
+
+# ------------------------------------------------------------------------------------------- cross-entropy
+def _columns(xp: ModuleType, k: int) -> Array:
+    """0 .. k-1 as a device int64 vector, made once (no upload). Shared: never write to it."""
+    key = (xp, "npvit_columns", k)
+    if key not in _KERNELS:
+        _KERNELS[key] = xp.arange(k, dtype=numpy.int64)
+    return _KERNELS[key]
+
+
+def cross_entropy_forward_device(logits: Array, labels: Array, smoothing: float) -> tuple[Array, tuple]:
+    """cross_entropy_forward on CuPy in four launches: (loss, (p, labels, smoothing)), with
+    loss = -(1/B) sum q log p, q = (1 - s) onehot + s / K, log p = z - m - log(sum exp(z - m))."""
+    xp = get_array_module(logits)
+    b, k = logits.shape
+    m = logits.max(axis=1, keepdims=True)  # (B, 1)
+    total = _reduction(xp, "npvit_ce_sum", "T x, T m", "T s", "exp(x - m)", "s = a")(
+        logits, m, axis=1, keepdims=True)  # (B, 1)
+    typed = logits.dtype.type
+    p, nll = _elementwise(xp, "npvit_ce", "T x, T m, T s, int64 col, int64 label, T on, T off", "T p, T nll",
+                          "T logp = x - m - log(s); p = exp(logp); nll = -logp * ((col == label) * on + off);")(
+        logits, m, total, _columns(xp, k), labels[:, None], typed(1.0 - smoothing), typed(smoothing / k))
+    loss = _reduction(xp, "npvit_ce_mean", "T nll", "T loss", "nll", f"loss = a / T({b})")(nll)  # 0-d
+    return loss, (p, labels, smoothing)
+
+
+def cross_entropy_backward_device(p: Array, labels: Array, smoothing: float, dloss: float) -> Array:
+    """dz = (p - q) dloss / B in one kernel."""
+    xp = get_array_module(p)
+    b, k = p.shape
+    typed = p.dtype.type
+    return _elementwise(xp, "npvit_ce_backward", "T p, int64 col, int64 label, T on, T off, T c", "T dz",
+                        "dz = (p - (col == label) * on - off) * c;")(
+        p, _columns(xp, k), labels[:, None], typed(1.0 - smoothing), typed(smoothing / k), typed(dloss / b))

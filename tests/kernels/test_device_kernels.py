@@ -166,3 +166,21 @@ def test_the_residual_gradient_rides_in_the_layer_norm_backward_kernel(fake_cupy
     got = device.layernorm_backward_device(to_fake(dy), xhat, rstd, to_fake(gamma), residual=to_fake(r))
     for g, e in zip(got, (dx + r, dgamma, dbeta)):
         np.testing.assert_allclose(from_fake(g), e, **F64)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_in_four_kernels_and_its_backward_in_one(fake_cupy, host_syncs, smoothing) -> None:
+    from npvit.kernels import cross_entropy_backward, cross_entropy_forward
+
+    rng = np.random.default_rng(9)
+    logits, labels = rng.standard_normal((6, 5)) * 3, rng.integers(0, 5, 6)
+    loss, cache = cross_entropy_forward(logits, labels, smoothing)
+    dz = cross_entropy_backward(cache, 0.5)
+    gloss, gcache = cross_entropy_forward(to_fake(logits), to_fake(labels), smoothing)  # makes the columns once
+    LAUNCHES.reset()
+    gloss, gcache = cross_entropy_forward(to_fake(logits), to_fake(labels), smoothing)
+    gdz = cross_entropy_backward(gcache, 0.5)
+    assert LAUNCHES.total == 5 and host_syncs.gets == 0
+    np.testing.assert_allclose(from_fake(gloss), loss, **F64)
+    np.testing.assert_allclose(from_fake(gcache[0]), cache[0], **F64)
+    np.testing.assert_allclose(from_fake(gdz), dz, **F64)

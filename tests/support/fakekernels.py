@@ -7,7 +7,7 @@ parameters, instead of a second implementation that could disagree with it. What
 * statements split at ``;``: ``name = expr``, ``name op= expr``, ``TYPE name = expr`` (a local, cast to TYPE);
 * literals with C's types: ``0.5`` is a double (it promotes a float operand, as in C), ``0.5f`` a float,
   ``7ull`` an unsigned 64-bit integer, plain integers take the other operand's type;
-* functional casts ``T(expr)``, ``float(expr)``, ``double(expr)``; functions ``exp``, ``exp2``, ``tanh``,
+* functional casts ``T(expr)``, ``float(expr)``, ``double(expr)``; functions ``exp``, ``exp2``, ``log``, ``tanh``,
   ``sqrt``, ``erf``, ``normcdf``, ``max``, ``min``, ``fabs``;
 * ``/`` and ``%`` of two integers divide as C does (truncating); ``i`` is the element's index (signed: cast it,
   ``unsigned long long n = i;``, before mixing it with unsigned 64-bit values -- NumPy would make a float,
@@ -61,7 +61,7 @@ def _cmod(a: Any, b: Any) -> Any:
 
 
 _FUNCTIONS = {
-    "exp": lambda x: _same_float(x, numpy.exp), "exp2": lambda x: _same_float(x, numpy.exp2),
+    "exp": lambda x: _same_float(x, numpy.exp), "log": lambda x: _same_float(x, numpy.log), "exp2": lambda x: _same_float(x, numpy.exp2),
     "tanh": lambda x: _same_float(x, numpy.tanh), "sqrt": lambda x: _same_float(x, numpy.sqrt),
     "erf": lambda x: _same_float(x, scipy.special.erf), "normcdf": lambda x: _same_float(x, scipy.special.ndtr),
     "fabs": lambda x: _same_float(x, numpy.abs), "max": numpy.maximum, "min": numpy.minimum,
