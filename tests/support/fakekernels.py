@@ -61,7 +61,8 @@ def _cmod(a: Any, b: Any) -> Any:
 
 
 _FUNCTIONS = {
-    "exp": lambda x: _same_float(x, numpy.exp), "log": lambda x: _same_float(x, numpy.log), "exp2": lambda x: _same_float(x, numpy.exp2),
+    "exp": lambda x: _same_float(x, numpy.exp), "log": lambda x: _same_float(x, numpy.log),
+    "exp2": lambda x: _same_float(x, numpy.exp2),
     "tanh": lambda x: _same_float(x, numpy.tanh), "sqrt": lambda x: _same_float(x, numpy.sqrt),
     "erf": lambda x: _same_float(x, scipy.special.erf), "normcdf": lambda x: _same_float(x, scipy.special.ndtr),
     "fabs": lambda x: _same_float(x, numpy.abs), "max": numpy.maximum, "min": numpy.minimum,
