@@ -242,7 +242,11 @@ def count_steps(run: Run, recipe: str, batch: int, steps: int = 3) -> dict[str, 
         queued = time.perf_counter() - marks["t"]
         row: dict[str, Any] = {"step": step, "queue_ms": 1e3 * queued}
         if fake:
+            by_file: dict[str, int] = {}
+            for site, n in (fake.launches.sites or {}).items():
+                by_file[site.split(":")[0]] = by_file.get(site.split(":")[0], 0) + n
             row.update(launches=fake.launches.total, kinds=dict(fake.launches.counts),
+                       by_file=dict(sorted(by_file.items(), key=lambda kv: -kv[1])),
                        host_syncs=len(fake.syncs.sites), gets=fake.syncs.gets,
                        sites=sorted({str(s).rsplit("/npvit/", 1)[-1] for s in fake.syncs.sites}))
             fake.launches.reset()
@@ -257,10 +261,15 @@ def count_steps(run: Run, recipe: str, batch: int, steps: int = 3) -> dict[str, 
         settings = recipe_settings(recipe, batch, str(Path(tmp) / "run"), steps,
                                    32 if run.simulate and recipe == "keras" else None)
         if fake:
+            fake.launches.sites = {}  # where each launch comes from: the per-file breakdown
             fake.launches.reset()
             fake.syncs.reset()
         before_next()
-        status = train(settings, None, on_step=on_step)
+        try:
+            status = train(settings, None, on_step=on_step)
+        finally:
+            if fake:
+                fake.launches.sites = None
     if status != 0:
         raise RuntimeError(f"the {recipe} training run ended with status {status}")
     last = rows[-1]
@@ -269,6 +278,7 @@ def count_steps(run: Run, recipe: str, batch: int, steps: int = 3) -> dict[str, 
     result = {"recipe": recipe, "batch": batch, "per_step": rows}
     if fake:
         result.update(host_syncs=last["host_syncs"], launches=last["launches"], kinds=last["kinds"],
+                      by_file=last["by_file"],
                       loop_reads=last["gets"])
     else:
         result.update(host_syncs=sum(r["host_waited"] for r in rows[1:]), launches=None)
@@ -306,7 +316,8 @@ def s_steps(run: Run, sec: Section) -> None:
         r["evaluation"] = count_evaluation(run, recipe, batch)
         steps[recipe] = r
         sec.results["steps"] = {k: {"host_syncs": v["host_syncs"], "launches": v["launches"], "batch": v["batch"],
-                                    "kinds": v.get("kinds"), "evaluation": v.get("evaluation")}
+                                    "kinds": v.get("kinds"), "by_file": v.get("by_file"),
+                                    "evaluation": v.get("evaluation")}
                                 for k, v in steps.items()}
         run.write()
     sec.lines += ["| recipe | batch | host syncs per step | launches per step | by kind | evaluation pass |",

@@ -117,13 +117,18 @@ def column_sum(x: Any, out: Any = None) -> Any:
     NumPy: ``x.sum(axis=0)``. CuPy: in two stages, (N, C) as (N/256, 256, C) summed over its middle axis and
     then over the first, plus the rows left over: CuPy's reduction gives each output element one block, so
     the one-stage sum of C = 64..256 columns keeps only C blocks busy on a GPU of a hundred or more
-    multiprocessors; the first stage gives it C N/256. The order of additions differs from one stage's
-    (float32 results differ in the last bits, as any two GPU reductions do). ``out``: a (C,) array to write
+    multiprocessors; the first stage gives it C N/256 (parts of 64 to 256 rows that divide N when there are
+    such, so that no rows are left over for a third and fourth launch). The order of additions differs from
+    one stage's (float32 results differ in the last bits, as any two GPU reductions do). ``out``: a (C,) array to write
     the sums into (a view of a flat gradient buffer), returned.
     """
     if get_array_module(x) is numpy or x.shape[0] < 2 * COLUMN_CHUNK:
         return x.sum(axis=0, out=out)
     n, c = x.shape
+    # Rows are B T tokens: a part size between 64 and 256 that divides them leaves no rows over (2 launches).
+    part = next((p for p in range(COLUMN_CHUNK, COLUMN_CHUNK // 4 - 1, -1) if n % p == 0), None)
+    if part is not None:
+        return x.reshape(n // part, part, c).sum(axis=1).sum(axis=0, out=out)  # (n/part, C), then (C,)
     k = n // COLUMN_CHUNK
     head = x[:k * COLUMN_CHUNK].reshape(k, COLUMN_CHUNK, c).sum(axis=1)  # (k, C)
     total = head.sum(axis=0, out=out)  # (C,)

@@ -21,16 +21,8 @@ from typing import Any, Callable
 
 from .backend import BACKEND_NAMES
 from .cli.setting import Setting, model_setting as _model
-from .cli.args import (
-    fraction,
-    int_list,
-    non_negative,
-    non_negative_int,
-    open_fraction,
-    positive,
-    positive_int,
-    unit_interval,
-)
+from .cli.args import (fraction, int_list, non_negative, non_negative_int, open_fraction, positive, positive_int,
+                       unit_interval)
 from .config import ATTENTION_FANS, GELUS, GLOBAL_POOLS, POOLS, PRESETS, TIMM_ARCHS, TOKENIZERS, ViTConfig
 from .data import DATASETS, LABEL_MODES, NATIVE_SIZES, DataError, Dataset, load_dataset
 from .data import synthetic as synthetic_limits
@@ -157,6 +149,9 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("float32", "float64")),
     Setting("seed", 0, "seeds weights, data order, dropout and augmentation", "execution", "int",
             non_negative_int, metavar="N"),
+    Setting("cuda_graph", False, "CuPy: capture the model's part of a full-batch training step once as a CUDA "
+            "graph and launch it each step (off by default until a GPU measures it; docs/gpu.md)", "execution",
+            "bool"),
     Setting("threads", None, "NumPy: batch shards run side by side (default: one per core, shared among the "
             "processes of a node); results do not depend on it", "execution", "int", positive_int, metavar="N",
             nullable=True),
@@ -176,7 +171,7 @@ BY_NAME = {setting.name: setting for setting in SETTINGS}
 DEFAULTS: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
 """Every setting of a run with its default. Model settings left as None come from the preset."""
 RESUMABLE = frozenset({"data_dir", "cache_dir", "download", "allow_different_data", "backend", "threads",
-                       "eval_batch_size", "quiet", "epochs", "max_steps", "save_every", "tensorboard"})
+                       "eval_batch_size", "quiet", "epochs", "max_steps", "save_every", "tensorboard", "cuda_graph"})
 """What may differ when a run is resumed: where things are, how it runs, and how long it goes on."""
 
 

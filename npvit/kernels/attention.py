@@ -27,8 +27,9 @@ from typing import Any
 
 from ..parallel import batch_chunks
 from ..backend import get_array_module, scores_transposed
+from .attention_device import DeviceAttentionCache, mha_backward_device, mha_forward_device
 from .dense import DenseCache, dense_backward, dense_forward
-from .fused import on_device, query_scale_vector
+from .fused import on_device
 from .dropout import DropoutCache, DropoutKey, dropout_mask, dropout_scale
 from .softmax import LOG2_E, softmax_backward, softmax_forward
 
@@ -170,11 +171,16 @@ def mha_forward(
     dropout_rate: float = 0.0,
     dropout_key: DropoutKey | None = None,
     return_probs: bool = True,
+    residual: Array | None = None,
 ) -> tuple[Array, AttentionCache | None, Array | None]:
     """Multi-head self-attention of tokens ``x`` (B, T, D). Returns (y, cache, attention probabilities).
 
     ``return_probs=False`` (inference) keeps neither the cache nor the probabilities and returns None for both.
+    ``residual`` (B, T, D), if given, is added to y (in the output projection's bias kernel on CuPy).
     """
+    if on_device(x):  # CuPy: bias, query scale and layout in one kernel, softmax and dropout in three
+        return mha_forward_device(x, w_qkv, b_qkv, w_out, b_out, num_heads, dropout_rate, dropout_key, return_probs,
+                                  residual)
     xp = get_array_module(x)
     b, n, _ = x.shape
     hd = w_qkv.shape[1] // 3
@@ -196,6 +202,8 @@ def mha_forward(
                                               return_probs=return_probs, q_scale=q_scale)
         o = o.transpose(0, 2, 1, 3)
     y, c_out = dense_forward(o.reshape(b, n, hd), w_out, b_out)
+    if residual is not None:
+        y += residual
     return y, ((c_qkv, c_core, c_out) if return_probs else None), p
 
 
@@ -203,17 +211,18 @@ def _query_scaled(a: Array, hd: int, q_scale: float) -> Array:
     """A copy of the fused projection's weight (D, 3 h d) or bias (3 h d,) with the query's columns (the first
     h d) multiplied by q_scale: (x W + b) s = x (W s) + b s, a pass over the small weight instead of over every
     query."""
-    if on_device(a):  # CuPy: one multiply by (q_scale ... q_scale, 1 ... 1), exact for the ones (3 launches -> 1)
-        return a * query_scale_vector(a, hd, q_scale)
     a = a.copy()
     a[..., :hd] *= a.dtype.type(q_scale)
     return a
 
 
 def mha_backward(
-    dy: Array, cache: AttentionCache, w_qkv: Array, w_out: Array
+    dy: Array, cache: AttentionCache, w_qkv: Array, w_out: Array, out: tuple | None = None
 ) -> tuple[Array, Array, Array, Array, Array]:
-    """Gradients of mha_forward: returns (dx, dw_qkv, db_qkv, dw_out, db_out)."""
+    """Gradients of mha_forward: returns (dx, dw_qkv, db_qkv, dw_out, db_out). ``out``: four arrays (views of a
+    flat gradient buffer) the CuPy path writes the weight gradients into."""
+    if isinstance(cache, DeviceAttentionCache):
+        return mha_backward_device(dy, cache, w_qkv, w_out, out)
     if not (isinstance(cache, tuple) and len(cache) == 3):
         raise TypeError("mha_backward needs the cache of npvit.kernels.mha_forward (the reference's "
                         "attention_forward cache goes to npvit.reference.attention_backward)")

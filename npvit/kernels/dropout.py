@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backend import get_array_module
-from .random import keep_mask
+from .device import dropout_backward_device, dropout_forward_device
+from .fused import on_device
+from .random import drop_threshold, dropout_scale, keep_mask
 
 Array = Any
 DropoutCache = tuple[Array, float] | None  # (keep mask as booleans, 1 / (1 - rate)); None when nothing dropped
@@ -46,20 +48,10 @@ class DropoutKey:
         return dataclasses.replace(self, first=self.first + offset)
 
 
-def drop_threshold(rate: float) -> int:
-    """The 16-bit threshold below which a unit is dropped."""
-    return round(rate * (1 << 16))
-
-
 def check_rate(rate: float, what: str = "dropout") -> None:
     """Refuse a rate outside [0, 1), or one that rounds to a threshold dropping everything."""
     if not 0.0 <= rate < 1.0 or drop_threshold(rate) == 1 << 16:
         raise ValueError(f"{what} rate must be in [0, 1) (and below 1 - 2**-17), got {rate}")
-
-
-def dropout_scale(rate: float) -> float:
-    """The factor 1 / (1 - p) applied to the kept units, with p the drop probability actually used."""
-    return 1.0 / (1.0 - drop_threshold(rate) / (1 << 16))
 
 
 def dropout_mask(shape: tuple[int, ...], rate: float, key: DropoutKey, xp: Any = None) -> Array:
@@ -81,6 +73,8 @@ def dropout_forward(
     if mask is None:
         if key is None:
             raise ValueError("dropout_forward needs a DropoutKey (key) or a fixed mask")
+        if on_device(x):  # CuPy: the mask drawn in the kernel that applies it (kernels/device.py)
+            return dropout_forward_device(x, rate, key)
         mask = dropout_mask(x.shape, rate, key, get_array_module(x))
     scale = dropout_scale(rate)
     y = x * x.dtype.type(scale)
@@ -93,6 +87,8 @@ def dropout_backward(dy: Array, cache: DropoutCache) -> Array:
     if cache is None:
         return dy
     mask, scale = cache
+    if on_device(dy):  # CuPy: one kernel
+        return dropout_backward_device(dy, mask, scale)
     dx = dy * dy.dtype.type(scale)
     dx *= mask
     return dx

@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import column_sum, get_array_module, row_dot
-from .fused import layernorm_backward_device, layernorm_forward_device, on_device
+from .device import layernorm_backward_device, layernorm_forward_device
+from .fused import on_device
 
 Array = Any
 LayerNormCache = tuple[Array, Array]  # (xhat (..., D), rstd (..., 1)): the reference's layout, as views
@@ -25,7 +26,7 @@ def layernorm_forward(
     x: Array, gamma: Array, beta: Array, eps: float = 1e-6
 ) -> tuple[Array, LayerNormCache]:
     """Normalize each row of the last axis to zero mean and unit variance, then scale and shift."""
-    if on_device(x):  # CuPy: six kernels instead of thirteen (kernels/fused.py), the same operations
+    if on_device(x):  # CuPy: three kernels instead of thirteen (kernels/device.py), the same formulas
         return layernorm_forward_device(x, gamma, beta, eps)
     d = x.shape[-1]
     x2 = x.reshape(-1, d)
@@ -44,7 +45,7 @@ def layernorm_backward(
 ) -> tuple[Array, Array, Array]:
     """Gradients of layernorm_forward: returns (dx, dgamma, dbeta)."""
     xhat, rstd = cache
-    if on_device(xhat):  # CuPy: the elementwise tail in one kernel (kernels/fused.py)
+    if on_device(xhat):  # CuPy: four kernels (kernels/device.py)
         return layernorm_backward_device(dy, xhat, rstd, gamma)
     d = xhat.shape[-1]
     xhat, rstd = xhat.reshape(-1, d), rstd.reshape(-1)  # (rows, D), (rows,): views

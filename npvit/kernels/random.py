@@ -22,9 +22,11 @@ def keep_mask(xp: ModuleType, seed: int, site: str, first: int, shape: tuple[int
     shards, pieces, chunks or processes draws exactly the same masks as taking it whole.
 
     NumPy: the stream is PCG64DXSM seeded from SeedSequence([seed, site id]); its jump-ahead (``advance``)
-    reaches sample ``first`` without drawing the words before it. CuPy: the stream is SplitMix64, whose n-th
-    word is a pure function of the key and n, computed for every word in parallel. The two streams differ,
-    so NumPy and CuPy draw different (equally distributed) masks.
+    reaches sample ``first`` without drawing the words before it. CuPy: the stream is SplitMix64 begun at
+    ``stream_key(seed, site)``, whose n-th word is a pure function of the key and n, computed for every word
+    in parallel (the key too is SplitMix64 arithmetic, so a kernel can derive it from a seed held on the
+    device: a captured CUDA graph's). The two streams differ, so NumPy and CuPy draw different (equally
+    distributed) masks.
     """
     per_item = math.prod(shape[1:])
     words = -(-per_item // 4)  # 64-bit words per sample
@@ -34,11 +36,20 @@ def keep_mask(xp: ModuleType, seed: int, site: str, first: int, shape: tuple[int
         bits.advance(first * words)
         raw = bits.random_raw(shape[0] * words).reshape(shape[0], words)
     else:
-        key = int(numpy.random.SeedSequence(entropy).generate_state(1, numpy.uint64)[0])
-        raw = splitmix64(xp, key, first * words, shape[0] * words).reshape(shape[0], words)
+        raw = splitmix64(xp, stream_key(seed, site), first * words, shape[0] * words).reshape(shape[0], words)
     # Little-endian 16-bit pieces: the same mask on every platform.
     pieces = raw.astype("<u8", copy=False).view("<u2")[:, :per_item]
     return (pieces >= threshold).reshape(shape)
+
+
+def drop_threshold(rate: float) -> int:
+    """The 16-bit threshold below which a unit is dropped."""
+    return round(rate * (1 << 16))
+
+
+def dropout_scale(rate: float) -> float:
+    """The factor 1 / (1 - p) applied to the kept units, with p the drop probability actually used."""
+    return 1.0 / (1.0 - drop_threshold(rate) / (1 << 16))
 
 
 _SPLITMIX_GAMMA, _SPLITMIX_M1, _SPLITMIX_M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
@@ -60,6 +71,14 @@ def splitmix64(xp: ModuleType, key: int, start: int, count: int) -> Any:
     z *= u64(_SPLITMIX_M2)
     z ^= z >> u64(31)
     return z
+
+
+def stream_key(seed: int, site: str) -> int:
+    """The SplitMix64 key of dropout site ``site`` at seed ``seed`` (CuPy): mix(seed gamma + site id)."""
+    z = (int(seed) * _SPLITMIX_GAMMA + _site_id(site)) % (1 << 64)
+    z = ((z ^ (z >> 30)) * _SPLITMIX_M1) % (1 << 64)
+    z = ((z ^ (z >> 27)) * _SPLITMIX_M2) % (1 << 64)
+    return z ^ (z >> 31)
 
 
 def _site_id(site: str) -> int:

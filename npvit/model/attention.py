@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..kernels import mha_backward, mha_forward
+from ..kernels.fused import on_device
 from .init import Initializer, concat_columns, glorot_uniform, zeros
 from .module import Context, ParamSpecs
 
@@ -45,13 +46,14 @@ class Attention:
             f"{p}.proj.b": ((d,), zeros),
         }
 
-    def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, Any]:
+    def forward(self, params: dict, x: Array, ctx: Context, residual: Array | None = None) -> tuple[Array, Any]:
+        """y (+ ``residual``, added in the projection's bias kernel on CuPy) and the cache."""
         p = self.prefix
         rate = self.attention_dropout if ctx.training else 0.0
         y, cache, probs = mha_forward(
             x, params[f"{p}.qkv.w"], params[f"{p}.qkv.b"], params[f"{p}.proj.w"], params[f"{p}.proj.b"],
             self.num_heads, rate, ctx.dropout_key_for(f"{p}.attn_drop") if rate else None,
-            return_probs=ctx.training or ctx.keep_attention,
+            return_probs=ctx.training or ctx.keep_attention, residual=residual,
         )
         if ctx.keep_attention:
             ctx.attention_maps.append(probs)
@@ -59,7 +61,10 @@ class Attention:
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: Any) -> Array:
         p = self.prefix
-        dx, grads[f"{p}.qkv.w"], grads[f"{p}.qkv.b"], grads[f"{p}.proj.w"], grads[f"{p}.proj.b"] = (
-            mha_backward(dy, cache, params[f"{p}.qkv.w"], params[f"{p}.proj.w"])
-        )
+        names = (f"{p}.qkv.w", f"{p}.qkv.b", f"{p}.proj.w", f"{p}.proj.b")
+        if on_device(dy) and hasattr(grads, "flat"):  # CuPy: written into the flat gradient buffer, no copies
+            return mha_backward(dy, cache, params[names[0]], params[names[2]], out=tuple(grads[k] for k in names))[0]
+        dx, *weights = mha_backward(dy, cache, params[names[0]], params[names[2]])
+        for name, g in zip(names, weights):
+            grads[name] = g
         return dx

@@ -20,6 +20,7 @@ from .attention import Attention
 from .init import trunc_normal
 from .mlp import Mlp
 from .module import Context, LayerNorm, ParamSpecs
+from ..kernels.fused import on_device
 
 Array = Any
 
@@ -48,6 +49,12 @@ class Block:
         return {k: v for part in self.parts for k, v in part.param_specs().items()}
 
     def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, tuple]:
+        if on_device(x) and not (ctx.training and self.drop_path):  # CuPy: each residual sum in a bias kernel
+            h, c_n1 = self.norm1.forward(params, x, ctx)
+            x, c_attn = self.attn.forward(params, h, ctx, residual=x)
+            h, c_n2 = self.norm2.forward(params, x, ctx)
+            h, c_mlp = self.mlp.forward(params, h, ctx, residual=x)
+            return h, (c_n1, c_attn, None, c_n2, c_mlp, None)
         h, c_n1 = self.norm1.forward(params, x, ctx)
         h, c_attn = self.attn.forward(params, h, ctx)
         h, c_dp1 = ctx.drop_path(h, self.drop_path, self.drop_sites[0])
@@ -61,6 +68,11 @@ class Block:
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: tuple) -> Array:
         c_n1, c_attn, c_dp1, c_n2, c_mlp, c_dp2 = cache
+        if on_device(dy):  # CuPy: each residual gradient added in the layer norm's backward kernel
+            dh = self.mlp.backward(params, grads, drop_path_backward(dy, c_dp2), c_mlp)
+            dx = self.norm2.backward(params, grads, dh, c_n2, residual=dy)
+            dh = self.attn.backward(params, grads, drop_path_backward(dx, c_dp1), c_attn)
+            return self.norm1.backward(params, grads, dh, c_n1, residual=dx)
         dh = self.mlp.backward(params, grads, drop_path_backward(dy, c_dp2), c_mlp)
         dx = dy + self.norm2.backward(params, grads, dh, c_n2)
         dh = self.attn.backward(params, grads, drop_path_backward(dx, c_dp1), c_attn)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..kernels import dropout_backward, gelu_backward, gelu_forward
+from ..kernels import dense_forward, dropout_backward, gelu_backward, gelu_forward
+from ..kernels.device import bias_act_backward, bias_act_forward
+from ..kernels.fused import on_device
 from .init import Initializer
 from .module import Context, Dense, ParamSpecs
 
@@ -31,17 +33,33 @@ class Mlp:
     def param_specs(self) -> ParamSpecs:
         return {k: v for layer in self.layers for k, v in layer.param_specs().items()}
 
-    def forward(self, params: dict, x: Array, ctx: Context) -> tuple[Array, list]:
+    def forward(self, params: dict, x: Array, ctx: Context, residual: Array | None = None) -> tuple[Array, list]:
+        """The output (+ ``residual``, added in the last layer's kernel on CuPy) and the caches."""
         caches = []
+        if on_device(x):  # CuPy: the product, then bias, GELU and dropout in one kernel (kernels/device.py)
+            rate = self.rate if ctx.training else 0.0
+            last = len(self.layers) - 1
+            for i, (layer, site, act) in enumerate(zip(self.layers, self.drop_sites, self.acts)):
+                h, c_dense = dense_forward(x, params[f"{layer.prefix}.w"], None)  # (..., units)
+                x, c_act = bias_act_forward(h, params[f"{layer.prefix}.b"], self.gelu if act else "none", rate,
+                                            ctx.dropout_key_for(site) if rate else None,
+                                            residual if i == last else None)
+                caches.append((c_dense, c_act, None))
+            return x, caches
         for layer, site, act in zip(self.layers, self.drop_sites, self.acts):
             x, c_dense = layer.forward(params, x, ctx)
             x, c_gelu = gelu_forward(x, self.gelu) if act else (x, None)
             x, c_drop = ctx.dropout(x, self.rate, site)
             caches.append((c_dense, c_gelu, c_drop))
+        if residual is not None:
+            x = x + residual
         return x, caches
 
     def backward(self, params: dict, grads: dict, dy: Array, cache: list) -> Array:
         for layer, act, (c_dense, c_gelu, c_drop) in zip(reversed(self.layers), reversed(self.acts), reversed(cache)):
+            if on_device(dy):  # CuPy: dropout's and GELU's backward in one kernel
+                dy = layer.backward(params, grads, bias_act_backward(dy, c_gelu), c_dense)
+                continue
             dy = dropout_backward(dy, c_drop)
             if act:
                 dy = gelu_backward(dy, c_gelu)

@@ -24,7 +24,8 @@ from ..kernels import (
     layernorm_forward,
 )
 from .init import Initializer, glorot_uniform, ones, zeros
-from ..kernels.fused import dense_backward_into, layernorm_backward_device, on_device
+from ..kernels.device import layernorm_backward_device
+from ..kernels.fused import dense_backward_into, on_device
 
 Array = Any
 ParamSpecs = dict[str, tuple[tuple[int, ...], Initializer]]
@@ -107,11 +108,17 @@ class LayerNorm:
         p = self.prefix
         return layernorm_forward(x, params[f"{p}.gamma"], params[f"{p}.beta"], self.eps)
 
-    def backward(self, params: dict, grads: dict, dy: Array, cache: Any) -> Array:
+    def backward(self, params: dict, grads: dict, dy: Array, cache: Any, residual: Array | None = None) -> Array:
+        """dx (+ ``residual``, a gradient added in the same kernel on CuPy); writes gamma's and beta's."""
         p = self.prefix
-        if on_device(dy) and hasattr(grads, "flat"):  # CuPy: summed into the flat gradient buffer, no copies
+        if on_device(dy):  # CuPy: four kernels, summed into the flat gradient buffer when gamma and beta are neighbours
             xhat, rstd = cache
-            return layernorm_backward_device(dy, xhat, rstd, params[f"{p}.gamma"],
-                                             out=(grads[f"{p}.gamma"], grads[f"{p}.beta"]))[0]
+            names = (f"{p}.gamma", f"{p}.beta")
+            pair = grads.span(*names) if hasattr(grads, "span") else None  # (2 D,) or None
+            dx, dgamma, dbeta = layernorm_backward_device(dy, xhat, rstd, params[names[0]],
+                                                          None if pair is None else pair.reshape(2, -1), residual)
+            if pair is None:
+                grads[names[0]], grads[names[1]] = dgamma, dbeta
+            return dx
         dx, grads[f"{p}.gamma"], grads[f"{p}.beta"] = layernorm_backward(dy, cache, params[f"{p}.gamma"])
-        return dx
+        return dx if residual is None else dx + residual

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Backend, get_backend, to_numpy
+from ..backend import Backend, get_array_module, get_backend, to_numpy
 from ..config import ViTConfig
 from ..optim.flat import FlatDict
 from ..kernels import DropoutKey, dropout_backward
@@ -166,7 +166,7 @@ class ViT:
         return self.backend.xp.asarray(images, dtype=self.dtype)
 
     def forward(self, images: Any, training: bool = False, keep_attention: bool = False, *,
-                dropout_seed: int | None = None, first_sample: int = 0) -> Array:
+                dropout_seed: int | Array | None = None, first_sample: int = 0) -> Array:
         """Logits (B, num_classes) for normalised images (B, image_size, image_size, channels).
 
         ``training=True`` applies dropout and keeps what ``backward`` needs. Dropout masks are a pure function
@@ -181,7 +181,9 @@ class ViT:
         if training:
             if dropout_seed is None:
                 dropout_seed = int(self.rng.integers(2**63))
-            key = DropoutKey(seed=int(dropout_seed), first=int(first_sample))
+            # A 0-d device array stays one (a captured CUDA graph rewrites it before each launch).
+            seed = dropout_seed if get_array_module(dropout_seed) is not np else int(dropout_seed)
+            key = DropoutKey(seed=seed, first=int(first_sample))
         ctx = Context(training=training, dropout_key=key, keep_attention=keep_attention)
         logits, cache, self.attention_maps = batched_forward(self, x, ctx)
         self._cache = cache if training else None

@@ -104,6 +104,7 @@ class AdamW:
         self._grads: FlatDict | None = None  # a flat copy of gradients that do not come as a FlatDict
         self._decayed: Array | None = None  # CuPy with exclusions: 1 where a parameter decays, else 0
         self._fused: Callable[..., None] | None = None
+        self._scalars: Array | None = None  # CuPy, captured steps: the step's scalars, on the device
 
     # ---- the update --------------------------------------------------------------------------------------
     def step(self, grads: Mapping[str, Array]) -> Array:
@@ -118,6 +119,44 @@ class AdamW:
             raise ValueError(f"grads is missing parameters: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         g = self._flat_grads(grads)
         norm = global_norm([g.flat])
+        if self._scalars is not None:  # a captured step: the scalars load_step_scalars wrote, read on the device
+            buf = self._scalars
+            decay = (buf[7] if self.exclude_from_decay else buf[6]) if self.weight_decay else 0.0
+            self._step_device(g, norm, decay, tuple(buf[i] for i in range(6)))
+            return norm
+        b1, b2, step, eps, decay, scalars = self._step_scalars(g.flat.dtype)
+        if self.xp is np:
+            norm_host = float(norm)
+            if not math.isfinite(norm_host):
+                return norm  # nothing changes; the caller stops the run
+            scale = None
+            if self.clip_norm is not None and norm_host > self.clip_norm:
+                scale = g.flat.dtype.type(self.clip_norm / norm_host)
+            self._step_numpy(g, decay, scale, scalars)
+        else:
+            self._step_device(g, norm, decay, scalars)
+        self.step_count = step
+        return norm
+
+    def use_device_scalars(self) -> None:
+        """Read the learning-rate terms and bias corrections of every later step from a small device buffer
+        that ``load_step_scalars`` fills before the step (CuPy, flat parameters): what a CUDA graph needs, whose
+        kernels keep the scalars they were captured with. ``step`` then no longer counts steps."""
+        if self.xp is np or not isinstance(self.params, FlatDict):
+            raise ValueError("device scalars are for CuPy and a model's (flat) parameters")
+        self._scalars = self.xp.zeros(8, dtype=self.params.flat.dtype)
+
+    def load_step_scalars(self) -> None:
+        """Count the next step and write its scalars into the device buffer (one small fill each: nothing
+        waits, nothing is uploaded). Values as ``step`` computes them, rounded the same way."""
+        typed = self.params.flat.dtype.type
+        _, _, step, _, decay, scalars = self._step_scalars(self.params.flat.dtype)
+        for i, value in enumerate((*scalars, typed(1.0 - decay), typed(decay))):
+            self._scalars[i] = value
+        self.step_count = step
+
+    def _step_scalars(self, dtype: Any) -> tuple:
+        """(b1, b2, step number, eps, decay, the kernel's six scalars) of the next step."""
         b1, b2 = self.beta1, self.beta2
         step = self.step_count + 1
         step_size = self.lr * math.sqrt(1.0 - b2**step) / (1.0 - b1**step)
@@ -126,20 +165,9 @@ class AdamW:
             # sqrt(v / (1 - b2^t)) + eps = (sqrt(v) + eps sqrt(1 - b2^t)) / sqrt(1 - b2^t): one formula for both
             eps *= math.sqrt(1.0 - b2**step)
         decay = self.weight_decay * (self.lr if self.decay_convention == "keras" else 1.0)
-        typed = g.flat.dtype.type  # every scalar rounded once to the parameters' dtype
+        typed = np.dtype(dtype).type  # every scalar rounded once to the parameters' dtype
         scalars = tuple(typed(c) for c in (b1, 1.0 - b1, b2, 1.0 - b2, eps, step_size))
-        if self.xp is np:
-            norm_host = float(norm)
-            if not math.isfinite(norm_host):
-                return norm  # nothing changes; the caller stops the run
-            scale = None
-            if self.clip_norm is not None and norm_host > self.clip_norm:
-                scale = typed(self.clip_norm / norm_host)
-            self._step_numpy(g, decay, scale, scalars)
-        else:
-            self._step_device(g, norm, decay, scalars)
-        self.step_count = step
-        return norm
+        return b1, b2, step, eps, decay, scalars
 
     def _flat_grads(self, grads: Mapping[str, Array]) -> FlatDict:
         """The gradients as a FlatDict laid out like the moments: the model's own when it is one, else a copy."""
@@ -181,15 +209,16 @@ class AdamW:
         scale: Any = None
         if self.clip_norm is not None:  # min(1, clip / norm), computed on the device
             scale = xp.minimum(typed(1.0), typed(self.clip_norm) / norm)
+        on_device = not isinstance(decay, (int, float))  # a captured step's: 1 - decay, or decay with exclusions
         if isinstance(self.params, FlatDict):
-            factor: Any = typed(1.0 - decay) if decay else None
-            if decay and self.exclude_from_decay:
+            factor: Any = (decay if on_device else typed(1.0 - decay)) if on_device or decay else None
+            if (on_device or decay) and self.exclude_from_decay:
                 if self._decayed is None:
                     self._decayed = self.m.zeros_like()
                     for name in self.params:
                         if name not in self.exclude_from_decay:
                             self._decayed[name] = 1
-                factor = typed(1.0) - typed(decay) * self._decayed.flat
+                factor = typed(1.0) - (decay if on_device else typed(decay)) * self._decayed.flat
             self._fused(self.params.flat, g.flat, self.m.flat, self.v.flat, factor, scale, *scalars, ok)
             return
         for name, p in self.params.items():

@@ -82,6 +82,7 @@ class WeightEMA:
         self._fused: Callable[..., None] | None = None
         self._always: Array | None = None  # CuPy: a device True for updates given no finite flag
         self._tmp: np.ndarray | None = None  # NumPy: the update's one temporary, a piece long
+        self._scalars: Array | None = None  # CuPy, captured steps: d_t and 1 - d_t on the device
 
     # ---- the update --------------------------------------------------------------------------------------
     def update(self, params_flat: Array, step: int, finite: Array | None = None) -> None:
@@ -95,9 +96,10 @@ class WeightEMA:
         if params_flat.shape != e.shape or params_flat.dtype != e.dtype:
             raise ValueError(f"params_flat has shape {params_flat.shape} and dtype {params_flat.dtype}; the average "
                              f"has {e.shape} and {e.dtype}")
-        d = decay_at(self.decay, step)
-        typed = e.dtype.type
-        d_typed, c_typed = typed(d), typed(1.0 - d)  # rounded once, as ema_update_reference rounds them
+        if self._scalars is not None:  # a captured step's: what load_step_scalars wrote
+            d_typed, c_typed = self._scalars[0], self._scalars[1]
+        else:
+            d_typed, c_typed = self._step_scalars(step)
         if self.xp is np:
             if finite is not None and not bool(finite):
                 return
@@ -117,6 +119,23 @@ class WeightEMA:
                 self._always = self.xp.ones((), dtype=bool)
             finite = self._always
         self._fused(e, params_flat, d_typed, c_typed, finite)
+
+    def _step_scalars(self, step: int) -> tuple[Any, Any]:
+        d = decay_at(self.decay, step)
+        typed = self.weights.flat.dtype.type
+        return typed(d), typed(1.0 - d)  # rounded once, as ema_update_reference rounds them
+
+    def use_device_scalars(self) -> None:
+        """Read d_t and 1 - d_t of every later update from a device buffer that ``load_step_scalars`` fills
+        (CuPy): what a CUDA graph needs, whose kernels keep the scalars they were captured with."""
+        if self.xp is np:
+            raise ValueError("device scalars are for CuPy")
+        self._scalars = self.xp.zeros(2, dtype=self.weights.flat.dtype)
+
+    def load_step_scalars(self, step: int) -> None:
+        """Write step ``step``'s d_t and 1 - d_t into the device buffer (two small fills, no upload)."""
+        for i, value in enumerate(self._step_scalars(step)):
+            self._scalars[i] = value
 
     # ---- evaluation --------------------------------------------------------------------------------------
     @contextmanager

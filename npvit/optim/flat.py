@@ -57,6 +57,20 @@ class FlatDict(dict):
         """True when ``other`` is a FlatDict whose buffer is laid out exactly like this one's."""
         return isinstance(other, FlatDict) and other.layout == self.layout and other.flat.shape == self.flat.shape
 
+    def span(self, *names: str) -> Array | None:
+        """The 1-D view of the buffer covering ``names`` when they lie side by side in that order, else None
+        (one kernel can then write them all)."""
+        where = {name: (offset, math.prod(shape)) for name, offset, shape in self.layout}
+        if any(name not in where for name in names):
+            return None
+        start, end = where[names[0]][0], where[names[0]][0]
+        for name in names:
+            offset, size = where[name]
+            if offset != end:
+                return None
+            end = offset + size
+        return self.flat[start:end]
+
     def __setitem__(self, name: str, value: Array) -> None:
         if name not in self:
             raise KeyError(f"{name!r} is not one of the arrays of this flat buffer")

@@ -34,6 +34,7 @@ from ..cli.allocator import keep_freed_memory
 from ..cli.status import BAD_INPUT, FAILED, INTERRUPTED, TERMINATED, OutOfMemory, Terminated, outcome
 from ..data import DataError
 from ..distributed.communicator import Communicator, SingleProcess
+from .graph import check_cuda_graph
 from ..settings import DEFAULTS, RESUMABLE, UsageError, build_parser as _build_parser, model_config, resolve_settings
 from . import memory
 from .loop import final_test, run_epochs
@@ -187,6 +188,7 @@ def _train_command(given: dict[str, Any], comm: Communicator) -> tuple[int, str 
         if settings["backend"] == "numpy":
             keep_freed_memory()  # a third faster on small models: freed arrays are not page-faulted back in
         distributed.check_batch_size(settings["batch_size"], comm.size)
+        check_cuda_graph(settings, comm.size)
         comm = distributed.for_backend(comm, settings["backend"])  # GPUs: this rank's device, before any use
         if comm.rank == 0 and not settings["quiet"] and (settings["backend"] == "cupy" or comm.size > 1):
             print(distributed.gradient_path(comm, settings["backend"]), flush=True)  # the first line printed

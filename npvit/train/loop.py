@@ -22,6 +22,7 @@ from ..evaluate import EvalResult
 from ..optim.schedule import learning_rate
 from .evaluation import evaluate_split
 from .state import EpochTotals
+from .graph import CapturedStep, check_cuda_graph
 from .step import SHUFFLE, RunningSums, StepSettings, stream_seed, train_step
 from .trainer import NonFinite, Trainer, write_json
 
@@ -59,6 +60,10 @@ def run_epochs(t: Trainer) -> int | None:
     step_settings = StepSettings(seed=s["seed"], label_smoothing=s["label_smoothing"], mixup=s["mixup"],
                                  cutmix=s["cutmix"])
     schedule = ReadSchedule()
+    captured = None
+    if s.get("cuda_graph"):  # refused where it cannot be captured (the command checked before; train() may not)
+        check_cuda_graph(s, comm.size)
+        captured = CapturedStep(t.model, t.opt, t.ema, s["batch_size"])
     save_every = None if s["save_every"] is None else 60.0 * s["save_every"]
     last_save = time.perf_counter()
     bar_enabled = not s["quiet"] and t.writer and sys.stderr.isatty()
@@ -77,8 +82,11 @@ def run_epochs(t: Trainer) -> int | None:
             i, step = st.step_in_epoch, st.global_step
             batch = order[i * s["batch_size"]:(i + 1) * s["batch_size"]]
             t.opt.lr = learning_rate(step, s["learning_rate"], t.total_steps, s["warmup_steps"], s["lr_schedule"])
-            train_step(t.model, t.opt, t.augmenter, t.train_data,
-                       batch, step, step_settings, sums, comm, ema=t.ema)
+            if captured is not None:  # --cuda-graph: the model's part launched as one CUDA graph
+                captured(t.augmenter, t.train_data, batch, step, step_settings, sums)
+            else:
+                train_step(t.model, t.opt, t.augmenter, t.train_data,
+                           batch, step, step_settings, sums, comm, ema=t.ema)
             st.step_in_epoch += 1
             st.global_step += 1
             part.seen += len(batch)

@@ -65,15 +65,19 @@ class RunningSums:
         self.nonfinite = xp.asarray(0, dtype=xp.int64)  # steps whose loss or gradient norm was not finite
         self.first_nonfinite = xp.asarray(-1, dtype=xp.int64)  # the first such step, or -1
 
-    def add(self, step: int, loss: Array, images: int, correct: Array, finite: Array) -> None:
+    def add(self, step: int | Array, loss: Array, images: int, correct: Array, finite: Array) -> None:
         """Count one step: its mean ``loss`` over ``images``, its ``correct`` predictions, and whether it was
-        ``finite``, all device scalars."""
-        xp = self.xp
-        self.loss_sum = self.loss_sum + loss.astype(xp.float64) * images
-        self.correct = self.correct + correct
+        ``finite``, all device scalars (``step`` may be one too)."""
+        xp = self.xp  # in place: a captured CUDA graph adds to the very arrays it was captured with
+        if xp is not np:  # CuPy: the four sums in one kernel
+            _sums_kernel(xp)(loss, correct, finite, step, np.float64(images), self.loss_sum, self.correct,
+                             self.nonfinite, self.first_nonfinite)
+            return
+        xp.add(self.loss_sum, loss.astype(xp.float64) * images, out=self.loss_sum)
+        xp.add(self.correct, correct, out=self.correct)
         bad = ~finite
-        self.nonfinite = self.nonfinite + bad
-        self.first_nonfinite = xp.where(bad & (self.first_nonfinite < 0), step, self.first_nonfinite)
+        xp.add(self.nonfinite, bad, out=self.nonfinite)
+        xp.copyto(self.first_nonfinite, xp.where(bad & (self.first_nonfinite < 0), step, self.first_nonfinite))
 
     def read(self) -> tuple[float, int, int, int]:
         """(loss_sum, correct, nonfinite steps, first non-finite step or -1) on the host: one transfer."""
@@ -81,6 +85,22 @@ class RunningSums:
         values = to_numpy(xp.stack([self.loss_sum, self.correct.astype(xp.float64),
                                     self.nonfinite.astype(xp.float64), self.first_nonfinite.astype(xp.float64)]))
         return float(values[0]), int(values[1]), int(values[2]), int(values[3])
+
+
+_SUMS: dict[Any, Any] = {}
+
+
+def _sums_kernel(xp: Any) -> Any:
+    """RunningSums.add on CuPy as one ElementwiseKernel over 0-d arrays (the bad step's number replaces -1
+    only: first + (step - first) [first < 0] [not finite])."""
+    if xp not in _SUMS:
+        _SUMS[xp] = xp.ElementwiseKernel(
+            "T loss, int64 correct, bool finite, int64 step, float64 images",
+            "float64 loss_sum, int64 correct_sum, int64 nonfinite, int64 first",
+            "loss_sum = loss_sum + double(loss) * images; correct_sum = correct_sum + correct;"
+            "nonfinite = nonfinite + 1 - finite; first = first + (step - first) * ((first < 0) * (1 - finite));",
+            "npvit_running_sums")
+    return _SUMS[xp]
 
 
 @dataclass(frozen=True)
@@ -133,32 +153,53 @@ def train_step(
     slice / batch, so that the sum over ranks is the gradient of the mean over the global batch.
     """
     comm = comm or SingleProcess()
-    backend, xp = model.backend, model.backend.xp
     part = rank_slice(len(batch), comm.rank, comm.size)
+    images, labels, targets = step_inputs(model, augmenter, data, batch, part, step, settings)
+    model_step(model, opt, images, labels, targets, stream_seed(settings.seed, DROPOUT, step), step, part.start,
+               len(batch), settings, sums, comm, ema)
+
+
+def step_inputs(model: ViT, augmenter: Augmenter, data: DeviceDataset, batch: np.ndarray, part: slice, step: int,
+                settings: StepSettings) -> tuple[Array | None, Array | None, Array | None]:
+    """The rank's augmented images, labels and (when mixing) soft targets of step ``step``; Nones for an
+    empty slice."""
     local = batch[part]
-    if len(local) == 0:  # fewer images than ranks: this rank adds nothing but still takes part in the sum
+    if len(local) == 0:
+        return None, None, None
+    backend = model.backend
+    raw, labels = data.batch(local)
+    # Augmentation and dropout are keyed by the step and the global image index: every rank draws the
+    # global batch's parameters and takes its rows, so the images do not depend on the number of ranks.
+    images = augmenter(raw, training=True, rng=backend.rng(stream_seed(settings.seed, AUGMENT, step)),
+                       first=part.start, total=len(batch))
+    targets = None
+    if settings.mixing:
+        images, targets = mix_slice(augmenter, data, batch, part, images, labels, step, settings,
+                                    model.config.num_classes, backend)
+    return images, labels, targets
+
+
+def model_step(model: ViT, opt: AdamW, images: Array | None, labels: Array | None, targets: Array | None,
+               dropout_seed: int | Array, step: int | Array, first: int, batch_size: int, settings: StepSettings,
+               sums: RunningSums, comm: Communicator, ema: WeightEMA | None) -> None:
+    """Forward, loss, backward, the gradients' sum over ranks, AdamW, the EMA and the running sums of one step
+    on given inputs: what a CUDA graph captures (npvit.train.graph), ``dropout_seed`` and ``step`` then being
+    device scalars."""
+    xp = model.backend.xp
+    local = 0 if images is None else len(images)
+    if local == 0:  # fewer images than ranks: this rank adds nothing but still takes part in the sum
         for g in gradient_buffers(model):
             g[...] = 0
         loss = xp.zeros((), dtype=model.dtype)
         correct = xp.zeros((), dtype=xp.int64)
     else:
-        raw, labels = data.batch(local)
-        # Augmentation and dropout are keyed by the step and the global image index: every rank draws the
-        # global batch's parameters and takes its rows, so the images do not depend on the number of ranks.
-        images = augmenter(raw, training=True,
-                           rng=backend.rng(stream_seed(settings.seed, AUGMENT, step)), first=part.start,
-                           total=len(batch))
-        if settings.mixing:
-            images, targets = mix_slice(augmenter, data, batch, part, images, labels, step, settings,
-                                        model.config.num_classes, backend)
-        logits = model.forward(images, training=True, dropout_seed=stream_seed(settings.seed, DROPOUT, step),
-                               first_sample=part.start)
-        if settings.mixing:
+        logits = model.forward(images, training=True, dropout_seed=dropout_seed, first_sample=first)
+        if targets is not None:
             loss, soft_cache = soft_cross_entropy_forward(logits, targets)
-            model.backward(soft_cross_entropy_backward(soft_cache, len(local) / len(batch)), input_grad=False)
+            model.backward(soft_cross_entropy_backward(soft_cache, local / batch_size), input_grad=False)
         else:
             loss, cache = cross_entropy_forward(logits, labels, settings.label_smoothing)
-            model.backward(cross_entropy_backward(cache, len(local) / len(batch)), input_grad=False)
+            model.backward(cross_entropy_backward(cache, local / batch_size), input_grad=False)
         correct = (xp.argmax(logits, axis=1) == labels).sum()  # with mixing: the image's own label
     for g in gradient_buffers(model):
         comm.allreduce_sum(g)
@@ -167,7 +208,7 @@ def train_step(
     if ema is not None:
         ema.update(model.params.flat, step, stepped)  # skipped with AdamW's: the average moves iff the weights did
     finite = xp.isfinite(loss) & stepped
-    sums.add(step, loss, len(local), correct, finite)
+    sums.add(step, loss, local, correct, finite)
 
 
 def mix_slice(

@@ -37,9 +37,10 @@ def test_layernorm_on_the_gpu_path_takes_fewer_kernels_and_gives_numpys_values(f
     LAUNCHES.reset()
     gy, gcache = layernorm_forward(to_fake(x), to_fake(gamma), to_fake(beta))
     forward = LAUNCHES.total
+    layernorm_backward(to_fake(dy), gcache, to_fake(gamma))  # the first call makes a small constant, once
     LAUNCHES.reset()
     got = layernorm_backward(to_fake(dy), gcache, to_fake(gamma))
-    assert forward == 6 and LAUNCHES.total <= 9 and host_syncs.gets == 0
+    assert forward == 3 and LAUNCHES.total <= 4 and host_syncs.gets == 0  # kernels/device.py
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(from_fake(gy), y, **tol)  # NumPy's row means are BLAS products: not bit-equal
     for g, e in zip(got, (dx, dgamma, dbeta)):

@@ -65,7 +65,11 @@ import pytest
 import scipy.ndimage
 import scipy.special
 
+import fakegraph
+import fakekernels
+
 THIS_FILE = __file__.rsplit(".", 1)[0]
+_OWN_FILES = tuple(f.rsplit(".", 1)[0] for f in (__file__, fakegraph.__file__, fakekernels.__file__))
 
 
 class HostSyncError(BaseException):
@@ -109,9 +113,10 @@ class HostSyncs:
             self.strict = previous
 
     def sync(self, what: str) -> None:
+        fakegraph.check_no_sync(what, HostSyncError)
         if self.strict:
             raise HostSyncError(f"{what} of a device array: a blocking device-to-host synchronisation")
-        frame = next(f for f in reversed(traceback.extract_stack()[:-1]) if not f.filename.startswith(THIS_FILE))
+        frame = next(f for f in reversed(traceback.extract_stack()[:-1]) if not f.filename.startswith(_OWN_FILES))
         self.sites.append(Site(what, frame.filename, frame.lineno or 0, frame.name))
 
     def functions(self) -> set[str]:
@@ -131,6 +136,7 @@ class Launches:
 
     counts: dict[str, int] = field(default_factory=dict)
     depth: int = 0  # > 0 inside a fused function or kernel emulation: its operations are one launch
+    serial: int = 0  # launches counted since the fake was made (never reset): tells a call that launched
     sites: dict[str, int] | None = None  # "file:line function" -> launches there, when tracing
 
     def reset(self) -> None:
@@ -140,10 +146,11 @@ class Launches:
 
     def launch(self, kind: str) -> None:
         if self.depth == 0:
+            self.serial += 1
             self.counts[kind] = self.counts.get(kind, 0) + 1
             if self.sites is not None:
                 frame = next(f for f in reversed(traceback.extract_stack()[:-1])
-                             if not f.filename.startswith(THIS_FILE))
+                             if not f.filename.startswith(_OWN_FILES))
                 key = f"{frame.filename.rsplit('/npvit/', 1)[-1]}:{frame.lineno} {frame.name}"
                 self.sites[key] = self.sites.get(key, 0) + 1
 
@@ -281,6 +288,7 @@ def _index(key: Any) -> Any:
         if isinstance(k, ndarray):
             out.append(k._a)
         elif isinstance(k, (numpy.ndarray, list)):
+            fakegraph.check_no_sync("an index uploaded from the host", HostSyncError)
             SYNCS.uploads += 1
             out.append(numpy.asarray(k))
         else:
@@ -297,11 +305,13 @@ class ndarray:  # noqa: N801 -- CuPy's name
 
     def __init__(self, shape: Any, dtype: Any = float, order: str = "C") -> None:
         self._a = numpy.empty(shape, dtype=dtype, order=order)
+        fakegraph.track(self._a)
 
     @classmethod
     def _of(cls, a: numpy.ndarray) -> "ndarray":
         obj = cls.__new__(cls)
         obj._a = a
+        fakegraph.track(a)
         return obj
 
     # -- attributes
@@ -359,6 +369,7 @@ class ndarray:  # noqa: N801 -- CuPy's name
 
     def get(self, stream: Any = None, order: str = "C", out: Any = None, blocking: bool = True) -> numpy.ndarray:
         """Explicit copy to the host: allowed, counted."""
+        fakegraph.check_no_sync(".get()", HostSyncError)
         SYNCS.gets += 1
         return numpy.array(self._a, order=order)
 
@@ -488,6 +499,17 @@ for _op, _fn in (("lt", operator.lt), ("le", operator.le), ("gt", operator.gt), 
 ndarray.__hash__ = None  # type: ignore[assignment]  # arrays with __eq__ are unhashable, as NumPy's and CuPy's
 
 
+def _capture(fn: Callable) -> Callable:
+    """``fn`` recorded into a CUDA graph capture in progress when it launches (fakegraph)."""
+    return fakegraph.capturable(fn, LAUNCHES, lambda: _current_stream())
+
+
+for _name, _value in list(vars(ndarray).items()):  # every method that can launch a kernel
+    if callable(_value) and not isinstance(_value, (type, classmethod, staticmethod)) and _name not in (
+            "__init__", "__len__", "__array__", "__repr__", "__str__", "__format__", "get"):
+        setattr(ndarray, _name, _capture(_value))
+
+
 # --------------------------------------------------------------------------------------------- functions
 def _device_function(fn: Callable, name: str) -> Callable:
     """``fn`` (a NumPy function) taking and returning device arrays; ``out=`` (a device array) is honoured."""
@@ -507,12 +529,13 @@ def _device_function(fn: Callable, name: str) -> Callable:
             return out
         return _wrap(result)
     wrapper.__name__ = wrapper.__qualname__ = name
-    return wrapper
+    return _capture(wrapper)
 
 
 def _asarray(a: Any, dtype: Any = None, order: Any = None, *, blocking: bool = False) -> ndarray:
     if isinstance(a, ndarray):
         return a if dtype is None or numpy.dtype(dtype) == a.dtype else a.astype(dtype)
+    fakegraph.check_no_sync("an upload from host memory", HostSyncError)
     SYNCS.uploads += 1
     return ndarray._of(numpy.array(a, dtype=dtype, order=order or "K"))
 
@@ -520,6 +543,7 @@ def _asarray(a: Any, dtype: Any = None, order: Any = None, *, blocking: bool = F
 def _array(a: Any, dtype: Any = None, copy: bool = True, order: str = "K", ndmin: int = 0) -> ndarray:
     if isinstance(a, ndarray):
         return ndarray._of(numpy.array(a._a, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
+    fakegraph.check_no_sync("an upload from host memory", HostSyncError)
     SYNCS.uploads += 1
     return ndarray._of(numpy.array(a, dtype=dtype, order=order, ndmin=ndmin))
 
@@ -545,7 +569,7 @@ def _fuse(*args: Any, **kwargs: Any) -> Callable:
                 return fn(*a, **k)
         fused.__name__ = getattr(fn, "__name__", "fused")
         fused.__wrapped__ = fn  # type: ignore[attr-defined]
-        return fused
+        return _capture(fused)
 
     if len(args) == 1 and callable(args[0]) and not kwargs:
         return decorate(args[0])
@@ -562,18 +586,47 @@ def emulate_kernel(name: str, function: Callable) -> None:
 
 
 class ElementwiseKernel:
-    """CuPy's ElementwiseKernel: runs the NumPy emulation registered under its name (see emulate_kernel)."""
+    """CuPy's ElementwiseKernel: runs its own operation (CUDA C of the subset ``fakekernels`` translates), or
+    the NumPy emulation registered under its name (see emulate_kernel); one launch per call."""
 
     def __init__(self, in_params: str, out_params: str, operation: str, name: str = "kernel", **kwargs: Any):
         self.in_params, self.out_params, self.operation, self.name = in_params, out_params, operation, name
+        self.preamble = kwargs.get("preamble", "")
+        if self.name not in _EMULATIONS:  # refuse what cannot run now, not at the first call
+            fakekernels.compile_statements(operation)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.name not in _EMULATIONS:
-            raise NotImplementedError(f"fakecupy cannot run the CUDA C of ElementwiseKernel {self.name!r}; "
-                                      "register a NumPy emulation with fakecupy.emulate_kernel()")
         LAUNCHES.launch("kernel")
         with LAUNCHES.one_kernel():
-            return _wrap(_EMULATIONS[self.name](*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+            if self.name in _EMULATIONS:
+                return _wrap(_EMULATIONS[self.name](*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+            if kwargs:
+                raise TypeError(f"fakecupy: ElementwiseKernel arguments by keyword: {sorted(kwargs)}")
+            return _wrap(fakekernels.elementwise(self.in_params, self.out_params, self.operation,
+                                                 _unwrap(tuple(args)), {}))
+
+
+class ReductionKernel:
+    """CuPy's ReductionKernel, running its own map, reduce and post-map expressions (``fakekernels``):
+    ``kernel(*args, axis=None, keepdims=False, out=None)``, one launch per call."""
+
+    def __init__(self, in_params: str, out_params: str, map_expr: str, reduce_expr: str, post_map_expr: str,
+                 identity: str | None, name: str = "reduce_kernel", reduce_type: str | None = None,
+                 reduce_dims: bool = True, preamble: str = "", options: tuple = ()) -> None:
+        self.in_params, self.out_params, self.name = in_params, out_params, name
+        self.map_expr, self.reduce_expr, self.post_map_expr = map_expr, reduce_expr, post_map_expr
+        self.identity, self.reduce_type = identity or "0", reduce_type
+        for expr in (map_expr, reduce_expr, identity or "0"):
+            fakekernels.compile_expression(expr)
+        fakekernels.compile_statements(post_map_expr)
+
+    def __call__(self, *args: Any, axis: Any = None, keepdims: bool = False, out: Any = None,
+                 stream: Any = None) -> Any:
+        LAUNCHES.launch("reduction")
+        with LAUNCHES.one_kernel():
+            target = None if out is None else out._a
+            result = fakekernels.reduction(self, _unwrap(tuple(args)), axis, keepdims, target)
+        return out if out is not None else ndarray._of(result)
 
 
 class RawKernel:
@@ -590,6 +643,10 @@ class RawKernel:
         LAUNCHES.launch("kernel")
         with LAUNCHES.one_kernel():
             _EMULATIONS[self.name](*_unwrap(tuple(args)))
+
+
+for _kernel_class in (ElementwiseKernel, ReductionKernel, RawKernel):
+    _kernel_class.__call__ = _capture(_kernel_class.__call__)  # type: ignore[method-assign]
 
 
 # NumPy functions CuPy 14 offers under the same name and semantics (each checked against CuPy 14.2's namespace).
@@ -616,10 +673,62 @@ NUMPY_NAMES = (
 
 
 class _Stream:
-    ptr = 0  # the legacy default stream
+    """cupy.cuda.Stream: ``with stream:`` makes it current; capture with begin_capture / end_capture
+    (fakegraph)."""
+
+    _made = 0
+
+    def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False) -> None:
+        _Stream._made += 1
+        self.ptr = 0 if null else _Stream._made  # 0: the legacy default stream
+        self.non_blocking = non_blocking
 
     def synchronize(self) -> None:
+        fakegraph.check_no_sync("stream.synchronize()", HostSyncError)
         SYNCS.synchronizes += 1
+
+    def __enter__(self) -> "_Stream":
+        FAKE.streams.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        FAKE.streams.pop()
+
+    def begin_capture(self, mode: Any = None) -> None:
+        if self.ptr == 0:
+            raise RuntimeError("cannot capture on the default (legacy) stream")
+        if _current_stream() is not self:
+            raise RuntimeError("fakecupy: begin_capture on a stream that is not current: make it current with "
+                               "`with stream:` or the work goes elsewhere")
+        fakegraph.begin(self)
+
+    def end_capture(self) -> fakegraph.Graph:
+        return fakegraph.end(self)
+
+    def is_capturing(self) -> bool:
+        return fakegraph.CAPTURE.stream is self
+
+    def record(self, event: Any = None) -> "_Event":
+        return event if event is not None else _Event()
+
+    def wait_event(self, event: Any) -> None:
+        pass
+
+    def launch_host_func(self, callback: Any, arg: Any) -> None:
+        callback(arg)
+
+
+class _Event:
+    def synchronize(self) -> None:
+        fakegraph.check_no_sync("event.synchronize()", HostSyncError)
+        SYNCS.synchronizes += 1
+
+
+_NULL_STREAM = _Stream(null=True)
+
+
+def _current_stream(device: Any = None) -> _Stream:
+    return FAKE.streams[-1] if FAKE.streams else _NULL_STREAM
 
 
 class _Device:
@@ -629,6 +738,7 @@ class _Device:
     compute_capability = property(lambda self: FAKE.compute_capability)
 
     def synchronize(self) -> None:
+        fakegraph.check_no_sync("device.synchronize()", HostSyncError)
         SYNCS.synchronizes += 1
 
     def use(self) -> None:
@@ -708,6 +818,10 @@ class _Generator:
         return ndarray._of(numpy.asarray(values).astype(dtype, copy=False))
 
 
+for _name in ("random", "uniform", "integers", "standard_normal", "beta"):
+    setattr(_Generator, _name, _capture(getattr(_Generator, _name)))
+
+
 class _Philox:
     """cupy.random.Philox4x3210(seed=None, *, size=-1): ``size`` states (default: 8 x 256 x the SM count)."""
 
@@ -736,6 +850,7 @@ class FakeCupy:
     compute_type: int = 0  # CuPy's float32 compute type (0: not chosen yet, 1: default, 7: TF32)
     math_mode: int = 0  # the cuBLAS handle's math mode (0: default, 3: TF32 tensor op math)
     generators: list[_Philox] = field(default_factory=list)
+    streams: list[Any] = field(default_factory=list)  # the current streams, innermost last
     modules: dict[str, types.ModuleType] = field(default_factory=dict)
 
     @property
@@ -762,6 +877,7 @@ def _build_modules() -> dict[str, types.ModuleType]:
     cp.fuse = _fuse
     cp.ElementwiseKernel = ElementwiseKernel
     cp.RawKernel = RawKernel
+    cp.ReductionKernel = ReductionKernel
     cp.get_default_memory_pool = lambda: _MemoryPool()
     cp.get_default_pinned_memory_pool = lambda: _MemoryPool()
 
@@ -772,8 +888,10 @@ def _build_modules() -> dict[str, types.ModuleType]:
     cp.random = random
 
     cuda = types.ModuleType("cupy.cuda")
-    cuda.get_current_stream = lambda device=None: _Stream()
+    cuda.get_current_stream = _current_stream
     cuda.Stream = _Stream
+    cuda.Event = _Event
+    cuda.Graph = fakegraph.Graph
     cuda.Device = _Device
     cuda.get_device_id = lambda: 0
     cuda.is_available = lambda: FAKE.device_count > 0
@@ -826,6 +944,7 @@ def _build_modules() -> dict[str, types.ModuleType]:
         def abort(self) -> None:
             pass
 
+    NcclCommunicator.allReduce = _capture(NcclCommunicator.allReduce)
     nccl.NcclCommunicator = NcclCommunicator
     cuda.nccl = nccl
 
@@ -849,7 +968,7 @@ def _build_modules() -> dict[str, types.ModuleType]:
         LAUNCHES.launch("kernel")
         numpy.add.at(a._a, _index(slices), _operand(value))
 
-    cupyx.scatter_add = scatter_add
+    cupyx.scatter_add = _capture(scatter_add)
     scipy_mod = types.ModuleType("cupyx.scipy")
     special = types.ModuleType("cupyx.scipy.special")
     for name in ("erf", "erfc", "ndtr", "log_ndtr"):
@@ -888,6 +1007,10 @@ def install() -> FakeCupy:
     SYNCS.reset()
     LAUNCHES.reset()
     LAUNCHES.depth = 0
+    FAKE.streams.clear()
+    fakegraph.CAPTURE.stream, fakegraph.CAPTURE.depth, fakegraph.CAPTURE.calls = None, 0, []
+    fakegraph.Graph.unwrap = staticmethod(lambda x: x._a if isinstance(x, ndarray) else x)
+    fakegraph.Graph.launches = LAUNCHES
     sys.modules.update(FAKE.modules)
     return FAKE
 
