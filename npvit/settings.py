@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .backend import BACKEND_NAMES
 from .cli.setting import Setting, model_setting as _model
