@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import column_sum, get_array_module, row_dot
+from .compiled import use_compiled
 from .fused import layernorm_backward_device, layernorm_forward_device, on_device
 
 Array = Any
@@ -27,6 +28,10 @@ def layernorm_forward(
     """Normalize each row of the last axis to zero mean and unit variance, then scale and shift."""
     if on_device(x):  # CuPy: six kernels instead of thirteen (kernels/fused.py), the same operations
         return layernorm_forward_device(x, gamma, beta, eps)
+    if use_compiled(x):  # float32 on the CPU: one pass per row (kernels/compiled/jit_layernorm.py)
+        from .compiled import jit_layernorm
+
+        return jit_layernorm.layernorm_forward(x, gamma, beta, eps)
     d = x.shape[-1]
     x2 = x.reshape(-1, d)
     row_mean = get_array_module(x).full(d, 1.0 / d, dtype=x.dtype)
@@ -46,6 +51,10 @@ def layernorm_backward(
     xhat, rstd = cache
     if on_device(xhat):  # CuPy: the elementwise tail in one kernel (kernels/fused.py)
         return layernorm_backward_device(dy, xhat, rstd, gamma)
+    if use_compiled(dy, xhat, rstd):  # float32 on the CPU: one pass per row (kernels/compiled/jit_layernorm.py)
+        from .compiled import jit_layernorm
+
+        return jit_layernorm.layernorm_backward(dy, xhat, rstd, gamma)
     d = xhat.shape[-1]
     xhat, rstd = xhat.reshape(-1, d), rstd.reshape(-1)  # (rows, D), (rows,): views
     dy2 = dy.reshape(-1, d)
