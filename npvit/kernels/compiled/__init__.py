@@ -93,7 +93,10 @@ def describe() -> str:
     version = numba_version()
     if tier == "compiled":
         return f"kernels: compiled (Numba {version}) for float32 on the CPU; {ENV}=numpy for the NumPy kernels"
-    why = f"{ENV}=numpy" if version is not None else "Numba is not installed (pip install numba)"
+    if _state["set"] is not None or version is None:
+        why = "chosen in the program" if version is not None else "Numba is not installed: pip install numba"
+    else:
+        why = f"{ENV}=numpy"
     return f"kernels: numpy ({why})"
 
 
