@@ -8,7 +8,9 @@ Two layouts, both read as (matrices, R, C): over the last axis ("rows": each row
 over axis -2 ("columns": the attention core's transposed scores, keys along axis -2; the reductions then run
 across rows, a vector of C running maxima and sums, so every inner loop is a contiguous, vectorised one). An
 attention matrix of 64 x 64 float32 is 16 KB: it stays in L1 between the passes. exp2 is approx.exp2_f32
-(relative error <= 2e-7).
+(relative error <= 2e-7). The loops work in place on one array (the attention core's calls are in place; any
+other call copies first): a loop that reads one array and writes another that is the same memory fails the
+compiler's overlap check at run time, and runs scalar.
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ _OPTS = dict(fastmath=True, nogil=True, cache=True, error_model="numpy")
 
 
 @njit(**_OPTS)
-def _forward_rows(x, k, y):  # pragma: no cover - compiled
-    n, c = x.shape
+def _forward_rows(y, k):  # pragma: no cover - compiled
+    n, c = y.shape
     for r in range(n):
-        m = x[r, 0]
+        m = y[r, 0]
         for j in range(1, c):
-            m = max(m, x[r, j])
+            m = max(m, y[r, j])
         s = F(0.0)
         for j in range(c):
-            e = exp2_f32((x[r, j] - m) * k)
+            e = exp2_f32((y[r, j] - m) * k)
             y[r, j] = e
             s += e
         inv = F(1.0) / s
@@ -43,20 +45,20 @@ def _forward_rows(x, k, y):  # pragma: no cover - compiled
 
 
 @njit(**_OPTS)
-def _forward_columns(x, k, y):  # pragma: no cover - compiled
-    b, n, c = x.shape
+def _forward_columns(y, k):  # pragma: no cover - compiled
+    b, n, c = y.shape
     m = np.empty(c, F)
     s = np.empty(c, F)
     for i in range(b):
         for j in range(c):
-            m[j] = x[i, 0, j]
+            m[j] = y[i, 0, j]
             s[j] = F(0.0)
         for r in range(1, n):
             for j in range(c):
-                m[j] = max(m[j], x[i, r, j])
+                m[j] = max(m[j], y[i, r, j])
         for r in range(n):
             for j in range(c):
-                e = exp2_f32((x[i, r, j] - m[j]) * k)
+                e = exp2_f32((y[i, r, j] - m[j]) * k)
                 y[i, r, j] = e
                 s[j] += e
         for j in range(c):
@@ -67,18 +69,18 @@ def _forward_columns(x, k, y):  # pragma: no cover - compiled
 
 
 @njit(**_OPTS)
-def _backward_rows(dy, y, dx):  # pragma: no cover - compiled
+def _backward_rows(g, y):  # pragma: no cover - compiled
     n, c = y.shape
     for r in range(n):
         s = F(0.0)
         for j in range(c):
-            s += dy[r, j] * y[r, j]
+            s += g[r, j] * y[r, j]
         for j in range(c):
-            dx[r, j] = y[r, j] * (dy[r, j] - s)
+            g[r, j] = y[r, j] * (g[r, j] - s)
 
 
 @njit(**_OPTS)
-def _backward_columns(dy, y, dx):  # pragma: no cover - compiled
+def _backward_columns(g, y):  # pragma: no cover - compiled
     b, n, c = y.shape
     s = np.empty(c, F)
     for i in range(b):
@@ -86,10 +88,10 @@ def _backward_columns(dy, y, dx):  # pragma: no cover - compiled
             s[j] = F(0.0)
         for r in range(n):
             for j in range(c):
-                s[j] += dy[i, r, j] * y[i, r, j]
+                s[j] += g[i, r, j] * y[i, r, j]
         for r in range(n):
             for j in range(c):
-                dx[i, r, j] = y[i, r, j] * (dy[i, r, j] - s[j])
+                g[i, r, j] = y[i, r, j] * (g[i, r, j] - s[j])
 
 
 def last_axes(x: Array, axis: int) -> str | None:
@@ -104,21 +106,19 @@ def last_axes(x: Array, axis: int) -> str | None:
 
 def softmax_forward(x: Array, layout: str, k: float, out: Array | None) -> Array:
     """The softmax of a C-contiguous float32 array over the layout's axis, into ``out`` (which may be x)."""
-    y = np.empty_like(x) if out is None else out
-    if layout == "rows":
-        _forward_rows(x.reshape(-1, x.shape[-1]), F(k), y.reshape(-1, x.shape[-1]))
-    else:
-        _forward_columns(x.reshape(-1, *x.shape[-2:]), F(k), y.reshape(-1, *x.shape[-2:]))
+    y = x.copy() if out is None else out
+    if y is not x:
+        np.copyto(y, x)
+    shape = (-1, x.shape[-1]) if layout == "rows" else (-1, *x.shape[-2:])
+    (_forward_rows if layout == "rows" else _forward_columns)(y.reshape(shape), F(k))
     return y
 
 
 def softmax_backward(dy: Array, y: Array, layout: str, out: Array | None) -> Array:
     """dx = y (dy - sum(dy y)) over the layout's axis, into ``out`` (which may be dy)."""
-    dx = np.empty_like(dy) if out is None else out
-    if layout == "rows":
-        c = y.shape[-1]
-        _backward_rows(dy.reshape(-1, c), y.reshape(-1, c), dx.reshape(-1, c))
-    else:
-        shape = (-1, *y.shape[-2:])
-        _backward_columns(dy.reshape(shape), y.reshape(shape), dx.reshape(shape))
+    dx = dy.copy() if out is None else out
+    if dx is not dy:
+        np.copyto(dx, dy)
+    shape = (-1, y.shape[-1]) if layout == "rows" else (-1, *y.shape[-2:])
+    (_backward_rows if layout == "rows" else _backward_columns)(dx.reshape(shape), y.reshape(shape))
     return dx
