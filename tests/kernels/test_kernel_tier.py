@@ -18,6 +18,7 @@ from npvit.kernels.compiled import describe, kernel_tier, kernel_tier_set, set_k
 def no_numba(monkeypatch):
     """As if Numba were not installed."""
     monkeypatch.setattr(compiled, "numba_version", lambda: None)
+    monkeypatch.setitem(compiled._state, "why", "Numba is not installed: pip install numba")
     monkeypatch.setitem(compiled._state, "resolved", None)  # the tier resolved with Numba present: forgotten
 
 
@@ -39,7 +40,7 @@ def test_without_numba_auto_is_numpy_and_compiled_is_refused_with_what_to_do(mon
     monkeypatch.setenv("NPVIT_KERNELS", "compiled")
     with pytest.raises(BackendUnavailableError, match="pip install numba, or set NPVIT_KERNELS=numpy"):
         kernel_tier()
-    with pytest.raises(BackendUnavailableError, match="Numba cannot be imported"):
+    with pytest.raises(BackendUnavailableError, match="Numba cannot be used"):
         set_kernel_tier("compiled")
 
 
@@ -86,3 +87,20 @@ def test_a_training_step_on_the_compiled_tier_equals_the_numpy_tier() -> None:
     loss_c, grads_c = _step("float64", "compiled")
     loss_n, grads_n = _step("float64", "numpy")
     assert loss_c == loss_n and all(np.array_equal(grads_c[k], grads_n[k]) for k in grads_n)
+
+
+def test_a_numba_that_cannot_compile_here_leaves_the_numpy_tier_and_says_why(monkeypatch) -> None:
+    pytest.importorskip("numba", reason="the compiled tier needs Numba (pip install numba)")
+
+    def broken() -> None:
+        raise RuntimeError("no code generator for this CPU")
+
+    monkeypatch.setattr(compiled, "_smoke_test", broken)
+    monkeypatch.setitem(compiled._state, "resolved", None)
+    monkeypatch.setitem(compiled._state, "why", "")  # restored afterwards
+    monkeypatch.delenv("NPVIT_KERNELS", raising=False)
+    assert kernel_tier() == "numpy"
+    assert describe() == "kernels: numpy (Numba cannot compile here (RuntimeError: no code generator for this CPU))"
+    monkeypatch.setenv("NPVIT_KERNELS", "compiled")
+    with pytest.raises(BackendUnavailableError, match="no code generator for this CPU"):
+        kernel_tier()

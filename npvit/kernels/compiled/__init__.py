@@ -35,12 +35,29 @@ _state: dict[str, Any] = {"set": None, "resolved": None}  # set_kernel_tier's ch
 
 
 def numba_version() -> str | None:
-    """Numba's version if it imports, else None."""
+    """Numba's version if it imports and compiles a loop, else None."""
     try:
         numba = importlib.import_module("numba")
-    except Exception:  # not installed, or installed against another NumPy: the NumPy tier then
+        _smoke_test()
+    except ImportError:  # not installed, or installed against another NumPy: the NumPy tier
+        _state["why"] = "Numba is not installed: pip install numba"
+        return None
+    except Exception as exc:  # installed, but unable to compile for this machine: the NumPy tier
+        _state["why"] = f"Numba cannot compile here ({type(exc).__name__}: {exc})"
         return None
     return str(numba.__version__)
+
+
+def _smoke_test() -> None:
+    """One tiny compiled softmax (loaded from the disk cache after the first run): a Numba that imports but
+    cannot compile for this machine is found here, not in the middle of a training step."""
+    if not _state.get("smoke"):
+        from . import jit_softmax
+
+        y = jit_softmax.softmax_forward(numpy.zeros((1, 2), numpy.float32), "rows", 1.0, None)
+        if not numpy.allclose(y, 0.5):
+            raise RuntimeError(f"the compiled softmax of (0, 0) gave {y}")
+        _state["smoke"] = True
 
 
 def _resolve(choice: str) -> str:
@@ -53,7 +70,8 @@ def _resolve(choice: str) -> str:
     if numba_version() is None:
         if choice == "compiled":
             raise BackendUnavailableError(
-                f"{ENV}=compiled, but Numba cannot be imported: pip install numba, or set {ENV}=numpy")
+                f"{ENV}=compiled, but Numba cannot be used ({_state.get('why', 'not installed')}): pip install "
+                f"numba, or set {ENV}=numpy")
         return "numpy"
     return "compiled"
 
@@ -94,7 +112,7 @@ def describe() -> str:
     if tier == "compiled":
         return f"kernels: compiled (Numba {version}) for float32 on the CPU; {ENV}=numpy for the NumPy kernels"
     if _state["set"] is not None or version is None:
-        why = "chosen in the program" if version is not None else "Numba is not installed: pip install numba"
+        why = "chosen in the program" if version is not None else _state.get("why", "Numba is not installed")
     else:
         why = f"{ENV}=numpy"
     return f"kernels: numpy ({why})"
