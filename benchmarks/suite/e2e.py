@@ -26,7 +26,8 @@ def section_e2e(ctx: Ctx) -> dict:
                 contenders[f"{name}/train"] = r.train_step
             for name, r in runners.items():
                 contenders[f"{name}/forward"] = r.forward
-            samples = alternate(contenders, st.warmup, st.e2e_repeats, st.pause_s)
+            warmup = max(st.warmup, 2) if "torch-compile" in runners else st.warmup  # compiling, then settling
+            samples = alternate(contenders, warmup, st.e2e_repeats, st.pause_s)
             n_params = runners["npvit"].model.num_params()
             names = list(runners)
             del runners, contenders
