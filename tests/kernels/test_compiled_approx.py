@@ -7,25 +7,25 @@ import pytest
 
 numba = pytest.importorskip("numba", reason="the compiled tier needs Numba (pip install numba)")
 
-from npvit.kernels.compiled.approx import exp2_f32, tanh_f32, tanh_sigmoid_f32  # noqa: E402
+from npvit.kernels.compiled.approx import FASTMATH, exp2_f32, tanh_f32, tanh_sigmoid_f32  # noqa: E402
 
 EXP2_BOUND = 2e-7  # relative, on [-126, 127]
 TANH_BOUND = 4e-7  # relative, everywhere
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
 def _exp2(x, y):  # pragma: no cover - compiled
     for i in range(x.size):
         y[i] = exp2_f32(x[i])
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
 def _tanh(x, y):  # pragma: no cover - compiled
     for i in range(x.size):
         y[i] = tanh_f32(x[i])
 
 
-@numba.njit(fastmath=True, error_model="numpy")
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
 def _sigmoid2(x, y):  # pragma: no cover - compiled
     for i in range(x.size):
         y[i] = tanh_sigmoid_f32(x[i])[1]
@@ -77,3 +77,15 @@ def test_sigmoid_of_twice_x_is_within_the_tanh_bound_also_where_one_plus_tanh_ca
     expected = 1 / (1 + np.exp(-2 * x64))  # (1 + tanh x) / 2
     rel = np.abs(y / expected - 1) / (TANH_BOUND + 1.5e-7 * np.abs(x64))
     assert rel.max() <= 1, f"sigmoid(2x): relative error {rel.max():.2e} at x = {x[rel.argmax()]}"
+
+
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
+def _tanh_of_pair(x, y):  # pragma: no cover - compiled
+    for i in range(x.size):
+        y[i] = tanh_sigmoid_f32(x[i])[0]
+
+
+def test_the_gelus_tanh_is_within_its_absolute_bound() -> None:
+    x = np.concatenate([np.linspace(-12, 12, 2_000_001), np.linspace(-1e-3, 1e-3, 20_001)]).astype(np.float32)
+    err = np.abs(_apply(_tanh_of_pair, x) - np.tanh(x.astype(np.float64)))
+    assert err.max() <= 1.2e-7, f"tanh of the pair: absolute error {err.max():.2e} at x = {x[err.argmax()]}"

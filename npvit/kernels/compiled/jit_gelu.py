@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from .approx import tanh_sigmoid_f32
+from .approx import FASTMATH, tanh_sigmoid_f32
 
 Array = Any
 F = np.float32
@@ -25,7 +25,7 @@ _S = F(math.sqrt(2.0 / math.pi))
 _C = F(0.044715)
 _C3 = F(3 * 0.044715)
 _HALF, _ONE = F(0.5), F(1.0)
-_OPTS = dict(fastmath=True, nogil=True, cache=True, error_model="numpy")
+_OPTS = dict(fastmath=FASTMATH, nogil=True, cache=True, error_model="numpy")
 
 
 @njit(**_OPTS)

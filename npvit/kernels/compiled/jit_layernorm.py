@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from .approx import FASTMATH
+
 Array = Any
 F = np.float32
-_OPTS = dict(fastmath=True, nogil=True, cache=True, error_model="numpy")
+_OPTS = dict(fastmath=FASTMATH, nogil=True, cache=True, error_model="numpy")
 
 
 @njit(**_OPTS)

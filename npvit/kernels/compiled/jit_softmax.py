@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from .approx import exp2_f32
+from .approx import FASTMATH, exp2_f32
 
 Array = Any
 F = np.float32
-_OPTS = dict(fastmath=True, nogil=True, cache=True, error_model="numpy")
+_OPTS = dict(fastmath=FASTMATH, nogil=True, cache=True, error_model="numpy")
 
 
 @njit(**_OPTS)
