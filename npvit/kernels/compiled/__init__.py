@@ -39,8 +39,9 @@ def numba_version() -> str | None:
     try:
         numba = importlib.import_module("numba")
         _smoke_test()
-    except ImportError:  # not installed, or installed against another NumPy: the NumPy tier
-        _state["why"] = "Numba is not installed: pip install numba"
+    except ImportError as exc:  # not installed, or installed against another NumPy: the NumPy tier
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "numba"
+        _state["why"] = "Numba is not installed: pip install numba" if missing else f"Numba does not import ({exc})"
         return None
     except Exception as exc:  # installed, but unable to compile for this machine: the NumPy tier
         _state["why"] = f"Numba cannot compile here ({type(exc).__name__}: {exc})"
