@@ -6,6 +6,8 @@
     python benchmarks/run.py --backend cupy --tf32    # ... with TF32 matmuls on both
     python benchmarks/run.py --sections kernels,e2e --threads 2 --json out.json
     python benchmarks/run.py --sections kernels --kernels fast:128 --keep-freed-memory   # the fast recipe's step
+    python benchmarks/run.py --sections e2e --e2e fast:128,fast:512 --compile --numpy-kernels --no-memory \
+        --keep-freed-memory     # the fast model against PyTorch eager and torch.compile, on both kernel tiers
 
 Prints a header (date, machine, library versions, threads, command) and one markdown table per section, and
 writes everything (every sample, not only medians) to ``benchmarks/results/<date>-<backend>[-quick].json``.
@@ -41,6 +43,10 @@ Fairness rules:
 * On CPU each turn starts after a 0.2 s pause: OpenBLAS workers spin for about 0.1 s after a call (and
   torch's OpenMP threads briefly too), and on a 2-core machine the next library's threads would fight them
   (measured: a torch matmul 2.5x slower right after a NumPy one, and NumPy 1.4x slower after torch).
+* ``--compile`` adds ``torch-compile`` to the e2e section: the same PyTorch model called through
+  ``torch.compile`` (default inductor backend; AdamW stays eager), compiled in the warm-up round (the
+  training graphs, then the inference graph). ``--numpy-kernels`` adds ``npvit-numpy``: npvit on its NumPy
+  kernels, beside ``npvit`` on the default tier (compiled when Numba is installed; the header says which).
 * torch trains the way its users do: ``zero_grad(set_to_none=True)``, ``F.cross_entropy``, ``backward``,
   ``torch.optim.AdamW`` (default implementation); inference runs under ``torch.inference_mode`` in eval mode.
   It does not compute the image gradient that npvit's ``backward`` returns (a small cost for npvit).

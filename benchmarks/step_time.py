@@ -3,6 +3,7 @@
     python benchmarks/step_time.py                                  # Keras preset, batch 256, NumPy float32
     python benchmarks/step_time.py --preset small --batch 128 --repeats 5
     python benchmarks/step_time.py --backend cupy
+    NPVIT_KERNELS=numpy python benchmarks/step_time.py --preset fast --batch 128   # the NumPy kernels
 
 Prints a markdown table (median of the repeats after one warm-up step) and, with --json, writes the
 numbers. Thread count follows the BLAS defaults; set OMP_NUM_THREADS / OPENBLAS_NUM_THREADS to change it.
@@ -27,6 +28,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # this file against older checkouts.
 from suite.flops import matmul_flops_per_image  # noqa: E402
 from suite.timing import time_phases  # noqa: E402
+
+
+def kernel_line() -> str:
+    """Which kernels ran (npvit.kernels.compiled); checkouts older than the compiled tier: numpy."""
+    try:
+        from npvit.kernels.compiled import describe
+    except ImportError:
+        return "kernels: numpy"
+    return describe()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     flops = matmul_flops_per_image(cfg) * args.batch
     print(f"npvit {npvit.__version__}, numpy {np.__version__}, Python {platform.python_version()}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, backend {backend.name}, "
-          f"{args.dtype}")
+          f"{args.dtype}, {kernel_line()}")
     print(f"preset {args.preset}: {model.num_params():,} parameters, batch {args.batch}, "
           f"{flops / args.batch / 1e9:.3f} GFLOP forward per image, median of {args.repeats}\n")
     print("| part | seconds | images/s | GFLOP/s |")

@@ -71,7 +71,8 @@ def build_ctx(args: argparse.Namespace) -> Ctx:
             torch.backends.cuda.matmul.allow_tf32 = args.tf32
             torch.backends.cudnn.allow_tf32 = args.tf32
     return Ctx(backend=backend, settings=settings, threads=args.threads, torch_device=device, torch_note=note,
-               sdpa=args.sdpa and device is not None, memory=not args.no_memory, tf32=args.tf32,
+               sdpa=args.sdpa and device is not None, compile=args.compile, numpy_kernels=args.numpy_kernels,
+               memory=not args.no_memory, tf32=args.tf32,
                verbose=not args.memory_probe)
 
 
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matmuls in both CuPy and torch")
     parser.add_argument("--sdpa", action="store_true",
                         help="also time torch with F.scaled_dot_product_attention (e2e and seqlen)")
+    parser.add_argument("--compile", action="store_true",
+                        help="e2e: also time torch.compile of the PyTorch model (compiles in the warm-up rounds)")
+    parser.add_argument("--numpy-kernels", action="store_true",
+                        help="e2e: also time npvit on its NumPy kernels (npvit-numpy) beside the default tier")
     parser.add_argument("--no-torch", action="store_true", help="time npvit alone")
     parser.add_argument("--torch-thp", action="store_true",
                         help="CPU: let torch's allocator use transparent huge pages (THP_MEM_ALLOC_ENABLE=1), "
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     shows: dict[str, tuple[Callable[[Ctx], dict], Callable[[dict], None]]] = {
         "peak": (section_peak, print_peak),
         "kernels": (kernels_section(args.kernels), print_kernels),
-        "e2e": (section_e2e, lambda res: print_e2e(res, peers)),
+        "e2e": (section_e2e, lambda res: print_e2e(res, list(ctx.e2e_peers))),
         "seqlen": (section_seqlen, lambda res: print_seqlen(res, peers)),
     }
     wanted = set(sections) | ({"peak"} if {"e2e", "seqlen"} & set(sections) else set())  # their utilisation

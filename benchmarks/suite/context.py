@@ -74,6 +74,8 @@ class Ctx:
     torch_device: str | None = None  # None: no torch peer
     torch_note: str = ""
     sdpa: bool = False  # also time torch with F.scaled_dot_product_attention
+    compile: bool = False  # e2e: also time torch.compile (the default inductor backend) of the eager model
+    numpy_kernels: bool = False  # e2e: also time npvit on its NumPy kernels (npvit-numpy) beside its default tier
     memory: bool = True
     tf32: bool = False
     verbose: bool = True
@@ -85,6 +87,13 @@ class Ctx:
         if not self.torch_device:
             return ()
         return ("torch", "torch-sdpa") if self.sdpa else ("torch",)
+
+    @property
+    def e2e_peers(self) -> tuple[str, ...]:
+        """The e2e section's contenders besides npvit: npvit-numpy (--numpy-kernels), the torch peers and
+        torch-compile (--compile)."""
+        extra = ("torch-compile",) if self.compile and self.torch_device else ()
+        return ("npvit-numpy",) * self.numpy_kernels + self.peers + extra
 
     @staticmethod
     def attention_of(peer: str) -> str:

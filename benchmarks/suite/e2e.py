@@ -20,13 +20,14 @@ def section_e2e(ctx: Ctx) -> dict:
         cfg = PRESETS[preset]()
         for batch in batches:
             ctx.log(f"e2e: {preset}, batch {batch}")
-            runners = make_runners(ctx, cfg, batch)
+            runners = make_runners(ctx, cfg, batch, ctx.e2e_peers)
             contenders = {}
             for name, r in runners.items():
                 contenders[f"{name}/train"] = r.train_step
             for name, r in runners.items():
                 contenders[f"{name}/forward"] = r.forward
-            samples = alternate(contenders, st.warmup, st.e2e_repeats, st.pause_s)
+            warmup = max(st.warmup, 2) if "torch-compile" in runners else st.warmup  # compiling, then settling
+            samples = alternate(contenders, warmup, st.e2e_repeats, st.pause_s)
             n_params = runners["npvit"].model.num_params()
             names = list(runners)
             del runners, contenders
@@ -46,7 +47,7 @@ def section_e2e(ctx: Ctx) -> dict:
                 if ctx.peak_gflops:
                     r["train_util"] = r["train_gflops"] / ctx.peak_gflops
                     r["forward_util"] = r["forward_gflops"] / ctx.peak_gflops
-                if ctx.memory:
+                if ctx.memory and name in ("npvit", *ctx.peers):  # the probe builds these (not the e2e extras)
                     ctx.log(f"e2e: {preset}, batch {batch}: peak memory of {name} (fresh process)")
                     r["memory"] = memory_in_subprocess(ctx, name, preset, batch)
                 row[name] = r

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 import npvit
+from npvit.kernels.compiled import describe as kernel_description
 
 from . import RUN_PY
 from .context import DTYPE, Ctx
@@ -115,6 +116,7 @@ def environment(ctx: Ctx, argv: list[str]) -> dict:
         "numpy_hugepage_madvise": _numpy_madvise_hugepage(),
         "thp_mode": _read_first_line("/sys/kernel/mm/transparent_hugepage/enabled"),
         "settings": {k: v for k, v in ctx.settings.__dict__.items()},
+        "npvit_kernels": kernel_description(),
     }
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]

@@ -64,7 +64,8 @@ def print_header(env: dict) -> None:
           f"{env['openblas_threads'] or 'n/a'}; torch.get_num_threads() = {env['torch_threads']})")
     print(f"- memory: transparent huge pages {env['thp_mode']}; NumPy madvises huge pages: "
           f"{env['numpy_hugepage_madvise']}; torch THP allocator (--torch-thp): {env['torch_thp_alloc']}")
-    print(f"- backend: {env['backend']}, {env['dtype']}; torch peer: {env['torch_peer']}\n")
+    print(f"- backend: {env['backend']}, {env['dtype']}; torch peer: {env['torch_peer']}")
+    print(f"- npvit {env.get('npvit_kernels', 'kernels: numpy')}\n")
 
 
 def print_peak(res: dict) -> None:

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from ..backend import get_array_module
+from .compiled import use_compiled
 from .erf import normal_cdf
 from .fused import gelu_erf_backward, gelu_tanh_backward, gelu_tanh_forward, on_device
 
@@ -43,6 +44,11 @@ def gelu_forward(x: Array, kind: str = "erf") -> tuple[Array, GeluCache]:
     if kind == "tanh" and on_device(x):  # CuPy: one kernel (kernels/fused.py), the same operations
         y, th = gelu_tanh_forward(x)
         return y, (x, th, kind)
+    if kind == "tanh" and use_compiled(x):  # float32 on the CPU: one pass (kernels/compiled/jit_gelu.py)
+        from .compiled import jit_gelu
+
+        y, th = jit_gelu.gelu_tanh_forward(x)
+        return y, (x, th, kind)
     if kind == "tanh":
         th = xp.tanh(typed(_SQRT_2_OVER_PI) * (x + typed(_C) * x * x * x))  # tanh(u)
         y = th + 1
@@ -63,6 +69,10 @@ def gelu_backward(dy: Array, cache: GeluCache, kind: str | None = None) -> Array
     kind = cached_kind
     if on_device(x):  # CuPy: one kernel (kernels/fused.py), the same operations
         return (gelu_tanh_backward if kind == "tanh" else gelu_erf_backward)(dy, x, saved)
+    if kind == "tanh" and use_compiled(dy, x, saved):  # float32 on the CPU: one pass (kernels/compiled/jit_gelu.py)
+        from .compiled import jit_gelu
+
+        return jit_gelu.gelu_tanh_backward(dy, x, saved)
     xp = get_array_module(x)
     typed = x.dtype.type
     if kind == "erf":

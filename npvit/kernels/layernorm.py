@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import column_sum, get_array_module, row_dot
+from .compiled import use_compiled
 from .device import layernorm_backward_device, layernorm_forward_device
 from .fused import on_device
 
@@ -28,6 +29,10 @@ def layernorm_forward(
     """Normalize each row of the last axis to zero mean and unit variance, then scale and shift."""
     if on_device(x):  # CuPy: three kernels instead of thirteen (kernels/device.py), the same formulas
         return layernorm_forward_device(x, gamma, beta, eps)
+    if use_compiled(x):  # float32 on the CPU: one pass per row (kernels/compiled/jit_layernorm.py)
+        from .compiled import jit_layernorm
+
+        return jit_layernorm.layernorm_forward(x, gamma, beta, eps)
     d = x.shape[-1]
     x2 = x.reshape(-1, d)
     row_mean = get_array_module(x).full(d, 1.0 / d, dtype=x.dtype)
@@ -47,6 +52,10 @@ def layernorm_backward(
     xhat, rstd = cache
     if on_device(xhat):  # CuPy: four kernels (kernels/device.py)
         return layernorm_backward_device(dy, xhat, rstd, gamma)
+    if use_compiled(dy, xhat, rstd):  # float32 on the CPU: one pass per row (kernels/compiled/jit_layernorm.py)
+        from .compiled import jit_layernorm
+
+        return jit_layernorm.layernorm_backward(dy, xhat, rstd, gamma)
     d = xhat.shape[-1]
     xhat, rstd = xhat.reshape(-1, d), rstd.reshape(-1)  # (rows, D), (rows,): views
     dy2 = dy.reshape(-1, d)

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from ..backend import get_array_module
+from .compiled import use_compiled
 
 Array = Any
 SoftmaxCache = tuple[Array, int]  # (the output y, the axis it was normalised over)
@@ -31,6 +32,13 @@ def softmax_forward(
     core folds the factor into its query scaling), so the multiplication is skipped; the result is still
     softmax(x / log2 e), the softmax of the logits.
     """
+    if use_compiled(x) and (out is None or out is x or use_compiled(out)):  # float32 on the CPU: compiled
+        from .compiled import jit_softmax
+
+        layout = jit_softmax.last_axes(x, axis)
+        if layout is not None:  # the last axis or the one before: three passes over data in L1
+            y = jit_softmax.softmax_forward(x, layout, 1.0 if base2 else LOG2_E, out)
+            return y, (y, axis)
     xp = get_array_module(x)
     y = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
     if not base2:
@@ -46,6 +54,12 @@ def softmax_backward(dy: Array, cache: SoftmaxCache, out: Array | None = None) -
     if not (isinstance(cache, tuple) and len(cache) == 2):
         raise TypeError("softmax_backward needs the cache softmax_forward returned: (y, axis)")
     y, axis = cache
+    if use_compiled(dy, y) and (out is None or out is dy or use_compiled(out)):  # float32 on the CPU: compiled
+        from .compiled import jit_softmax
+
+        layout = jit_softmax.last_axes(y, axis)
+        if layout is not None:
+            return jit_softmax.softmax_backward(dy, y, layout, out)
     xp = get_array_module(y)
     dx = xp.subtract(dy, (dy * y).sum(axis=axis, keepdims=True), out=out)
     dx *= y

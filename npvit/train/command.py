@@ -34,6 +34,7 @@ from ..cli.allocator import keep_freed_memory
 from ..cli.status import BAD_INPUT, FAILED, INTERRUPTED, TERMINATED, OutOfMemory, Terminated, outcome
 from ..data import DataError
 from ..distributed.communicator import Communicator, SingleProcess
+from ..kernels import compiled as kernel_tiers
 from .graph import check_cuda_graph
 from ..settings import DEFAULTS, RESUMABLE, UsageError, build_parser as _build_parser, model_config, resolve_settings
 from . import memory
@@ -187,6 +188,9 @@ def _train_command(given: dict[str, Any], comm: Communicator) -> tuple[int, str 
         settings, resumed = resolve_settings(given)
         if settings["backend"] == "numpy":
             keep_freed_memory()  # a third faster on small models: freed arrays are not page-faulted back in
+            tier = kernel_tiers.describe()  # a bad NPVIT_KERNELS stops the run here, with what to set
+            if comm.rank == 0 and not settings["quiet"]:
+                print(tier, flush=True)  # the first line printed: which kernels run the CPU's float32 math
         distributed.check_batch_size(settings["batch_size"], comm.size)
         check_cuda_graph(settings, comm.size)
         comm = distributed.for_backend(comm, settings["backend"])  # GPUs: this rank's device, before any use

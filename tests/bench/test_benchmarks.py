@@ -244,6 +244,23 @@ def test_kernels_option_picks_the_kernel_table_model(run) -> None:
         cli.section_kernels = real
 
 
+def test_e2e_times_npvit_on_its_numpy_kernels_beside_the_default_tier_and_names_torch_compile(
+    run, capsys: pytest.CaptureFixture
+) -> None:
+    import dataclasses
+
+    ctx = dataclasses.replace(tiny_ctx(run, False), numpy_kernels=True, compile=True)
+    assert ctx.e2e_peers == ("npvit-numpy",)  # no torch peer: no torch-compile either
+    res = run.section_e2e(ctx)
+    (row,) = res["rows"]
+    assert row["npvit-numpy"]["train_ips"] > 0 and row["npvit"]["forward_ips"] > 0
+    run.print_e2e(res, list(ctx.e2e_peers))
+    assert "train npvit/npvit-numpy" in capsys.readouterr().out
+    with_torch = dataclasses.replace(ctx, torch_device="cpu", sdpa=True)
+    assert with_torch.e2e_peers == ("npvit-numpy", "torch", "torch-sdpa", "torch-compile")
+    assert with_torch.peers == ("torch", "torch-sdpa")  # the kernels and seqlen sections: eager peers only
+
+
 def test_run_py_keeps_its_public_helpers_and_command_line(run) -> None:
     from suite import cli, timing
 
@@ -254,7 +271,8 @@ def test_run_py_keeps_its_public_helpers_and_command_line(run) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].startswith("usage: run.py")
     for flag in ("--backend", "--quick", "--threads", "--json", "--sections", "--repeats", "--e2e", "--tf32",
-                 "--sdpa", "--no-torch", "--torch-thp", "--no-memory", "--kernels", "--keep-freed-memory"):
+                 "--sdpa", "--no-torch", "--torch-thp", "--no-memory", "--kernels", "--keep-freed-memory",
+                 "--compile", "--numpy-kernels"):
         assert flag in proc.stdout
     assert "--memory-probe" not in proc.stdout
     proc = subprocess.run([sys.executable, str(RUN_PY), "--sections", "peak,nope"], capture_output=True, text=True,

@@ -88,8 +88,11 @@ def straight(tmp_path_factory) -> Path:
 
 
 # ---- 1. nothing non-finite is ever saved ------------------------------------------------------------------
-def test_diverging_run_saves_nothing_non_finite_and_names_the_last_good_checkpoint(tmp_path) -> None:
+def test_diverging_run_saves_nothing_non_finite_and_names_the_last_good_checkpoint(tmp_path, monkeypatch) -> None:
     out = tmp_path / "x"
+    # The step at which the weights overflow into NaN depends on how the kernels treat overflowed values (the
+    # compiled GELU's x sigmoid(2u) stays finite where NumPy's x (1 + t) / 2 overflows): the NumPy kernels here
+    monkeypatch.setenv("NPVIT_KERNELS", "numpy")
     # One step per epoch: the second update overflows the weights (lr 1e6).
     result = cli("--dataset", "synthetic", "--preset", "tiny", "--epochs", "4", "--learning-rate", "1e6",
                  "--batch-size", "1000", "--quiet", "--out", str(out))
