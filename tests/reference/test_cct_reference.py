@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 from fakecupy import fake_cupy, from_fake, host_syncs, to_fake  # noqa: F401 (fixtures)
-from parity import assert_reference_equals_fast
+from parity import assert_reference_equals_fast, fast_and_reference
 
 import npvit
 import npvit.kernels as K
@@ -95,13 +95,6 @@ def test_init_params_are_the_fast_models(changes) -> None:
         assert np.array_equal(p, fast[name]), name
 
 
-def fast_and_reference(cfg: ViTConfig, backend: str = "numpy", threads: int = 2) -> tuple[ViT, dict]:
-    model = ViT(cfg, backend=backend, dtype="float64", seed=2, threads=threads)
-    data = np.random.default_rng(7)
-    for p in model.params.values():
-        if p.ndim == 1:
-            p += model.backend.asarray(data.standard_normal(p.shape) * 0.1)
-    return model, {n: p.copy() for n, p in model.params.items()}
 
 
 def compare_step(model: ViT, params: dict, cfg: ViTConfig, images, labels, masks=None, seed=None) -> None:

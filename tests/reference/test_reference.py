@@ -7,11 +7,10 @@ import dataclasses
 
 import numpy as np
 import pytest
-from parity import assert_close, assert_reference_equals_fast
+from parity import assert_close, assert_reference_equals_fast, fast_and_reference
 from key_bias import zero_key_bias_grads
 from processes import run_python
 
-import npvit
 from npvit import AdamW, ViT, ViTConfig, gradcheck, cross_entropy_backward, cross_entropy_forward
 from npvit import reference as ref
 
@@ -238,14 +237,6 @@ def test_init_params_are_the_fast_models(attention_fans) -> None:
             assert np.array_equal(p, fast[name]), name
 
 
-def fast_and_reference(cfg: ViTConfig, threads: int = 2, backend: str | npvit.Backend = "numpy"
-                       ) -> tuple[ViT, dict]:
-    model = ViT(cfg, backend=backend, dtype="float64", seed=2, threads=threads)
-    data = np.random.default_rng(7)
-    for p in model.params.values():
-        if p.ndim == 1:
-            p += model.backend.asarray(data.standard_normal(p.shape) * 0.1)
-    return model, {n: p.copy() for n, p in model.params.items()}
 
 
 def batch(cfg: ViTConfig, size: int = 5, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:

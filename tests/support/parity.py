@@ -34,3 +34,17 @@ def assert_reference_equals_fast(model: Any, params: Any, images: Any, labels: A
     for name, g in model.grads.items():
         assert_close(grads[name], g, name)
     assert_close(r_dimages, dimages, "dimages")
+
+
+def fast_and_reference(cfg: Any, threads: int = 2, backend: Any = "numpy") -> tuple[Any, dict]:
+    """A float64 model with its 1-D parameters (biases, norms) moved off their initial 0s and 1s, so that no
+    gradient hides behind a zero, and a copy of its parameters for the reference."""
+    from npvit import ViT
+
+    model = ViT(cfg, backend=backend, dtype="float64", seed=2, threads=threads)
+    data = np.random.default_rng(7)
+    for p in model.params.values():
+        if p.ndim == 1:
+            p += model.backend.asarray(data.standard_normal(p.shape) * 0.1)
+    return model, {n: p.copy() for n, p in model.params.items()}
+
