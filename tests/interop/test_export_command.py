@@ -13,12 +13,11 @@ import pytest
 import npvit
 from npvit.export import main as export_main
 from npvit.train import main as train_main
+from training_runs import ONE_EPOCH
 from timm_models import measured, relative
 
 pytest.importorskip("safetensors", reason="safetensors is not installed: pip install 'npvit[interop]'")
-TINY = ["--dataset", "synthetic", "--synthetic-size", "64,16", "--synthetic-image-size", "16", "--synthetic-classes",
-        "3", "--preset", "tiny", "--image-size", "8", "--batch-size", "32", "--epochs", "1", "--threads", "1",
-        "--quiet", "--seed", "2"]
+TINY = ONE_EPOCH
 
 
 @pytest.fixture(scope="module")

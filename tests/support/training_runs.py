@@ -28,6 +28,12 @@ TINY = ["--dataset", "synthetic", "--synthetic-size", "64,32", "--synthetic-imag
         "--quiet"]
 
 
+ONE_EPOCH = ["--dataset", "synthetic", "--synthetic-size", "64,16", "--synthetic-image-size", "16",
+             "--synthetic-classes", "3", "--preset", "tiny", "--image-size", "8", "--batch-size", "32", "--epochs", "1",
+             "--threads", "1", "--quiet", "--seed", "2"]
+"""One epoch of the tiny model on 64 synthetic images: a run folder for the commands that read one."""
+
+
 def run(tmp_path: Path, name: str, *flags: str) -> tuple[int, Path]:
     """``python -m npvit.train`` (in this process) with BASE and ``flags`` into ``tmp_path/name``."""
     out = tmp_path / name
