@@ -10,7 +10,7 @@ depth=4)``.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 POOLS = ("flatten", "cls", "gap", "seq")
@@ -337,14 +337,26 @@ class ViTConfig:
         of 2 heads of width 32, MLP ratio 2, and sequence pooling into one linear classifier, no dropout.
 
         The sizes beside it are measured in ``benchmarks/sizing.py`` (benchmarks/NOTES.md, "Convolutional
-        tokenizer"); CCT-2/3x2 itself is ``replace(compact(), conv_channels=(64, 128), dim=128, depth=2,
-        key_dim=64, mlp_units=(128, 128))``.
+        tokenizer"); CCT-2/3x2 itself is ``ViTConfig.cct``.
         """
         return cls(
             num_classes=num_classes, image_size=32, patch_size=4, tokenizer="conv", conv_channels=(32, 64), dim=64,
             depth=4, num_heads=2, key_dim=32, mlp_units=(128, 64), head_units=(), dropout=0.0,
             attention_dropout=0.0, head_dropout=0.0, pool="seq", gelu="tanh",
         )
+
+    @classmethod
+    def cct(cls, num_classes: int = 10) -> "ViTConfig":
+        """CCT-2/3x2, the smallest compact transformer of Hassani et al. (2021): two conv 3x3 -> ReLU -> max-pool
+        layers of 64 and 128 channels turn a 32x32 image into 8x8 = 64 tokens of width 128, then 2 blocks of
+        2 heads of width 64, MLP ratio 1, and sequence pooling into one linear classifier, no dropout.
+
+        284,490 trainable parameters with 10 classes; the model of ``--recipe cct`` (``npvit.recipes``), 83.65% on
+        CIFAR-10 in 97.5 minutes on 2 cores. It is ``compact`` twice as wide and half as deep: 2.2x the FLOPs for
+        0.7x the images per second, and 3 points ahead of it at every epoch.
+        """
+        return replace(cls.compact(num_classes), conv_channels=(64, 128), dim=128, depth=2, key_dim=64,
+                       mlp_units=(128, 128))
 
     @classmethod
     def tiny(cls, num_classes: int = 5) -> "ViTConfig":
@@ -361,6 +373,7 @@ PRESETS = {
     "small": ViTConfig.small,
     "fast": ViTConfig.fast,
     "compact": ViTConfig.compact,
+    "cct": ViTConfig.cct,
     "tiny": ViTConfig.tiny,
 }
 """Preset name (as the command-line tools spell it) -> constructor taking ``num_classes``."""

@@ -33,6 +33,7 @@ from .optim.schedule import SCHEDULES
 
 PRESET_HELP = {"keras": "the 2021 example", "keras-wide": "its current revision", "small": "32x32 input",
                "fast": "the fast recipe's", "compact": "CCT: conv tokenizer, sequence pooling",
+               "cct": "CCT-2/3x2, the cct recipe's",
                "tiny": "for smoke tests"}
 SEED_LIMIT = 2**63  # seeds are stored in JSON and fed to 64-bit generators
 

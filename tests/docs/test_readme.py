@@ -20,7 +20,7 @@ def readme_commands() -> list[str]:
 def test_readme_opens_with_two_commands() -> None:
     """Install and train, install and test: the two lines a newcomer copies first, word for word."""
     assert readme_commands() == [
-        "pip install -e . && python -m npvit.train --dataset cifar10 --recipe fast",
+        "pip install -e . && python -m npvit.train --dataset cifar10 --recipe cct",
         "pip install -e '.[test]' && python -m pytest -q",
     ]
 
