@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import get_array_module
+from .compiled import use_compiled
 
 Array = Any
 Conv2dCache = tuple[Array, tuple[int, ...]]  # (cols (B H W, k k Cin), the input shape (B, H, W, Cin))
@@ -29,6 +30,9 @@ Conv2dCache = tuple[Array, tuple[int, ...]]  # (cols (B H W, k k Cin), the input
 
 def im2col(x: Array, k: int) -> Array:
     """The k x k windows around every pixel of ``x`` (B, H, W, C), zero padded: (B, H, W, k, k, C)."""
+    if use_compiled(x):  # float32 on the CPU: one pass, no padded copy (kernels/compiled/jit_conv.py)
+        from .compiled import jit_conv
+        return jit_conv.im2col(x, k)
     xp = get_array_module(x)
     b, h, w, c = x.shape
     p = (k - 1) // 2
@@ -43,6 +47,9 @@ def im2col(x: Array, k: int) -> Array:
 
 def col2im(dcols: Array, k: int) -> Array:
     """The adjoint of im2col: (B, H, W, k, k, C) window gradients summed back onto the pixels (B, H, W, C)."""
+    if use_compiled(dcols):  # float32 on the CPU: one pass, no padded temporary
+        from .compiled import jit_conv
+        return jit_conv.col2im(dcols)
     xp = get_array_module(dcols)
     b, h, w, _, _, c = dcols.shape
     p = (k - 1) // 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import get_array_module
+from .compiled import use_compiled
 
 Array = Any
 MaxPoolCache = tuple[Array, Array, int, int, int]  # (x (B, H, W, C), y (B, Ho, Wo, C), k, s, p)
@@ -47,6 +48,10 @@ def max_pool2d_forward(x: Array, kernel: int = 3, stride: int = 2, padding: int 
     xp = get_array_module(x)
     k, s, p = kernel, stride, padding
     ho, wo = pool_output_size(x.shape[1], k, s, p), pool_output_size(x.shape[2], k, s, p)
+    if use_compiled(x):  # float32 on the CPU: one pass, no padded copy (kernels/compiled/jit_conv.py)
+        from .compiled import jit_conv
+        y = jit_conv.max_pool(x, k, s, p, ho, wo)
+        return y, (x, y, k, s, p)
     padded = _padded(x, p)
     rows = padded[:, 0:s * (ho - 1) + 1:s].copy()  # (B, Ho, W + 2p, C): window row 0 of every output row
     for i in range(1, k):
@@ -60,6 +65,9 @@ def max_pool2d_forward(x: Array, kernel: int = 3, stride: int = 2, padding: int 
 def max_pool2d_backward(dy: Array, cache: MaxPoolCache) -> Array:
     """Gradient of max_pool2d_forward: each output's gradient goes to the input pixel that was its max."""
     x, y, k, s, p = cache
+    if use_compiled(dy, x, y):  # float32 on the CPU: one pass per window entry, no masks
+        from .compiled import jit_conv
+        return jit_conv.max_pool_backward(dy, x, y, k, s, p)
     xp = get_array_module(dy)
     b, h, w, c = x.shape
     ho, wo = y.shape[1:3]

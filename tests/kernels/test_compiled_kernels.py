@@ -182,3 +182,58 @@ def test_overflowing_activations_give_what_numpy_gives_not_nan() -> None:
     np.testing.assert_allclose(gelu[[0, 5]], gelu_np[[0, 5]], rtol=1e-6)  # x for large x
     assert gelu[2] == big[2]  # NumPy: x (1 + 1) / 2 overflows to inf on the way
     assert np.all(np.abs(gelu[[1, 3, 6]]) <= 1e-20)  # 0 for very negative x, to float32's tiniest
+
+
+# ------------------------------------------------------------------ the convolutional tokenizer's loops
+POOLS = [(3, 2, 1), (2, 2, 0), (3, 1, 1), (3, 3, 0)]  # (kernel, stride, padding); CCT's is the first
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 5, 7, 3), (3, 9, 8, 16), (2, 16, 16, 64)])
+def test_conv_tokenizer_loops_equal_numpy_bit_for_bit(shape) -> None:
+    # The loops add in the NumPy kernels' order, so equality is exact; ReLU outputs (many zeros) make ties,
+    # where max-pooling's first-entry rule decides.
+    from npvit.kernels import max_pool2d_backward, max_pool2d_forward, relu_backward
+    from npvit.kernels.conv2d import col2im, conv2d_backward, conv2d_forward, im2col
+
+    rng = np.random.default_rng(sum(shape))
+    x = np.maximum(rng.standard_normal(shape), 0).astype(np.float32)
+    x[..., 0] = 0.0  # a channel of ties only
+    dcols = rng.standard_normal((*shape[:3], 3, 3, shape[3])).astype(np.float32)
+    w = rng.standard_normal((3, 3, shape[3], 5)).astype(np.float32)
+    dy = rng.standard_normal((*shape[:3], 5)).astype(np.float32)
+
+    def run() -> list[np.ndarray]:
+        y, cache = conv2d_forward(x, w)
+        dx, dw = conv2d_backward(dy, cache, w)
+        out = [im2col(x, 3), np.ascontiguousarray(col2im(dcols, 3)), y, dx, dw, relu_backward(dy, y)]
+        for k, s, p in POOLS:
+            pooled, c = max_pool2d_forward(x, k, s, p)
+            g = np.random.default_rng(k + s + p).standard_normal(pooled.shape).astype(np.float32)
+            out += [pooled, np.ascontiguousarray(max_pool2d_backward(g, c))]
+        return out
+
+    with kernel_tier_set("compiled"):
+        got = run()
+    with kernel_tier_set("numpy"):
+        same = run()
+    for i, (a, b) in enumerate(zip(got, same)):
+        assert a.dtype == np.float32 and a.shape == b.shape, i
+        np.testing.assert_array_equal(a, b, err_msg=f"output {i}")
+
+
+def test_max_pool_loops_keep_numpys_rule_for_nan_and_signs() -> None:
+    from npvit.kernels import max_pool2d_backward, max_pool2d_forward, relu_backward
+
+    x = np.array([[[[1.0], [np.nan], [2.0]], [[-1.0], [0.0], [-0.0]], [[3.0], [3.0], [-5.0]]]], np.float32)
+    # NaN inputs make NaN maxima, whose gradient goes nowhere; dy stays finite: a NaN there spreads over its whole
+    # window in the NumPy kernel (its masks multiply, NaN * 0) and reaches only the winner in the loop (as in
+    # PyTorch), and either way the step is refused, its gradient norm not being finite.
+    dy = np.array([-0.0, 1.5, 2.0, -3.0], np.float32).reshape(1, 2, 2, 1)
+    results = []
+    for tier in ("compiled", "numpy"):
+        with kernel_tier_set(tier):
+            y, c = max_pool2d_forward(x, 3, 2, 1)
+            results.append((y, np.ascontiguousarray(max_pool2d_backward(dy, c)), relu_backward(x.copy(), x)))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
