@@ -65,7 +65,7 @@ def max_pool2d_forward(x: Array, kernel: int = 3, stride: int = 2, padding: int 
 def max_pool2d_backward(dy: Array, cache: MaxPoolCache) -> Array:
     """Gradient of max_pool2d_forward: each output's gradient goes to the input pixel that was its max."""
     x, y, k, s, p = cache
-    if use_compiled(dy, x, y):  # float32 on the CPU: one pass per window entry, no masks
+    if use_compiled(dy, x, y):  # float32 on the CPU: the winners in one pass, then one addition pass per entry
         from .compiled import jit_conv
         return jit_conv.max_pool_backward(dy, x, y, k, s, p)
     xp = get_array_module(dy)
