@@ -4,6 +4,7 @@
     python -m npvit.evaluate runs/cifar10                         # a run folder: its best.npz, else last.npz
     python -m npvit.evaluate runs/cifar10/best.npz --data-dir /data/cifar-10-binary.tar.gz --backend cupy
     python -m npvit.evaluate runs/cifar10 --eval-flip             # test-time flip (default: as the run did)
+    python -m npvit.evaluate runs/cifar10 --eval-shift 1          # and test-time shifts (default: as the run did)
     python -m npvit.evaluate pretrained:cifar10 --data-dir PATH   # the model shipped with npvit
 
 ``evaluate`` is also what the training program uses for its validation and test numbers.
@@ -13,6 +14,13 @@ image (``inference_logits``). A model trained with random horizontal flips has l
 same class; averaging its two answers cancels part of its error, for twice the evaluation time. The mean of
 logits is the normalised geometric mean of the two softmax distributions (softmax ignores a per-row constant),
 so the loss is still the cross-entropy of a distribution.
+
+Test-time shifts (``--eval-shift PIXELS``) add views of each image moved by PIXELS rows and columns in the
+four diagonal directions, the uncovered border black, as the training crop's zero padding makes it
+(``shifted``): 5 views, 10 with the flip, each scored as above and their logits averaged (``view_logits``). A
+model trained on random crops of the padded image has seen each of them as the same class. The training
+program applies them to the final test only: the validation after every epoch stays one view (two with the
+flip), so picking the best epoch costs what it did.
 """
 
 from __future__ import annotations
@@ -21,14 +29,15 @@ import argparse
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import numpy as np
 
-from .backend import BACKEND_NAMES, BackendUnavailableError, to_numpy
+from .backend import BACKEND_NAMES, BackendUnavailableError, get_array_module, to_numpy
 from .checkpoint import CheckpointError
 from .cli.allocator import keep_freed_memory
-from .cli.args import positive_int
+from .cli.args import non_negative_int, positive_int
 from .cli.progress import ProgressBar
 from .cli.status import run_command
 from .data import DataError
@@ -63,14 +72,58 @@ def inference_logits(model: ViT, x: Any, flip: bool = False) -> Any:
     return logits
 
 
+def shift_offsets(shift: int) -> list[tuple[int, int]]:
+    """The (rows, columns) offsets of the test-time views: the image itself, then with ``shift`` > 0 the four
+    diagonal moves by ``shift`` pixels."""
+    if shift == 0:
+        return [(0, 0)]
+    return [(0, 0), (shift, shift), (shift, -shift), (-shift, shift), (-shift, -shift)]
+
+
+def shifted(images: Any, dy: int, dx: int) -> Any:
+    """``images`` (B, H, W, C) with pixel (i, j) taken from (i + dy, j + dx), black (0) where that is outside:
+    the random crop's window at offset (dy, dx) of the zero-padded image (``npvit.data.augment``)."""
+    xp = get_array_module(images)
+    h, w = images.shape[1], images.shape[2]
+    out = xp.zeros_like(images)  # (B, H, W, C)
+    out[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = \
+        images[:, max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
+    return out
+
+
+def describe_views(flip: bool, shift: int) -> str:
+    """", test-time flip", ", test-time flip and 1-pixel shifts (10 views)" and so on; "" for one view."""
+    if not shift:
+        return ", test-time flip" if flip else ""
+    views = len(shift_offsets(shift)) * (2 if flip else 1)
+    return f", test-time {'flip and ' if flip else ''}{shift}-pixel shifts ({views} views)"
+
+
+def view_logits(model: ViT, preprocess: Callable[[Any], Any], images: Any, flip: bool = False,
+                shift: int = 0) -> Any:
+    """(B, K) logits of the raw batch ``images`` (B, H, W, C): the mean over the test-time views
+    (``shift_offsets(shift)``, each ``inference_logits`` of ``preprocess(shifted(images, dy, dx))``, with
+    ``flip`` its mirror image too). ``shift=0`` is ``inference_logits(model, preprocess(images), flip)``."""
+    if shift < 0 or shift >= min(images.shape[1], images.shape[2]):
+        raise ValueError(f"a test-time shift of {shift} pixels does not fit {images.shape[1]}x{images.shape[2]} "
+                         "images: give 0 (off) or fewer pixels than the image's side")
+    offsets = shift_offsets(shift)
+    logits = inference_logits(model, preprocess(images), flip)  # (B, K), the unmoved view
+    for dy, dx in offsets[1:]:
+        logits = logits + inference_logits(model, preprocess(shifted(images, dy, dx)), flip)  # (B, K)
+    return logits if len(offsets) == 1 else logits * (1.0 / len(offsets))  # a Python float keeps the dtype
+
+
 def evaluate(model: ViT, augmenter: Augmenter, images: np.ndarray, labels: np.ndarray, batch_size: int = 256,
-             progress: bool = False, label: str = "eval", flip: bool = False) -> EvalResult:
+             progress: bool = False, label: str = "eval", flip: bool = False, shift: int = 0) -> EvalResult:
     """Run ``model`` in inference mode over host ``images`` (uint8, un-normalised) and integer ``labels``;
-    with ``flip``, on the mean of the logits of each image and its mirror image (``inference_logits``)."""
+    with ``flip``, on the mean of the logits of each image and its mirror image (``inference_logits``); with
+    ``shift`` > 0, on the mean over the shifted views too (``view_logits``)."""
     backend, k = model.backend, model.config.num_classes
     n = len(images)
     if n == 0:
         raise ValueError("nothing to evaluate: the split is empty")
+    preprocess = partial(augmenter, training=False)  # view_logits refuses a shift the images cannot take
     topk = min(5, k)
     xp = backend.xp
     # The sums stay on the device and are read once, after the last batch: a GPU never waits mid-pass.
@@ -83,7 +136,7 @@ def evaluate(model: ViT, augmenter: Augmenter, images: np.ndarray, labels: np.nd
     for i, start in enumerate(range(0, n, batch_size)):
         x = backend.asarray(images[start:start + batch_size])
         y = backend.asarray(labels[start:start + batch_size])  # (B,)
-        logits = inference_logits(model, augmenter(x, training=False), flip)
+        logits = view_logits(model, preprocess, x, flip, shift)  # (B, K)
         loss, _ = cross_entropy_forward(logits, y)
         loss_sum += loss.astype(xp.float64) * len(y)
         top = xp.argsort(-logits, axis=1)[:, :topk]  # (B, topk)
@@ -121,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-flip", action=argparse.BooleanOptionalAction, default=None,
                         help="score each image by the mean of the logits of it and its mirror image (test-time "
                              "flip; default: as the run that wrote the checkpoint did, see npvit.train --help)")
+    parser.add_argument("--eval-shift", type=non_negative_int, default=None, metavar="PIXELS",
+                        help="also score each image moved by PIXELS diagonally in the four directions (test-time "
+                             "shifts, 0: off; default: as the run that wrote the checkpoint did)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON (numbers that are not "
                         "finite as null, with a warning on stderr)")
     args = parser.parse_args(argv)
@@ -144,17 +200,21 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         raise CheckpointError(f"the dataset has {data.num_classes} classes but the model in {path} was trained "
                               f"for {model.config.num_classes}")
     flip = loaded.eval_flip if args.eval_flip is None else args.eval_flip
+    shift = loaded.eval_shift if args.eval_shift is None else args.eval_shift
+    if shift >= min(data.x_test.shape[1:3]):
+        raise DataError(f"--eval-shift {shift} does not fit the {data.x_test.shape[1]}x{data.x_test.shape[2]} test "
+                        "images: give fewer pixels than their side, or 0")
     result = evaluate(model, augmenter, data.x_test, data.y_test, args.batch_size, progress=not args.json,
-                      label="test", flip=flip)
+                      label="test", flip=flip, shift=shift)
     if args.json:
         per_class = {name: None if count == 0 else float(acc)  # no examples: no accuracy
                      for name, count, acc in zip(data.class_names, result.counts, result.per_class)}
-        text, replaced = dumps_finite(dict(result.as_dict(), eval_flip=flip, per_class=per_class))
+        text, replaced = dumps_finite(dict(result.as_dict(), eval_flip=flip, eval_shift=shift, per_class=per_class))
         if replaced:
             print(f"warning: not finite, written as null: {', '.join(replaced)}", file=sys.stderr)
         print(text)
         return 0
-    print(f"{data.name} test split, {len(data.y_test)} images{', test-time flip' if flip else ''}: "
+    print(f"{data.name} test split, {len(data.y_test)} images{describe_views(flip, shift)}: "
           f"loss {result.loss:.4f}  "
           f"top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%")
     print_per_class(result, data.class_names)

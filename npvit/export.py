@@ -26,7 +26,7 @@ import types
 
 from .backend import BackendUnavailableError
 from .checkpoint import CheckpointError
-from .cli.args import positive_int
+from .cli.args import non_negative_int, positive_int
 from .cli.status import run_command
 from .config import TIMM_ARCHS
 from .data import DataError
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--data-dir", help="with --pretrained: existing copy of the run's dataset, whose test split "
                       "is measured (default: the download cache; nothing is downloaded)")
     ship.add_argument("--cache-dir", help="with --pretrained: download cache (default $NPVIT_CACHE or ~/.cache/npvit)")
+    ship.add_argument("--eval-shift", type=non_negative_int, metavar="PIXELS", help="with --pretrained: the "
+                      "test-time shifts the shipped model is measured and predicts with (npvit.evaluate; default: "
+                      "as the run's checkpoint records)")
     return parser
 
 
@@ -74,8 +77,8 @@ def _export_command(args: argparse.Namespace) -> int:
         return _ship_command(args)
     if args.out is None:
         raise InteropError("name the file to write (OUT: .safetensors, .onnx or .pt), or give --pretrained NAME")
-    if args.half or args.data_dir or args.cache_dir:
-        raise InteropError("--half, --data-dir and --cache-dir apply to --pretrained NAME")
+    if args.half or args.data_dir or args.cache_dir or args.eval_shift is not None:
+        raise InteropError("--half, --data-dir, --cache-dir and --eval-shift apply to --pretrained NAME")
     if args.arch is None and (args.num_classes or args.image_size or args.global_pool != "token"):
         raise InteropError("--num-classes, --image-size and --global-pool apply to a timm file: give its --arch")
     options = dict(num_classes=args.num_classes, image_size=args.image_size, global_pool=args.global_pool) \
@@ -98,7 +101,7 @@ def _ship_command(args: argparse.Namespace) -> int:
         raise InteropError(f"--pretrained writes npvit/zoo/{args.pretrained}/ from a run folder or checkpoint: give "
                            "no OUT file and no --arch")
     ship(args.source, args.pretrained, half=args.half, data_dir=args.data_dir, cache_dir=args.cache_dir,
-         command=args.command, progress=True)
+         command=args.command, progress=True, eval_shift=args.eval_shift)
     return 0
 
 

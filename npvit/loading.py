@@ -86,6 +86,13 @@ class LoadedModel:
         """Whether its run evaluated with test-time flip (False for a run from before the setting existed)."""
         return self.run.get("eval_flip") is True
 
+    @property
+    def eval_shift(self) -> int:
+        """The pixels of its run's test-time shifts (``npvit.evaluate.view_logits``; 0: none, also for a run from
+        before the setting existed)."""
+        shift = self.run.get("eval_shift")
+        return shift if type(shift) is int and shift > 0 else 0
+
     def param(self, name: str) -> np.ndarray:
         """A parameter of the model as a host array."""
         return to_numpy(self.model.params[name])

@@ -9,7 +9,8 @@ PNG and JPEG files of any size (any format Pillow reads, when named directly; a 
 and JPEG files, sorted by name). Each image is reduced to the dataset's native size (32x32 for CIFAR) with an
 antialiased resize, then preprocessed exactly as evaluation does; ``npvit.visualize.inputs`` says why. A run
 trained with ``--eval-flip`` predicts from the mean of the logits of each image and its mirror image, as its
-evaluation did (``--no-eval-flip`` to turn that off, ``--eval-flip`` to turn it on for any run). A timm model
+evaluation did (``--no-eval-flip`` to turn that off, ``--eval-flip`` to turn it on for any run), and one
+trained with ``--eval-shift`` adds the shifted views its final test scored (``--eval-shift 0``: off). A timm model
 sees each image as timm's evaluation transform makes it (npvit.interop.Preprocess) and, with a 1000-class
 head, predicts ImageNet's class names. Without a checkpoint (the first argument is an image: not a run
 folder, ``pretrained:NAME`` or a model file), the model shipped with the package, ``pretrained:cifar10``,
@@ -28,7 +29,7 @@ import numpy as np
 
 from .backend import BACKEND_NAMES, BackendUnavailableError
 from .checkpoint import CheckpointError
-from .cli.args import positive_int
+from .cli.args import non_negative_int, positive_int
 from .cli.status import run_command
 from .config import TIMM_ARCHS
 from .files import dumps_finite
@@ -45,13 +46,13 @@ def top_k(probs: np.ndarray, class_names: list[str], k: int) -> list[list[dict[s
 
 def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, backend: str = "numpy",
                   fit: str = "crop", flip: bool | None = None, arch: str | None = None,
-                  max_pixels: int | None = None) -> list[dict[str, Any]]:
+                  max_pixels: int | None = None, shift: int | None = None) -> list[dict[str, Any]]:
     """[{file, predictions: [{class, probability}, ...]}] for image files and folders, in the order given.
-    ``flip``: test-time flip (``npvit.evaluate.inference_logits``); None: as the run that wrote the checkpoint.
-    ``arch``: the timm architecture of a timm or Google ``checkpoint`` file."""
-    from .evaluate import inference_logits
+    ``flip``, ``shift``: test-time flip and shifts (``npvit.evaluate.view_logits``); None: as the run that wrote
+    the checkpoint evaluated. ``arch``: the timm architecture of a timm or Google ``checkpoint`` file."""
+    from .evaluate import view_logits
     from .visualize.extras import pillow_image
-    from .visualize.inputs import MAX_PIXELS, image_files, load_model, model_image, probabilities
+    from .visualize.inputs import MAX_PIXELS, InputError, image_files, load_model, model_image, probabilities
 
     pillow_image("npvit.predict", needs="Pillow")  # before anything slow: a missing extra is one message
     files = image_files(list(paths))
@@ -59,10 +60,14 @@ def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, b
     limit = max_pixels or MAX_PIXELS
     images = [model_image(loaded, f, fit, limit) for f in files]  # every file readable, or stop
     flip = loaded.eval_flip if flip is None else flip
+    shift = loaded.eval_shift if shift is None else shift
+    if shift >= loaded.native_size:
+        raise InputError(f"--eval-shift {shift} does not fit the model's {loaded.native_size}x{loaded.native_size} "
+                         "images: give fewer pixels than their side, or 0")
     results = []
     for start in range(0, len(images), BATCH):
         batch = np.stack(images[start:start + BATCH])
-        probs = probabilities(inference_logits(loaded.model, loaded.model_input(batch), flip))
+        probs = probabilities(view_logits(loaded.model, loaded.model_input, batch, flip, shift))
         for f, preds in zip(files[start:start + BATCH], top_k(probs, loaded.class_names, k)):
             results.append({"file": str(f), "predictions": preds})
     return results
@@ -96,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-flip", action=argparse.BooleanOptionalAction, default=None,
                         help="predict from the mean of the logits of each image and its mirror image (test-time "
                              "flip; default: as the run that wrote the checkpoint evaluated)")
+    parser.add_argument("--eval-shift", type=non_negative_int, default=None, metavar="PIXELS",
+                        help="and of the image moved by PIXELS diagonally in the four directions (test-time "
+                             "shifts, 0: off; default: as the run that wrote the checkpoint evaluated)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON list of {file, predictions: [{class, probability}]}")
     args = parser.parse_args(argv)
@@ -114,7 +122,7 @@ def _predict_command(args: argparse.Namespace) -> int:
     else:
         checkpoint, images = default_model(args.arch), args.inputs
     results = predict_files(checkpoint, images, args.top_k, args.backend, args.fit, args.eval_flip,
-                            args.arch, args.max_pixels)
+                            args.arch, args.max_pixels, args.eval_shift)
     if not args.json:
         print(format_results(results))
         return 0

@@ -144,6 +144,10 @@ SETTINGS: tuple[Setting, ...] = (
     # evaluation
     Setting("eval_flip", False, "test-time flip: validate and test on the mean of the logits of each image and "
             "of its mirror image (evaluation takes twice as long)", "evaluation", "bool"),
+    Setting("eval_shift", 0, "test-time shifts: the final test also scores each image moved by PIXELS rows and "
+            "columns in the four diagonal directions, the border black as the training crop pads it, and "
+            "averages the logits of the 5 views (10 with --eval-flip); the validation after each epoch stays "
+            "one view (0: off)", "evaluation", "int", non_negative_int, metavar="PIXELS"),
     # execution
     Setting("backend", "numpy", "array library", "execution", "str", choices=BACKEND_NAMES),
     Setting("dtype", "float32", "parameter and activation dtype", "execution", "str",
@@ -172,8 +176,10 @@ BY_NAME = {setting.name: setting for setting in SETTINGS}
 DEFAULTS: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
 """Every setting of a run with its default. Model settings left as None come from the preset."""
 RESUMABLE = frozenset({"data_dir", "cache_dir", "download", "allow_different_data", "backend", "threads",
-                       "eval_batch_size", "quiet", "epochs", "max_steps", "save_every", "tensorboard", "cuda_graph"})
-"""What may differ when a run is resumed: where things are, how it runs, and how long it goes on."""
+                       "eval_batch_size", "eval_shift", "quiet", "epochs", "max_steps", "save_every", "tensorboard",
+                       "cuda_graph"})
+"""What may differ when a run is resumed: where things are, how it runs, how long it goes on, and how its final
+test views the images."""
 
 
 # ---- command line -----------------------------------------------------------------------------------------

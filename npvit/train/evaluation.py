@@ -23,12 +23,14 @@ from ..evaluate import EvalResult, evaluate
 
 def evaluate_split(comm: Communicator, model: Any, augmenter: Any, images: np.ndarray, labels: np.ndarray,
                    batch_size: int = 256, progress: bool = False, label: str = "eval",
-                   flip: bool = False) -> EvalResult:
+                   flip: bool = False, shift: int = 0) -> EvalResult:
     """``evaluate`` (:func:`npvit.evaluate.evaluate`) over ``images``/``labels`` (the whole split, on every
     rank), each rank taking its part; every rank gets the result for the whole split. Rank 0 alone shows
-    progress. One process gets ``evaluate``'s own result. ``flip``: test-time flip, as ``evaluate``'s."""
+    progress. One process gets ``evaluate``'s own result. ``flip``, ``shift``: test-time flip and shifts, as
+    ``evaluate``'s."""
     if comm.size == 1:
-        return evaluate(model, augmenter, images, labels, batch_size, progress=progress, label=label, flip=flip)
+        return evaluate(model, augmenter, images, labels, batch_size, progress=progress, label=label, flip=flip,
+                        shift=shift)
     n, k = len(images), model.config.num_classes
     if n == 0:
         raise ValueError("nothing to evaluate: the split is empty")
@@ -37,7 +39,7 @@ def evaluate_split(comm: Communicator, model: Any, augmenter: Any, images: np.nd
     sums = np.zeros(3 + k)
     if mine:
         r = evaluate(model, augmenter, images[part], labels[part], batch_size,
-                     progress=progress and comm.rank == 0, label=label, flip=flip)
+                     progress=progress and comm.rank == 0, label=label, flip=flip, shift=shift)
         # evaluate returns means; times the part's size they are the sums again (counts exactly, once rounded).
         hits = np.rint(np.nan_to_num(r.per_class) * r.counts)
         sums[:] = [r.loss * mine, round(r.top1 * mine), round(r.top5 * mine), *hits]

@@ -18,7 +18,7 @@ import numpy as np
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..cli.progress import ProgressBar, format_seconds
 from ..cli.status import INTERRUPTED, OK, TERMINATED
-from ..evaluate import EvalResult
+from ..evaluate import EvalResult, describe_views
 from ..optim.schedule import learning_rate
 from .evaluation import evaluate_split
 from .state import EpochTotals
@@ -202,10 +202,10 @@ def final_test(t: Trainer) -> int:
     with weights:
         test: EvalResult = evaluate_split(t.comm, t.model, t.augmenter, data.x_test, data.y_test,
                                           s["eval_batch_size"], progress=not s["quiet"] and t.writer,
-                                          label="test", flip=s["eval_flip"])
+                                          label="test", flip=s["eval_flip"], shift=s["eval_shift"])
     t.say(f"test ({len(data.y_test)} images, best epoch {st.best_epoch}"
              f"{', EMA weights' if t.ema is not None else ''}"
-             f"{', test-time flip' if s['eval_flip'] else ''}): loss {test.loss:.4f}  "
+             f"{describe_views(s['eval_flip'], s['eval_shift'])}): loss {test.loss:.4f}  "
              f"top-1 {100 * test.top1:.2f}%  top-5 {100 * test.top5:.2f}%")
     if t.writer:
         summary = {"best_epoch": st.best_epoch, "best_val_top1": st.best_score if len(t.x_val) else None,
@@ -215,6 +215,8 @@ def final_test(t: Trainer) -> int:
             summary["weights"] = "ema"  # the test is of the moving average of the weights
         if s["eval_flip"]:
             summary["eval_flip"] = True  # the test scored each image with its mirror image
+        if s["eval_shift"]:
+            summary["eval_shift"] = s["eval_shift"]  # and with its shifted views
         write_json(t.folder.summary, summary)
     return OK
 

@@ -6,7 +6,8 @@ writes ``npvit/zoo/cifar10/`` (weights.npz, config.json, metrics.json; ``npvit.z
 after measuring what it ships:
 
 - the test split of the run's dataset is evaluated with the weights as stored, as ``python -m npvit.evaluate
-  pretrained:NAME`` will (test-time flip as the run evaluated), and that top-1 is what metrics.json records;
+  pretrained:NAME`` will (test-time flip and shifts as the run evaluated), and that top-1 is what metrics.json
+  records;
 - ``--half`` stores float16 (half the bytes; the model still computes in float32) only if the test top-1 of
   the rounded weights is within 0.05 points of the float32 weights' (:data:`MAX_TOP1_SHIFT`), else refuses;
 - the three files together must fit in :data:`npvit.zoo.MAX_BYTES` (2 MiB);
@@ -32,7 +33,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..checkpoint import Checkpoint, CheckpointError
-from ..evaluate import EvalResult, evaluate, inference_logits
+from ..evaluate import EvalResult, evaluate, view_logits
 from ..files import atomic_write
 from ..loading import LoadedModel, load, model_from_checkpoint, pretrained
 from ..settings import load_run_dataset
@@ -54,16 +55,19 @@ def check_images(size: int, seed: int = CHECK_SEED, count: int = CHECK_IMAGES) -
 def check_logits(loaded: LoadedModel, seed: int = CHECK_SEED, count: int = CHECK_IMAGES) -> np.ndarray:
     """(count, K) float64 logits of :func:`check_images` at the model's native size, evaluated as predict does."""
     images = check_images(loaded.native_size, seed, count)
-    return to_numpy(inference_logits(loaded.model, loaded.model_input(images), loaded.eval_flip)).astype(np.float64)
+    logits = view_logits(loaded.model, loaded.model_input, images, loaded.eval_flip, loaded.eval_shift)  # (count, K)
+    return to_numpy(logits).astype(np.float64)
 
 
 def ship(source: str | os.PathLike, name: str, *, half: bool = False, data_dir: str | None = None,
          cache_dir: str | None = None, root: str | os.PathLike | None = None, command: str = "",
-         batch_size: int = 256, progress: bool = False, say: Callable[[str], Any] = print) -> dict[str, Any]:
+         batch_size: int = 256, progress: bool = False, say: Callable[[str], Any] = print,
+         eval_shift: int | None = None) -> dict[str, Any]:
     """Write the model of run ``source`` as shipped model ``name`` into the registry (``root``, default the
     package's: ``npvit.zoo.registry_root``); returns metrics.json's document. ``command`` is recorded as what
-    produced the folder. Raises CheckpointError (or DataError for the dataset) and writes nothing when a
-    check fails."""
+    produced the folder. ``eval_shift``: the test-time shifts it is measured and predicts with, recorded in its
+    run settings (None: the run's own). Raises CheckpointError (or DataError for the dataset) and writes
+    nothing when a check fails."""
     try:
         check_name(name)
     except PretrainedError as exc:
@@ -79,6 +83,11 @@ def ship(source: str | os.PathLike, name: str, *, half: bool = False, data_dir: 
         raise CheckpointError(f"{source}: {overflow[0]} holds values beyond float16's range (65504); ship it "
                               "without --half")
     run = dict(run_model.run, **{k: None for k in LOCAL_PATHS if k in run_model.run})
+    if eval_shift is not None:
+        if eval_shift < 0 or eval_shift >= run_model.native_size:
+            raise CheckpointError(f"--eval-shift {eval_shift} does not fit the model's {run_model.native_size}x"
+                                  f"{run_model.native_size} images: give fewer pixels than their side, or 0")
+        run["eval_shift"] = eval_shift
     meta = {"model": run_model.config.to_dict(), "dtype": "float32", "class_names": run_model.class_names,
             "normalization": {"mean": run_model.augmenter.mean.tolist(),
                               "variance": run_model.augmenter.variance.tolist()}, "run": run}
@@ -88,12 +97,13 @@ def ship(source: str | os.PathLike, name: str, *, half: bool = False, data_dir: 
     if data.num_classes != run_model.config.num_classes or len(data.y_test) == 0:
         raise CheckpointError(f"{source}: its dataset's test split ({len(data.y_test)} images, {data.num_classes} "
                               f"classes) cannot measure a model of {run_model.config.num_classes} classes")
-    flip = shipped.eval_flip
-    test = evaluate(shipped.model, shipped.augmenter, data.x_test, data.y_test, batch_size, progress, "test", flip)
+    flip, eval_shift = shipped.eval_flip, shipped.eval_shift
+    test = evaluate(shipped.model, shipped.augmenter, data.x_test, data.y_test, batch_size, progress, "test", flip,
+                    eval_shift)
     full = None
     if half:
         full = evaluate(run_model.model, shipped.augmenter, data.x_test, data.y_test, batch_size, progress,
-                        "float32", flip)
+                        "float32", flip, eval_shift)
         shift = abs(test.top1 - full.top1)
         if shift > MAX_TOP1_SHIFT:
             raise CheckpointError(f"float16 weights move test top-1 by {100 * shift:.2f} points "
@@ -106,9 +116,10 @@ def ship(source: str | os.PathLike, name: str, *, half: bool = False, data_dir: 
                   weights_sha256=hashlib.sha256(weights).hexdigest())
     metrics = {
         "name": name, "parameters": shipped.model.num_params(), "classes": shipped.class_names, "storage": storage,
-        "dataset": run.get("dataset"), "test": _scores(test, len(data.y_test), flip),
-        "float32_test": None if full is None else _scores(full, len(data.y_test), flip),
+        "dataset": run.get("dataset"), "test": _scores(test, len(data.y_test), flip, eval_shift),
+        "float32_test": None if full is None else _scores(full, len(data.y_test), flip, eval_shift),
         "check": {"seed": CHECK_SEED, "images": CHECK_IMAGES, "size": shipped.native_size, "eval_flip": flip,
+                  "eval_shift": eval_shift,
                   "predictions": logits.argmax(axis=1).tolist(), "logits": np.round(logits, 6).tolist()},
         "command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -141,8 +152,8 @@ def _loaded(stored: dict[str, np.ndarray], meta: dict[str, Any], run_model: Load
     return LoadedModel(run_model.path, model, augmenter, meta)
 
 
-def _scores(result: EvalResult, images: int, flip: bool) -> dict[str, Any]:
-    return dict(result.as_dict(), images=images, eval_flip=flip)
+def _scores(result: EvalResult, images: int, flip: bool, shift: int) -> dict[str, Any]:
+    return dict(result.as_dict(), images=images, eval_flip=flip, eval_shift=shift)
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

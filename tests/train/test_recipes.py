@@ -112,19 +112,22 @@ def test_a_resumed_run_keeps_the_model_it_recorded_when_its_preset_changes(tmp_p
 
 def test_the_compact_recipes_are_the_fast_settings_on_the_runs_they_reproduce() -> None:
     # --recipe cct and --recipe compact are the commands of the 2-hour and 1-hour runs in docs/training.md
-    # (which ran as --recipe fast with model flags): the same settings and the same model.
+    # (which ran as --recipe fast with model flags, the 2-hour one's test-time shifts given on its resume): the
+    # same settings and the same model.
     fast = resolve("--dataset", "cifar10", "--recipe", "fast")
     cct = resolve("--dataset", "cifar10", "--recipe", "cct")
     ran_as = resolve("--dataset", "cifar10", "--recipe", "fast", "--preset", "compact", "--conv-channels", "64,128",
                      "--projection-dim", "128", "--transformer-layers", "2", "--num-heads", "2", "--key-dim", "64",
-                     "--transformer-units", "128,128", "--epochs", "47")
+                     "--transformer-units", "128,128", "--epochs", "60", "--eval-shift", "1")
     assert model_config(cct, 10) == model_config(ran_as, 10) == ViTConfig.cct(10)
-    assert cct["epochs"] == 47 and cct["out"].endswith("cifar10-cct")
+    assert cct["epochs"] == ran_as["epochs"] == 60 and cct["out"].endswith("cifar10-cct")
+    assert cct["eval_shift"] == ran_as["eval_shift"] == 1 and fast["eval_shift"] == 0
     compact = resolve("--dataset", "cifar10", "--recipe", "compact")
     assert model_config(compact, 10) == ViTConfig.compact(10) and compact["epochs"] == 40
     for run in (cct, compact):
-        differ = {k for k in fast if k not in ("preset", "epochs", "out", "recipe") and run[k] != fast[k]}
+        differ = {k for k in fast if k not in ("preset", "epochs", "out", "recipe", "eval_shift") and run[k] != fast[k]}
         assert not differ, differ
+    assert compact["eval_shift"] == 0
     count = sum(p.size for p in ViT(ViTConfig.cct(), dtype="float64").params.values())
     assert count == ViTConfig.cct().num_params() == 284_490
     assert f"{count:,} trainable parameters" in ViTConfig.cct.__doc__

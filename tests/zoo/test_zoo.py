@@ -225,12 +225,40 @@ def test_a_refused_ship_writes_nothing(run: Path, archive: Path, tmp_path: Path,
     (["out.onnx", "--pretrained", "x"], "give no OUT file"),
     ([], "name the file to write"),
     (["out.onnx", "--half"], "apply to --pretrained NAME"),
+    (["out.onnx", "--eval-shift", "1"], "apply to --pretrained NAME"),
+    (["--pretrained", "x", "--eval-shift", "32", "--data-dir", "."], "--eval-shift 32 does not fit the model's 32x32"),
 ])
 def test_export_flags_that_do_not_fit(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys,
                                       flags: list[str], message: str) -> None:
     monkeypatch.setenv(zoo.ROOT_ENV, str(tmp_path / "reg"))
     assert export_main([str(run), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_model_shipped_with_test_time_shifts_is_measured_and_evaluated_with_them(
+        run: Path, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv(zoo.ROOT_ENV, str(tmp_path / "reg"))
+    assert export_main([str(run), "--pretrained", "cifar10", "--data-dir", str(archive), "--eval-shift", "2"]) == 0
+    loaded = npvit.pretrained("cifar10")
+    assert loaded.eval_shift == 2 and loaded.eval_flip is True and load(run).eval_shift == 0
+    metrics = metrics_of(tmp_path / "reg" / "cifar10")
+    assert metrics["test"]["eval_shift"] == 2 and metrics["check"]["eval_shift"] == 2
+    capsys.readouterr()
+    assert evaluate_main(["pretrained:cifar10", "--data-dir", str(archive), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["eval_shift"] == 2 and result["loss"] == metrics["test"]["loss"]
+    assert evaluate_main([str(run), "--data-dir", str(archive), "--eval-shift", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == metrics["test"]["top1"]  # float32 weights: the same
+    np.testing.assert_allclose(check_logits(loaded), metrics["check"]["logits"], atol=1e-6)
+    assert not np.allclose(check_logits(loaded), metrics_of(registry_of(run, archive, tmp_path))["check"]["logits"])
+
+
+def registry_of(run: Path, archive: Path, tmp_path: Path) -> Path:
+    """The run shipped without shifts into a registry of its own; its cifar10 folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(zoo.ROOT_ENV, str(tmp_path / "plain"))
+        assert export_main([str(run), "--pretrained", "cifar10", "--data-dir", str(archive)]) == 0
+    return tmp_path / "plain" / "cifar10"
 
 
 def test_shipping_needs_the_test_split(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private_cache,
