@@ -146,8 +146,8 @@ SETTINGS: tuple[Setting, ...] = (
             "of its mirror image (evaluation takes twice as long)", "evaluation", "bool"),
     Setting("eval_shift", 0, "test-time shifts: the final test also scores each image moved by PIXELS rows and "
             "columns in the four diagonal directions, the border black as the training crop pads it, and "
-            "averages the logits of the 5 views (10 with --eval-flip); the validation after each epoch stays "
-            "one view (0: off)", "evaluation", "int", non_negative_int, metavar="PIXELS"),
+            "averages the logits of the 5 views (10 with --eval-flip); the validation after each epoch does "
+            "not use them (0: off)", "evaluation", "int", non_negative_int, metavar="PIXELS"),
     # execution
     Setting("backend", "numpy", "array library", "execution", "str", choices=BACKEND_NAMES),
     Setting("dtype", "float32", "parameter and activation dtype", "execution", "str",
