@@ -91,6 +91,15 @@ def shifted(images: Any, dy: int, dx: int) -> Any:
     return out
 
 
+def shift_misfit(shift: int, height: int, width: int, of_model: bool = False) -> str | None:
+    """Why ``--eval-shift shift`` cannot score ``height`` x ``width`` images (a view moved by a whole side is
+    all black), or None when it can; the message speaks of the model's images or (default) the test images."""
+    if 0 <= shift < min(height, width):
+        return None
+    images = f"model's {height}x{width} images" if of_model else f"{height}x{width} test images"
+    return f"--eval-shift {shift} does not fit the {images}: give fewer pixels than their side, or 0"
+
+
 def describe_views(flip: bool, shift: int) -> str:
     """", test-time flip", ", test-time flip and 1-pixel shifts (10 views)" and so on; "" for one view."""
     if not shift:
@@ -201,9 +210,9 @@ def _evaluate_command(args: argparse.Namespace) -> int:
                               f"for {model.config.num_classes}")
     flip = loaded.eval_flip if args.eval_flip is None else args.eval_flip
     shift = loaded.eval_shift if args.eval_shift is None else args.eval_shift
-    if shift >= min(data.x_test.shape[1:3]):
-        raise DataError(f"--eval-shift {shift} does not fit the {data.x_test.shape[1]}x{data.x_test.shape[2]} test "
-                        "images: give fewer pixels than their side, or 0")
+    misfit = shift_misfit(shift, *data.x_test.shape[1:3])
+    if misfit:
+        raise DataError(misfit)
     result = evaluate(model, augmenter, data.x_test, data.y_test, args.batch_size, progress=not args.json,
                       label="test", flip=flip, shift=shift)
     if args.json:

@@ -50,7 +50,7 @@ def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, b
     """[{file, predictions: [{class, probability}, ...]}] for image files and folders, in the order given.
     ``flip``, ``shift``: test-time flip and shifts (``npvit.evaluate.view_logits``); None: as the run that wrote
     the checkpoint evaluated. ``arch``: the timm architecture of a timm or Google ``checkpoint`` file."""
-    from .evaluate import view_logits
+    from .evaluate import shift_misfit, view_logits
     from .visualize.extras import pillow_image
     from .visualize.inputs import MAX_PIXELS, InputError, image_files, load_model, model_image, probabilities
 
@@ -61,9 +61,9 @@ def predict_files(checkpoint: str | Path, paths: list[str | Path], k: int = 5, b
     images = [model_image(loaded, f, fit, limit) for f in files]  # every file readable, or stop
     flip = loaded.eval_flip if flip is None else flip
     shift = loaded.eval_shift if shift is None else shift
-    if shift >= loaded.native_size:
-        raise InputError(f"--eval-shift {shift} does not fit the model's {loaded.native_size}x{loaded.native_size} "
-                         "images: give fewer pixels than their side, or 0")
+    misfit = shift_misfit(shift, loaded.native_size, loaded.native_size, of_model=True)
+    if misfit:
+        raise InputError(misfit)
     results = []
     for start in range(0, len(images), BATCH):
         batch = np.stack(images[start:start + BATCH])

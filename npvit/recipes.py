@@ -35,8 +35,8 @@ cct
     (``docs/training.md``, "The compact transformers in 1 and 2 hours"): 85.12% test top-1 (84.07% with the
     flip alone; 84.44% with ``--seed 1``) in about 102.5 minutes, 5-6 points above ``fast`` in less time; the
     model that ships as ``pretrained:cifar10``. The tokenizer's convolutions see across patch borders and pool
-    locally, which 4x4 patches cannot. It ends with its training top-1 on augmented images level with validation (86%): it
-    underfits rather than overfits.
+    locally, which 4x4 patches cannot. It ends with its training top-1 on augmented images level with
+    validation (86%): it underfits rather than overfits.
 compact
     The fast recipe's settings on ``ViTConfig.compact`` (a convolutional tokenizer of 32 and 64 channels, 4
     blocks of width 64) for 40 epochs: the 1-hour recipe, 80.7%; the model that ships as

@@ -24,7 +24,7 @@ from ..settings import load_run_dataset
 from ..data.augment import Augmenter, channel_stats
 from ..data.device import DeviceDataset
 from ..distributed.communicator import Communicator
-from ..evaluate import EvalResult
+from ..evaluate import EvalResult, shift_misfit
 from ..files import atomic_write
 from ..kernels.cross_entropy import check_labels
 from ..model import ViT
@@ -204,9 +204,9 @@ class Trainer:
             x_train, y_train = x_train[: s["train_subset"]], y_train[: s["train_subset"]]
         if len(x_train) == 0:
             raise UsageError("no training images left: lower --validation-split or raise --train-subset")
-        if len(data.x_test) and s["eval_shift"] >= min(data.x_test.shape[1:3]):
-            raise UsageError(f"--eval-shift {s['eval_shift']} does not fit the {data.x_test.shape[1]}x"
-                             f"{data.x_test.shape[2]} test images: give fewer pixels than their side, or 0")
+        misfit = shift_misfit(s["eval_shift"], *data.x_test.shape[1:3])
+        if len(data.x_test) and misfit:
+            raise UsageError(misfit)
         self.x_train, self.y_train, self.x_val, self.y_val = x_train, y_train, x_val, y_val
         self.check_step_fits(resuming and has_checkpoint)
 

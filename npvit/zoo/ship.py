@@ -33,7 +33,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..checkpoint import Checkpoint, CheckpointError
-from ..evaluate import EvalResult, evaluate, view_logits
+from ..evaluate import EvalResult, evaluate, shift_misfit, view_logits
 from ..files import atomic_write
 from ..loading import LoadedModel, load, model_from_checkpoint, pretrained
 from ..settings import load_run_dataset
@@ -84,9 +84,9 @@ def ship(source: str | os.PathLike, name: str, *, half: bool = False, data_dir: 
                               "without --half")
     run = dict(run_model.run, **{k: None for k in LOCAL_PATHS if k in run_model.run})
     if eval_shift is not None:
-        if eval_shift < 0 or eval_shift >= run_model.native_size:
-            raise CheckpointError(f"--eval-shift {eval_shift} does not fit the model's {run_model.native_size}x"
-                                  f"{run_model.native_size} images: give fewer pixels than their side, or 0")
+        misfit = shift_misfit(eval_shift, run_model.native_size, run_model.native_size, of_model=True)
+        if misfit:
+            raise CheckpointError(misfit)
         run["eval_shift"] = eval_shift
     meta = {"model": run_model.config.to_dict(), "dtype": "float32", "class_names": run_model.class_names,
             "normalization": {"mean": run_model.augmenter.mean.tolist(),
